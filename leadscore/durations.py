@@ -1,0 +1,28 @@
+"""Durations as marketing ops write them: ``30s``, ``15m``, ``2h``, ``1d``, ``2w``."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+
+
+def parse_duration(text: object) -> float:
+    """Seconds in ``text``; raises ValueError with the accepted forms when it is not one."""
+    if isinstance(text, str):
+        m = _DURATION.match(text)
+        if m:
+            seconds = float(m.group(1)) * _UNITS[m.group(2)]
+            if seconds > 0:
+                return seconds
+    raise ValueError(f"expected a positive duration like 30s, 15m, 2h, 1d or 2w, got {text!r}")
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling, for summaries and error messages."""
+    for unit in ("w", "d", "h", "m"):
+        size = _UNITS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

@@ -1,0 +1,186 @@
+"""The event contract: what a tracking pixel, a server or a file may send us.
+
+A rejection is a value (:class:`Reject`), never an exception, so a bad line can go to the
+dead-letter output with its reason and the stream keeps flowing.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+MAX_EVENT_BYTES = 64 * 1024
+MAX_CONTACT_CHARS = 256
+_MS_THRESHOLD = 1e11  # epoch seconds this large are year 5138: treat as milliseconds
+
+STANDARD_ACTIONS = frozenset(
+    {
+        "page.hit",
+        "email.send",
+        "email.open",
+        "email.click",
+        "email.bounce",
+        "email.unsubscribe",
+        "form.submit",
+        "asset.download",
+        "cart.add",
+        "cart.abandon",
+        "purchase",
+        "identify",
+        "video.play",
+        "webinar.attend",
+    }
+)
+
+
+class Event:
+    """One validated event. Slotted: the hot path creates one per input line."""
+
+    __slots__ = ("action", "contact", "id", "props", "traits", "ts")
+
+    def __init__(
+        self,
+        contact: str,
+        action: str,
+        ts: float,
+        id: str | None = None,
+        props: dict[str, Any] | None = None,
+        traits: dict[str, Any] | None = None,
+    ) -> None:
+        self.contact = contact
+        self.action = action
+        self.ts = ts
+        self.id = id
+        self.props = props if props is not None else {}
+        self.traits = traits
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"contact": self.contact, "action": self.action, "ts": self.ts}
+        if self.id is not None:
+            out["id"] = self.id
+        if self.props:
+            out["props"] = self.props
+        if self.traits is not None:
+            out["traits"] = self.traits
+        return out
+
+    def __repr__(self) -> str:
+        return f"Event({self.contact!r}, {self.action!r}, ts={self.ts}, id={self.id!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Event) and self.to_dict() == other.to_dict()
+
+
+class Reject:
+    """Why an input was refused: a short ``code`` to count by and a ``detail`` for people."""
+
+    __slots__ = ("code", "detail")
+
+    def __init__(self, code: str, detail: str) -> None:
+        self.code = code
+        self.detail = detail
+
+    def __repr__(self) -> str:
+        return f"Reject({self.code!r}, {self.detail!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Reject) and (self.code, self.detail) == (other.code, other.detail)
+
+    @property
+    def reason(self) -> str:
+        return f"{self.code}: {self.detail}"
+
+
+def parse_ts(value: object, now: float) -> float | Reject:
+    """Epoch seconds from RFC 3339 text, epoch seconds or epoch milliseconds."""
+    if value is None:
+        return now
+    if isinstance(value, bool):
+        return Reject("wrong_type", "field 'ts' must be RFC 3339 text or an epoch number")
+    if isinstance(value, int | float):
+        ts = float(value)
+        if not math.isfinite(ts):
+            return Reject("non_finite", "field 'ts' is NaN or infinite")
+        if ts < 0:
+            return Reject("bad_ts", f"field 'ts' is negative: {value!r}")
+        return ts / 1000.0 if ts >= _MS_THRESHOLD else ts
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            return Reject("bad_ts", f"field 'ts' is not RFC 3339: {value[:64]!r}")
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return dt.timestamp()
+    return Reject("wrong_type", f"field 'ts' must be text or a number, got {type(value).__name__}")
+
+
+def format_ts(ts: float) -> str:
+    """RFC 3339 in UTC with milliseconds, the form every output uses."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def validate_event(obj: object, now: float) -> Event | Reject:
+    """Check an already-decoded object against the contract."""
+    if not isinstance(obj, dict):
+        return Reject("not_an_object", f"an event must be a JSON object, got {_json_type(obj)}")
+    contact = obj.get("contact")
+    if contact is None:
+        return Reject("missing_field", "field 'contact' is required")
+    if not isinstance(contact, str):
+        return Reject("wrong_type", f"field 'contact' must be a string, got {_json_type(contact)}")
+    if not contact or len(contact) > MAX_CONTACT_CHARS:
+        return Reject("wrong_type", "field 'contact' must be 1 to 256 characters")
+    action = obj.get("action")
+    if action is None:
+        return Reject("missing_field", "field 'action' is required")
+    if not isinstance(action, str) or not action:
+        return Reject("wrong_type", "field 'action' must be a non-empty string")
+    ts = parse_ts(obj.get("ts"), now)
+    if type(ts) is Reject:
+        return ts
+    event_id = obj.get("id")
+    if event_id is not None and not isinstance(event_id, str):
+        if isinstance(event_id, int) and not isinstance(event_id, bool):
+            event_id = str(event_id)
+        else:
+            return Reject("wrong_type", f"field 'id' must be a string, got {_json_type(event_id)}")
+    props = obj.get("props")
+    if props is None:
+        props = {}
+    elif not isinstance(props, dict):
+        return Reject("wrong_type", f"field 'props' must be an object, got {_json_type(props)}")
+    traits = obj.get("traits")
+    if traits is not None and not isinstance(traits, dict):
+        return Reject("wrong_type", f"field 'traits' must be an object, got {_json_type(traits)}")
+    return Event(contact, action, ts, event_id, props, traits)  # type: ignore[arg-type]
+
+
+def parse_event(raw: bytes | str, now: float) -> Event | Reject:
+    """Decode one JSON event. orjson refuses NaN and Infinity, which the contract forbids."""
+    if len(raw) > MAX_EVENT_BYTES:
+        return Reject("too_large", f"event is {len(raw)} bytes, the limit is {MAX_EVENT_BYTES}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Reject("invalid_json", str(exc))
+    return validate_event(obj, now)
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__

@@ -1,0 +1,60 @@
+"""The Redis key layout, version 1.
+
+Every key of one partition carries the hash tag ``{p}``, so the checkpoint of a partition
+(state, read model, triggers, acknowledgement) is one MULTI/EXEC, legal on Redis Cluster.
+A contact's partition is a pure function of its id, so any process in any language can find
+its read model: ``crc32(contact) % partitions``, with ``partitions`` in ``{prefix}:meta``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+LAYOUT_VERSION = 1
+GROUP = "leadscore"
+
+
+def partition_of(contact: str, partitions: int) -> int:
+    return zlib.crc32(contact.encode()) % partitions
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "ls"
+    partitions: int = 16
+
+    @property
+    def meta(self) -> str:
+        return f"{self.prefix}:meta"
+
+    def partition(self, contact: str) -> int:
+        return partition_of(contact, self.partitions)
+
+    def input(self, p: int) -> str:
+        return f"{self.prefix}:{{{p}}}:in"
+
+    def state(self, p: int, contact: str) -> str:
+        return f"{self.prefix}:{{{p}}}:s:{contact}"
+
+    def read_model(self, p: int, contact: str) -> str:
+        return f"{self.prefix}:{{{p}}}:c:{contact}"
+
+    def contact_read_model(self, contact: str) -> str:
+        return self.read_model(self.partition(contact), contact)
+
+    def triggers(self, p: int) -> str:
+        return f"{self.prefix}:{{{p}}}:triggers"
+
+    def changes(self, p: int) -> str:
+        return f"{self.prefix}:{{{p}}}:changes"
+
+    def dead(self, p: int) -> str:
+        return f"{self.prefix}:{{{p}}}:dead"
+
+    def checkpoint(self, p: int) -> str:
+        return f"{self.prefix}:{{{p}}}:ckpt"
+
+    @staticmethod
+    def consumer(p: int) -> str:
+        return f"p{p}"
