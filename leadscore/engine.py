@@ -1,0 +1,655 @@
+"""The scoring engine: a contact's state + an event + the rules -> new state + effects.
+
+This module is the hot path. It is pure: no clock, no I/O, no randomness, so the same events in
+the same order always give the same state and effects, whichever worker or process runs them.
+The caller owns the state and the engine updates it in place; copying a state per event would
+cost more than scoring it.
+
+Time is event time. Decay is exact and lazy: a group stores ``[score, as_of]`` and is decayed
+in closed form when read or changed, so a contact that sends nothing costs nothing until a
+timer asks :meth:`Engine.next_due` when its score will cross a ``below`` threshold.
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from dataclasses import dataclass
+from math import exp2, inf, log2
+from typing import Any
+from zlib import crc32
+
+from leadscore.events import Event, format_ts
+from leadscore.rules import (
+    REPEAT_COOLDOWN,
+    REPEAT_ONCE,
+    REPEAT_WINDOW,
+    TOTAL,
+    GroupSpec,
+    Rules,
+    Trigger,
+)
+
+RECENT_IDS = 16  # event ids remembered per contact to drop producer retries
+MAX_TRAIT_CHARS = 256  # keeps a contact's packed state bounded whatever a client sends
+_MISSING = object()
+
+
+# --------------------------------------------------------------------------- effects
+
+
+@dataclass(slots=True)
+class PointChange:
+    rule: str
+    group: str
+    delta: float
+    applied: float
+    score_after: float
+    event_id: str | None
+    at: float
+    capped: bool = False
+
+
+@dataclass(slots=True)
+class TriggerFired:
+    trigger: str
+    score: float
+    at: float
+    actions: list[dict[str, str]]
+    cause: str
+
+
+@dataclass(slots=True)
+class StageChanged:
+    stage: str
+    previous: str | None
+    at: float
+    cause: str
+
+
+@dataclass(slots=True)
+class SegmentChanged:
+    segment: str
+    added: bool
+    at: float
+    cause: str
+
+
+@dataclass(slots=True)
+class TagChanged:
+    tag: str
+    added: bool
+    at: float
+    cause: str
+
+
+@dataclass(slots=True)
+class Duplicate:
+    event_id: str
+
+
+Effect = PointChange | TriggerFired | StageChanged | SegmentChanged | TagChanged | Duplicate
+
+
+# --------------------------------------------------------------------------- state
+
+
+class ContactState:
+    """Everything the engine remembers about one contact; bounded whatever it does.
+
+    ``triggers`` maps a trigger id to the sequence number of its last firing. The sign carries
+    whether it is armed: for ``at_least`` absent or negative means armed; for ``below``, 0 or
+    negative means armed (the score has been at or above the threshold since it last fired).
+    """
+
+    __slots__ = (
+        "fit",
+        "groups",
+        "last_ts",
+        "recent_ids",
+        "segments",
+        "seq",
+        "stage",
+        "tags",
+        "trackers",
+        "traits",
+        "triggers",
+    )
+
+    def __init__(self) -> None:
+        self.groups: dict[str, list[Any]] = {}
+        self.trackers: dict[str, list[Any]] = {}
+        self.triggers: dict[str, int] = {}
+        self.seq = 0
+        self.stage = -1
+        self.segments: list[str] = []
+        self.tags: list[str] = []
+        self.traits: dict[str, Any] = {}
+        self.fit: list[str] = []
+        self.last_ts = 0.0
+        self.recent_ids: list[int] = []
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ContactState) and all(
+            getattr(self, name) == getattr(other, name) for name in self.__slots__
+        )
+
+    def __repr__(self) -> str:
+        return f"ContactState(groups={self.groups}, stage={self.stage}, last_ts={self.last_ts})"
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class Engine:
+    """Precompiled rules plus the pure functions that apply them."""
+
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+        self._groups = rules.groups
+        self._group_names = tuple(rules.groups)
+        self._by_action = rules.by_action
+        self._stages_by_action = rules.stages_by_action
+        self._stage_order = rules.stage_order
+        self._allow_backward = rules.allow_backward
+        self._fit = rules.fit
+        self._fit_paths = tuple(dict.fromkeys(r.trait for r in rules.fit))
+        self._triggers = rules.triggers
+        self._trigger_ops = {
+            t.id: tuple(next(iter(a.items())) for a in t.actions) for t in rules.triggers
+        }
+
+        def decays(score: str) -> bool:
+            names = self._group_names if score == TOTAL else (score,)
+            return any(self._groups[n].decays for n in names if n in self._groups)
+
+        # Only triggers that decay can move need work between events.
+        self._decay_below = tuple(t for t in rules.triggers if t.below and decays(t.score))
+        self._decay_rearm = tuple(
+            t
+            for t in rules.triggers
+            if not t.below and t.rearm_below is not None and decays(t.score)
+        )
+        self._needs_advance = bool(self._decay_below or self._decay_rearm)
+
+    # ---- public API
+
+    def new_state(self) -> ContactState:
+        return ContactState()
+
+    def apply(self, state: ContactState, event: Event) -> list[Effect]:
+        """Score one event. Updates ``state`` in place and returns what happened, in order."""
+        event_id = event.id
+        if event_id is not None:
+            h = crc32(event_id.encode())
+            recent = state.recent_ids
+            if h in recent:
+                return [Duplicate(event_id)]
+            recent.append(h)
+            if len(recent) > RECENT_IDS:
+                del recent[0]
+        t = event.ts
+        effects: list[Effect] = self.advance(state, t) if self._needs_advance else []
+        if t > state.last_ts:
+            state.last_ts = t
+        moved = False
+
+        rules = self._by_action.get(event.action)
+        if rules is not None:
+            props = event.props
+            trackers = state.trackers
+            for r in rules:
+                if r.where:
+                    for condition in r.where:
+                        if not condition.holds(props):
+                            break
+                    else:
+                        condition = None
+                    if condition is not None:
+                        continue
+                if r.active_from is not None and t < r.active_from:
+                    continue
+                if r.active_until is not None and t > r.active_until:
+                    continue
+                if r.tracked:
+                    tracker = trackers.get(r.id)
+                    if tracker is None:
+                        tracker = trackers[r.id] = [0, None, None]
+                    if not _admit(r, tracker, t):
+                        continue
+                self._award(state, r.group, r.points, t, r.id, event_id, effects)
+                moved = True
+
+        if event.traits and self._fit_paths:
+            moved = self._identify(state, event.traits, t, event_id, effects) or moved
+
+        stage_rules = self._stages_by_action.get(event.action)
+        if stage_rules is not None:
+            props = event.props
+            for sr in stage_rules:
+                if all(c.holds(props) for c in sr.where):
+                    self._move_stage(state, sr.rank, t, event.action, effects)
+
+        if moved and self._triggers:
+            self._evaluate(state, state.last_ts, event, effects)
+        return effects
+
+    def advance(self, state: ContactState, t: float) -> list[Effect]:
+        """Bring ``state`` to time ``t``: fire every decay crossing due by then, at its due time.
+
+        Called by :meth:`apply` before each event and by the flow's timers, so firings do not
+        depend on when (or whether) a timer woke the contact.
+        """
+        effects: list[Effect] = []
+        if not self._needs_advance:
+            if t > state.last_ts:
+                state.last_ts = t
+            return effects
+        while True:
+            due, trigger = self._next_crossing(state)
+            if trigger is None or due > t:
+                break
+            if due > state.last_ts:
+                state.last_ts = due
+            self._settle_all(state, due)
+            score = self.score(state, trigger.score, due)
+            self._fire(state, trigger, score, due, "decay", effects)
+        if t > state.last_ts:
+            state.last_ts = t
+        for trigger in self._decay_rearm:
+            fired = state.triggers.get(trigger.id)
+            if (
+                fired is not None
+                and fired > 0
+                and self.score(state, trigger.score, state.last_ts) < trigger.rearm_below  # type: ignore[operator]
+            ):
+                state.triggers[trigger.id] = -fired
+        return effects
+
+    def next_due(self, state: ContactState) -> float | None:
+        """When decay alone will take this contact across a ``below`` threshold, or None."""
+        if not self._decay_below:
+            return None
+        due, trigger = self._next_crossing(state)
+        return due if trigger is not None else None
+
+    def score(self, state: ContactState, name: str, t: float) -> float:
+        """A group's score, or the total, as of time ``t``."""
+        if name == TOTAL:
+            return sum(self._group_score(state, g, t) for g in self._group_names)
+        return self._group_score(state, name, t)
+
+    def view(self, contact: str, state: ContactState) -> dict[str, Any]:
+        """The read model: what personalization and sales need, decayed to the last update."""
+        t = state.last_ts
+        scores = {name: round(self._group_score(state, name, t), 4) for name in self._group_names}
+        total = round(sum(scores.values()), 4)
+        rules = self.rules
+        normalized = None
+        if rules.scale_max:
+            value = (
+                total if rules.scale_score == TOTAL else scores.get(rules.scale_score or "", 0.0)
+            )
+            normalized = round(min(100.0, max(0.0, value * 100.0 / rules.scale_max)), 1)
+        grade = None
+        if rules.fit_grade or rules.engagement_grade:
+            grade = "".join(
+                bands.grade(total if bands.group == TOTAL else scores.get(bands.group, 0.0))
+                for bands in (rules.fit_grade, rules.engagement_grade)
+                if bands is not None
+            )
+        return {
+            "contact": contact,
+            "scores": scores,
+            "total": total,
+            "normalized": normalized,
+            "grade": grade,
+            "stage": self._stage_order[state.stage] if state.stage >= 0 else None,
+            "segments": list(state.segments),
+            "tags": list(state.tags),
+            "updated_at": format_ts(t) if t else None,
+        }
+
+    # ---- scores and decay
+
+    def _group_score(self, state: ContactState, name: str, t: float) -> float:
+        g = state.groups.get(name)
+        if g is None:
+            return 0.0
+        spec = self._groups.get(name)
+        if spec is None:
+            return 0.0
+        score = g[0]
+        if spec.half_life is not None:
+            if t > g[1]:
+                score *= exp2((g[1] - t) / spec.half_life)
+        elif spec.expire_after is not None:
+            for expires, points in g[2]:
+                if expires > t:
+                    break
+                score -= points
+        return score
+
+    @staticmethod
+    def _settle(spec: GroupSpec, g: list[Any], t: float) -> None:
+        if t <= g[1]:
+            return
+        if spec.half_life is not None:
+            g[0] *= exp2((g[1] - t) / spec.half_life)
+        elif spec.expire_after is not None:
+            buckets = g[2]
+            while buckets and buckets[0][0] <= t:
+                g[0] -= buckets.pop(0)[1]
+            if not buckets:
+                g[0] = 0.0  # no float residue once every award has expired
+        g[1] = t
+
+    def _settle_all(self, state: ContactState, t: float) -> None:
+        for name, g in state.groups.items():
+            spec = self._groups.get(name)
+            if spec is not None:
+                self._settle(spec, g, t)
+
+    def _award(
+        self,
+        state: ContactState,
+        group: str,
+        points: float,
+        t: float,
+        rule: str,
+        event_id: str | None,
+        effects: list[Effect],
+    ) -> float:
+        spec = self._groups[group]
+        g = state.groups.get(group)
+        if g is None:
+            g = state.groups[group] = [0.0, t] if spec.expire_after is None else [0.0, t, []]
+        else:
+            self._settle(spec, g, t)
+        before = g[0]
+        after = before + points
+        capped = False
+        if spec.max is not None and points > 0 and after > spec.max:
+            after, capped = max(before, spec.max), True
+        elif spec.min is not None and points < 0 and after < spec.min:
+            after, capped = min(before, spec.min), True
+        applied = after - before
+        g[0] = after
+        if spec.expire_after is not None and applied:
+            expires = t + spec.expire_after
+            buckets = g[2]
+            # Awards within 1% of the window share a bucket: bounded state, at most ~1% early.
+            if buckets and abs(buckets[-1][0] - expires) <= spec.expire_after * 0.01:
+                buckets[-1][1] += applied
+            else:
+                insort(buckets, [expires, applied])
+        effects.append(PointChange(rule, group, points, applied, after, event_id, t, capped))
+        return applied
+
+    def _next_crossing(self, state: ContactState) -> tuple[float, Trigger | None]:
+        best, best_trigger = inf, None
+        triggers = state.triggers
+        for trigger in self._decay_below:
+            fired = triggers.get(trigger.id)
+            if fired is None or fired > 0 or not self._after_ok(state, trigger, fired):
+                continue
+            due = self._crossing_time(state, trigger.score, trigger.threshold)
+            if due is not None and due < best:
+                best, best_trigger = due, trigger
+        return best, best_trigger
+
+    def _crossing_time(self, state: ContactState, name: str, threshold: float) -> float | None:
+        """First time the watched score reaches ``threshold`` by decay alone.
+
+        Closed form between award expiries when one half-life drives the score; bisection when
+        several half-lives mix.
+        """
+        t0 = state.last_ts
+        names = self._group_names if name == TOTAL else (name,)
+        constant = 0.0
+        waves: list[tuple[float, float]] = []  # (score at t0, half-life)
+        expiries: list[tuple[float, float]] = []
+        for gname in names:
+            g = state.groups.get(gname)
+            spec = self._groups.get(gname)
+            if g is None or spec is None:
+                continue
+            if spec.half_life is not None:
+                s = g[0] * exp2((g[1] - t0) / spec.half_life) if t0 > g[1] else g[0]
+                waves.append((s, spec.half_life))
+            elif spec.expire_after is not None:
+                c = g[0]
+                for expires, points in g[2]:
+                    if expires <= t0:
+                        c -= points
+                    else:
+                        expiries.append((expires, points))
+                constant += c
+            else:
+                constant += g[0]
+        expiries.sort()
+
+        def value(t: float, c: float) -> float:
+            return c + sum(s * exp2((t0 - t) / h) for s, h in waves)
+
+        start = t0
+        if value(start, constant) <= threshold:
+            return start
+        for boundary, points in [*expiries, (inf, 0.0)]:
+            due = _solve(waves, constant, threshold, t0, start, boundary, value)
+            if due is not None:
+                return due
+            if boundary == inf:
+                return None
+            constant -= points
+            if value(boundary, constant) <= threshold:
+                return boundary
+            start = boundary
+        return None
+
+    # ---- triggers, stages, segments
+
+    def _evaluate(self, state: ContactState, t: float, event: Event, effects: list[Effect]) -> None:
+        triggers = state.triggers
+        scores: dict[str, float] = {}
+        for trigger in self._triggers:
+            s = scores.get(trigger.score)
+            if s is None:
+                s = scores[trigger.score] = self.score(state, trigger.score, t)
+            fired = triggers.get(trigger.id)
+            if trigger.below:
+                if s >= trigger.threshold:
+                    if fired is None:
+                        triggers[trigger.id] = 0
+                    elif fired > 0:
+                        triggers[trigger.id] = -fired
+                elif fired is not None and fired <= 0 and self._after_ok(state, trigger, fired):
+                    self._fire(state, trigger, s, t, _cause(event, effects), effects)
+            else:
+                rearm = trigger.rearm_below
+                if fired is not None and fired > 0 and rearm is not None and s < rearm:
+                    fired = triggers[trigger.id] = -fired
+                if s >= trigger.threshold and (fired is None or fired < 0):
+                    self._fire(state, trigger, s, t, _cause(event, effects), effects)
+
+    @staticmethod
+    def _after_ok(state: ContactState, trigger: Trigger, fired: int) -> bool:
+        if trigger.after is None:
+            return True
+        other = state.triggers.get(trigger.after)
+        return other is not None and abs(other) > abs(fired)
+
+    def _fire(
+        self,
+        state: ContactState,
+        trigger: Trigger,
+        score: float,
+        t: float,
+        cause: str,
+        effects: list[Effect],
+    ) -> None:
+        state.seq += 1
+        state.triggers[trigger.id] = state.seq
+        effects.append(TriggerFired(trigger.id, round(score, 4), t, list(trigger.actions), cause))
+        for kind, arg in self._trigger_ops[trigger.id]:
+            if kind == "add_segment":
+                if arg not in state.segments:
+                    state.segments.append(arg)
+                    effects.append(SegmentChanged(arg, True, t, trigger.id))
+            elif kind == "remove_segment":
+                if arg in state.segments:
+                    state.segments.remove(arg)
+                    effects.append(SegmentChanged(arg, False, t, trigger.id))
+            elif kind == "add_tag":
+                if arg not in state.tags:
+                    state.tags.append(arg)
+                    effects.append(TagChanged(arg, True, t, trigger.id))
+            elif kind == "remove_tag":
+                if arg in state.tags:
+                    state.tags.remove(arg)
+                    effects.append(TagChanged(arg, False, t, trigger.id))
+            elif kind == "set_stage":
+                self._move_stage(state, self._stage_order.index(arg), t, trigger.id, effects)
+            # notify and webhook change no state: sinks deliver them from the TriggerFired record.
+
+    def _move_stage(
+        self, state: ContactState, rank: int, t: float, cause: str, effects: list[Effect]
+    ) -> None:
+        current = state.stage
+        if rank == current or (rank < current and not self._allow_backward):
+            return
+        state.stage = rank
+        previous = self._stage_order[current] if current >= 0 else None
+        effects.append(StageChanged(self._stage_order[rank], previous, t, cause))
+
+    def _identify(
+        self,
+        state: ContactState,
+        traits: dict[str, Any],
+        t: float,
+        event_id: str | None,
+        effects: list[Effect],
+    ) -> bool:
+        """Recompute fit from the current traits, so identifying twice never double counts."""
+        known = state.traits
+        changed = False
+        for path in self._fit_paths:
+            value = _lookup(traits, path)
+            if value is _MISSING:
+                continue
+            if value is None:
+                if path in known:
+                    del known[path]
+                    changed = True
+                continue
+            if isinstance(value, str) and len(value) > MAX_TRAIT_CHARS:
+                value = value[:MAX_TRAIT_CHARS]
+            if known.get(path, _MISSING) != value:
+                known[path] = value
+                changed = True
+        if not changed:
+            return False
+        before = set(state.fit)
+        matched = [r.id for r in self._fit if r.test(known.get(r.trait))]
+        now = set(matched)
+        moved = False
+        for r in self._fit:
+            if (r.id in now) != (r.id in before):
+                points = r.points if r.id in now else -r.points
+                self._award(state, r.group, points, t, r.id, event_id, effects)
+                moved = True
+        state.fit = matched
+        return moved
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _admit(r: Any, tracker: list[Any], t: float) -> bool:
+    """Update a rule's repeat tracker with a matching event; True when it awards."""
+    tracker[0] += 1
+    previous = tracker[1]
+    if previous is None or t > previous:
+        tracker[1] = t
+    if r.hits and tracker[0] < r.hits:
+        return False
+    if r.returns_within is not None and (
+        previous is None or not 0 <= t - previous <= r.returns_within
+    ):
+        return False
+    if r.returns_after is not None and (previous is None or t - previous < r.returns_after):
+        return False
+    kind = r.repeat
+    if kind == REPEAT_ONCE:
+        if tracker[2]:
+            return False
+        tracker[2] = 1
+    elif kind == REPEAT_COOLDOWN:
+        last = tracker[2]
+        if last is not None and abs(t - last) < r.cooldown:
+            return False
+        if last is None or t > last:
+            tracker[2] = t
+    elif kind == REPEAT_WINDOW:
+        awards = tracker[2]
+        if awards is None:
+            awards = tracker[2] = []
+        # At most N awards in any window of length `per`. Only the newest N are kept, so an
+        # event older than all of them is refused: what was dropped might have been near it.
+        if len(awards) >= r.repeat_max:
+            if t - awards[0] < r.repeat_per:
+                return False
+            del awards[0]
+        insort(awards, t)
+    return True
+
+
+def _solve(
+    waves: list[tuple[float, float]],
+    constant: float,
+    threshold: float,
+    t0: float,
+    start: float,
+    end: float,
+    value: Any,
+) -> float | None:
+    """Time in [start, end) when constant + sum of decaying waves reaches threshold."""
+    if not waves:
+        return None
+    if len(waves) == 1:
+        s, h = waves[0]
+        gap = threshold - constant
+        if s <= 0 or gap <= 0:
+            return None  # a rising or spent wave never takes the score down to the threshold
+        due = max(start, t0 + h * log2(s / gap))
+        return due if due < end else None
+    horizon = start + 64 * max(h for _, h in waves)  # 2^-64 of any wave is nothing left
+    hi = min(end, horizon)
+    if value(hi, constant) > threshold:
+        return None
+    lo = start
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        if value(mid, constant) > threshold:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def _lookup(data: dict[str, Any], path: str) -> Any:
+    if path in data:
+        return data[path]
+    value: Any = data
+    for key in path.split("."):
+        if type(value) is not dict or key not in value:
+            return _MISSING
+        value = value[key]
+    return value
+
+
+def _cause(event: Event, effects: list[Effect]) -> str:
+    changes = ", ".join(
+        f"{e.rule} {e.applied:+g}" for e in effects if type(e) is PointChange and e.applied
+    )
+    origin = f"{event.action} {event.id}" if event.id else event.action
+    return f"{origin}: {changes}" if changes else origin
