@@ -1,0 +1,197 @@
+"""File and standard-stream sources and sinks for the embedded default.
+
+The source hands out raw lines with their position, so a line that fails to parse can be
+dead-lettered with where it came from. The sink has one partition per output kind, so each
+output file has exactly one writer however many workers or processes run the flow.
+"""
+
+from __future__ import annotations
+
+import gzip
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+
+STDIO = "-"
+# Sorted: Bytewax routes by index into the sorted list of partitions.
+OUTPUT_KINDS = ("changes", "contacts", "dead_letter", "summary", "triggers")
+
+# Called with the number of bytes read, from whichever worker read them; the CLI's progress
+# bar sets it. Module-level because Bytewax builds partitions itself.
+progress_hook: Callable[[int], None] | None = None
+
+# (input partition, path, line number of the first line, lines) or lines=None when done
+Chunk = tuple[int, str, int, list[bytes] | None]
+
+
+def open_input(path: str) -> IO[bytes]:
+    if path == STDIO:
+        return sys.stdin.buffer
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+class _LinesPartition(StatefulSourcePartition[Chunk, int]):
+    """Reads one file in chunks; ends with a ``lines=None`` chunk so the clock can move on."""
+
+    def __init__(self, part: int, path: str, batch_size: int, resume_line: int | None) -> None:
+        self._part = part
+        self._path = path
+        self._batch_size = batch_size
+        self._file = open_input(path)
+        self._line = 0
+        self._done = False
+        for _ in range(resume_line or 0):
+            self._file.readline()
+            self._line += 1
+
+    def next_batch(self) -> list[Chunk]:
+        if self._done:
+            raise StopIteration
+        lines: list[bytes] = []
+        readline = self._file.readline
+        first = self._line + 1
+        size = 0
+        for _ in range(self._batch_size):
+            line = readline()
+            if not line:
+                self._done = True
+                break
+            size += len(line)
+            lines.append(line.rstrip(b"\r\n"))
+        self._line += len(lines)
+        if progress_hook is not None and size:
+            progress_hook(size)
+        # Blank lines carry nothing; every other line becomes an event or a dead letter.
+        batch: list[Chunk] = []
+        if lines:
+            if any(not line.strip() for line in lines):
+                numbered = [(first + i, line) for i, line in enumerate(lines) if line.strip()]
+                for number, line in numbered:
+                    batch.append((self._part, self._path, number, [line]))
+            else:
+                batch.append((self._part, self._path, first, lines))
+        if self._done:
+            batch.append((self._part, self._path, self._line, None))
+        return batch
+
+    def snapshot(self) -> int:
+        return self._line
+
+    def close(self) -> None:
+        if self._file is not sys.stdin.buffer:
+            self._file.close()
+
+
+class JsonlSource(FixedPartitionedSource[Chunk, int]):
+    """One partition per input file (or standard input), plain or gzip."""
+
+    def __init__(self, paths: list[str], batch_size: int = 2048) -> None:
+        if not paths:
+            raise ValueError("no input: give at least one events file, or - for standard input")
+        for path in paths:
+            if path != STDIO and not Path(path).is_file():
+                raise FileNotFoundError(f"events file not found: {path}")
+        self._paths = paths
+        self._batch_size = batch_size
+
+    def list_parts(self) -> list[str]:
+        return [f"{i}:{path}" for i, path in enumerate(self._paths)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _LinesPartition:
+        index, path = for_part.split(":", 1)
+        return _LinesPartition(int(index), path, self._batch_size, resume_state)
+
+
+# --------------------------------------------------------------------------- sinks
+
+
+class _KindPartition(StatefulSinkPartition[bytes, None]):
+    def __init__(self, stream: IO[bytes], kind: str, close: bool, prefix: bool) -> None:
+        self._stream = stream
+        self._close = close
+        # On standard output every kind shares one stream, so each line says what it is.
+        self._prefix = b'{"kind":"' + kind.encode() + b'",' if prefix else b""
+
+    def write_batch(self, items: list[bytes]) -> None:
+        for chunk in items:
+            if self._prefix:
+                chunk = b"".join(self._prefix + line[1:] + b"\n" for line in chunk.splitlines())
+            self._stream.write(chunk)
+
+    def snapshot(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self._stream.flush()
+        if self._close:
+            self._stream.close()
+
+
+class _SummaryPartition(StatefulSinkPartition[bytes, None]):
+    """Adds up every shard's counters into one summary.json."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._totals: dict[str, Any] = {}
+
+    def write_batch(self, items: list[bytes]) -> None:
+        for chunk in items:
+            for line in chunk.splitlines():
+                merge_summary(self._totals, orjson.loads(line))
+
+    def snapshot(self) -> None:
+        return None
+
+    def close(self) -> None:
+        data = orjson.dumps(self._totals, option=orjson.OPT_SORT_KEYS)
+        if self._path is None:
+            sys.stdout.buffer.write(b'{"kind":"summary",' + data[1:] + b"\n")
+            sys.stdout.buffer.flush()
+        else:
+            self._path.write_bytes(data + b"\n")
+
+
+def merge_summary(totals: dict[str, Any], part: dict[str, Any]) -> None:
+    for key, value in part.items():
+        if isinstance(value, dict):
+            counter = Counter(totals.get(key, {}))
+            counter.update(value)
+            totals[key] = dict(counter)
+        else:
+            totals[key] = totals.get(key, 0) + value
+
+
+class ResultsSink(FixedPartitionedSink[bytes, None]):
+    """`DIR/{triggers,changes,contacts,dead_letter}.jsonl` and `DIR/summary.json`, or stdout.
+
+    Items are ``(kind, chunk)`` where a chunk is newline-terminated JSON lines.
+    """
+
+    def __init__(self, out_dir: str | None) -> None:
+        self._dir = None if out_dir in (None, STDIO) else Path(out_dir)  # type: ignore[arg-type]
+        if self._dir is not None:
+            self._dir.mkdir(parents=True, exist_ok=True)
+
+    def list_parts(self) -> list[str]:
+        return list(OUTPUT_KINDS)
+
+    def part_fn(self, item_key: str) -> int:
+        return OUTPUT_KINDS.index(item_key)
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: None
+    ) -> StatefulSinkPartition[bytes, None]:
+        if for_part == "summary":
+            return _SummaryPartition(None if self._dir is None else self._dir / "summary.json")
+        if self._dir is None:
+            return _KindPartition(sys.stdout.buffer, for_part, close=False, prefix=True)
+        stream = open(self._dir / f"{for_part}.jsonl", "wb")  # noqa: SIM115
+        return _KindPartition(stream, for_part, close=True, prefix=False)

@@ -1,0 +1,392 @@
+"""The scoring dataflow: parse -> key by shard -> engine -> sinks.
+
+Keyed logically by contact but physically by shard (``crc32(contact) % shards``), because a
+Bytewax key costs microseconds and a shard's dict of contacts costs nanoseconds. The shard
+count is fixed config, so results do not depend on how many workers run.
+
+Time in a file replay is event time. Every input partition broadcasts its progress as ticks;
+a shard's clock is the slowest partition's progress (a watermark), so a decay timer never
+fires ahead of events a slower partition still has to deliver. Live, the clock is the wall
+clock. Firings happen at their exact due time either way (see ``Engine.advance``).
+
+Run it the Bytewax way::
+
+    LEADSCORE_RULES=examples/rules.yaml LEADSCORE_EVENTS=events.jsonl LEADSCORE_OUT=out \\
+        python -m bytewax.run flows.scoring:flow -w 2
+
+or with ``leadscore run``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zlib import crc32
+
+import bytewax.operators as op
+import orjson
+from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
+
+from flows.io import JsonlSource, ResultsSink
+from leadscore.engine import (
+    ContactState,
+    Duplicate,
+    Effect,
+    Engine,
+    PointChange,
+    SegmentChanged,
+    StageChanged,
+    TagChanged,
+    TriggerFired,
+)
+from leadscore.events import Event, Reject, format_ts, parse_event
+from leadscore.rules import Rules, load_rules
+
+log = logging.getLogger("leadscore.flow")
+INF = float("inf")
+
+
+@dataclass
+class FlowConfig:
+    """Everything a run needs; built from CLI options or ``LEADSCORE_*`` variables."""
+
+    rules: str
+    events: list[str] = field(default_factory=list)
+    out: str | None = None
+    shards: int = 64
+    source: str = "files"  # "files" or "redis"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    partitions: int = 16
+    prefix: str = "ls"
+    flush_events: int = 2000
+    flush_ms: int = 20
+    max_contacts: int = 100_000
+    changes_maxlen: int = 100_000
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> FlowConfig:
+        env = dict(os.environ if env is None else env)
+        rules = env.get("LEADSCORE_RULES")
+        if not rules:
+            raise ValueError(
+                "LEADSCORE_RULES is not set: point it at a rules file, "
+                "e.g. LEADSCORE_RULES=examples/rules.yaml"
+            )
+        defaults = cls(rules=rules)
+        return cls(
+            rules=rules,
+            events=env.get("LEADSCORE_EVENTS", "").replace(",", " ").split(),
+            out=env.get("LEADSCORE_OUT") or None,
+            shards=int(env.get("LEADSCORE_SHARDS", defaults.shards)),
+            source=env.get("LEADSCORE_SOURCE", defaults.source),
+            redis_url=env.get("LEADSCORE_REDIS_URL", defaults.redis_url),
+            partitions=int(env.get("LEADSCORE_PARTITIONS", defaults.partitions)),
+            prefix=env.get("LEADSCORE_PREFIX", defaults.prefix),
+            flush_events=int(env.get("LEADSCORE_FLUSH_EVENTS", defaults.flush_events)),
+            flush_ms=int(env.get("LEADSCORE_FLUSH_MS", defaults.flush_ms)),
+            max_contacts=int(env.get("LEADSCORE_MAX_CONTACTS", defaults.max_contacts)),
+        )
+
+
+def shard_of(contact: str, shards: int) -> int:
+    return crc32(contact.encode()) % shards
+
+
+# --------------------------------------------------------------------------- records
+
+
+class DeadLetter:
+    """A rejected input on its way to the dead-letter output; it is counted, never lost."""
+
+    __slots__ = ("position", "raw", "reject")
+
+    def __init__(self, position: str, raw: bytes, reject: Reject) -> None:
+        self.position = position
+        self.raw = raw
+        self.reject = reject
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return DeadLetter, (self.position, self.raw, self.reject)
+
+    def record(self) -> bytes:
+        return orjson.dumps(
+            {
+                "position": self.position,
+                "reason": self.reject.reason,
+                "code": self.reject.code,
+                "raw": self.raw.decode("utf-8", "replace"),
+            }
+        )
+
+
+class Tick:
+    """Input partition ``part`` has delivered every event up to ``mark`` (inf once done)."""
+
+    __slots__ = ("high", "mark", "part")
+
+    def __init__(self, part: int, mark: float, high: float) -> None:
+        self.part = part
+        self.mark = mark
+        self.high = high
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Tick, (self.part, self.mark, self.high)
+
+
+def effect_record(contact: str, effect: Effect) -> tuple[str, bytes]:
+    """The output kind and JSON line for one effect."""
+    t = type(effect)
+    if t is PointChange:
+        return "changes", orjson.dumps(
+            {
+                "contact": contact,
+                "kind": "points",
+                "rule": effect.rule,
+                "group": effect.group,
+                "delta": effect.delta,
+                "applied": effect.applied,
+                "score_after": round(effect.score_after, 4),
+                "capped": effect.capped,
+                "event_id": effect.event_id,
+                "at": format_ts(effect.at),
+            }
+        )
+    if t is TriggerFired:
+        return "triggers", orjson.dumps(
+            {
+                "contact": contact,
+                "trigger": effect.trigger,
+                "score": effect.score,
+                "at": format_ts(effect.at),
+                "actions": effect.actions,
+                "cause": effect.cause,
+            }
+        )
+    if t is StageChanged:
+        body = {"kind": "stage", "stage": effect.stage, "previous": effect.previous}
+    elif t is SegmentChanged:
+        body = {"kind": "segment", "segment": effect.segment, "added": effect.added}
+    elif t is TagChanged:
+        body = {"kind": "tag", "tag": effect.tag, "added": effect.added}
+    else:
+        raise TypeError(f"no record for {effect!r}")
+    return "changes", orjson.dumps(
+        {"contact": contact, **body, "cause": effect.cause, "at": format_ts(effect.at)}
+    )
+
+
+# --------------------------------------------------------------------------- shard logic
+
+
+class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
+    """The contacts of one shard: their states, their timers and their counters.
+
+    Emits ``(kind, chunk)`` pairs, one per output kind per batch, so downstream costs are
+    per batch rather than per effect.
+    """
+
+    def __init__(self, engine: Engine, parts: int, live: bool) -> None:
+        self.engine = engine
+        self.live = live
+        self.contacts: dict[str, ContactState] = {}
+        self.timers: list[tuple[float, str]] = []
+        self.marks = [-INF] * parts
+        self.high = -INF
+        self.clock = -INF
+        self.scored = 0
+        self.duplicates = 0
+        self.rejected: Counter[str] = Counter()
+        self.fired: Counter[str] = Counter()
+        self.out: dict[str, list[bytes]] = {}
+
+    # ---- Bytewax callbacks
+
+    def on_batch(self, values: list[Any]) -> tuple[list[tuple[str, bytes]], bool]:
+        for value in values:
+            kind = type(value)
+            if kind is Event:
+                self.score(value)
+            elif kind is Tick:
+                self.tick(value)
+            elif kind is DeadLetter:
+                self.rejected[value.reject.code] += 1
+                self.emit("dead_letter", value.record())
+        return self.drain(), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if not self.timers:
+            return None
+        due = self.timers[0][0]
+        if self.live:
+            return datetime.fromtimestamp(due, UTC)
+        return datetime.now(UTC) if due <= self.clock else None
+
+    def on_notify(self) -> tuple[list[tuple[str, bytes]], bool]:
+        self.fire_due(time.time() if self.live else self.clock)
+        return self.drain(), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[tuple[str, bytes]], bool]:
+        if not self.live:
+            self.fire_due(self.clock)
+            view = self.engine.view
+            for contact, state in self.contacts.items():
+                self.emit("contacts", orjson.dumps(view(contact, state)))
+            self.emit("summary", orjson.dumps(self.summary()))
+        return self.drain(), StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> None:
+        return None  # file replays restart from the top; Redis holds the truth live
+
+    # ---- scoring
+
+    def score(self, event: Event) -> None:
+        contact = event.contact
+        state = self.contacts.get(contact)
+        if state is None:
+            state = self.contacts[contact] = self.engine.new_state()
+        effects = self.engine.apply(state, event)
+        if effects and type(effects[0]) is Duplicate:
+            self.duplicates += 1
+            return
+        self.scored += 1
+        self.record(contact, effects)
+        self.schedule(contact, state)
+
+    def record(self, contact: str, effects: list[Effect]) -> None:
+        for effect in effects:
+            kind, line = effect_record(contact, effect)
+            if kind == "triggers":
+                self.fired[effect.trigger] += 1  # type: ignore[union-attr]
+            self.emit(kind, line)
+
+    def schedule(self, contact: str, state: ContactState) -> None:
+        due = self.engine.next_due(state)
+        if due is not None:
+            heapq.heappush(self.timers, (due, contact))
+
+    def tick(self, tick: Tick) -> None:
+        if tick.mark > self.marks[tick.part]:
+            self.marks[tick.part] = tick.mark
+        if tick.high > self.high:
+            self.high = tick.high
+        self.clock = min(min(self.marks), self.high)
+
+    def fire_due(self, now: float) -> None:
+        """Fire every decay crossing due by ``now``; stale heap entries are skipped."""
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            due, contact = heapq.heappop(timers)
+            state = self.contacts.get(contact)
+            if state is None or self.engine.next_due(state) != due:
+                continue  # the contact moved on since this timer was set
+            self.record(contact, self.engine.advance(state, due))
+            self.schedule(contact, state)
+
+    # ---- output
+
+    def emit(self, kind: str, line: bytes) -> None:
+        lines = self.out.get(kind)
+        if lines is None:
+            self.out[kind] = [line]
+        else:
+            lines.append(line)
+
+    def drain(self) -> list[tuple[str, bytes]]:
+        if not self.out:
+            return []
+        chunks = [(kind, b"\n".join(lines) + b"\n") for kind, lines in self.out.items()]
+        self.out = {}
+        return chunks
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "scored": self.scored,
+            "duplicates": self.duplicates,
+            "rejected": sum(self.rejected.values()),
+            "rejected_by_reason": dict(self.rejected),
+            "contacts": len(self.contacts),
+            "triggers": dict(self.fired),
+        }
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class Parser:
+    """Turns a source chunk into keyed events, keyed dead letters and clock ticks."""
+
+    def __init__(self, rules: Rules, shards: int) -> None:
+        self.rules = rules
+        self.shards = shards
+        self.keys = [str(s) for s in range(shards)]
+
+    def __call__(self, chunk: tuple[int, str, int, list[bytes] | None]) -> list[tuple[str, Any]]:
+        part, path, first_line, lines = chunk
+        keys = self.keys
+        shards = self.shards
+        if lines is None:  # the partition is done: it will send nothing older than anything
+            return [(key, Tick(part, INF, -INF)) for key in keys]
+        now = time.time()
+        known = self.rules.known_actions
+        out: list[tuple[str, Any]] = []
+        high = -INF
+        for offset, raw in enumerate(lines):
+            event = parse_event(raw, now)
+            if type(event) is Event:
+                if event.action in known:
+                    out.append((keys[crc32(event.contact.encode()) % shards], event))
+                    if event.ts > high:
+                        high = event.ts
+                    continue
+                event = Reject(
+                    "unknown_action",
+                    f"action {event.action!r} is not used by any rule; add it to the rules "
+                    "or to known_actions",
+                )
+            position = f"{path}:{first_line + offset}"
+            out.append((keys[crc32(position.encode()) % shards], DeadLetter(position, raw, event)))
+        if high > -INF:
+            out.extend((key, Tick(part, high, high)) for key in keys)
+        return out
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build_flow(config: FlowConfig, rules: Rules | None = None) -> Dataflow:
+    """The dataflow for ``config``; raises RulesError or FileNotFoundError before running."""
+    rules = rules or load_rules(config.rules)
+    engine = Engine(rules)
+    flow = Dataflow("leadscore")
+    if config.source == "redis":
+        from flows.redis_flow import add_redis_scoring
+
+        add_redis_scoring(flow, config, engine)
+        return flow
+    if config.source != "files":
+        raise ValueError(f"unknown source {config.source!r}; expected 'files' or 'redis'")
+    source = JsonlSource(config.events)
+    chunks = op.input("read", flow, source)
+    keyed = op.flat_map("parse", chunks, Parser(rules, config.shards))
+    parts = len(config.events)
+    results = op.stateful_batch(
+        "score", keyed, lambda _resume: ShardLogic(engine, parts, live=False)
+    )
+    by_kind = op.map("by_kind", results, lambda kv: kv[1])
+    op.output("write", by_kind, ResultsSink(config.out))
+    return flow
+
+
+def __getattr__(name: str) -> Any:
+    # `python -m bytewax.run flows.scoring:flow` builds the flow from the environment, lazily,
+    # so importing this module for build_flow needs no environment at all.
+    if name == "flow":
+        return build_flow(FlowConfig.from_env())
+    raise AttributeError(name)
