@@ -1,0 +1,282 @@
+"""Segment HTTP Tracking API messages -> leadscore events.
+
+Pure functions, so the mapping can be unit-tested without a server and reused by importers.
+A message that cannot be mapped is an :class:`Invalid` value naming the offending field, so
+the HTTP layer can answer 400 for a single call and dead-letter one bad message of a batch
+without dropping the rest (Segment's own libraries never retry a 400, they discard it).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from leadscore.events import MAX_CONTACT_CHARS, Event, Reject
+
+CALL_LIMIT = 32 * 1024
+"""Segment's limit for one call (and for one message inside a batch), in bytes."""
+BATCH_LIMIT = 500 * 1024
+"""Segment's limit for one ``/v1/batch`` request body, in bytes."""
+MAX_ACTION_CHARS = 128
+MAX_ID_CHARS = 256
+
+SUPPORTED_TYPES = ("track", "identify", "page", "screen")
+
+DEFAULT_EVENT_ACTIONS: Mapping[str, str] = {
+    "Order Completed": "purchase",
+    "Product Added": "cart.add",
+    "Cart Abandoned": "cart.abandon",
+    "Form Submitted": "form.submit",
+    "Email Sent": "email.send",
+    "Email Delivered": "email.send",
+    "Email Opened": "email.open",
+    "Email Link Clicked": "email.click",
+    "Email Bounced": "email.bounce",
+    "Unsubscribed": "email.unsubscribe",
+    "Video Playback Started": "video.play",
+    "Webinar Attended": "webinar.attend",
+    "File Downloaded": "asset.download",
+    "Asset Downloaded": "asset.download",
+    "Page Viewed": "page.hit",
+}
+"""Segment spec event names for the standard leadscore vocabulary; config can extend it."""
+
+_NON_WORD = re.compile(r"[\W_]+")
+_LEAP_SECOND = re.compile(r"(?<=T\d\d:\d\d):60")
+
+
+class Invalid:
+    """A message that cannot become an event: a contract ``code``, the ``field`` at fault
+    (dotted, e.g. ``batch[3].userId``) and a ``message`` that names it."""
+
+    __slots__ = ("code", "field", "message")
+
+    def __init__(self, code: str, field: str, message: str) -> None:
+        self.code = code
+        self.field = field
+        self.message = message
+
+    def reject(self) -> Reject:
+        return Reject(self.code, self.message)
+
+    def __repr__(self) -> str:
+        return f"Invalid({self.code!r}, {self.field!r}, {self.message!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Invalid) and (self.code, self.field, self.message) == (
+            other.code,
+            other.field,
+            other.message,
+        )
+
+
+def slugify(name: str) -> str:
+    """``"Order Completed"`` -> ``"order.completed"``: lower case, word runs joined by dots.
+
+    Unicode letters are kept (a French team's "Démo Demandée" stays readable)."""
+    return _NON_WORD.sub(".", name.strip().lower()).strip(".")
+
+
+def build_action_map(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Defaults plus ``overrides``, keyed by slug so lookups ignore case and punctuation.
+
+    Raises ValueError for an empty key or action, so a bad config fails at start-up."""
+    merged: dict[str, str] = {}
+    for source in (DEFAULT_EVENT_ACTIONS, overrides or {}):
+        for name, action in source.items():
+            key = slugify(name)
+            if not key or not isinstance(action, str) or not action.strip():
+                raise ValueError(f"action mapping {name!r} -> {action!r}: both must be non-empty")
+            merged[key] = action.strip()
+    return merged
+
+
+def action_for(event_name: str, action_map: Mapping[str, str]) -> str:
+    """The leadscore action for a Segment event name; unmapped names become their slug."""
+    slug = slugify(event_name)
+    return action_map.get(slug, slug)
+
+
+def parse_time(value: object, field: str) -> float | Invalid | None:
+    """Epoch seconds from ISO 8601 text (Segment's format) or an epoch number; None if absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return Invalid("wrong_type", field, f"field '{field}' must be an ISO 8601 date-time")
+    if isinstance(value, int | float):
+        ts = float(value)
+        if not math.isfinite(ts):
+            return Invalid("non_finite", field, f"field '{field}' is NaN or infinite")
+        ts = ts / 1000.0 if ts >= 1e11 else ts
+    elif isinstance(value, str):
+        dt = _iso_datetime(value)
+        if dt is None:
+            return Invalid("bad_ts", field, f"field '{field}' is not ISO 8601: {value[:64]!r}")
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        try:
+            ts = dt.timestamp()
+        except (OverflowError, ValueError, OSError):
+            return Invalid("bad_ts", field, f"field '{field}' is out of range: {value[:64]!r}")
+    else:
+        return Invalid("wrong_type", field, f"field '{field}' must be an ISO 8601 date-time string")
+    if ts < 0:
+        return Invalid("bad_ts", field, f"field '{field}' is before 1970: {value!r}")
+    return ts
+
+
+def _iso_datetime(text: str) -> datetime | None:
+    """``fromisoformat`` plus the RFC 3339 spellings it refuses: lower-case ``t``/``z`` and a
+    leap second (``:60``, read as ``:59``)."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(_LEAP_SECOND.sub(":59", text.upper(), count=1))
+    except ValueError:
+        return None
+
+
+def event_time(timestamp: float | None, sent_at: float | None, received_at: float) -> float:
+    """Segment's clock-skew correction: ``receivedAt - (sentAt - timestamp)``.
+
+    A device whose clock is an hour fast sends both fields an hour ahead; the difference is
+    the true age of the event, measured on one clock."""
+    if timestamp is None:
+        return received_at
+    if sent_at is None:
+        return timestamp
+    return max(0.0, received_at - (sent_at - timestamp))
+
+
+def _identifier(value: object, field: str) -> str | Invalid | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return Invalid("wrong_type", field, f"field '{field}' must be a string")
+    text = str(value)
+    if len(text) > MAX_CONTACT_CHARS:
+        return Invalid(
+            "wrong_type", field, f"field '{field}' must be at most {MAX_CONTACT_CHARS} characters"
+        )
+    return text
+
+
+def _object(msg: Mapping[str, Any], key: str, field: str) -> dict[str, Any] | Invalid | None:
+    value = msg.get(key)
+    if value is None or isinstance(value, dict):
+        return value
+    return Invalid("wrong_type", field, f"field '{field}' must be an object")
+
+
+def map_message(
+    msg: object,
+    kind: str | None,
+    *,
+    received_at: float,
+    action_map: Mapping[str, str],
+    batch_sent_at: float | None = None,
+    where: str = "",
+) -> Event | Invalid:
+    """One Segment message -> Event.
+
+    ``kind`` is the call type fixed by the endpoint (``/v1/track`` -> ``"track"``) or None to
+    read the message's ``type`` (batch). ``where`` prefixes field names (``"batch[3]."``).
+    ``batch_sent_at`` is the batch's ``sentAt``, used when the message has none.
+    """
+    if not isinstance(msg, dict):
+        return Invalid("not_an_object", where.rstrip(".") or "body", "a message must be an object")
+    f = where.__add__
+    if kind is None:
+        kind = msg.get("type")
+        if kind is None:
+            return Invalid("missing_field", f("type"), f"field '{f('type')}' is required")
+        if not isinstance(kind, str):
+            return Invalid("wrong_type", f("type"), f"field '{f('type')}' must be a string")
+    if kind not in SUPPORTED_TYPES:
+        return Invalid(
+            "unknown_action",
+            f("type"),
+            f"field '{f('type')}': {str(kind)[:32]!r} is not supported, expected one of "
+            + ", ".join(SUPPORTED_TYPES),
+        )
+
+    user = _identifier(msg.get("userId"), f("userId"))
+    if isinstance(user, Invalid):
+        return user
+    anon = _identifier(msg.get("anonymousId"), f("anonymousId"))
+    if isinstance(anon, Invalid):
+        return anon
+    contact = user or anon
+    if contact is None:
+        return Invalid(
+            "missing_field",
+            f("userId"),
+            f"field '{f('userId')}' or '{f('anonymousId')}' is required",
+        )
+
+    message_id = _identifier(msg.get("messageId"), f("messageId"))
+    if isinstance(message_id, Invalid):
+        return message_id
+
+    timestamp = parse_time(msg.get("timestamp"), f("timestamp"))
+    if isinstance(timestamp, Invalid):
+        return timestamp
+    sent_at = parse_time(msg.get("sentAt"), f("sentAt"))
+    if isinstance(sent_at, Invalid):
+        return sent_at
+    ts = event_time(timestamp, sent_at if sent_at is not None else batch_sent_at, received_at)
+
+    context = _object(msg, "context", f("context"))
+    if isinstance(context, Invalid):
+        return context
+    context = context or {}
+    properties = _object(msg, "properties", f("properties"))
+    if isinstance(properties, Invalid):
+        return properties
+    props: dict[str, Any] = dict(properties or {})
+    traits = _object(msg, "traits", f("traits"))
+    if isinstance(traits, Invalid):
+        return traits
+    if traits is None and isinstance(context.get("traits"), dict):
+        traits = context["traits"]
+
+    if kind == "track":
+        name = msg.get("event")
+        if name is None:
+            return Invalid("missing_field", f("event"), f"field '{f('event')}' is required")
+        if not isinstance(name, str):
+            return Invalid("wrong_type", f("event"), f"field '{f('event')}' must be a string")
+        action = action_for(name, action_map)
+        if not action:
+            return Invalid(
+                "wrong_type",
+                f("event"),
+                f"field '{f('event')}' must contain a letter or digit, got {name[:32]!r}",
+            )
+        if len(action) > MAX_ACTION_CHARS:
+            return Invalid(
+                "wrong_type",
+                f("event"),
+                f"field '{f('event')}' must be at most {MAX_ACTION_CHARS} characters",
+            )
+    elif kind == "identify":
+        action = "identify"
+        if traits is None:
+            traits = {}
+    else:
+        action = "page.hit" if kind == "page" else "screen.view"
+        page = context.get("page")
+        if kind == "page" and isinstance(page, dict):
+            for key in ("url", "title", "referrer", "path"):
+                if key not in props and page.get(key) is not None:
+                    props[key] = page[key]
+        for key in ("name", "category"):
+            value = msg.get(key)
+            if key not in props and isinstance(value, str) and value:
+                props[key] = value
+    return Event(contact, action, ts, message_id, props, traits)
