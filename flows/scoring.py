@@ -69,6 +69,7 @@ class FlowConfig:
     flush_ms: int = 20
     max_contacts: int = 100_000
     changes_maxlen: int = 100_000
+    tail: bool = True  # Redis: keep waiting for new entries; False stops once drained
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> FlowConfig:

@@ -1,0 +1,33 @@
+"""Prometheus metrics of the flow process, served on their own port by `leadscore run`.
+
+Updated once per batch or checkpoint, never per event, so they cost nothing on the hot path.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+EVENTS_SCORED = Counter("leadscore_flow_events_scored_total", "Events applied to contacts")
+DUPLICATES = Counter("leadscore_flow_duplicates_total", "Events dropped as already seen")
+DEAD_LETTERS = Counter(
+    "leadscore_flow_dead_letters_total", "Inputs sent to the dead-letter output", ["reason"]
+)
+TRIGGERS = Counter("leadscore_flow_triggers_fired_total", "Trigger firings", ["trigger"])
+CHECKPOINT_SECONDS = Histogram(
+    "leadscore_flow_checkpoint_seconds",
+    "Duration of one transactional checkpoint",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+)
+CHECKPOINT_BYTES = Histogram(
+    "leadscore_flow_checkpoint_bytes",
+    "Bytes of state and records written by one checkpoint",
+    buckets=(1e3, 1e4, 1e5, 1e6, 1e7),
+)
+CONTACTS_IN_MEMORY = Gauge(
+    "leadscore_flow_contacts_in_memory", "Contacts held in memory", ["partition"]
+)
+
+
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    """Expose /metrics on ``host:port`` from a background thread."""
+    start_http_server(port, addr=host)
