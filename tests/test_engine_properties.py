@@ -1,0 +1,357 @@
+"""Properties of the engine over random event sequences (hypothesis)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scoring_helpers import DAY, HOUR, MINUTE, T0, engine, ev, of_type, rules
+
+from leadscore.engine import Engine, PointChange
+from leadscore.events import Event
+from leadscore.rules import load_rules
+from state.codec import decode, encode
+
+FAST = settings(max_examples=60, deadline=None)
+
+ACTIONS = ["page.hit", "email.open", "email.click", "form.submit", "cart.add", "identify"]
+URLS = ["https://a.com/pricing", "https://a.com/blog/x", "https://a.com/", "https://a.com/docs"]
+
+RICH = """
+version: 1
+groups:
+  engagement: {decay: {half_life: 14d}, max: 150, min: -50}
+  fit: {}
+  product: {decay: {expire_after: 30d}}
+actions:
+  - {id: pricing, on: page.hit, where: {url: "*/pricing*"}, points: 10, repeat: {cooldown: 1h}}
+  - {id: blog, on: page.hit, where: {url: "*/blog/*"}, points: 2, repeat: {max: 3, per: 1d}}
+  - {id: fan, on: page.hit, hits: 5, points: 15}
+  - {id: back, on: page.hit, returns_within: 7d, returns_after: 1h, points: 4, repeat: true}
+  - {id: opens, on: email.open, points: 1, repeat: {max: 2, per: 1d}}
+  - {id: clicks, on: email.click, points: 3, repeat: true}
+  - {id: demo, on: form.submit, points: 25}
+  - {id: cart, on: cart.add, points: 8, group: product, repeat: true}
+  - {id: unsub, on: email.unsubscribe, points: -30, repeat: true}
+fit:
+  - {id: vp, trait: title, matches: "(?i)\\\\bvp\\\\b", points: 15}
+  - {id: size, trait: company.size, between: [50, 5000], points: 10}
+  - {id: country, trait: country, in: [ES, FR, DE], points: 5}
+triggers:
+  - {id: mql, score: total, at_least: 50, rearm_below: 30,
+     actions: [{add_segment: mql}, {set_stage: decision}, {notify: sales}]}
+  - {id: cooled, score: total, below: 20, after: mql,
+     actions: [{remove_segment: mql}, {add_tag: cooled}]}
+  - {id: shopper, score: product, at_least: 20, actions: [{add_tag: shopper}]}
+stages:
+  order: [awareness, investigation, decision, action]
+  rules:
+    - {on: page.hit, where: {url: "*/blog/*"}, stage: awareness}
+    - {on: page.hit, where: {url: "*/pricing*"}, stage: decision}
+    - {on: cart.add, stage: action}
+grades:
+  fit: {group: fit, bands: {A: 25, B: 10}, otherwise: C}
+  engagement: {group: engagement, bands: {"1": 50, "2": 20}, otherwise: "3"}
+scale: {score: total, max: 100}
+"""
+
+TRAITS = [
+    {"title": "VP Sales"},
+    {"title": "Intern"},
+    {"company": {"size": 300}},
+    {"company": {"size": 10}},
+    {"country": "ES"},
+    {"country": "US"},
+]
+
+
+@st.composite
+def event_lists(draw: st.DrawFn, max_size: int = 40, ordered: bool = False) -> list[Event]:
+    n = draw(st.integers(0, max_size))
+    offsets = draw(st.lists(st.integers(0, 60 * DAY // MINUTE), min_size=n, max_size=n))
+    if ordered:
+        offsets.sort()
+    out = []
+    for i, off in enumerate(offsets):
+        action = draw(st.sampled_from([*ACTIONS, "email.unsubscribe"]))
+        url = draw(st.sampled_from(URLS))
+        traits = draw(st.sampled_from(TRAITS)) if action == "identify" else None
+        with_id = draw(st.booleans())
+        out.append(
+            ev(action, T0 + off * MINUTE, id=f"e{i}" if with_id else None, url=url, traits=traits)
+        )
+    return out
+
+
+def replay(eng: Engine, events: list[Event]) -> tuple[Any, list[Any]]:
+    state = eng.new_state()
+    effects: list[Any] = []
+    for e in events:
+        effects.extend(eng.apply(state, e))
+    return state, effects
+
+
+# --- the score is the sum of what was applied ---------------------------------------------
+
+
+@FAST
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["up", "down", "big"]), st.integers(0, 5 * DAY // MINUTE)),
+        max_size=40,
+    )
+)
+def test_score_is_the_sum_of_applied_deltas_with_caps(steps: list[tuple[str, int]]) -> None:
+    eng = engine(
+        """
+        version: 1
+        groups:
+          engagement: {max: 60, min: -40}
+          fit: {}
+        actions:
+          - {id: up, on: page.hit, points: 7, repeat: true}
+          - {id: down, on: email.bounce, points: -11, repeat: true}
+          - {id: big, on: form.submit, points: 35.5, repeat: true}
+        """
+    )
+    action_of = {"up": "page.hit", "down": "email.bounce", "big": "form.submit"}
+    state = eng.new_state()
+    applied = 0.0
+    for name, off in steps:
+        for pc in of_type(eng.apply(state, ev(action_of[name], T0 + off * MINUTE)), PointChange):
+            applied += pc.applied
+            assert -40 - 1e-9 <= pc.score_after <= 60 + 1e-9
+            assert pc.capped == (pc.applied != pc.delta)
+            assert abs(pc.applied) <= abs(pc.delta) + 1e-9
+    assert eng.view("c-1", state)["scores"]["engagement"] == pytest.approx(applied, abs=1e-3)
+
+
+@FAST
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from([10, -4, 25, 3.5]), st.integers(0, 90 * DAY // MINUTE)),
+        max_size=30,
+    ),
+    extra=st.integers(0, 120 * DAY // MINUTE),
+)
+def test_decayed_score_is_the_sum_of_decayed_applied_deltas(
+    steps: list[tuple[float, int]], extra: int
+) -> None:
+    eng = engine(
+        """
+        version: 1
+        groups: {engagement: {decay: {half_life: 10d}}}
+        actions:
+          - {id: a, on: page.hit, points: 10, repeat: true}
+          - {id: b, on: email.bounce, points: -4, repeat: true}
+          - {id: c, on: form.submit, points: 25, repeat: true}
+          - {id: d, on: email.click, points: 3.5, repeat: true}
+        """
+    )
+    action_of = {10: "page.hit", -4: "email.bounce", 25: "form.submit", 3.5: "email.click"}
+    h = 10 * DAY
+    state = eng.new_state()
+    awarded: list[tuple[float, float]] = []
+    for pts, off in sorted(steps, key=lambda s: s[1]):
+        for pc in of_type(eng.apply(state, ev(action_of[pts], T0 + off * MINUTE)), PointChange):
+            awarded.append((pc.applied, pc.at))
+    t_now = T0 + (max((o for _, o in steps), default=0) + extra) * MINUTE
+    eng.advance(state, t_now)
+    expected = sum(a * 2 ** (-(t_now - t) / h) for a, t in awarded)
+    assert eng.view("c-1", state)["scores"]["engagement"] == pytest.approx(expected, abs=1e-3)
+
+
+# --- repeat limits -------------------------------------------------------------------------
+
+
+@FAST
+@given(
+    offsets=st.lists(st.integers(0, 5 * 24 * 60), max_size=40),
+    n=st.integers(1, 4),
+    per_hours=st.sampled_from([1, 6, 24]),
+)
+def test_a_window_never_awards_more_than_its_max(
+    offsets: list[int], n: int, per_hours: int
+) -> None:
+    """Any window of length W holds at most N awards, whatever order events arrive in."""
+    eng = engine(
+        f"""
+        version: 1
+        actions:
+          - {{id: w, on: email.open, points: 1, repeat: {{max: {n}, per: {per_hours}h}}}}
+        """
+    )
+    per = per_hours * HOUR
+    state = eng.new_state()
+    times: list[float] = []
+    for off in offsets:  # arrival order is the drawn order: out of order in event time
+        for pc in of_type(eng.apply(state, ev("email.open", T0 + off * MINUTE)), PointChange):
+            times.append(pc.at)
+    times.sort()
+    for a in times:
+        assert sum(1 for b in times if a <= b < a + per) <= n
+    # and in time order, the first N distinct-window events are not all refused
+    if offsets:
+        assert times, "a window rule with events must award at least once"
+
+
+@FAST
+@given(offsets=st.lists(st.integers(0, 5 * 24 * 60), max_size=40), n=st.integers(1, 4))
+def test_window_in_order_awards_exactly_the_greedy_count(offsets: list[int], n: int) -> None:
+    """With events in time order, an event is awarded iff fewer than N awards are in (t-W, t]."""
+    eng = engine(
+        f"""
+        version: 1
+        actions:
+          - {{id: w, on: email.open, points: 1, repeat: {{max: {n}, per: 6h}}}}
+        """
+    )
+    per = 6 * HOUR
+    state = eng.new_state()
+    awarded: list[float] = []
+    for off in sorted(offsets):
+        t = T0 + off * MINUTE
+        got = bool(of_type(eng.apply(state, ev("email.open", t)), PointChange))
+        in_window = sum(1 for a in awarded if t - per < a <= t)
+        assert got == (in_window < n), (t, awarded)
+        if got:
+            awarded.append(t)
+
+
+@FAST
+@given(events=event_lists())
+def test_a_once_only_action_awards_at_most_once(events: list[Event]) -> None:
+    eng = Engine(rules(RICH))
+    _, effects = replay(eng, events)
+    demo = [p for p in of_type(effects, PointChange) if p.rule == "demo"]
+    assert len(demo) <= 1
+    fan = [p for p in of_type(effects, PointChange) if p.rule == "fan"]
+    assert len(fan) <= 1
+    submits = {e.id for e in events if e.action == "form.submit"}
+    if submits and None in submits:  # an id-less submit can never be a duplicate
+        assert len(demo) == 1
+
+
+@FAST
+@given(events=event_lists())
+def test_every_trigger_fires_once_unless_rearmed(events: list[Event]) -> None:
+    eng = Engine(rules(RICH))
+    _, effects = replay(eng, events)
+    fired = [e.trigger for e in effects if type(e).__name__ == "TriggerFired"]
+    assert fired.count("shopper") <= 1
+
+
+# --- determinism and the codec ------------------------------------------------------------
+
+
+@FAST
+@given(events=event_lists())
+def test_replaying_the_same_events_gives_the_same_state(events: list[Event]) -> None:
+    eng = Engine(rules(RICH))
+    s1, e1 = replay(eng, events)
+    s2, e2 = replay(Engine(rules(RICH)), events)
+    assert encode(s1) == encode(s2)
+    assert e1 == e2
+
+
+@FAST
+@given(events=event_lists(), more=event_lists(max_size=15))
+def test_encode_decode_is_the_identity(events: list[Event], more: list[Event]) -> None:
+    eng = Engine(rules(RICH))
+    state, _ = replay(eng, events)
+    packed = encode(state)
+    assert packed[0] >> 4 == 0x9  # a msgpack array...
+    restored = decode(packed)
+    assert encode(restored) == packed
+    assert decode(packed).__class__ is state.__class__
+    assert eng.view("c-1", restored) == eng.view("c-1", state)
+    # and the engine behaves the same on the decoded state afterwards
+    effects_a = [eng.apply(state, e) for e in more]
+    effects_b = [eng.apply(restored, e) for e in more]
+    assert effects_a == effects_b
+    assert encode(state) == encode(restored)
+    t = T0 + 400 * DAY
+    assert eng.next_due(state) == eng.next_due(restored)
+    assert eng.advance(state, t) == eng.advance(restored, t)
+    assert encode(state) == encode(restored)
+
+
+def test_encoded_state_starts_with_format_version_1() -> None:
+    import msgpack
+
+    eng = Engine(rules(RICH))
+    state, _ = replay(eng, [ev("page.hit", T0, url=URLS[0])])
+    fields = msgpack.unpackb(encode(state), raw=False, strict_map_key=False)
+    assert isinstance(fields, list)
+    assert fields[0] == 1
+
+
+def test_decode_rejects_garbage_and_other_versions() -> None:
+    import msgpack
+
+    for data in (b"", b"\xc1", msgpack.packb([2, {}]), msgpack.packb({"v": 1})):
+        with pytest.raises(ValueError):
+            decode(data)
+
+
+def test_state_survives_unusual_trait_values() -> None:
+    # whatever a client sends as a fit trait must still encode (the flow checkpoints it)
+    eng = Engine(rules(RICH))
+    state = eng.new_state()
+    for i, value in enumerate([10**30, -(10**25), 1e308, "ü" * 300, ["VP"], {"a": [1, None]}]):
+        eng.apply(state, ev("identify", T0 + i, traits={"company": {"size": value}}))
+        eng.apply(state, ev("identify", T0 + i, traits={"title": value}))
+        restored = decode(encode(state))
+        assert encode(restored) == encode(state), value
+
+
+# --- state size -----------------------------------------------------------------------------
+
+
+def typical_events(n: int, seed: int) -> list[Event]:
+    """A plausible contact: browsing, email, a form, a trait update, spread over weeks."""
+    rnd = random.Random(seed)
+    t = T0
+    out = []
+    for i in range(n):
+        t += rnd.expovariate(1 / (6 * HOUR))
+        action = rnd.choices(
+            ["page.hit", "email.open", "email.click", "form.submit", "cart.add", "identify"],
+            weights=[50, 20, 10, 3, 5, 2],
+        )[0]
+        traits = rnd.choice(TRAITS) if action == "identify" else None
+        out.append(ev(action, t, id=f"evt-{seed}-{i}", url=rnd.choice(URLS), traits=traits))
+    return out
+
+
+def rules_for_size(example_rules_path: Path) -> Engine:
+    if example_rules_path.exists():
+        return Engine(load_rules(example_rules_path))
+    return Engine(rules(RICH))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_typical_contact_packs_small(seed: int, example_rules_path: Path) -> None:
+    eng = rules_for_size(example_rules_path)
+    state, _ = replay(eng, typical_events(36, seed))
+    assert len(encode(state)) <= 500
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_state_size_does_not_grow_with_the_number_of_events(
+    seed: int, example_rules_path: Path
+) -> None:
+    eng = rules_for_size(example_rules_path)
+    events = typical_events(4000, seed)
+    state = eng.new_state()
+    sizes = {}
+    for i, e in enumerate(events, 1):
+        eng.apply(state, e)
+        if i in (500, 1000, 2000, 4000):
+            sizes[i] = len(encode(state))
+    assert sizes[4000] <= max(sizes[500], sizes[1000]) * 1.1 + 64, sizes
+    assert sizes[4000] <= 4096, sizes

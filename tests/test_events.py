@@ -1,0 +1,281 @@
+"""The event contract (leadscore/events.py): parsing, timestamps and every Reject code."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from leadscore.events import (
+    MAX_EVENT_BYTES,
+    Event,
+    Reject,
+    format_ts,
+    parse_event,
+    validate_event,
+)
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()
+TS = datetime(2026, 11, 22, 10, 0, tzinfo=UTC).timestamp()
+
+
+def good(**overrides: object) -> dict[str, object]:
+    obj: dict[str, object] = {
+        "contact": "c-42",
+        "action": "page.hit",
+        "ts": "2026-11-22T10:00:00Z",
+        "id": "evt-1",
+        "props": {"url": "https://acme.com/pricing"},
+        "traits": {"title": "VP Sales"},
+    }
+    obj.update(overrides)
+    return {k: v for k, v in obj.items() if v is not ...}
+
+
+def code(result: Event | Reject) -> str:
+    assert isinstance(result, Reject), f"expected a Reject, got {result!r}"
+    return result.code
+
+
+# --- accepted events -----------------------------------------------------------------------
+
+
+def test_full_event_parses_into_event() -> None:
+    e = parse_event(orjson.dumps(good()), NOW)
+    assert isinstance(e, Event)
+    assert e.contact == "c-42"
+    assert e.action == "page.hit"
+    assert e.ts == TS
+    assert e.id == "evt-1"
+    assert e.props == {"url": "https://acme.com/pricing"}
+    assert e.traits == {"title": "VP Sales"}
+
+
+def test_str_input_is_accepted() -> None:
+    e = parse_event(orjson.dumps(good()).decode(), NOW)
+    assert isinstance(e, Event) and e.ts == TS
+
+
+def test_optional_fields_default() -> None:
+    e = parse_event(b'{"contact": "c", "action": "page.hit"}', NOW)
+    assert isinstance(e, Event)
+    assert e.ts == NOW  # missing ts -> now
+    assert e.id is None
+    assert e.props == {}
+    assert e.traits is None
+
+
+def test_null_ts_props_and_traits_mean_missing() -> None:
+    e = validate_event(good(ts=None, props=None, traits=None, id=None), NOW)
+    assert isinstance(e, Event)
+    assert (e.ts, e.props, e.traits, e.id) == (NOW, {}, None, None)
+
+
+def test_integer_id_becomes_text() -> None:
+    e = validate_event(good(id=1234), NOW)
+    assert isinstance(e, Event) and e.id == "1234"
+
+
+def test_event_to_dict_round_trips() -> None:
+    e = validate_event(good(), NOW)
+    assert isinstance(e, Event)
+    again = validate_event(e.to_dict(), NOW)
+    assert again == e
+
+
+# --- timestamps ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        "2026-11-22T10:00:00Z",
+        "2026-11-22T10:00:00+00:00",
+        "2026-11-22T11:00:00+01:00",
+        "2026-11-22T05:00:00-05:00",
+        "2026-11-22T10:00:00.000Z",
+        TS,
+        int(TS),
+        TS * 1000,  # milliseconds
+        int(TS * 1000),
+    ],
+)
+def test_timestamp_forms(ts: object) -> None:
+    e = validate_event(good(ts=ts), NOW)
+    assert isinstance(e, Event), e
+    assert e.ts == pytest.approx(TS, abs=1e-6)
+
+
+def test_fractional_seconds_and_milliseconds_are_kept() -> None:
+    e = validate_event(good(ts="2026-11-22T10:00:00.250Z"), NOW)
+    assert isinstance(e, Event) and e.ts == pytest.approx(TS + 0.25)
+    e = validate_event(good(ts=TS * 1000 + 250), NOW)
+    assert isinstance(e, Event) and e.ts == pytest.approx(TS + 0.25)
+
+
+def test_milliseconds_threshold_is_1e11() -> None:
+    below = validate_event(good(ts=99_999_999_999), NOW)
+    assert isinstance(below, Event) and below.ts == 99_999_999_999
+    at = validate_event(good(ts=100_000_000_000), NOW)
+    assert isinstance(at, Event) and at.ts == 100_000_000
+
+
+def test_naive_text_timestamp_is_utc() -> None:
+    e = validate_event(good(ts="2026-11-22T10:00:00"), NOW)
+    assert isinstance(e, Event) and e.ts == TS
+
+
+def test_zero_epoch_is_valid() -> None:
+    e = validate_event(good(ts=0), NOW)
+    assert isinstance(e, Event) and e.ts == 0.0
+
+
+@pytest.mark.parametrize("ts", ["yesterday", "2026-13-01T00:00:00Z", "", "10:00", "NaN"])
+def test_bad_text_timestamp(ts: str) -> None:
+    assert code(validate_event(good(ts=ts), NOW)) == "bad_ts"
+
+
+def test_negative_epoch_is_bad_ts() -> None:
+    assert code(validate_event(good(ts=-1), NOW)) == "bad_ts"
+
+
+@pytest.mark.parametrize("ts", [math.nan, math.inf, -math.inf])
+def test_non_finite_timestamp(ts: float) -> None:
+    assert code(validate_event(good(ts=ts), NOW)) == "non_finite"
+
+
+def test_nan_literal_in_json_is_invalid_json() -> None:
+    raw = b'{"contact": "c", "action": "page.hit", "ts": NaN}'
+    assert code(parse_event(raw, NOW)) == "invalid_json"
+    raw = b'{"contact": "c", "action": "page.hit", "ts": Infinity}'
+    assert code(parse_event(raw, NOW)) == "invalid_json"
+
+
+@pytest.mark.parametrize("ts", [True, False])
+def test_boolean_timestamp_is_not_a_number(ts: bool) -> None:
+    assert code(validate_event(good(ts=ts), NOW)) == "wrong_type"
+
+
+@pytest.mark.parametrize("ts", [[1], {"s": 1}])
+def test_structured_timestamp_is_wrong_type(ts: object) -> None:
+    assert code(validate_event(good(ts=ts), NOW)) == "wrong_type"
+
+
+def test_format_ts_is_rfc3339_utc_millis() -> None:
+    assert format_ts(0) == "1970-01-01T00:00:00.000Z"
+    assert format_ts(TS + 0.25) == "2026-11-22T10:00:00.250Z"
+    e = validate_event(good(ts=format_ts(TS + 0.125)), NOW)
+    assert isinstance(e, Event) and e.ts == pytest.approx(TS + 0.125)
+
+
+# --- rejects -------------------------------------------------------------------------------
+
+
+def test_invalid_json() -> None:
+    assert code(parse_event(b'{"contact": "c", ', NOW)) == "invalid_json"
+    assert code(parse_event(b"", NOW)) == "invalid_json"
+    assert code(parse_event(b"\xff\xfe", NOW)) == "invalid_json"
+
+
+@pytest.mark.parametrize("raw", [b"[]", b"1", b'"event"', b"null", b"true"])
+def test_not_an_object(raw: bytes) -> None:
+    assert code(parse_event(raw, NOW)) == "not_an_object"
+
+
+@pytest.mark.parametrize("field", ["contact", "action"])
+def test_missing_field(field: str) -> None:
+    result = validate_event(good(**{field: ...}), NOW)
+    assert code(result) == "missing_field"
+    assert isinstance(result, Reject) and field in result.detail
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("contact", 42),
+        ("contact", True),
+        ("contact", ["c"]),
+        ("contact", ""),
+        ("contact", "x" * 257),
+        ("action", 7),
+        ("action", ""),
+        ("action", False),
+        ("id", 1.5),
+        ("id", True),
+        ("id", {"a": 1}),
+        ("props", "url=x"),
+        ("props", [1, 2]),
+        ("traits", "VP"),
+        ("traits", [1]),
+    ],
+)
+def test_wrong_type(field: str, value: object) -> None:
+    result = validate_event(good(**{field: value}), NOW)
+    assert code(result) == "wrong_type"
+    assert isinstance(result, Reject) and field in result.detail
+
+
+def test_contact_of_256_characters_is_fine() -> None:
+    assert isinstance(validate_event(good(contact="x" * 256), NOW), Event)
+
+
+def test_too_large() -> None:
+    pad = "x" * MAX_EVENT_BYTES
+    raw = orjson.dumps(good(props={"pad": pad}))
+    assert code(parse_event(raw, NOW)) == "too_large"
+
+
+def test_just_under_the_limit_is_accepted() -> None:
+    base = orjson.dumps(good(props={"pad": ""}))
+    pad = "x" * (MAX_EVENT_BYTES - len(base))
+    raw = orjson.dumps(good(props={"pad": pad}))
+    assert len(raw) == MAX_EVENT_BYTES
+    assert isinstance(parse_event(raw, NOW), Event)
+
+
+def test_too_large_counts_bytes_not_characters() -> None:
+    # 30k characters of a 3-byte UTF-8 character is ~90 KiB on the wire
+    raw = orjson.dumps(good(props={"pad": "€" * 30_000})).decode()
+    assert len(raw) < MAX_EVENT_BYTES < len(raw.encode())
+    assert code(parse_event(raw, NOW)) == "too_large"
+
+
+def test_validate_event_accepts_the_documented_size_argument() -> None:
+    # ARCHITECTURE.md: validate_event(obj, now, size=0), for already decoded objects (HTTP)
+    assert "size" in inspect.signature(validate_event).parameters
+    result = validate_event(good(), NOW, size=MAX_EVENT_BYTES + 1)  # type: ignore[call-arg]
+    assert code(result) == "too_large"
+    assert isinstance(validate_event(good(), NOW, size=100), Event)  # type: ignore[call-arg]
+
+
+def test_reject_reason() -> None:
+    r = Reject("bad_ts", "field 'ts' is not RFC 3339")
+    assert r.reason == "bad_ts: field 'ts' is not RFC 3339"
+    assert r == Reject("bad_ts", "field 'ts' is not RFC 3339")
+    assert r != Reject("bad_ts", "other")
+
+
+def test_documented_codes_that_events_py_produces() -> None:
+    # `unknown_action` and `duplicate` are decided with the rules / state (Rules.is_known,
+    # Engine.apply -> Duplicate); every other code comes from parse_event / validate_event.
+    seen = {
+        code(parse_event(b"x" * (MAX_EVENT_BYTES + 1), NOW)),
+        code(parse_event(b"{", NOW)),
+        code(parse_event(b"[]", NOW)),
+        code(validate_event({"action": "a"}, NOW)),
+        code(validate_event(good(contact=1), NOW)),
+        code(validate_event(good(ts="soon"), NOW)),
+        code(validate_event(good(ts=math.nan), NOW)),
+    }
+    assert seen == {
+        "too_large",
+        "invalid_json",
+        "not_an_object",
+        "missing_field",
+        "wrong_type",
+        "bad_ts",
+        "non_finite",
+    }
