@@ -1,0 +1,718 @@
+"""The ``leadscore`` command: score files, check rules, explain a score, make test data.
+
+This module only parses options and renders; the work lives in the flow, the engine and
+``leadscore.explain``. Expected failures (a bad rules file, a missing input) end with a short
+message on stderr and a non-zero exit, never a traceback: the person reading it is fixing a
+file, not debugging Python.
+"""
+
+from __future__ import annotations
+
+import gzip
+import heapq
+import io
+import os
+import struct
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import IO, Annotated, Any, NoReturn
+
+import orjson
+import typer
+from rich import box
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from leadscore.explain import Explanation, Replay, replay
+from leadscore.explain import explain as explain_records
+from leadscore.rules import (
+    REPEAT_COOLDOWN,
+    REPEAT_EVERY,
+    REPEAT_ONCE,
+    REPEAT_WINDOW,
+    ActionRule,
+    Rules,
+    RulesError,
+    Trigger,
+    load_rules,
+)
+
+STDIO = "-"
+OUTPUTS = ("contacts.jsonl", "triggers.jsonl", "changes.jsonl", "dead_letter.jsonl", "summary.json")
+
+app = typer.Typer(
+    name="leadscore",
+    help="Real-time lead scoring: rules in YAML, every event scored and every point explained.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def main() -> None:
+    """Console-script entry point (declared in pyproject.toml)."""
+    app()
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            typer.echo(f"leadscore {version('leadscore')}")
+        except PackageNotFoundError:
+            typer.echo("leadscore (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Real-time lead scoring: rules in YAML, every event scored and every point explained."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """One line on stderr saying what happened and what to do, then exit non-zero."""
+    typer.echo(f"leadscore: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _load_rules(path: str) -> Rules:
+    """The compiled rules, or every problem on stderr (one per line) and exit 1."""
+    try:
+        return load_rules(path)
+    except RulesError as err:
+        for problem in err.problems:
+            typer.echo(str(problem), err=True)
+        raise typer.Exit(1) from None
+
+
+def _console(stderr: bool = False) -> Console:
+    # No highlighting: numbers and paths in user data should not change colour at random.
+    return Console(stderr=stderr, highlight=False)
+
+
+def _open_input(path: str) -> IO[bytes]:
+    """A binary stream over a file, a .gz file or standard input (``-``)."""
+    if path == STDIO:
+        return sys.stdin.buffer
+    if not Path(path).is_file():
+        _fail(f"events file not found: {path}")
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")  # closed by the caller
+
+
+def _input_size(path: str) -> int:
+    """Bytes the source will read: the file size, or a gzip file's uncompressed size."""
+    if path.endswith(".gz"):
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)  # ISIZE: uncompressed length mod 2**32 of the last member
+            return struct.unpack("<I", fh.read(4))[0]
+    return Path(path).stat().st_size
+
+
+def _duration(seconds: float) -> str:
+    """Seconds back to the rules file's duration notation, e.g. 86400 -> 1d."""
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def _events_arg(events: list[str], extra: list[str]) -> list[str]:
+    """``--events a b c`` as well as ``--events a --events b``; stdin at most once."""
+    paths = [*events, *extra]
+    if paths.count(STDIO) > 1:
+        _fail("standard input (-) can be given only once in --events")
+    return paths
+
+
+# --------------------------------------------------------------------------- run
+
+
+class _StdoutTee(io.BufferedIOBase):
+    """Standard output that also keeps the summary and contacts records passing through it.
+
+    With ``--out -`` the flow writes every output to stdout; the run report still needs the
+    summary and the top leads, so it reads them on the way out instead of writing twice.
+    """
+
+    def __init__(self, target: IO[bytes]) -> None:
+        super().__init__()
+        self._target = target
+        self._lock = threading.Lock()
+        self._partial = b""
+        self.summary: dict[str, Any] | None = None
+        self.contacts: list[dict[str, Any]] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        with self._lock:
+            self._target.write(data)
+            lines = (self._partial + bytes(data)).split(b"\n")
+            self._partial = lines.pop()
+            for line in lines:
+                if line.startswith(b'{"kind":"contacts"'):
+                    self.contacts.append(orjson.loads(line))
+                elif line.startswith(b'{"kind":"summary"'):
+                    self.summary = orjson.loads(line)
+        return len(data)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+
+@contextmanager
+def _progress(paths: list[str], show: bool) -> Iterator[None]:
+    """A bytes-read progress bar fed by ``flows.io.progress_hook`` from the workers."""
+    import flows.io
+
+    if not show:
+        yield
+        return
+    total = sum(_input_size(p) for p in paths)
+    bar = Progress(
+        TextColumn("scoring"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=_console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task("scoring", total=total)
+    flows.io.progress_hook = lambda n: bar.advance(task, n)
+    try:
+        with bar:
+            yield
+    finally:
+        flows.io.progress_hook = None
+
+
+def _top_contacts(rows: Iterator[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The ``n`` highest totals; ties by contact id so the table is the same every run."""
+    return heapq.nsmallest(n, rows, key=lambda v: (-(v.get("total") or 0.0), v["contact"]))
+
+
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open("rb") as fh:
+        for line in fh:
+            if line.strip():
+                yield orjson.loads(line)
+
+
+def _report(
+    console: Console,
+    summary: dict[str, Any],
+    top: list[dict[str, Any]],
+    seconds: float,
+    out: str,
+) -> None:
+    scored = summary.get("scored", 0)
+    rejected = summary.get("rejected", 0)
+    duplicates = summary.get("duplicates", 0)
+    read = scored + rejected + duplicates
+    rate = read / seconds if seconds > 0 else 0.0
+    console.print(
+        f"[bold]{read:,}[/] events read in {seconds:.2f} s ({rate:,.0f} events/s)", markup=True
+    )
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(justify="left")
+    grid.add_column(justify="right")
+    grid.add_column(justify="left")
+    reasons = summary.get("rejected_by_reason") or {}
+    triggers = summary.get("triggers") or {}
+    grid.add_row("scored", f"{scored:,}", "")
+    grid.add_row(
+        "rejected",
+        f"{rejected:,}",
+        Text(", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items()))),
+    )
+    grid.add_row("duplicates", f"{duplicates:,}", "")
+    grid.add_row("contacts", f"{summary.get('contacts', 0):,}", "")
+    grid.add_row(
+        "triggers fired",
+        f"{sum(triggers.values()):,}",
+        Text(", ".join(f"{k} {v:,}" for k, v in sorted(triggers.items()))),
+    )
+    console.print(grid)
+    if top:
+        table = Table(title=f"Top {len(top)} leads", title_justify="left")
+        for name, justify in (
+            ("contact", "left"),
+            ("total", "right"),
+            ("normalized", "right"),
+            ("grade", "center"),
+            ("stage", "left"),
+            ("segments", "left"),
+        ):
+            table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+        for row in top:
+            table.add_row(
+                Text(str(row["contact"])),
+                _num(row.get("total")),
+                _num(row.get("normalized")),
+                Text(row.get("grade") or ""),
+                Text(row.get("stage") or ""),
+                Text(", ".join(row.get("segments") or [])),
+            )
+        console.print(table)
+    if out != STDIO:
+        console.print(Text(f"results in {out}/: {', '.join(OUTPUTS)}"))
+
+
+@app.command(context_settings={"allow_extra_args": True})
+def run(
+    ctx: typer.Context,
+    rules: Annotated[
+        str, typer.Option("--rules", "-r", metavar="RULES", help="The rules file (YAML).")
+    ],
+    events: Annotated[
+        list[str],
+        typer.Option(
+            "--events",
+            "-e",
+            metavar="FILE",
+            help="Events files (JSON lines, .gz too); - reads standard input. "
+            "Give several after one --events or repeat the option.",
+        ),
+    ],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="DIR",
+            help="Output directory; - writes every output to standard output.",
+        ),
+    ] = "out",
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", min=1, metavar="N", help="Bytewax worker threads.")
+    ] = 1,
+    shards: Annotated[
+        int,
+        typer.Option(
+            "--shards",
+            min=1,
+            metavar="S",
+            help="Fixed state shards; results do not depend on --workers.",
+        ),
+    ] = 64,
+    top: Annotated[
+        int, typer.Option("--top", min=0, metavar="N", help="Leads to list in the report.")
+    ] = 10,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Progress bar on stderr; default: when stderr is a terminal and no input is -.",
+        ),
+    ] = None,
+) -> None:
+    """Score events files with the Bytewax flow and print a summary.
+
+    Writes contacts.jsonl, triggers.jsonl, changes.jsonl, dead_letter.jsonl and summary.json
+    to --out. Bad lines go to dead_letter.jsonl with their position and reason; they never
+    stop the run.
+    """
+    from bytewax.testing import cluster_main, run_main
+
+    from flows.scoring import FlowConfig, build_flow
+
+    paths = _events_arg(events, ctx.args)
+    config = FlowConfig(rules=rules, events=paths, out=out, shards=shards)
+    compiled = _load_rules(rules)
+    try:
+        flow = build_flow(config, compiled)
+    except FileNotFoundError as err:
+        _fail(str(err))
+    except (ValueError, OSError) as err:
+        _fail(f"cannot start: {err}")
+
+    report = _console(stderr=out == STDIO)
+    show = report.is_terminal if progress is None else progress
+    show = show and STDIO not in paths
+    tee = _StdoutTee(sys.stdout.buffer) if out == STDIO else None
+    saved = sys.stdout
+    if tee is not None:
+        sys.stdout = io.TextIOWrapper(tee, write_through=True)  # type: ignore[assignment]
+    started = time.perf_counter()
+    try:
+        with _progress(paths, show):
+            if workers == 1:
+                run_main(flow)
+            else:
+                cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    except KeyboardInterrupt:
+        _fail("interrupted; outputs are incomplete", 130)
+    finally:
+        if tee is not None:
+            sys.stdout.flush()
+            sys.stdout = saved
+    seconds = time.perf_counter() - started
+
+    if tee is not None:
+        summary = tee.summary or {}
+        leaders = _top_contacts(iter(tee.contacts), top)
+    else:
+        summary = orjson.loads((Path(out) / "summary.json").read_bytes())
+        leaders = _top_contacts(_read_jsonl(Path(out) / "contacts.jsonl"), top)
+    _report(report, summary, leaders, seconds, out)
+
+
+# --------------------------------------------------------------------------- check
+
+
+def _repeat_text(r: ActionRule) -> str:
+    parts = {
+        REPEAT_EVERY: "every time",
+        REPEAT_ONCE: "once",
+        REPEAT_WINDOW: f"max {r.repeat_max} per {_duration(r.repeat_per)}",
+        REPEAT_COOLDOWN: f"cooldown {_duration(r.cooldown)}",
+    }
+    text = [parts.get(r.repeat, "?")]
+    if r.hits:
+        text.append(f"from hit {r.hits}")
+    if r.returns_within is not None:
+        text.append(f"returns within {_duration(r.returns_within)}")
+    if r.returns_after is not None:
+        text.append(f"returns after {_duration(r.returns_after)}")
+    return ", ".join(text)
+
+
+def _trigger_text(t: Trigger) -> str:
+    if t.below:
+        text = f"{t.score} < {t.threshold:g}"
+    else:
+        text = f"{t.score} >= {t.threshold:g}"
+        if t.rearm_below is not None:
+            text += f", re-arm < {t.rearm_below:g}"
+    if t.after:
+        text += f", after {t.after}"
+    return text
+
+
+@app.command()
+def check(
+    rules: Annotated[
+        str, typer.Argument(metavar="RULES", help="The rules file (YAML) to validate.")
+    ],
+) -> None:
+    """Validate a rules file: list every problem (exit 1) or summarise it (exit 0).
+
+    Each problem line names the file, the rule, the field and what was expected, so an
+    editor can fix them all in one pass.
+    """
+    try:
+        compiled = load_rules(rules)
+    except RulesError as err:
+        for problem in err.problems:
+            typer.echo(str(problem), err=True)
+        n = len(err.problems)
+        typer.echo(f"{rules}: {n} problem{'s' if n != 1 else ''}; nothing was scored", err=True)
+        raise typer.Exit(1) from None
+    console = _console()
+    console.print(Text(compiled.summary()))
+    if compiled.actions:
+        table = Table(title="Actions", title_justify="left")
+        for name in ("id", "name", "on", "points", "group", "repeat"):
+            table.add_column(name, justify="right" if name == "points" else "left")
+        for r in compiled.actions:
+            table.add_row(
+                Text(r.id),
+                Text(r.name),
+                Text(", ".join(r.on)),
+                f"{r.points:+g}",
+                Text(r.group),
+                Text(_repeat_text(r)),
+            )
+        console.print(table)
+    if compiled.fit:
+        table = Table(title="Fit", title_justify="left")
+        for name in ("id", "trait", "points", "group"):
+            table.add_column(name, justify="right" if name == "points" else "left")
+        for f in compiled.fit:
+            table.add_row(Text(f.id), Text(f.trait), f"{f.points:+g}", Text(f.group))
+        console.print(table)
+    if compiled.triggers:
+        table = Table(title="Triggers", title_justify="left")
+        for name in ("id", "when", "actions"):
+            table.add_column(name)
+        for t in compiled.triggers:
+            actions = ", ".join(f"{k} {v}" for a in t.actions for k, v in a.items())
+            table.add_row(Text(t.id), Text(_trigger_text(t)), Text(actions))
+        console.print(table)
+
+
+# --------------------------------------------------------------------------- explain
+
+
+def _lines(paths: list[str]) -> Iterator[bytes]:
+    for path in paths:
+        stream = _open_input(path)
+        try:
+            yield from stream
+        finally:
+            if stream is not sys.stdin.buffer:
+                stream.close()
+
+
+@app.command(context_settings={"allow_extra_args": True})
+def explain(
+    ctx: typer.Context,
+    rules: Annotated[
+        str, typer.Option("--rules", "-r", metavar="RULES", help="The rules file (YAML).")
+    ],
+    events: Annotated[
+        list[str],
+        typer.Option(
+            "--events",
+            "-e",
+            metavar="FILE",
+            help="Events files (JSON lines, .gz too), read in the order given; - reads stdin.",
+        ),
+    ],
+    contact: Annotated[
+        str, typer.Option("--contact", "-c", metavar="ID", help="The contact id to explain.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the explanation as JSON.")] = False,
+) -> None:
+    """Explain one contact's score: every point with its rule, triggers, stages, decay.
+
+    Replays the events through the engine (no Bytewax, no Redis) with the same rejections
+    and end-of-input timers as `leadscore run`, so the final score matches its output.
+    """
+    paths = _events_arg(events, ctx.args)
+    for path in paths:
+        if path != STDIO and not Path(path).is_file():
+            _fail(f"events file not found: {path}")
+    compiled = _load_rules(rules)
+    result = replay(compiled, _lines(paths), contact, time.time())
+    if result.view is None:
+        _fail(
+            f"no accepted events for contact {contact!r} in {', '.join(paths)} "
+            f"({result.lines:,} lines read); check the id with: grep '\"{contact}\"' FILE"
+        )
+    story = explain_records(contact, result.records, result.view, compiled)
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(story.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+        return
+    _render_explanation(_console(), story, result)
+
+
+def _table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Table:
+    """A compact table; time columns never wrap so a timestamp is never cut."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in columns:
+        table.add_column(
+            name,
+            justify="right" if name in right else "left",
+            no_wrap=name == "at",
+            min_width=24 if name == "at" else None,
+            overflow="fold",
+        )
+    return table
+
+
+def _render_explanation(console: Console, story: Explanation, result: Replay) -> None:
+    final = story.final or {}
+    console.print(
+        Text.assemble(
+            ("contact ", "bold"),
+            (story.contact, "bold cyan"),
+            f": {result.events:,} events, duplicates dropped: {result.duplicates:,}",
+        )
+    )
+    if story.points:
+        table = _table(
+            "Points", "at", "event", "rule", "group", "points", "score after",
+            right=("points", "score after"),
+        )  # fmt: skip
+        for p in story.points:
+            event = Text(p.action or "")
+            if p.event_id:
+                event.append(f"\n{p.event_id}", style="dim")
+            rule = Text(p.rule, style="bold")
+            if p.name:
+                rule.append(f"\n{p.name}")
+            if p.description:
+                rule.append(f"\n{p.description}", style="dim")
+            points = f"{p.applied:+.4g}"
+            if p.capped:
+                points += f"\n(capped from {p.delta:+g})"
+            table.add_row(Text(p.at), event, rule, Text(p.group), points, _num(p.score_after))
+        console.print(table)
+    if story.triggers:
+        table = _table("Triggers fired", "at", "trigger", "score", "cause", right=("score",))
+        for t in story.triggers:
+            actions = ", ".join(f"{k} {v}" for a in t["actions"] or [] for k, v in a.items())
+            cause = Text(t["cause"] or "")
+            if actions:
+                cause.append(f"\n-> {actions}", style="dim")
+            table.add_row(Text(t["at"]), Text(t["trigger"]), _num(t["score"]), cause)
+        console.print(table)
+    moves = [
+        *(
+            (s["at"], f"stage {s['previous'] or '(none)'} -> {s['stage']}", s["cause"])
+            for s in story.stages
+        ),
+        *(
+            (s["at"], f"segment {'+' if s['added'] else '-'}{s['segment']}", s["cause"])
+            for s in story.segments
+        ),
+        *((s["at"], f"tag {'+' if s['added'] else '-'}{s['tag']}", s["cause"]) for s in story.tags),
+    ]
+    if moves:
+        table = _table("Stage, segment and tag changes", "at", "change", "cause")
+        for at, change, cause in sorted(moves, key=lambda m: m[0]):
+            table.add_row(Text(at), Text(change), Text(cause or ""))
+        console.print(table)
+    table = _table(
+        "Final score", "score", "value", "from rules", "decay",
+        right=("value", "from rules", "decay"),
+    )  # fmt: skip
+    decay = story.decay or {}
+    for group, value in (final.get("scores") or {}).items():
+        table.add_row(
+            Text(group),
+            _num(value),
+            _num(story.applied.get(group, 0.0)),
+            _num(decay.get(group, 0.0)),
+        )
+    table.add_row(
+        Text("total", style="bold"),
+        _num(final.get("total")),
+        _num(story.applied_total),
+        _num(story.decay_total),
+    )
+    console.print(table)
+    facts = [
+        ("normalized", _num(final.get("normalized"))),
+        ("grade", final.get("grade") or ""),
+        ("stage", final.get("stage") or ""),
+        ("segments", ", ".join(final.get("segments") or [])),
+        ("tags", ", ".join(final.get("tags") or [])),
+        ("updated at", final.get("updated_at") or ""),
+    ]
+    console.print(Text("  ".join(f"{k}: {v}" for k, v in facts if v)))
+
+
+# --------------------------------------------------------------------------- generate
+
+
+@app.command()
+def generate(
+    contacts: Annotated[
+        int, typer.Option("--contacts", "-n", min=1, metavar="N", help="How many contacts.")
+    ],
+    events: Annotated[
+        int, typer.Option("--events", "-m", min=0, metavar="M", help="How many event lines.")
+    ],
+    seed: Annotated[
+        int, typer.Option("--seed", "-s", metavar="S", help="Same seed, same bytes.")
+    ] = 0,
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out", "-o", metavar="FILE", help="Output file (.gz is compressed); - is stdout."
+        ),
+    ] = STDIO,
+    malformed_rate: Annotated[
+        float,
+        typer.Option(
+            "--malformed-rate",
+            metavar="RATE",
+            min=0.0,
+            max=1.0,
+            help="Share of lines broken on purpose, to exercise dead letters.",
+        ),
+    ] = 0.001,
+    days: Annotated[
+        float,
+        typer.Option("--days", metavar="DAYS", help="Roughly how many days the stream covers."),
+    ] = 56.0,
+) -> None:
+    """Write realistic synthetic events (JSON lines) for demos, tests and benchmarks.
+
+    Busy contacts and a long tail, browsing sessions, email funnels, forms, slightly
+    out-of-order timestamps and a few malformed lines. Deterministic for the same options.
+    """
+    from leadscore.generate import write_events
+
+    if days <= 0:
+        _fail(f"--days must be positive, got {days:g}")
+    if out != STDIO:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        written = write_events(
+            out, contacts, events, seed, malformed_rate=malformed_rate, days=days
+        )
+    except (ValueError, OSError) as err:
+        _fail(f"cannot generate: {err}")
+    malformed = round(events * malformed_rate)
+    where = "standard output" if out == STDIO else out
+    typer.echo(
+        f"wrote {written:,} events for {contacts:,} contacts to {where} "
+        f"(seed {seed}, {malformed:,} malformed on purpose)",
+        err=True,
+    )
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@app.command()
+def schema(
+    out: Annotated[
+        str, typer.Option("--out", "-o", metavar="FILE", help="Write to this file; - is stdout.")
+    ] = STDIO,
+) -> None:
+    """Print the JSON Schema of the rules file, for editors and CI validation."""
+    try:
+        from leadscore.schema import rules_json_schema
+    except ImportError as err:
+        _fail(f"the rules schema is not available in this installation ({err})")
+    data = orjson.dumps(rules_json_schema(), option=orjson.OPT_INDENT_2) + b"\n"
+    if out == STDIO:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        Path(out).write_bytes(data)
+    except OSError as err:
+        _fail(f"cannot write {out}: {err}")
+    typer.echo(f"wrote the rules JSON Schema to {out}", err=True)
+
+
+if __name__ == "__main__":
+    main()
