@@ -907,3 +907,30 @@ def test_is_known_covers_standard_vocabulary_rules_and_known_actions() -> None:
     assert r.is_known("trial.start")
     assert not r.is_known("chat.end")
     assert not r.is_known("page.hits")
+
+
+def test_active_until_a_date_includes_that_whole_day() -> None:
+    eng = engine(
+        """
+        version: 1
+        actions:
+          - {id: p, on: page.hit, points: 5, repeat: true, active: {until: 2026-06-30}}
+        """
+    )
+    st = eng.new_state()
+    assert awarded(eng, st, ev("page.hit", T0 + 29 * DAY + 23 * HOUR))
+    assert not awarded(eng, st, ev("page.hit", T0 + 30 * DAY + 1))
+
+
+def test_active_until_a_quoted_date_means_the_same_as_a_bare_date() -> None:
+    # `until: 2026-06-30` and `until: "2026-06-30"` are the same date to a marketer
+    eng = engine(
+        """
+        version: 1
+        actions:
+          - {id: p, on: page.hit, points: 5, repeat: true, active: {until: "2026-06-30"}}
+        """
+    )
+    st = eng.new_state()
+    assert awarded(eng, st, ev("page.hit", T0 + 29 * DAY + 23 * HOUR))
+    assert not awarded(eng, st, ev("page.hit", T0 + 30 * DAY + 1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from scoring_helpers import DAY, HOUR, T0, engine, ev, of_type, run, scores_at
@@ -180,7 +181,7 @@ triggers:
 """
 
 
-def fired_at(effects: list[object]) -> list[tuple[str, float]]:
+def fired_at(effects: list[Any]) -> list[tuple[str, float]]:
     return [(t.trigger, t.at) for t in of_type(effects, TriggerFired)]
 
 
@@ -397,7 +398,7 @@ def test_late_event_decays_from_its_own_event_time() -> None:
     assert scores_at(eng, late, T0 + H)["engagement"] == pytest.approx(expected, abs=0.01)
 
 
-def test_expire_after_awards_never_expire_late_and_at_most_1pct_early() -> None:
+def test_expire_after_in_order_awards_never_expire_late_and_at_most_1pct_early() -> None:
     # Exact per-award expiry would make state grow with every event; awards close in time may
     # share an expiry. Pin the bound: never late, never more than 1% of the period early.
     eng = engine(EXPIRE)
@@ -461,3 +462,60 @@ def test_next_due_with_decay_and_expiry_on_the_total() -> None:
     assert eng.next_due(st) == pytest.approx(T0 + 10 * DAY, abs=1.0)
     (tf,) = of_type(eng.advance(st, T0 + 30 * DAY), TriggerFired)
     assert tf.at == pytest.approx(T0 + 10 * DAY, abs=1.0)
+
+
+def test_advance_fires_several_crossings_in_time_order_each_at_its_due_time() -> None:
+    eng = engine(
+        """
+        version: 1
+        groups: {engagement: {decay: {half_life: 14d}}}
+        actions:
+          - {id: e, on: form.submit, points: 80, repeat: true}
+        triggers:
+          - {id: b10, score: total, below: 10, actions: []}
+          - {id: b40, score: total, below: 40, actions: []}
+          - {id: b20, score: total, below: 20, actions: []}
+        """
+    )
+    st = eng.new_state()
+    eng.apply(st, ev("form.submit", T0))
+    got = fired_at(eng.advance(st, T0 + 100 * DAY))
+    assert [name for name, _ in got] == ["b40", "b20", "b10"]
+    for (_, at), k in zip(got, (1, 2, 3), strict=True):
+        assert at == pytest.approx(T0 + k * H, abs=1e-3)
+
+
+def test_next_due_is_recomputed_after_the_score_rises_again() -> None:
+    eng = engine(COOLING)
+    st = eng.new_state()
+    eng.apply(st, ev("form.submit", T0))  # 80, due at 2H
+    eng.advance(st, T0 + 3 * H)  # fired at 2H; now 10
+    eng.apply(st, ev("form.submit", T0 + 3 * H))  # 90: re-armed
+    s = 80 * 2**-3 + 80
+    assert eng.next_due(st) == pytest.approx(T0 + 3 * H + H * math.log2(s / 20), abs=1e-3)
+    (tf,) = of_type(eng.advance(st, T0 + 10 * H), TriggerFired)
+    assert tf.at == pytest.approx(T0 + 3 * H + H * math.log2(s / 20), abs=1e-3)
+
+
+def test_decay_trigger_actions_change_state_at_the_due_time() -> None:
+    eng = engine(
+        """
+        version: 1
+        groups: {engagement: {decay: {half_life: 14d}}}
+        actions:
+          - {id: e, on: form.submit, points: 80, repeat: true}
+        triggers:
+          - {id: cold, score: total, below: 20,
+             actions: [{add_tag: cold}, {add_segment: nurture}, {set_stage: nurture}]}
+        stages:
+          order: [nurture, hot]
+        """
+    )
+    st = eng.new_state()
+    eng.apply(st, ev("form.submit", T0))
+    effects = eng.advance(st, T0 + 5 * H)
+    kinds = sorted(type(e).__name__ for e in effects)
+    assert kinds == ["SegmentChanged", "StageChanged", "TagChanged", "TriggerFired"]
+    assert all(e.at == pytest.approx(T0 + 2 * H, abs=1e-3) for e in effects)
+    view = eng.view("c-1", st)
+    assert (view["tags"], view["segments"], view["stage"]) == (["cold"], ["nurture"], "nurture")

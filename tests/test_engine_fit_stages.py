@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import Any
 
 import pytest
 from scoring_helpers import DAY, T0, engine, ev, of_type, run, score
 
 from leadscore.engine import PointChange, StageChanged
-from leadscore.events import format_ts
+from leadscore.events import Event, format_ts
 
 FIT = """
 version: 1
@@ -22,11 +23,11 @@ fit:
 """
 
 
-def identify(traits: dict[str, object], t: float = T0) -> object:
+def identify(traits: dict[str, object], t: float = T0) -> Event:
     return ev("identify", t, traits=traits)
 
 
-def fit_changes(effects: list[object]) -> dict[str, float]:
+def fit_changes(effects: list[Any]) -> dict[str, float]:
     return {p.rule: p.applied for p in of_type(effects, PointChange)}
 
 
@@ -197,7 +198,7 @@ stages:
 """
 
 
-def stage_moves(effects: list[object]) -> list[tuple[str, str | None]]:
+def stage_moves(effects: list[Any]) -> list[tuple[str, str | None]]:
     return [(s.stage, s.previous) for s in of_type(effects, StageChanged)]
 
 
@@ -360,3 +361,31 @@ stages:
     assert view["updated_at"] == format_ts(T0 + 2)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", view["updated_at"])
     assert datetime.fromisoformat(view["updated_at"]).timestamp() == T0 + 2
+
+
+def test_a_null_trait_removes_its_fit_points() -> None:
+    eng = engine(FIT)
+    st = eng.new_state()
+    eng.apply(st, identify({"phone": "+34 600", "country": "ES"}))
+    effects = eng.apply(st, identify({"phone": None}, T0 + 1))
+    assert fit_changes(effects) == {"has-phone": -3}
+    assert score(eng, st, "fit") == 5
+
+
+def test_fit_points_respect_fit_group_caps() -> None:
+    eng = engine(
+        """
+        version: 1
+        groups: {engagement: {}, fit: {max: 20}}
+        fit:
+          - {id: a, trait: title, exists: true, points: 15}
+          - {id: b, trait: country, exists: true, points: 15}
+        """
+    )
+    st = eng.new_state()
+    effects = eng.apply(st, identify({"title": "x", "country": "y"}))
+    assert [(p.rule, p.applied, p.capped) for p in of_type(effects, PointChange)] == [
+        ("a", 15, False),
+        ("b", 5, True),
+    ]
+    assert score(eng, st, "fit") == 20

@@ -355,3 +355,83 @@ def test_state_size_does_not_grow_with_the_number_of_events(
             sizes[i] = len(encode(state))
     assert sizes[4000] <= max(sizes[500], sizes[1000]) * 1.1 + 64, sizes
     assert sizes[4000] <= 4096, sizes
+
+
+@FAST
+@given(events=event_lists(ordered=True), wakes=st.lists(st.floats(0, 1), max_size=40))
+def test_timer_wakeups_do_not_change_what_fires_or_when(
+    events: list[Event], wakes: list[float]
+) -> None:
+    """Crossings fire at their due time whether or not a timer woke the contact in between."""
+    eng = Engine(rules(RICH))
+    plain, plain_effects = replay(eng, events)
+    woken = eng.new_state()
+    woken_effects: list[Any] = []
+    for i, e in enumerate(events):
+        if i < len(wakes) and i > 0:
+            # a timer fires somewhere between the previous event and this one
+            prev = events[i - 1].ts
+            woken_effects.extend(eng.advance(woken, prev + (e.ts - prev) * wakes[i]))
+        due = eng.next_due(woken)
+        if due is not None and due <= e.ts:
+            woken_effects.extend(eng.advance(woken, due))  # the timer at the due time
+        woken_effects.extend(eng.apply(woken, e))
+
+    def fired(effects: list[Any]) -> list[tuple[str, float]]:
+        return [(f.trigger, round(f.at, 3)) for f in effects if type(f).__name__ == "TriggerFired"]
+
+    def points(effects: list[Any]) -> list[tuple[str, float]]:
+        return [(p.rule, round(p.applied, 6)) for p in of_type(effects, PointChange)]
+
+    assert fired(woken_effects) == fired(plain_effects)
+    assert points(woken_effects) == points(plain_effects)
+    end = (events[-1].ts if events else T0) + 100 * DAY
+    eng.advance(plain, end)
+    eng.advance(woken, end)
+    a, b = eng.view("c-1", plain), eng.view("c-1", woken)
+    for group, value in a["scores"].items():
+        assert b["scores"][group] == pytest.approx(value, abs=1e-3)
+    assert (a["segments"], a["tags"], a["stage"]) == (b["segments"], b["tags"], b["stage"])
+
+
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+PROP_KEYS = st.sampled_from(["url", "company", "title", "country", "size", "x", "company.size"])
+
+
+@FAST
+@given(
+    items=st.lists(
+        st.tuples(
+            st.sampled_from([*ACTIONS, "email.unsubscribe", "chat.start"]),
+            st.dictionaries(PROP_KEYS, JSON_VALUES, max_size=3),
+            st.none() | st.dictionaries(PROP_KEYS, JSON_VALUES, max_size=3),
+            st.floats(0, 90 * DAY),
+        ),
+        max_size=25,
+    )
+)
+def test_any_json_props_and_traits_never_crash_the_engine_or_codec(
+    items: list[tuple[str, dict[str, Any], dict[str, Any] | None, float]],
+) -> None:
+    """Whatever a client sends (JSON-representable), scoring and checkpointing go on."""
+    eng = Engine(rules(RICH))
+    state = eng.new_state()
+    for action, props, traits, off in items:
+        eng.apply(state, ev(action, T0 + off, props=props, traits=traits))
+        eng.view("c-1", state)
+        eng.next_due(state)
+    packed = encode(state)
+    assert encode(decode(packed)) == packed

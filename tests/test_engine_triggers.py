@@ -382,3 +382,31 @@ def test_after_does_not_turn_a_later_unrelated_change_into_a_crossing() -> None:
 
 def eng_view(s: Seq) -> dict[str, object]:
     return s.eng.view("c-1", s.st)
+
+
+def test_effects_and_state_are_slotted_and_orjson_serialises_effects() -> None:
+    import orjson
+
+    eng = engine(FULL)
+    st = eng.new_state()
+    assert not hasattr(st, "__dict__")
+    effects = run(eng, st, [ev("page.hit", T0, id="a"), ev("page.hit", T0 + 1, id="b")])
+    effects += eng.apply(st, ev("page.hit", T0 + 2, id="b"))  # a Duplicate
+    kinds = {type(e).__name__ for e in effects}
+    assert kinds >= {"PointChange", "TriggerFired", "SegmentChanged", "TagChanged", "Duplicate"}
+    assert "StageChanged" in kinds
+    for e in effects:
+        assert not hasattr(e, "__dict__"), type(e)
+        data = orjson.loads(orjson.dumps(e))
+        assert isinstance(data, dict) and data
+    (pc,) = [e for e in effects if isinstance(e, PointChange)][:1]
+    assert set(orjson.loads(orjson.dumps(pc))) == {
+        "rule",
+        "group",
+        "delta",
+        "applied",
+        "score_after",
+        "event_id",
+        "at",
+        "capped",
+    }
