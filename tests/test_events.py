@@ -279,3 +279,35 @@ def test_documented_codes_that_events_py_produces() -> None:
         "bad_ts",
         "non_finite",
     }
+
+
+# --- every accepted timestamp must be usable downstream -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        1e20,  # "milliseconds" -> 1e17 s, year ~3 billion
+        1e300,
+        "9999-12-31T23:59:59-01:00",  # year 10000 in UTC
+        "0001-01-01T00:00:00+01:00",  # year 0 in UTC
+    ],
+)
+def test_accepted_timestamps_can_be_rendered(ts: object) -> None:
+    # Every sink and the read model render `at` / `updated_at` with format_ts: an event the
+    # contract accepts must not crash them later. Either reject it (bad_ts) or render it.
+    result = validate_event(good(ts=ts), NOW)
+    if isinstance(result, Event):
+        format_ts(result.ts)
+    else:
+        assert result.code == "bad_ts"
+
+
+def test_pre_1970_text_is_rejected_like_negative_numbers() -> None:
+    # -1 as a number is bad_ts ("negative"); the same instant as text should be too
+    assert code(validate_event(good(ts="1969-12-31T23:59:59Z"), NOW)) == "bad_ts"
+
+
+def test_huge_integer_timestamp_is_a_reject_not_an_exception() -> None:
+    # validate_event takes already-decoded objects (e.g. stdlib json gives unbounded ints)
+    assert code(validate_event(good(ts=10**400), NOW)) in {"bad_ts", "non_finite"}
