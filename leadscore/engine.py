@@ -29,6 +29,7 @@ from leadscore.rules import (
     Trigger,
 )
 
+_UNKNOWN = -1.0  # ContactState.due not computed since the last change
 RECENT_IDS = 16  # event ids remembered per contact to drop producer retries
 MAX_TRAIT_CHARS = 256  # keeps a contact's packed state bounded whatever a client sends
 _MISSING = object()
@@ -96,12 +97,18 @@ Effect = PointChange | TriggerFired | StageChanged | SegmentChanged | TagChanged
 class ContactState:
     """Everything the engine remembers about one contact; bounded whatever it does.
 
-    ``triggers`` maps a trigger id to the sequence number of its last firing. The sign carries
-    whether it is armed: for ``at_least`` absent or negative means armed; for ``below``, 0 or
-    negative means armed (the score has been at or above the threshold since it last fired).
+    ``triggers`` maps a trigger id to an int that packs the sequence number of its last firing
+    (``seq``, 0 for never) and whether it is armed:
+
+    - ``at_least``: absent = armed, never fired; ``seq`` = fired, not re-armed; ``-seq`` =
+      fired, then re-armed by ``rearm_below``.
+    - ``below``: ``-(seq + 1)`` = armed (the score has been at or above the threshold since);
+      ``seq`` = not armed. Absent = never evaluated: armed when the starting score 0 is at or
+      above the threshold.
     """
 
     __slots__ = (
+        "due",
         "fit",
         "groups",
         "last_ts",
@@ -127,10 +134,12 @@ class ContactState:
         self.fit: list[str] = []
         self.last_ts = 0.0
         self.recent_ids: list[int] = []
+        # Derived, never stored: when decay next crosses an armed `below` trigger (inf: never).
+        self.due = _UNKNOWN
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ContactState) and all(
-            getattr(self, name) == getattr(other, name) for name in self.__slots__
+            getattr(self, name) == getattr(other, name) for name in self.__slots__ if name != "due"
         )
 
     def __repr__(self) -> str:
@@ -154,6 +163,7 @@ class Engine:
         self._fit = rules.fit
         self._fit_paths = tuple(dict.fromkeys(r.trait for r in rules.fit))
         self._triggers = rules.triggers
+        self._trigger_by_id = {t.id: t for t in rules.triggers}
         self._trigger_ops = {
             t.id: tuple(next(iter(a.items())) for a in t.actions) for t in rules.triggers
         }
@@ -198,14 +208,8 @@ class Engine:
             props = event.props
             trackers = state.trackers
             for r in rules:
-                if r.where:
-                    for condition in r.where:
-                        if not condition.holds(props):
-                            break
-                    else:
-                        condition = None
-                    if condition is not None:
-                        continue
+                if r.match is not None and not r.match(props):
+                    continue
                 if r.active_from is not None and t < r.active_from:
                     continue
                 if r.active_until is not None and t > r.active_until:
@@ -226,7 +230,7 @@ class Engine:
         if stage_rules is not None:
             props = event.props
             for sr in stage_rules:
-                if all(c.holds(props) for c in sr.where):
+                if sr.match is None or sr.match(props):
                     self._move_stage(state, sr.rank, t, event.action, effects)
 
         if moved and self._triggers:
@@ -245,8 +249,12 @@ class Engine:
                 state.last_ts = t
             return effects
         while True:
+            if state.due == _UNKNOWN:
+                state.due = self._next_crossing(state)[0]
+            if state.due > t:
+                break
             due, trigger = self._next_crossing(state)
-            if trigger is None or due > t:
+            if trigger is None:
                 break
             if due > state.last_ts:
                 state.last_ts = due
@@ -263,14 +271,16 @@ class Engine:
                 and self.score(state, trigger.score, state.last_ts) < trigger.rearm_below  # type: ignore[operator]
             ):
                 state.triggers[trigger.id] = -fired
+                state.due = _UNKNOWN
         return effects
 
     def next_due(self, state: ContactState) -> float | None:
         """When decay alone will take this contact across a ``below`` threshold, or None."""
         if not self._decay_below:
             return None
-        due, trigger = self._next_crossing(state)
-        return due if trigger is not None else None
+        if state.due == _UNKNOWN:
+            state.due = self._next_crossing(state)[0]
+        return None if state.due == inf else state.due
 
     def score(self, state: ContactState, name: str, t: float) -> float:
         """A group's score, or the total, as of time ``t``."""
@@ -365,15 +375,19 @@ class Engine:
             g = state.groups[group] = [0.0, t] if spec.expire_after is None else [0.0, t, []]
         else:
             self._settle(spec, g, t)
+        # A late event (older than the group's clock) counts as decayed since its own time.
+        late = spec.half_life is not None and t < g[1]
+        factor = exp2((t - g[1]) / spec.half_life) if late else 1.0  # type: ignore[operator]
         before = g[0]
-        after = before + points
+        after = before + points * factor
         capped = False
         if spec.max is not None and points > 0 and after > spec.max:
             after, capped = max(before, spec.max), True
         elif spec.min is not None and points < 0 and after < spec.min:
             after, capped = min(before, spec.min), True
-        applied = after - before
+        applied = (after - before) / factor
         g[0] = after
+        state.due = _UNKNOWN
         if spec.expire_after is not None and applied:
             expires = t + spec.expire_after
             buckets = g[2]
@@ -386,11 +400,12 @@ class Engine:
         return applied
 
     def _next_crossing(self, state: ContactState) -> tuple[float, Trigger | None]:
+        """The earliest decay crossing among armed ``below`` triggers (inf when none)."""
         best, best_trigger = inf, None
         triggers = state.triggers
         for trigger in self._decay_below:
             fired = triggers.get(trigger.id)
-            if fired is None or fired > 0 or not self._after_ok(state, trigger, fired):
+            if not _below_armed(trigger, fired) or not self._after_ok(state, trigger, fired):
                 continue
             due = self._crossing_time(state, trigger.score, trigger.threshold)
             if due is not None and due < best:
@@ -426,13 +441,24 @@ class Engine:
                 constant += c
             else:
                 constant += g[0]
+        if not expiries:
+            if not waves:
+                return t0 if constant < threshold else None
+            if len(waves) == 1:
+                wave, half_life = waves[0]
+                gap = threshold - constant
+                if wave + constant < threshold:
+                    return t0
+                if wave <= 0 or gap <= 0:
+                    return None
+                return t0 + half_life * log2(wave / gap)
         expiries.sort()
 
         def value(t: float, c: float) -> float:
             return c + sum(s * exp2((t0 - t) / h) for s, h in waves)
 
         start = t0
-        if value(start, constant) <= threshold:
+        if value(start, constant) < threshold:
             return start
         for boundary, points in [*expiries, (inf, 0.0)]:
             due = _solve(waves, constant, threshold, t0, start, boundary, value)
@@ -441,7 +467,7 @@ class Engine:
             if boundary == inf:
                 return None
             constant -= points
-            if value(boundary, constant) <= threshold:
+            if value(boundary, constant) < threshold:
                 return boundary
             start = boundary
         return None
@@ -457,26 +483,33 @@ class Engine:
                 s = scores[trigger.score] = self.score(state, trigger.score, t)
             fired = triggers.get(trigger.id)
             if trigger.below:
+                armed = _below_armed(trigger, fired)
                 if s >= trigger.threshold:
-                    if fired is None:
-                        triggers[trigger.id] = 0
-                    elif fired > 0:
-                        triggers[trigger.id] = -fired
-                elif fired is not None and fired <= 0 and self._after_ok(state, trigger, fired):
-                    self._fire(state, trigger, s, t, _cause(event, effects), effects)
+                    if not armed:
+                        triggers[trigger.id] = -_last_fire(trigger, fired) - 1
+                        state.due = _UNKNOWN
+                elif armed:
+                    if self._after_ok(state, trigger, fired):
+                        self._fire(state, trigger, s, t, _cause(event, effects), effects)
+                    else:
+                        # Crossed while `after` did not allow it: that crossing is spent.
+                        triggers[trigger.id] = _last_fire(trigger, fired)
+                        state.due = _UNKNOWN
             else:
                 rearm = trigger.rearm_below
                 if fired is not None and fired > 0 and rearm is not None and s < rearm:
                     fired = triggers[trigger.id] = -fired
+                    state.due = _UNKNOWN
                 if s >= trigger.threshold and (fired is None or fired < 0):
                     self._fire(state, trigger, s, t, _cause(event, effects), effects)
 
-    @staticmethod
-    def _after_ok(state: ContactState, trigger: Trigger, fired: int) -> bool:
+    def _after_ok(self, state: ContactState, trigger: Trigger, fired: int | None) -> bool:
+        """Whether the `after` trigger has fired since this one last fired."""
         if trigger.after is None:
             return True
-        other = state.triggers.get(trigger.after)
-        return other is not None and abs(other) > abs(fired)
+        after = self._trigger_by_id[trigger.after]
+        other = _last_fire(after, state.triggers.get(trigger.after))
+        return other > _last_fire(trigger, fired)
 
     def _fire(
         self,
@@ -489,6 +522,7 @@ class Engine:
     ) -> None:
         state.seq += 1
         state.triggers[trigger.id] = state.seq
+        state.due = _UNKNOWN
         effects.append(TriggerFired(trigger.id, round(score, 4), t, list(trigger.actions), cause))
         for kind, arg in self._trigger_ops[trigger.id]:
             if kind == "add_segment":
@@ -541,8 +575,7 @@ class Engine:
                     del known[path]
                     changed = True
                 continue
-            if isinstance(value, str) and len(value) > MAX_TRAIT_CHARS:
-                value = value[:MAX_TRAIT_CHARS]
+            value = _storable(value)
             if known.get(path, _MISSING) != value:
                 known[path] = value
                 changed = True
@@ -603,6 +636,21 @@ def _admit(r: Any, tracker: list[Any], t: float) -> bool:
     return True
 
 
+def _last_fire(trigger: Trigger, packed: int | None) -> int:
+    """The sequence number of a trigger's last firing (0: never); see ContactState."""
+    if packed is None:
+        return 0
+    if trigger.below:
+        return packed if packed >= 0 else -packed - 1
+    return abs(packed)
+
+
+def _below_armed(trigger: Trigger, packed: int | None) -> bool:
+    if packed is None:
+        return trigger.threshold <= 0  # the starting score 0 is at or above it
+    return packed < 0
+
+
 def _solve(
     waves: list[tuple[float, float]],
     constant: float,
@@ -634,6 +682,17 @@ def _solve(
         else:
             hi = mid
     return hi
+
+
+def _storable(value: Any) -> Any:
+    """A trait value as state keeps it: a bounded scalar that msgpack can always write."""
+    if isinstance(value, str):
+        return value[:MAX_TRAIT_CHARS]
+    if isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else float(value)
+    return str(value)[:MAX_TRAIT_CHARS]
 
 
 def _lookup(data: dict[str, Any], path: str) -> Any:

@@ -15,6 +15,7 @@ import orjson
 MAX_EVENT_BYTES = 64 * 1024
 MAX_CONTACT_CHARS = 256
 _MS_THRESHOLD = 1e11  # epoch seconds this large are year 5138: treat as milliseconds
+_MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z, the last instant RFC 3339 can write
 
 STANDARD_ACTIONS = frozenset(
     {
@@ -101,12 +102,18 @@ def parse_ts(value: object, now: float) -> float | Reject:
     if isinstance(value, bool):
         return Reject("wrong_type", "field 'ts' must be RFC 3339 text or an epoch number")
     if isinstance(value, int | float):
-        ts = float(value)
+        try:
+            ts = float(value)
+        except OverflowError:
+            return Reject("bad_ts", f"field 'ts' is out of range: {str(value)[:32]}")
         if not math.isfinite(ts):
             return Reject("non_finite", "field 'ts' is NaN or infinite")
         if ts < 0:
             return Reject("bad_ts", f"field 'ts' is negative: {value!r}")
-        return ts / 1000.0 if ts >= _MS_THRESHOLD else ts
+        ts = ts / 1000.0 if ts >= _MS_THRESHOLD else ts
+        if ts > _MAX_TS:
+            return Reject("bad_ts", f"field 'ts' is after the year 9999: {value!r}")
+        return ts
     if isinstance(value, str):
         try:
             dt = datetime.fromisoformat(value)
@@ -114,7 +121,13 @@ def parse_ts(value: object, now: float) -> float | Reject:
             return Reject("bad_ts", f"field 'ts' is not RFC 3339: {value[:64]!r}")
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=UTC)
-        return dt.timestamp()
+        try:
+            ts = dt.timestamp()
+        except (OverflowError, ValueError, OSError):
+            return Reject("bad_ts", f"field 'ts' is out of range: {value[:64]!r}")
+        if not 0 <= ts <= _MAX_TS:
+            return Reject("bad_ts", f"field 'ts' is before 1970 or after 9999: {value[:64]!r}")
+        return ts
     return Reject("wrong_type", f"field 'ts' must be text or a number, got {type(value).__name__}")
 
 
@@ -123,8 +136,10 @@ def format_ts(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def validate_event(obj: object, now: float) -> Event | Reject:
-    """Check an already-decoded object against the contract."""
+def validate_event(obj: object, now: float, size: int = 0) -> Event | Reject:
+    """Check an already-decoded object against the contract; ``size`` is its raw byte size."""
+    if size > MAX_EVENT_BYTES:
+        return Reject("too_large", f"event is {size} bytes, the limit is {MAX_EVENT_BYTES}")
     if not isinstance(obj, dict):
         return Reject("not_an_object", f"an event must be a JSON object, got {_json_type(obj)}")
     contact = obj.get("contact")
@@ -161,8 +176,9 @@ def validate_event(obj: object, now: float) -> Event | Reject:
 
 def parse_event(raw: bytes | str, now: float) -> Event | Reject:
     """Decode one JSON event. orjson refuses NaN and Infinity, which the contract forbids."""
-    if len(raw) > MAX_EVENT_BYTES:
-        return Reject("too_large", f"event is {len(raw)} bytes, the limit is {MAX_EVENT_BYTES}")
+    size = len(raw) if type(raw) is bytes else len(raw.encode("utf-8", "surrogatepass"))
+    if size > MAX_EVENT_BYTES:
+        return Reject("too_large", f"event is {size} bytes, the limit is {MAX_EVENT_BYTES}")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

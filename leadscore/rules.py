@@ -71,6 +71,9 @@ class Condition:
         self.test = test
 
     def holds(self, props: dict[str, Any]) -> bool:
+        if len(self.keys) == 1:
+            value = props.get(self.keys[0], _MISSING)
+            return value is not _MISSING and self.test(value)
         value: Any = props
         for key in self.keys:
             if type(value) is not dict:
@@ -118,6 +121,7 @@ class ActionRule:
     description: str = ""
     category: str = ""
     tracked: bool = False  # set at compile time: whether the rule needs a repeat tracker
+    match: Callable[[dict[str, Any]], bool] | None = None  # all of `where`, compiled
 
     @property
     def stateful(self) -> bool:
@@ -155,6 +159,7 @@ class StageRule:
     on: tuple[str, ...]
     where: tuple[Condition, ...]
     rank: int
+    match: Callable[[dict[str, Any]], bool] | None = None  # all of `where`, compiled
 
 
 @dataclass(slots=True)
@@ -234,7 +239,7 @@ _Loader.add_implicit_resolver(
 
 def load_rules_text(text: str, source: str = "<rules>") -> Rules:
     try:
-        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        doc = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: safe
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -291,8 +296,9 @@ class _Compiler:
         groups = self.groups(doc.get("groups"))
         default_group = "engagement" if "engagement" in groups else next(iter(groups), "")
         stage_order, allow_backward, stage_rules = self.stages(doc.get("stages"))
+        self.disabled_actions: set[str] = set()
         actions = self.actions(doc.get("actions"), groups, default_group)
-        fit = self.fit_rules(doc.get("fit"), groups)
+        fit = self.fit_rules(doc.get("fit"), groups, {a.id for a in actions})
         triggers = self.triggers(doc.get("triggers"), groups, stage_order)
         fit_grade, engagement_grade = self.grades(doc.get("grades"), groups)
         scale_score, scale_max = self.scale(doc.get("scale"), groups)
@@ -309,6 +315,7 @@ class _Compiler:
             for name in stage_rule.on:
                 stages_by_action.setdefault(name, []).append(stage_rule)
         known = STANDARD_ACTIONS | set(by_action) | set(stages_by_action) | set(extra)
+        known |= self.disabled_actions
         return Rules(
             source=self.source,
             groups=groups,
@@ -439,8 +446,11 @@ class _Compiler:
             if "active" in item:
                 self.active(where, item["active"], rule)
             rule.tracked = rule.stateful
+            rule.match = _compile_where(rule.where)
             if enabled is not False:
                 compiled.append(rule)
+            else:
+                self.disabled_actions.update(on)  # switched off, still a known action
         return compiled
 
     def repeat(self, where: str, node: object, rule: ActionRule) -> None:
@@ -512,6 +522,8 @@ class _Compiler:
             pattern = expected.lower()
             if not any(c in pattern for c in "*?["):
                 return lambda v: isinstance(v, str) and v.lower() == pattern
+            if not any(c in pattern for c in "?["):
+                return _star_glob(pattern)
             regex = re.compile(fnmatch.translate(pattern), re.IGNORECASE | re.DOTALL)
             match = regex.match
             return lambda v: isinstance(v, str) and match(v) is not None
@@ -524,7 +536,9 @@ class _Compiler:
 
     # ---- fit
 
-    def fit_rules(self, node: object, groups: dict[str, GroupSpec]) -> list[FitRule]:
+    def fit_rules(
+        self, node: object, groups: dict[str, GroupSpec], action_ids: set[str]
+    ) -> list[FitRule]:
         items = self.list_of_maps("fit", node)
         seen: set[str] = set()
         compiled = []
@@ -540,7 +554,7 @@ class _Compiler:
             )
             if not isinstance(rid, str) or not rid:
                 continue
-            if rid in seen:
+            if rid in seen or rid in action_ids:
                 self.problem(where, "id", f"duplicate id {rid!r}; ids must be unique")
             seen.add(rid)
             trait = item.get("trait")
@@ -644,7 +658,7 @@ class _Compiler:
                     self.problem(where, "rearm_below", "only 'at_least' triggers re-arm")
                 trigger.rearm_below = self.number(where, "rearm_below", item["rearm_below"])
                 rearm = trigger.rearm_below
-                if rearm is not None and threshold is not None and rearm > threshold:
+                if not below and rearm is not None and threshold is not None and rearm > threshold:
                     self.problem(where, "rearm_below", "must not be above 'at_least'")
             if "after" in item:
                 after = item["after"]
@@ -720,7 +734,9 @@ class _Compiler:
                 )
                 continue
             on = self.action_names(where, item.get("on"))
-            rules.append(StageRule(on, self.where(where, item.get("where")), order.index(stage)))
+            conditions = self.where(where, item.get("where"))
+            rank = order.index(stage)
+            rules.append(StageRule(on, conditions, rank, _compile_where(conditions)))
         return order, allow_backward, rules
 
     def grades(
@@ -837,11 +853,57 @@ class _Compiler:
             start = datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp()
             return start + 86399.999 if end else start
         if isinstance(value, str):
+            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
+                try:
+                    return self.instant(where, field, date.fromisoformat(value.strip()), end)
+                except ValueError:
+                    pass
             ts = parse_ts(value, 0.0)
             if isinstance(ts, float):
                 return ts
         self.problem(where, field, f"expected an RFC 3339 date or time, got {value!r}")
         return None
+
+
+def _compile_where(conditions: tuple[Condition, ...]) -> Callable[[dict[str, Any]], bool] | None:
+    """One callable for all of a rule's conditions; the common one-prop case is a closure."""
+    if not conditions:
+        return None
+    if len(conditions) == 1 and len(conditions[0].keys) == 1:
+        key, test = conditions[0].keys[0], conditions[0].test
+
+        def one(props: dict[str, Any]) -> bool:
+            value = props.get(key, _MISSING)
+            return value is not _MISSING and test(value)
+
+        return one
+    return lambda props: all(c.holds(props) for c in conditions)
+
+
+def _star_glob(pattern: str) -> Predicate:
+    """A glob with only `*` wildcards, as substring checks: several times faster than a regex."""
+    head, *middle, tail = pattern.split("*")
+    middle = [part for part in middle if part]
+    least = len(head) + len(tail) + sum(map(len, middle))
+    if not head and not tail and len(middle) == 1:
+        needle = middle[0]
+        return lambda v: isinstance(v, str) and needle in v.lower()
+
+    def match(v: object) -> bool:
+        if not isinstance(v, str) or len(v) < least:
+            return False
+        text = v.lower()
+        if not text.startswith(head) or not text.endswith(tail):
+            return False
+        at, end = len(head), len(text) - len(tail)
+        for part in middle:
+            at = text.find(part, at, end)
+            if at < 0:
+                return False
+            at += len(part)
+        return True
+
+    return match
 
 
 def _equals(expected: object) -> Predicate:
