@@ -9,7 +9,6 @@ trigger leaves exactly once.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import time
 from datetime import UTC, datetime
@@ -80,6 +79,7 @@ class PartitionLogic(ShardLogic):
                     self.emit("dead_letter", item.record())
             self.acks.append(entry_id)
             self.pending += len(items)
+        self.reschedule()
         metrics.EVENTS_SCORED.inc(self.scored - scored)
         metrics.DUPLICATES.inc(self.duplicates - duplicates)
         if self.deadline is None:
@@ -137,15 +137,18 @@ class PartitionLogic(ShardLogic):
             blob = blobs.get(contact)
             self.contacts[contact] = decode(blob) if blob is not None else new_state()
 
-    def fire_due(self, now: float) -> None:
-        due_contacts = {c for due, c in self.timers if due <= now}
-        self.load(due_contacts)  # a contact may have left memory with its timer still set
-        before = len(self.out.get("triggers", ()))
-        super().fire_due(now)
-        if len(self.out.get("triggers", ())) != before:
-            self.dirty.update(due_contacts)
+    def fire_due(self, now: float) -> list[str]:
+        advanced = super().fire_due(now)
+        if advanced:
+            self.dirty.update(advanced)
             if self.deadline is None:
                 self.deadline = now + self.config.flush_ms / 1000.0
+        return advanced
+
+    def timer_state(self, contact: str) -> Any:
+        if contact not in self.contacts:
+            self.load({contact})  # it left memory with its timer still set
+        return self.contacts[contact]
 
     # ---- output
 
@@ -198,11 +201,6 @@ class PartitionLogic(ShardLogic):
             return
         for contact in list(self.contacts)[:excess]:
             del self.contacts[contact]
-
-    def schedule(self, contact: str, state: Any) -> None:
-        due = self.engine.next_due(state)
-        if due is not None:
-            heapq.heappush(self.timers, (due, contact))
 
     def snapshot(self) -> None:
         return None

@@ -206,6 +206,8 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
         self.rejected: Counter[str] = Counter()
         self.fired: Counter[str] = Counter()
         self.out: dict[str, list[bytes]] = {}
+        self.touched: set[str] = set()  # contacts whose timer may have moved in this batch
+        self.due_of: dict[str, float] = {}  # the one live timer of each contact
 
     # ---- Bytewax callbacks
 
@@ -219,6 +221,7 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
             elif kind is DeadLetter:
                 self.rejected[value.reject.code] += 1
                 self.emit("dead_letter", value.record())
+        self.reschedule()
         return self.drain(), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -258,7 +261,7 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
             return
         self.scored += 1
         self.record(contact, effects)
-        self.schedule(contact, state)
+        self.touched.add(contact)
 
     def record(self, contact: str, effects: list[Effect]) -> None:
         for effect in effects:
@@ -267,9 +270,18 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
                 self.fired[effect.trigger] += 1  # type: ignore[union-attr]
             self.emit(kind, line)
 
+    def reschedule(self) -> None:
+        """Once per batch, not per event: a busy contact's timer is computed once."""
+        for contact in self.touched:
+            self.schedule(contact, self.contacts[contact])
+        self.touched.clear()
+
     def schedule(self, contact: str, state: ContactState) -> None:
         due = self.engine.next_due(state)
-        if due is not None:
+        if due is None:
+            self.due_of.pop(contact, None)
+        elif self.due_of.get(contact) != due:
+            self.due_of[contact] = due
             heapq.heappush(self.timers, (due, contact))
 
     def tick(self, tick: Tick) -> None:
@@ -279,16 +291,25 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
             self.high = tick.high
         self.clock = min(min(self.marks), self.high)
 
-    def fire_due(self, now: float) -> None:
-        """Fire every decay crossing due by ``now``; stale heap entries are skipped."""
+    def fire_due(self, now: float) -> list[str]:
+        """Fire every decay crossing due by ``now``; returns the contacts advanced."""
         timers = self.timers
+        advanced = []
         while timers and timers[0][0] <= now:
             due, contact = heapq.heappop(timers)
-            state = self.contacts.get(contact)
-            if state is None or self.engine.next_due(state) != due:
+            if self.due_of.get(contact) != due:
                 continue  # the contact moved on since this timer was set
+            del self.due_of[contact]
+            state = self.timer_state(contact)
+            if state is None:
+                continue
             self.record(contact, self.engine.advance(state, due))
             self.schedule(contact, state)
+            advanced.append(contact)
+        return advanced
+
+    def timer_state(self, contact: str) -> ContactState | None:
+        return self.contacts.get(contact)
 
     # ---- output
 
