@@ -519,3 +519,44 @@ def test_decay_trigger_actions_change_state_at_the_due_time() -> None:
     assert all(e.at == pytest.approx(T0 + 2 * H, abs=1e-3) for e in effects)
     view = eng.view("c-1", st)
     assert (view["tags"], view["segments"], view["stage"]) == (["cold"], ["nurture"], "nurture")
+
+
+def test_a_decay_crossing_blocked_by_after_is_spent_too() -> None:
+    # cooled (engagement below 20, after mql) crosses by decay while mql has not fired: no
+    # firing. When mql fires later, engagement has not crossed anything: cooled must wait
+    # for the next real downward crossing.
+    eng = engine(
+        """
+        version: 1
+        groups:
+          engagement: {decay: {half_life: 14d}}
+          product: {}
+        actions:
+          - {id: e, on: form.submit, points: 80, repeat: true}
+          - {id: p, on: cart.add, points: 10, group: product, repeat: true}
+        triggers:
+          - {id: mql, score: product, at_least: 10, actions: []}
+          - {id: cooled, score: engagement, below: 20, after: mql, actions: []}
+        """
+    )
+    st = eng.new_state()
+    eng.apply(st, ev("form.submit", T0))  # engagement 80
+    assert fired_at(eng.advance(st, T0 + 3 * H)) == []  # 10: crossed, but mql never fired
+    effects = eng.apply(st, ev("cart.add", T0 + 3 * H + 1))
+    assert [name for name, _ in fired_at(effects)] == ["mql"]
+    # a new rise and decay crossing does fire
+    eng.apply(st, ev("form.submit", T0 + 3 * H + 2))  # ~90
+    got = fired_at(eng.advance(st, T0 + 10 * H))
+    assert [name for name, _ in got] == ["cooled"]
+
+
+def test_late_award_that_already_expired_does_not_count() -> None:
+    eng = engine(EXPIRE)
+    st = eng.new_state()
+    eng.apply(st, ev("cart.add", T0 + 40 * DAY))  # 10, expires at +70d
+    # arrives late: earned at T0, so it expired at T0 + 30d, before the contact's clock
+    effects = eng.apply(st, ev("purchase", T0))
+    for pc in of_type(effects, PointChange):
+        assert pc.score_after == pytest.approx(10)
+    assert scores_at(eng, st, T0 + 40 * DAY)["product"] == pytest.approx(10)
+    assert scores_at(eng, st, T0 + 69 * DAY)["product"] == pytest.approx(10)
