@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import fnmatch
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scoring_helpers import DAY, HOUR, MINUTE, T0, awarded, engine, ev, of_type, run, score
 
-from leadscore.engine import Duplicate, PointChange
+from leadscore.engine import Duplicate, Engine, PointChange
+from leadscore.rules import parse_rules
 
 PRICING = """
 version: 1
@@ -934,3 +939,27 @@ def test_active_until_a_quoted_date_means_the_same_as_a_bare_date() -> None:
     st = eng.new_state()
     assert awarded(eng, st, ev("page.hit", T0 + 29 * DAY + 23 * HOUR))
     assert not awarded(eng, st, ev("page.hit", T0 + 30 * DAY + 1))
+
+
+# --- glob semantics against the reference implementation ----------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pattern=st.text(alphabet="ab*?/.A", min_size=1, max_size=8),
+    values=st.lists(st.text(alphabet="abAB/.", max_size=10), min_size=1, max_size=8),
+)
+def test_where_glob_agrees_with_fnmatch_ignoring_case(pattern: str, values: list[str]) -> None:
+    r = parse_rules(
+        {
+            "version": 1,
+            "actions": [
+                {"id": "g", "on": "page.hit", "where": {"v": pattern}, "points": 1, "repeat": True}
+            ],
+        }
+    )
+    eng = Engine(r)
+    st_ = eng.new_state()
+    for i, value in enumerate(values):
+        expected = fnmatch.fnmatchcase(value.lower(), pattern.lower())
+        assert awarded(eng, st_, ev("page.hit", T0 + i, v=value)) is expected, (pattern, value)

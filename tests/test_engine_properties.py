@@ -443,3 +443,28 @@ def test_any_json_props_and_traits_never_crash_the_engine_or_codec(
         eng.next_due(state)
     packed = encode(state)
     assert encode(decode(packed)) == packed
+
+
+@FAST
+@given(
+    events=event_lists(max_size=30),
+    wakes=st.lists(st.integers(0, 120 * DAY // MINUTE), max_size=10),
+)
+def test_next_due_never_depends_on_cached_work(events: list[Event], wakes: list[int]) -> None:
+    """After any mix of apply/advance/next_due calls, a freshly decoded copy of the state (no
+    cached work) agrees on next_due and on what advance fires."""
+    eng = rich()
+    state = eng.new_state()
+    ops: list[Event | float] = [*events, *(T0 + w * MINUTE for w in wakes)]
+    random.Random(len(events) * 31 + len(wakes)).shuffle(ops)
+    for op in ops:
+        if isinstance(op, Event):
+            eng.apply(state, op)
+        else:
+            eng.advance(state, op)
+        eng.next_due(state)
+        fresh = decode(encode(state))
+        assert eng.next_due(state) == eng.next_due(fresh)
+    t = T0 + 400 * DAY
+    fresh = decode(encode(state))
+    assert eng.advance(state, t) == eng.advance(fresh, t)
