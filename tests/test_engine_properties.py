@@ -144,10 +144,12 @@ def test_score_is_the_sum_of_applied_deltas_with_caps(steps: list[tuple[str, int
         max_size=30,
     ),
     extra=st.integers(0, 120 * DAY // MINUTE),
+    ordered=st.booleans(),
 )
 def test_decayed_score_is_the_sum_of_decayed_applied_deltas(
-    steps: list[tuple[float, int]], extra: int
+    steps: list[tuple[float, int]], extra: int, ordered: bool
 ) -> None:
+    """Also with late events: each award decays from its own event time."""
     eng = engine(
         """
         version: 1
@@ -163,7 +165,7 @@ def test_decayed_score_is_the_sum_of_decayed_applied_deltas(
     h = 10 * DAY
     state = eng.new_state()
     awarded: list[tuple[float, float]] = []
-    for pts, off in sorted(steps, key=lambda s: s[1]):
+    for pts, off in sorted(steps, key=lambda s: s[1]) if ordered else steps:
         for pc in of_type(eng.apply(state, ev(action_of[pts], T0 + off * MINUTE)), PointChange):
             awarded.append((pc.applied, pc.at))
     t_now = T0 + (max((o for _, o in steps), default=0) + extra) * MINUTE
