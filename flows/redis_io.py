@@ -48,6 +48,7 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
         siblings: weakref.WeakSet[_StreamPartition],
         tail: bool,
         max_backoff: float,
+        stop: threading.Event | None,
     ) -> None:
         self._r = client
         self._p = p
@@ -59,6 +60,7 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
         self._siblings = siblings
         self._tail = tail
         self._max_backoff = max_backoff
+        self._stop = stop
         # "0" re-reads this consumer's pending entries; PENDING_DONE reads new ones.
         self._cursor = "0"
         self._last_id = "0"
@@ -70,6 +72,8 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
     # -- Bytewax API -----------------------------------------------------------------------
 
     def next_batch(self) -> list[Item]:
+        if self._stop is not None and self._stop.is_set():
+            raise StopIteration
         try:
             batch = self._read()
         except FATAL:
@@ -219,7 +223,9 @@ class RedisStreamSource(FixedPartitionedSource[Item, None]):
     new entries (the wait is split between them), so light traffic is picked up within about
     ``block_ms`` and ``next_batch`` never blocks longer. ``count`` caps the stream entries per
     read (an entry holds up to ``send_events``' batch of events). ``tail=False`` ends each
-    partition once it has nothing new: for tests and one-shot catch-up runs.
+    partition once it has nothing new: for tests and one-shot catch-up runs. Setting ``stop``
+    (e.g. from a SIGTERM handler) ends every partition at its next poll, so the flow reaches
+    end of input and can checkpoint what it applied; unread entries stay in Redis.
     """
 
     def __init__(
@@ -234,6 +240,7 @@ class RedisStreamSource(FixedPartitionedSource[Item, None]):
         tail: bool = True,
         max_backoff: float = 2.0,
         socket_timeout: float = 10.0,
+        stop: threading.Event | None = None,
     ) -> None:
         if partitions is None:
             parts = list(range(keys.partitions))
@@ -258,6 +265,7 @@ class RedisStreamSource(FixedPartitionedSource[Item, None]):
         self._cluster = cluster
         self._tail = tail
         self._max_backoff = max_backoff
+        self._stop = stop
         self._socket_timeout = max(socket_timeout, block_ms / 1000 + 5.0)
         self._lock = threading.Lock()
         self._siblings: dict[int, weakref.WeakSet[_StreamPartition]] = {}
@@ -279,6 +287,7 @@ class RedisStreamSource(FixedPartitionedSource[Item, None]):
             siblings=siblings,
             tail=self._tail,
             max_backoff=self._max_backoff,
+            stop=self._stop,
         )
         siblings.add(part)
         return part

@@ -24,6 +24,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, TypeVar
 
 import orjson
@@ -81,6 +82,12 @@ class NotInitialized(StoreError):
 
 class CheckpointConflict(StoreError):
     """The partition's committed sequence is ahead of ``seq``: another writer, or a reset seq."""
+
+
+class RedisLostCheckpoints(StoreError):
+    """Redis went back behind a checkpoint this process committed (restart without durable
+    persistence, failover to a lagging replica). Memory is now ahead of Redis: the process
+    must restart and reload from Redis, or replayed input would be applied twice."""
 
 
 class StoreUnavailable(StoreError):
@@ -212,6 +219,7 @@ class RedisStore:
         self.mget_batch = mget_batch
         self._partitions = partitions
         self._keys: Keys | None = None
+        self._committed: dict[int, int] = {}  # last seq this process saw committed, per p
         self.r: Client = connect(url, cluster=cluster, socket_timeout=socket_timeout)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -343,7 +351,9 @@ class RedisStore:
         the committed one and refuses a smaller one.
         """
         raw = self._call(f"read ckpt p={p}", lambda: self.r.get(self.keys.checkpoint(p)))
-        return int(raw) if raw is not None else 0
+        seq = int(raw) if raw is not None else 0
+        self._committed[p] = seq
+        return seq
 
     def checkpoint(
         self,
@@ -358,9 +368,10 @@ class RedisStore:
     ) -> bool:
         """Commit one batch of partition ``p`` atomically; True if this call committed it.
 
-        False means ``seq`` was already committed (an earlier attempt whose reply was lost, or
-        a repeated call): nothing is written twice. ``seq`` must grow by call; see
-        ``last_checkpoint``.
+        True also when an attempt whose reply was lost had committed (found on retry, not
+        re-sent). False means an earlier call already committed ``seq``: nothing is written
+        twice. ``seq`` must grow with every call; resume it from ``last_checkpoint`` after a
+        restart.
         """
         keys = self.keys
         ckpt = keys.checkpoint(p)
@@ -379,16 +390,26 @@ class RedisStore:
                 pipe.watch(ckpt)
                 raw = pipe.get(ckpt)
                 done = int(raw) if raw is not None else 0
+                if done < self._committed.get(p, 0):
+                    raise RedisLostCheckpoints(
+                        f"partition {p}: Redis holds checkpoint {done} but this process had "
+                        f"committed {self._committed[p]}: Redis lost acknowledged writes "
+                        "(restart without appendfsync always, or failover). Restart the flow "
+                        "so it reloads state from Redis and replays the input from there."
+                    )
                 if done == seq:
                     if attempts > 1:
+                        # An earlier attempt of this call committed; its reply was lost.
                         log.warning(
                             "checkpoint p=%d seq=%d had committed before its connection "
                             "failed; not applying it again",
                             p,
                             seq,
                         )
-                    else:
-                        log.info("checkpoint p=%d seq=%d already committed; skipped", p, seq)
+                        self._committed[p] = seq
+                        return True
+                    log.info("checkpoint p=%d seq=%d already committed; skipped", p, seq)
+                    self._committed[p] = seq
                     return False
                 if done > seq:
                     raise CheckpointConflict(
@@ -398,7 +419,8 @@ class RedisStore:
                     )
                 pipe.multi()
                 for i in range(0, len(items), MSET_CHUNK):
-                    pipe.mset(dict(items[i : i + MSET_CHUNK]))
+                    # execute_command: ClusterPipeline blocks .mset() even within one slot
+                    pipe.execute_command("MSET", *chain.from_iterable(items[i : i + MSET_CHUNK]))
                 _append(pipe, keys.triggers(p), "t", triggers, 0)
                 _append(pipe, keys.changes(p), "c", changes, self.changes_maxlen)
                 _append(pipe, keys.dead(p), "d", dead, self.dead_maxlen)
@@ -406,6 +428,7 @@ class RedisStore:
                     pipe.xack(keys.input(p), GROUP, *ack_ids)
                 pipe.set(ckpt, seq)
                 pipe.execute()
+                self._committed[p] = seq
                 return True
 
         return self._call(f"checkpoint p={p} seq={seq}", attempt, watch=True)
@@ -530,4 +553,6 @@ class RedisStore:
 def _append(pipe: Any, key: str, field: str, records: Sequence[bytes], maxlen: int) -> None:
     """Queue XADDs of ``records`` (field ``field``) on ``pipe``, trimming to ``~maxlen`` if > 0."""
     for i in range(0, len(records), RECORDS_PER_EVAL):
-        pipe.eval(APPEND_LUA, 1, key, field, maxlen, *records[i : i + RECORDS_PER_EVAL])
+        chunk = records[i : i + RECORDS_PER_EVAL]
+        # execute_command: ClusterPipeline overrides .eval(); the slot comes from the key
+        pipe.execute_command("EVAL", APPEND_LUA, 1, key, field, maxlen, *chunk)
