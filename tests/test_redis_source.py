@@ -1,0 +1,234 @@
+"""RedisStreamSource through real Bytewax runs against a real redis-server: every entry of
+every partition, pending entries re-read after a crash, lost replies, restarts, Cluster."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import bytewax.operators as op
+import orjson
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, run_main
+from conftest import TcpProxy
+from redis_server import RedisServer
+
+from flows.redis_io import Item, RedisStreamSource
+from state.keys import GROUP, Keys, partition_of
+from state.redis_store import RedisStore
+
+P = 4
+
+
+def event(contact: str, n: int = 0) -> bytes:
+    return orjson.dumps({"contact": contact, "action": "page.hit", "id": f"{contact}/{n}"})
+
+
+@pytest.fixture
+def store(redis_url: str) -> RedisStore:
+    s = RedisStore(redis_url)
+    s.ensure(P)
+    return s
+
+
+def all_entry_ids(store: RedisStore) -> set[tuple[str, str]]:
+    """``(partition, entry id)``: ids are unique per stream only."""
+    return {(str(p), eid) for p in range(P) for eid, _ in store.iter_stream(store.keys.input(p))}
+
+
+def run(source: RedisStreamSource, crash_after: int | None = None) -> list[Item]:
+    """One Bytewax run of source -> capture; ``crash_after`` items, a step raises mid-run."""
+    out: list[Item] = []
+    flow = Dataflow("redis_source_test")
+    stream = op.input("in", flow, source)
+    if crash_after is not None:
+        seen = [0]
+
+        def crash(item: Item) -> Item:
+            seen[0] += 1
+            if seen[0] > crash_after:
+                raise RuntimeError("simulated crash")
+            return item
+
+        stream = op.map("crash", stream, crash)
+    op.output("out", stream, TestingSink(out))
+    run_main(flow)
+    return out
+
+
+def test_reads_every_event_of_every_partition_keyed_by_partition(store: RedisStore) -> None:
+    lines = [event(f"c-{i % 50}", i) for i in range(1000)]
+    sent = store.send_events(lines, batch=20)
+    items = run(RedisStreamSource(store.url, store.keys, tail=False, count=7))
+
+    assert len(items) == sent.entries
+    assert len({(part, eid) for part, (eid, _) in items}) == sent.entries
+    received = []
+    for part, (_, payload) in items:
+        for line in payload.split(b"\n"):
+            assert partition_of(orjson.loads(line)["contact"], P) == int(part)
+            received.append(line)
+    assert sorted(received) == sorted(lines)
+    # the source never acknowledges: everything waits for the checkpoint
+    assert [store.pending(p) for p in range(P)] == [
+        len(list(store.iter_stream(store.keys.input(p)))) for p in range(P)
+    ]
+
+
+def test_crashed_run_rereads_its_pending_entries_then_new_ones(store: RedisStore) -> None:
+    store.send_events([event(f"c-{i}") for i in range(400)], batch=10)
+    with pytest.raises(Exception, match="crash") as crashed:
+        run(RedisStreamSource(store.url, store.keys, tail=False, count=5), crash_after=3)
+    causes = []
+    err: BaseException | None = crashed.value
+    while err is not None:
+        causes.append(str(err))
+        err = err.__cause__
+    assert "simulated crash" in causes  # Bytewax wraps the step's exception
+    delivered = sum(store.pending(p) for p in range(P))
+    assert delivered > 3  # read from Redis, never checkpointed
+
+    store.send_events([event(f"late-{i}") for i in range(40)], batch=10)
+    items = run(RedisStreamSource(store.url, store.keys, tail=False))
+    ids = [(part, eid) for part, (eid, _) in items]
+    assert len(ids) == len(set(ids))  # each entry once, the pending ones included
+    assert set(ids) == all_entry_ids(store)
+
+    # Checkpoint (ack) the entries of partitions 0 and 1: only the rest comes back.
+    acked: set[tuple[str, str]] = set()
+    for p in (0, 1):
+        mine = [eid for part, (eid, _) in items if part == str(p)]
+        store.checkpoint(p, 1, ack_ids=mine)
+        acked |= {(str(p), eid) for eid in mine}
+    again = run(RedisStreamSource(store.url, store.keys, tail=False))
+    assert {(part, eid) for part, (eid, _) in again} == all_entry_ids(store) - acked
+    assert {part for part, _ in again} == {"2", "3"}
+
+
+def test_a_lost_read_reply_is_recovered_from_the_pending_list(
+    store: RedisStore, tcp_proxy: Callable[..., TcpProxy], caplog: pytest.LogCaptureFixture
+) -> None:
+    store.send_events([event(f"c-{i}") for i in range(200) if partition_of(f"c-{i}", P) == 0], 5)
+    expected = {eid for eid, _ in store.iter_stream(store.keys.input(0))}
+    proxy = tcp_proxy()
+    source = RedisStreamSource(proxy.url, store.keys, [0], tail=False, count=1000)
+    part = source.build_part("in", "0", None)
+    # Redis delivers the entries (they become pending) but the reply never arrives.
+    proxy.arm("drop_reply", marker=b"$1\r\n>\r\n", committed=lambda: store.pending(0) > 0)
+    with caplog.at_level(logging.INFO, logger="leadscore.redis"):
+        assert part.next_batch() == []
+        assert proxy.fired.is_set()
+        assert part.next_awake() is not None  # backing off
+        got = part.next_batch()
+        with pytest.raises(StopIteration):
+            part.next_batch()
+    assert {eid for _, (eid, _) in got} == expected
+    assert len(got) == len(expected)
+    assert "read failed" in caplog.text and "re-read" in caplog.text
+    part.close()
+
+
+def test_source_waits_out_a_redis_crash_without_failing(
+    aof_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RedisStore(aof_server.url)
+    keys = store.ensure(1)
+    store.send_events([event("a"), event("b")], batch=1)
+    part = RedisStreamSource(aof_server.url, keys, max_backoff=0.05).build_part("in", "0", None)
+    first = part.next_batch()
+    assert len(first) == 2
+
+    assert aof_server.proc is not None
+    aof_server.proc.kill()
+    aof_server.proc.wait()
+    aof_server.proc = None
+    with caplog.at_level(logging.WARNING, logger="leadscore.redis"):
+        assert part.next_batch() == []
+        assert part.next_batch() == []
+    assert part.next_awake() is not None
+    assert caplog.text.count("read failed") == 2
+
+    aof_server.start()
+    assert store.pending(0) == 2  # the AOF kept the delivery: no re-read of in-flight entries
+    store.send_events([event("c")], batch=1)
+    with caplog.at_level(logging.INFO, logger="leadscore.redis"):
+        after = part.next_batch()
+    assert [orjson.loads(payload)["contact"] for _, (_, payload) in after] == ["c"]
+    assert part.next_awake() is None
+    assert "reachable again after 2 failed reads" in caplog.text
+    part.close()
+
+
+def test_pending_entries_deleted_from_the_stream_are_acked_not_emitted(
+    store: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = store.keys.input(0)
+    ids = [store.r.xadd(key, {"e": event(f"x{i}")}).decode() for i in range(3)]
+    store.r.xreadgroup(GROUP, Keys.consumer(0), {key: ">"})  # a previous run read them
+    store.r.xdel(key, ids[1])
+    part = RedisStreamSource(store.url, store.keys, [0], tail=False).build_part("in", "0", None)
+    with caplog.at_level(logging.WARNING, logger="leadscore.redis"):
+        got = part.next_batch()
+    assert [eid for _, (eid, _) in got] == [ids[0], ids[2]]
+    assert store.pending(0) == 2
+    assert "deleted from the stream" in caplog.text
+
+
+def test_foreign_entries_are_passed_on_for_dead_lettering(store: RedisStore) -> None:
+    store.r.xadd(store.keys.input(2), {"event": b'{"contact": "z"}', "via": "other"})
+    items = run(RedisStreamSource(store.url, store.keys, [2], tail=False))
+    assert [orjson.loads(payload) for _, (_, payload) in items] == [
+        {"event": '{"contact": "z"}', "via": "other"}
+    ]
+
+
+def test_a_missing_consumer_group_is_recreated(
+    store: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = store.keys.input(1)
+    store.r.xgroup_destroy(key, GROUP)  # e.g. Redis restarted without persistence
+    store.r.xadd(key, {"e": event("c-1")})
+    with caplog.at_level(logging.WARNING, logger="leadscore.redis"):
+        items = run(RedisStreamSource(store.url, store.keys, [1], tail=False))
+    assert len(items) == 1
+    assert "consumer group leadscore missing" in caplog.text
+
+
+def test_partitions_argument(store: RedisStore) -> None:
+    keys = store.keys
+    assert RedisStreamSource(store.url, keys).list_parts() == ["0", "1", "2", "3"]
+    assert RedisStreamSource(store.url, keys, P).list_parts() == ["0", "1", "2", "3"]
+    assert RedisStreamSource(store.url, keys, [3, 1, 3]).list_parts() == ["1", "3"]
+    with pytest.raises(ValueError, match="partitions=8"):
+        RedisStreamSource(store.url, keys, 8)
+    with pytest.raises(ValueError, match=r"\[4\] outside"):
+        RedisStreamSource(store.url, keys, [0, 4])
+    assert RedisStreamSource(store.url, keys).build_part("in", "0", None).snapshot() is None
+
+
+def test_stop_event_ends_a_tailing_run(store: RedisStore) -> None:
+    store.send_events([event(f"c-{i}") for i in range(100)], batch=10)
+    stop = threading.Event()
+    out: list[Any] = []
+    flow = Dataflow("stoppable")
+    stream = op.input("in", flow, RedisStreamSource(store.url, store.keys, stop=stop))
+    op.output("out", op.map("stop", stream, lambda x: (stop.set(), x)[1]), TestingSink(out))
+    runner = threading.Thread(target=run_main, args=(flow,), daemon=True)
+    runner.start()
+    runner.join(30)
+    assert not runner.is_alive()
+    assert out  # it read, then ended cleanly although tail=True
+
+
+@pytest.mark.cluster
+def test_source_reads_from_redis_cluster(redis_cluster: str) -> None:
+    store = RedisStore(redis_cluster, cluster=True, prefix="src")
+    keys = store.ensure(P)
+    lines = [event(f"c-{i}") for i in range(300)]
+    store.send_events(lines, batch=10)
+    items = run(RedisStreamSource(redis_cluster, keys, cluster=True, tail=False))
+    received = [line for _, (_, payload) in items for line in payload.split(b"\n")]
+    assert sorted(received) == sorted(lines)

@@ -1,0 +1,476 @@
+"""RedisStore against a real redis-server: atomic checkpoints, idempotent retries under real
+connection faults, restarts with AOF, MGET batching, the producer, and Redis Cluster."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from conftest import TcpProxy
+from redis.cluster import RedisCluster
+from redis.exceptions import (
+    AuthenticationError,
+    CrossSlotTransactionError,
+    OutOfMemoryError,
+)
+from redis_server import RedisServer
+
+from state.keys import GROUP, LAYOUT_VERSION, Keys, partition_of
+from state.redis_store import (
+    CheckpointConflict,
+    MetaMismatch,
+    NotInitialized,
+    RedisLostCheckpoints,
+    RedisStore,
+    RetryPolicy,
+)
+
+FAST_RETRY = RetryPolicy(attempts=60, base=0.01, cap=0.2)
+
+
+def event(contact: str, n: int = 0, action: str = "page.hit") -> bytes:
+    return orjson.dumps({"contact": contact, "action": action, "id": f"e-{contact}-{n}"})
+
+
+def deliver(store: RedisStore, p: int) -> list[str]:
+    """Read partition ``p``'s new entries as the flow does: they become pending, unacked."""
+    resp = store.r.xreadgroup(GROUP, Keys.consumer(p), {store.keys.input(p): ">"}, count=10_000)
+    return [eid.decode() for eid, _ in resp[0][1]] if resp else []
+
+
+def commandstats(client: redis.Redis) -> dict[str, int]:
+    return {k.removeprefix("cmdstat_"): v["calls"] for k, v in client.info("commandstats").items()}
+
+
+@pytest.fixture
+def store(redis_url: str) -> RedisStore:
+    s = RedisStore(redis_url, retry=FAST_RETRY)
+    s.ensure(8)
+    return s
+
+
+def full_checkpoint(store: RedisStore, p: int, seq: int, ack_ids: list[str]) -> dict[str, bytes]:
+    states = {f"c-{i}": f"state-{seq}-{i}".encode() for i in range(5)}
+    store.checkpoint(
+        p,
+        seq,
+        states=states,
+        read_models={c: orjson.dumps({"contact": c, "total": seq}) for c in states},
+        triggers=[orjson.dumps({"trigger": "mql", "seq": seq, "n": n}) for n in range(3)],
+        changes=[orjson.dumps({"rule": "r", "seq": seq})],
+        dead=[orjson.dumps({"reason": "invalid_json", "seq": seq})],
+        ack_ids=ack_ids,
+    )
+    return states
+
+
+# -- layout ---------------------------------------------------------------------------------
+
+
+def test_ensure_writes_meta_and_groups_idempotently(redis_url: str) -> None:
+    store = RedisStore(redis_url)
+    keys = store.ensure(4)
+    assert keys == Keys("ls", 4)
+    meta = store.r.hgetall("ls:meta")
+    assert meta == {b"version": str(LAYOUT_VERSION).encode(), b"partitions": b"4"}
+    for p in range(4):
+        groups = store.r.xinfo_groups(keys.input(p))
+        assert [g["name"] for g in groups] == [GROUP.encode()]
+    store.ensure(4)  # again: BUSYGROUP ignored, meta agrees
+    assert RedisStore(redis_url).keys == keys  # readers discover the partition count
+
+
+def test_meta_disagreement_is_refused(redis_url: str) -> None:
+    RedisStore(redis_url).ensure(16)
+    with pytest.raises(MetaMismatch, match=r"16 partitions.*configured for 8"):
+        RedisStore(redis_url).ensure(8)
+    with pytest.raises(MetaMismatch, match="configured for 8"):
+        _ = RedisStore(redis_url, partitions=8).keys
+    assert RedisStore(redis_url).keys.partitions == 16
+    assert RedisStore(redis_url, prefix="other", partitions=8).ensure(8).partitions == 8
+
+
+def test_foreign_layout_version_is_refused(redis_url: str) -> None:
+    redis.Redis.from_url(redis_url).hset("ls:meta", mapping={"version": 99, "partitions": 4})
+    with pytest.raises(MetaMismatch, match="layout version 99"):
+        RedisStore(redis_url).ensure(4)
+
+
+def test_reader_without_meta_gets_a_clear_error(redis_url: str) -> None:
+    with pytest.raises(NotInitialized, match="no ls:meta"):
+        RedisStore(redis_url).read_model("c-1")
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+
+
+def test_checkpoint_writes_everything_in_one_transaction(store: RedisStore) -> None:
+    store.send_events([event(f"c-{i}", n) for i in range(40) for n in range(3)], batch=5)
+    p = 3
+    ids = deliver(store, p)
+    assert ids and store.pending(p) == len(ids)
+    store.r.config_resetstat()
+
+    states = full_checkpoint(store, p, 1, ids)
+
+    stats = commandstats(store.r)
+    # one MULTI/EXEC, one multi-key MSET (never a SET per key), one XACK of exactly the ids
+    assert stats["multi"] == 1 and stats["exec"] == 1
+    assert stats["mset"] == 1 and stats["set"] == 1 and stats["xack"] == 1
+    assert store.pending(p) == 0
+    assert store.load_states(p, list(states)) == states
+    assert store.r.get(store.keys.read_model(p, "c-1")) == orjson.dumps(
+        {"contact": "c-1", "total": 1}
+    )
+    assert store.read_triggers() == [{"trigger": "mql", "seq": 1, "n": n} for n in range(3)]
+    assert [rec for _, _, rec in store.iter_records("changes")] == [{"rule": "r", "seq": 1}]
+    assert store.read_dead() == [{"reason": "invalid_json", "seq": 1}]
+    assert store.last_checkpoint(p) == 1
+    assert store.last_checkpoint(p + 1) == 0
+    # every record stream is in the partition's own slot
+    assert {k.decode() for k in store.r.keys(f"ls:{{{p}}}:*")} >= {
+        store.keys.triggers(p),
+        store.keys.changes(p),
+        store.keys.dead(p),
+        store.keys.checkpoint(p),
+    }
+
+
+def test_checkpoint_whose_exec_fails_leaves_nothing_behind(store: RedisStore) -> None:
+    store.send_events([event(f"c-{i}") for i in range(50)])
+    p = 0
+    ids = deliver(store, p)
+    admin = redis.Redis.from_url(store.url)
+    admin.config_set("maxmemory", 1)  # noeviction: writes are refused at queue time -> EXECABORT
+    try:
+        with pytest.raises(OutOfMemoryError, match="maxmemory"):
+            full_checkpoint(store, p, 1, ids)
+    finally:
+        admin.config_set("maxmemory", 0)
+    k = store.keys
+    assert store.r.exists(k.triggers(p), k.changes(p), k.dead(p), k.checkpoint(p)) == 0
+    assert store.r.keys(f"ls:{{{p}}}:s:*") == [] and store.r.keys(f"ls:{{{p}}}:c:*") == []
+    assert store.pending(p) == len(ids)  # nothing acked: the input will be replayed
+    full_checkpoint(store, p, 1, ids)  # the same checkpoint succeeds once Redis has memory
+    assert len(store.read_triggers()) == 3 and store.pending(p) == 0
+
+
+def test_same_seq_twice_is_applied_once_and_older_seq_is_refused(store: RedisStore) -> None:
+    full_checkpoint(store, 2, 1, [])
+    assert store.checkpoint(2, 1, triggers=[b'{"again": true}']) is False
+    assert store.read_triggers() == [{"trigger": "mql", "seq": 1, "n": n} for n in range(3)]
+    assert store.checkpoint(2, 2, triggers=[b'{"next": true}']) is True
+    with pytest.raises(CheckpointConflict, match="committed checkpoint is 2, got seq 1"):
+        store.checkpoint(2, 1, triggers=[b"{}"])
+    assert len(store.read_triggers()) == 4
+
+
+def test_empty_checkpoint_still_records_its_sequence(store: RedisStore) -> None:
+    assert store.checkpoint(5, 1) is True
+    assert store.last_checkpoint(5) == 1
+
+
+def test_large_checkpoint_chunks_commands_inside_one_transaction(store: RedisStore) -> None:
+    states = {f"c-{i}": b"s" * 10 for i in range(12_000)}  # > MSET_CHUNK pairs
+    changes = [orjson.dumps({"i": i}) for i in range(11_000)]  # > RECORDS_PER_EVAL
+    store.r.config_resetstat()
+    assert store.checkpoint(1, 1, states=states, changes=changes)
+    stats = commandstats(store.r)
+    assert stats["exec"] == 1 and stats["mset"] == 3
+    assert store.r.xlen(store.keys.changes(1)) == 11_000
+    assert len(store.load_states(1, list(states))) == 12_000
+
+
+def test_changes_and_dead_letters_are_trimmed_triggers_are_not(redis_url: str) -> None:
+    store = RedisStore(redis_url, changes_maxlen=100, dead_maxlen=100)
+    store.ensure(2)
+    records = [orjson.dumps({"i": i}) for i in range(1000)]
+    for seq in range(1, 6):
+        store.checkpoint(0, seq, triggers=records, changes=records, dead=records)
+    k = store.keys
+    assert store.r.xlen(k.triggers(0)) == 5000  # the exactly-once output is never trimmed
+    # approximate trimming (MAXLEN ~) keeps whole radix-tree nodes: bounded, not exact
+    assert 100 <= store.r.xlen(k.changes(0)) < 1000
+    assert 100 <= store.r.xlen(k.dead(0)) < 1000
+
+
+# -- ambiguous failures through a real faulty connection -----------------------------------
+
+
+def proxied_store(proxy: TcpProxy) -> RedisStore:
+    return RedisStore(proxy.url, retry=FAST_RETRY)
+
+
+def committed(store: RedisStore, p: int, seq: int) -> Callable[[], bool]:
+    direct = redis.Redis.from_url(store.url)
+    return lambda: direct.get(store.keys.checkpoint(p)) == str(seq).encode()
+
+
+def test_reply_lost_after_commit_is_not_applied_twice(
+    redis_url: str,
+    redis_server: RedisServer,
+    tcp_proxy: Callable[..., TcpProxy],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    direct = RedisStore(redis_url)
+    direct.ensure(8)
+    direct.send_events([event(f"c-{i}") for i in range(30)])
+    ids = deliver(direct, 4)
+    proxy = tcp_proxy()
+    store = proxied_store(proxy)
+    proxy.arm("drop_reply", committed=committed(direct, 4, 1))
+    with caplog.at_level(logging.INFO, logger="leadscore.redis"):
+        assert full_checkpoint(store, 4, 1, ids)
+    assert proxy.fired.is_set()
+    assert "had committed before its connection failed" in caplog.text
+    assert "retrying in" in caplog.text
+    assert direct.read_triggers() == [{"trigger": "mql", "seq": 1, "n": n} for n in range(3)]
+    assert len(direct.read_dead()) == 1 and direct.pending(4) == 0
+
+
+def test_request_lost_before_exec_is_applied_on_retry(
+    redis_url: str, tcp_proxy: Callable[..., TcpProxy]
+) -> None:
+    direct = RedisStore(redis_url)
+    direct.ensure(8)
+    proxy = tcp_proxy()
+    store = proxied_store(proxy)
+    proxy.arm("drop_request")
+    full_checkpoint(store, 1, 1, [])
+    assert proxy.fired.is_set()
+    assert direct.read_triggers() == [{"trigger": "mql", "seq": 1, "n": n} for n in range(3)]
+    assert direct.last_checkpoint(1) == 1
+
+
+def test_stale_exec_arriving_after_the_retry_is_aborted_by_watch(
+    redis_url: str, tcp_proxy: Callable[..., TcpProxy]
+) -> None:
+    direct = RedisStore(redis_url)
+    direct.ensure(8)
+    proxy = tcp_proxy()
+    store = proxied_store(proxy)
+    proxy.arm("hold")  # the first EXEC is stuck "in the network" while the client retries
+    full_checkpoint(store, 6, 1, [])
+    assert direct.last_checkpoint(6) == 1
+    # The old EXEC finally reaches Redis on its old connection: WATCH must abort it.
+    reply = proxy.release(until=b"\r\n")
+    assert reply.endswith((b"_\r\n", b"*-1\r\n")), reply  # RESP3 / RESP2 null = aborted
+    assert len(direct.read_triggers()) == 3
+
+
+# -- Redis restarts -------------------------------------------------------------------------
+
+
+def test_checkpoint_rides_through_a_redis_crash_and_aof_reload(
+    aof_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RedisStore(aof_server.url, retry=FAST_RETRY)
+    store.ensure(4)
+    filler = aof_server.client()
+    pipe = filler.pipeline(transaction=False)
+    for i in range(2000):  # enough AOF to make the reload take a while (see key-load-delay)
+        pipe.set(f"filler:{i}", i)
+    pipe.execute()
+    first = full_checkpoint(store, 2, 1, [])
+
+    assert aof_server.proc is not None
+    aof_server.proc.kill()  # SIGKILL: no shutdown save; only the fsynced AOF survives
+    aof_server.proc.wait()
+    aof_server.proc = None
+    aof_server.extra = ["--key-load-delay", "200"]  # microseconds per AOF command while loading
+    restarter = threading.Thread(target=aof_server.start)
+    restarter.start()
+    with caplog.at_level(logging.INFO, logger="leadscore.redis"):
+        second = full_checkpoint(store, 2, 2, [])  # refused / LOADING until Redis is back
+    restarter.join()
+
+    assert "retrying in" in caplog.text and "succeeded after" in caplog.text
+    assert first.keys() == second.keys()
+    assert store.load_states(2, list(second)) == second
+    assert [t["seq"] for t in store.read_triggers()] == [1, 1, 1, 2, 2, 2]
+    assert store.last_checkpoint(2) == 2
+    assert filler.dbsize() > 2000
+
+
+def test_redis_losing_committed_checkpoints_is_detected(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "volatile").start()  # no AOF, no RDB
+    try:
+        store = RedisStore(server.url, retry=FAST_RETRY)
+        store.ensure(2)
+        assert store.last_checkpoint(1) == 0
+        full_checkpoint(store, 1, 1, [])
+        full_checkpoint(store, 1, 2, [])
+        server.restart()  # everything is gone; this process's memory is now ahead of Redis
+        store.ensure(2)
+        with pytest.raises(RedisLostCheckpoints, match="holds checkpoint 0 but this process had"):
+            full_checkpoint(store, 1, 3, [])
+        assert store.r.exists(store.keys.checkpoint(1), store.keys.triggers(1)) == 0
+        restarted = RedisStore(server.url)  # a restarted flow resumes from what Redis has
+        assert restarted.last_checkpoint(1) == 0
+        assert full_checkpoint(restarted, 1, 1, [])
+    finally:
+        server.stop()
+
+
+def test_unreachable_redis_fails_after_a_bounded_number_of_attempts(redis_url: str) -> None:
+    from redis_server import free_port
+
+    from state.redis_store import StoreUnavailable
+
+    dead = RedisStore(
+        f"redis://127.0.0.1:{free_port()}/0",
+        partitions=2,
+        retry=RetryPolicy(attempts=3, base=0.001, cap=0.001),
+    )
+    with pytest.raises(StoreUnavailable, match="after 3 attempts"):
+        dead.checkpoint(0, 1)
+
+
+def test_password_comes_from_the_url_and_a_wrong_one_fails_fast(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "auth").start()
+    try:
+        server.client().config_set("requirepass", "s3cret")
+        good = RedisStore(f"redis://:s3cret@127.0.0.1:{server.port}/0")
+        good.ensure(2)
+        assert good.checkpoint(0, 1, states={"c": b"x"})
+        bad = RedisStore(f"redis://:wrong@127.0.0.1:{server.port}/0", partitions=2)
+        with pytest.raises(AuthenticationError):  # not retried: waiting does not fix it
+            bad.checkpoint(0, 2)
+        with pytest.raises(NotInitialized, match=r"redis://\*\*\*@127.0.0.1"):
+            _ = RedisStore(f"redis://:s3cret@127.0.0.1:{server.port}/0", prefix="x").keys
+    finally:
+        server.stop()
+
+
+# -- loads and reads ------------------------------------------------------------------------
+
+
+def test_load_states_uses_batched_mgets_and_omits_unknown_contacts(store: RedisStore) -> None:
+    states = {f"c-{i}": f"s{i}".encode() for i in range(0, 2500, 2)}
+    store.checkpoint(7, 1, states=states)
+    store.r.config_resetstat()
+    wanted = [f"c-{i}" for i in range(2500)]
+    assert store.load_states(7, wanted) == states
+    assert commandstats(store.r)["mget"] == 3  # 2500 contacts in batches of 1000
+    assert store.load_states(7, []) == {}
+
+
+def test_read_model_finds_the_contact_partition(store: RedisStore) -> None:
+    contact = "jane@acme.com"
+    p = partition_of(contact, 8)
+    view = {"contact": contact, "total": 42.5, "grade": "A1"}
+    store.checkpoint(p, 1, read_models={contact: orjson.dumps(view)})
+    assert store.read_model(contact) == view
+    assert store.read_model("nobody") is None
+
+
+def test_iter_stream_pages_through_long_streams(store: RedisStore) -> None:
+    records = [orjson.dumps({"i": i}) for i in range(2345)]
+    store.checkpoint(0, 1, triggers=records)
+    ids = [eid for eid, _ in store.iter_stream(store.keys.triggers(0), count=1000)]
+    assert len(ids) == 2345 == len(set(ids))
+    assert [t["i"] for t in store.read_triggers()] == list(range(2345))
+
+
+# -- producer -------------------------------------------------------------------------------
+
+
+def stream_events(store: RedisStore, p: int) -> list[list[bytes]]:
+    return [fields[b"e"].split(b"\n") for _, fields in store.iter_stream(store.keys.input(p))]
+
+
+def test_send_events_packs_batches_per_partition_in_order(store: RedisStore) -> None:
+    lines = [event(f"c-{i % 97}", i) for i in range(3000)]
+    result = store.send_events(lines, batch=100)
+    assert result.events == 3000 and result.malformed == 0 and result.blank == 0
+    assert sum(result.per_partition) == 3000
+    entries = 0
+    seen: dict[str, list[int]] = {}
+    for p in range(8):
+        batches = stream_events(store, p)
+        entries += len(batches)
+        assert all(1 <= len(b) <= 100 for b in batches)
+        assert len(batches) == -(-result.per_partition[p] // 100)  # full entries but the last
+        for line in (line for batch in batches for line in batch):
+            obj = orjson.loads(line)
+            assert partition_of(obj["contact"], 8) == p
+            assert zlib.crc32(obj["contact"].encode()) % 8 == p
+            seen.setdefault(obj["contact"], []).append(int(obj["id"].rsplit("-", 1)[1]))
+    assert entries == result.entries
+    assert sum(map(len, seen.values())) == 3000
+    assert all(ns == sorted(ns) for ns in seen.values())  # per-contact order kept
+
+
+def test_send_events_keeps_malformed_lines_in_partition_zero(store: RedisStore) -> None:
+    bad = [
+        b"not json",
+        b"[1, 2]",
+        b'{"contact": 42, "action": "x"}',
+        b'{"action": "no contact"}',
+        b'{"contact": "c-1", "action": "x"',
+    ]
+    good = [event("c-1"), event("c-2")]
+    text = b"\n".join([good[0], b"", b"   ", bad[0]]) + b"\r\n"  # a multi-line chunk, CRLF
+    result = store.send_events([text, *bad[1:], good[1].decode()], batch=3)
+    assert (result.events, result.malformed, result.blank) == (7, 5, 2)
+    p0 = [line for batch in stream_events(store, 0) for line in batch]
+    assert set(bad) <= set(p0)  # raw, byte for byte: the flow dead-letters them
+    everywhere = [line for p in range(8) for batch in stream_events(store, p) for line in batch]
+    assert sorted(everywhere) == sorted([*good, *bad])
+
+
+def test_send_events_rejects_a_zero_batch(store: RedisStore) -> None:
+    with pytest.raises(ValueError, match="batch"):
+        store.send_events([event("c")], batch=0)
+
+
+# -- Redis Cluster --------------------------------------------------------------------------
+
+
+@pytest.mark.cluster
+def test_cluster_checkpoint_is_one_legal_transaction_per_partition(redis_cluster: str) -> None:
+    store = RedisStore(redis_cluster, cluster=True, prefix="cl", retry=FAST_RETRY)
+    keys = store.ensure(16)
+    r = store.r
+    assert isinstance(r, RedisCluster)
+    owners = {r.get_node_from_key(keys.input(p)).name for p in range(16)}
+    assert len(owners) == 3  # partitions are spread over the three masters
+    for p in range(16):  # every key of a partition hashes to one slot
+        slots = {r.keyslot(k) for k in (keys.input(p), keys.state(p, "x"), keys.checkpoint(p))}
+        slots |= {r.keyslot(keys.triggers(p)), r.keyslot(keys.read_model(p, "y"))}
+        assert len(slots) == 1
+
+    contacts = [f"c-{i}" for i in range(200)]
+    sent = store.send_events([event(c) for c in contacts], batch=10)
+    assert sent.events == 200
+    for p in range(16):
+        ids = deliver(store, p)
+        mine = [c for c in contacts if partition_of(c, 16) == p]
+        states = {c: f"state-{c}".encode() for c in mine}
+        assert store.checkpoint(
+            p,
+            1,
+            states=states,
+            read_models={c: orjson.dumps({"contact": c}) for c in mine},
+            triggers=[orjson.dumps({"p": p})],
+            changes=[orjson.dumps({"p": p})],
+            ack_ids=ids,
+        )
+        assert store.checkpoint(p, 1, triggers=[b"{}"]) is False  # idempotent on Cluster too
+        assert store.load_states(p, mine) == states
+        assert store.pending(p) == 0
+    assert store.read_model("c-7") == {"contact": "c-7"}
+    assert sorted(t["p"] for t in store.read_triggers()) == list(range(16))
+
+    # Why the hash tag matters: a transaction over two partitions is refused.
+    pipe = r.pipeline(transaction=True)
+    pipe.set(keys.checkpoint(0), 1)
+    pipe.set(keys.checkpoint(1), 1)
+    with pytest.raises(CrossSlotTransactionError):
+        pipe.execute()
