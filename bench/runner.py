@@ -1,0 +1,168 @@
+"""One measured run in a fresh process: ``python -m bench.runner '<json spec>'``.
+
+Every throughput figure comes from its own interpreter so runs cannot inherit each other's
+heap, caches or threads, and so multi-process Bytewax runs (``-i/-a``) are just several of
+these. The process prints one JSON line: wall-clock start and end (``time.time()``, to merge
+processes of one cluster), elapsed seconds, CPU seconds and peak RSS. Imports and flow
+building happen before the clock starts; reading the input and writing every output happen
+inside it.
+
+Spec keys: ``mode`` (limit | engine | naive | files | redis), ``rules``, ``events`` (paths),
+``out`` (directory), ``workers`` (threads in this process), ``proc_id`` and ``addresses``
+(for a multi-process cluster), ``redis_url``, ``partitions``, ``shards``, ``tail``.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def run_limit(paths: list[str]) -> dict[str, Any]:
+    """Baseline (b): the most a Python process can do per event, parse and a dict update."""
+    loads, error = orjson.loads, orjson.JSONDecodeError
+    scores: dict[str, int] = {}
+    bad = 0
+    for path in paths:
+        with open(path, "rb") as fh:
+            for line in fh:
+                try:
+                    obj = loads(line)
+                except error:
+                    bad += 1
+                    continue
+                if type(obj) is dict and type(contact := obj.get("contact")) is str:
+                    scores[contact] = scores.get(contact, 0) + 1
+                else:
+                    bad += 1
+    return {"contacts": len(scores), "rejected": bad}
+
+
+def run_engine(rules_path: str, paths: list[str], out: str) -> dict[str, Any]:
+    """Leadscore's work without Bytewax: parse, engine, records, read models, dead letters.
+
+    The ceiling for the files flow on one worker; the gap to it is the dataflow's cost.
+    """
+    from flows.scoring import DeadLetter, effect_record
+    from leadscore.engine import ContactState, Duplicate, Engine
+    from leadscore.events import Event, Reject, parse_event
+    from leadscore.rules import load_rules
+
+    engine = Engine(load_rules(rules_path))
+    known = engine.rules.known_actions
+    contacts: dict[str, ContactState] = {}
+    outputs: dict[str, list[bytes]] = {"triggers": [], "changes": [], "dead_letter": []}
+    apply, new_state = engine.apply, engine.new_state
+    now = time.time()
+    for path in paths:
+        with open(path, "rb") as fh:
+            for number, raw in enumerate(fh, 1):
+                raw = raw.rstrip(b"\r\n")
+                event = parse_event(raw, now)
+                if type(event) is Event and event.action in known:
+                    state = contacts.get(event.contact)
+                    if state is None:
+                        state = contacts[event.contact] = new_state()
+                    effects = apply(state, event)
+                    if effects and type(effects[0]) is Duplicate:
+                        continue
+                    for effect in effects:
+                        kind, line = effect_record(event.contact, effect)
+                        outputs[kind].append(line)
+                    continue
+                if type(event) is Event:
+                    event = Reject("unknown_action", f"action {event.action!r} is not used")
+                outputs["dead_letter"].append(DeadLetter(f"{path}:{number}", raw, event).record())
+    outputs["contacts"] = [orjson.dumps(engine.view(c, s)) for c, s in contacts.items()]
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    for kind, lines in outputs.items():
+        with open(target / f"{kind}.jsonl", "wb") as fh:
+            for i in range(0, len(lines), 4096):
+                fh.write(b"\n".join(lines[i : i + 4096]) + b"\n")
+    return {"contacts": len(contacts), "triggers": len(outputs["triggers"])}
+
+
+def build(spec: dict[str, Any]) -> Any:
+    """The Bytewax dataflow a spec describes (built before the clock starts)."""
+    mode = spec["mode"]
+    if mode == "naive":
+        from bench.naive import build_naive_flow
+
+        return build_naive_flow(spec["rules"], spec["events"], spec["out"])
+    from flows.scoring import FlowConfig, build_flow
+
+    if mode == "files":
+        config = FlowConfig(
+            rules=spec["rules"],
+            events=spec["events"],
+            out=spec["out"],
+            shards=spec.get("shards", 64),
+        )
+    elif mode == "redis":
+        config = FlowConfig(
+            rules=spec["rules"],
+            source="redis",
+            redis_url=spec["redis_url"],
+            partitions=spec.get("partitions", 16),
+            tail=spec.get("tail", False),
+            out=spec.get("out"),
+        )
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+    return build_flow(config)
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    mode = spec["mode"]
+    flow = None
+    if mode not in ("limit", "engine"):
+        flow = build(spec)
+    from bytewax.testing import cluster_main, run_main
+
+    extra: dict[str, Any] = {}
+    cpu0 = time.process_time()
+    start = time.time()
+    t0 = time.perf_counter()
+    if mode == "limit":
+        extra = run_limit(spec["events"])
+    elif mode == "engine":
+        extra = run_engine(spec["rules"], spec["events"], spec["out"])
+    elif spec.get("addresses"):
+        cluster_main(
+            flow,
+            spec["addresses"],
+            spec["proc_id"],
+            worker_count_per_proc=spec.get("workers", 1),
+        )
+    elif spec.get("workers", 1) > 1:
+        cluster_main(flow, [], 0, worker_count_per_proc=spec["workers"])
+    else:
+        run_main(flow)
+    seconds = time.perf_counter() - t0
+    end = time.time()
+    cpu = time.process_time() - cpu0
+    return {
+        "start": start,
+        "end": end,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **extra,
+    }
+
+
+def main(argv: list[str]) -> None:
+    spec = orjson.loads(argv[0])
+    result = run(spec)
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,144 @@
+"""The hot path, per event, against a plain dict update measured in the same session.
+
+Run: ``python -m pytest bench/ --benchmark-only``. Targets (issue #2): apply <= 2.5 µs/event,
+packed state <= 500 bytes for a typical contact. Nothing here asserts a time: the summary at
+the end prints each figure and its ratio to the baseline, and ``bench/results/hotpath.json``
+keeps them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from bench.conftest import BASELINE, HotPath, percentiles
+from leadscore.engine import ContactState
+from leadscore.events import parse_event
+from state.codec import decode, encode
+
+
+def test_dict_update(benchmark: Any, hot: HotPath) -> None:
+    """Baseline: the least a per-event step can do (look a contact up, add its points)."""
+    events = hot.events
+
+    def loop() -> dict[str, int]:
+        scores: dict[str, int] = {}
+        for e in events:
+            scores[e.contact] = scores.get(e.contact, 0) + 1
+        return scores
+
+    assert len(benchmark(loop)) == len(hot.states)
+    hot.record(benchmark, BASELINE, len(events))
+
+
+def test_apply(benchmark: Any, hot: HotPath) -> None:
+    """Engine.apply over the realistic mix, from fresh states, including the state lookup."""
+    events = hot.events
+    apply, new_state = hot.engine.apply, hot.engine.new_state
+
+    def loop() -> dict[str, ContactState]:
+        states: dict[str, ContactState] = {}
+        for e in events:
+            state = states.get(e.contact)
+            if state is None:
+                state = states[e.contact] = new_state()
+            apply(state, e)
+        return states
+
+    assert len(benchmark(loop)) == len(hot.states)
+    hot.record(benchmark, "apply", len(events))
+
+
+def _rule_matchers(hot: HotPath) -> dict[str, tuple[Callable[[dict[str, Any]], bool], ...]]:
+    """Per action, one predicate per action rule and stage rule, as the engine calls them."""
+
+    def predicate(rule: Any) -> Callable[[dict[str, Any]], bool]:
+        match = getattr(rule, "match", None)
+        if match is not None:
+            return match  # type: ignore[no-any-return]
+        if not getattr(rule, "where", ()):
+            return lambda props: True
+        conditions = rule.where
+        return lambda props: all(c.holds(props) for c in conditions)
+
+    out: dict[str, tuple[Callable[[dict[str, Any]], bool], ...]] = {}
+    for table in (hot.rules.by_action, hot.rules.stages_by_action):
+        for action, rules in table.items():
+            out[action] = out.get(action, ()) + tuple(predicate(r) for r in rules)
+    return out
+
+
+def test_rule_matching(benchmark: Any, hot: HotPath) -> None:
+    """Only the `where` tests of every action and stage rule an event's action selects."""
+    events = hot.events
+    by_action = _rule_matchers(hot)
+    empty: tuple[Callable[[dict[str, Any]], bool], ...] = ()
+
+    def loop() -> int:
+        hits = 0
+        for e in events:
+            props = e.props
+            for match in by_action.get(e.action, empty):
+                if match(props):
+                    hits += 1
+        return hits
+
+    assert benchmark(loop) > 0
+    hot.record(benchmark, "rule_matching", len(events))
+
+
+def test_parse_event(benchmark: Any, hot: HotPath) -> None:
+    """parse_event per raw line (orjson + contract checks), what the flow does before apply."""
+    lines = hot.lines
+
+    def loop() -> int:
+        return sum(1 for raw in lines if parse_event(raw, 0.0) is not None)
+
+    benchmark(loop)
+    hot.record(benchmark, "parse_event", len(lines))
+
+
+def test_orjson_loads(benchmark: Any, hot: HotPath) -> None:
+    """orjson.loads alone per raw line: the floor under parse_event."""
+    lines = hot.lines
+    loads, error = orjson.loads, orjson.JSONDecodeError
+
+    def loop() -> int:
+        n = 0
+        for raw in lines:
+            try:
+                loads(raw)
+                n += 1
+            except error:
+                pass
+        return n
+
+    benchmark(loop)
+    hot.record(benchmark, "orjson_loads", len(lines))
+
+
+def test_encode(benchmark: Any, hot: HotPath) -> None:
+    """msgpack encode of every contact's state after the replay; also its packed size."""
+    states = list(hot.states.values())
+    sizes = [len(encode(s)) for s in states]
+
+    def loop() -> int:
+        return sum(len(encode(s)) for s in states)
+
+    assert benchmark(loop) == sum(sizes)
+    hot.record(benchmark, "encode", len(states), unit="contact", packed_bytes=percentiles(sizes))
+
+
+def test_decode(benchmark: Any, hot: HotPath) -> None:
+    """msgpack decode back to ContactState (what a lazy MGET load costs per contact)."""
+    blobs = [encode(s) for s in hot.states.values()]
+    first = next(iter(hot.states.values()))
+    assert decode(blobs[0]) == first
+
+    def loop() -> int:
+        return sum(1 for b in blobs if decode(b) is not None)
+
+    assert benchmark(loop) == len(blobs)
+    hot.record(benchmark, "decode", len(blobs), unit="contact")
