@@ -13,12 +13,14 @@ import orjson
 import pytest
 import redis
 from conftest import TcpProxy
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import (
     AuthenticationError,
     CrossSlotTransactionError,
     OutOfMemoryError,
 )
+from redis.retry import Retry
 from redis_server import RedisServer
 
 from state.keys import GROUP, LAYOUT_VERSION, Keys, partition_of
@@ -346,6 +348,39 @@ def test_password_comes_from_the_url_and_a_wrong_one_fails_fast(tmp_path: Path) 
             _ = RedisStore(f"redis://:s3cret@127.0.0.1:{server.port}/0", prefix="x").keys
     finally:
         server.stop()
+
+
+def test_tls_settings_come_from_a_rediss_url(tmp_path: Path) -> None:
+    """A TLS-only redis-server with a self-signed certificate, verified by the client."""
+    import shutil
+    import subprocess
+
+    from redis_server import free_port
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    req = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    req += ["-nodes", "-days", "1", "-keyout", str(key), "-out", str(cert)]
+    req += ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(req, check=True, capture_output=True)
+    port = free_port()
+    exe = shutil.which("redis-server")
+    assert exe is not None
+    args = [exe, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    args += ["--dir", str(tmp_path), "--tls-ca-cert-file", str(cert)]
+    args += ["--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-auth-clients", "no"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}&ssl_cert_reqs=required"
+        store = RedisStore(url, retry=RetryPolicy(attempts=100, base=0.02, cap=0.05))
+        store.ensure(2)  # retried until the server listens
+        assert store.checkpoint(1, 1, read_models={"c": b'{"total": 1}'})
+        assert RedisStore(url).read_model("c") == {"total": 1}
+        plain = redis.Redis(port=port, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
+        with pytest.raises((redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+            plain.ping()  # the server speaks TLS only: the store really used TLS
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 # -- loads and reads ------------------------------------------------------------------------
