@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import IO, Annotated, Any, NoReturn
 
@@ -72,6 +71,8 @@ def main() -> None:
 
 def _version(value: bool) -> None:
     if value:
+        from importlib.metadata import PackageNotFoundError, version
+
         try:
             typer.echo(f"leadscore {version('leadscore')}")
         except PackageNotFoundError:
@@ -360,7 +361,7 @@ def run(
         _fail(f"cannot start: {err}")
 
     report = _console(stderr=out == STDIO)
-    show = report.is_terminal if progress is None else progress
+    show = _console(stderr=True).is_terminal if progress is None else progress
     show = show and STDIO not in paths
     tee = _StdoutTee(sys.stdout.buffer) if out == STDIO else None
     saved = sys.stdout
