@@ -560,3 +560,48 @@ def test_late_award_that_already_expired_does_not_count() -> None:
         assert pc.score_after == pytest.approx(10)
     assert scores_at(eng, st, T0 + 40 * DAY)["product"] == pytest.approx(10)
     assert scores_at(eng, st, T0 + 69 * DAY)["product"] == pytest.approx(10)
+
+
+def test_negative_score_rising_by_decay_rearms_a_negative_below_trigger() -> None:
+    # Decay moves negative scores up toward 0. Once the score is back at or above -10, the
+    # next drop under -10 is a new downward crossing and fires again.
+    eng = engine(
+        """
+        version: 1
+        groups: {engagement: {decay: {half_life: 14d}}}
+        actions:
+          - {id: unsub, on: email.unsubscribe, points: -40, repeat: true}
+        triggers:
+          - {id: churn-risk, score: engagement, below: -10, actions: []}
+        """
+    )
+    st = eng.new_state()
+    assert [n for n, _ in fired_at(eng.apply(st, ev("email.unsubscribe", T0)))] == ["churn-risk"]
+    assert scores_at(eng, st, T0 + 3 * H)["engagement"] == pytest.approx(-5, abs=0.01)
+    effects = eng.apply(st, ev("email.unsubscribe", T0 + 3 * H))  # -5 -> -45: crossed again
+    assert [n for n, _ in fired_at(effects)] == ["churn-risk"]
+
+
+def test_expiring_penalty_rearms_a_below_trigger() -> None:
+    # A penalty in an expire_after group stops counting after the period, so the total rises
+    # back above the threshold; the next penalty is a new downward crossing.
+    eng = engine(
+        """
+        version: 1
+        groups:
+          engagement: {}
+          penalties: {decay: {expire_after: 10d}}
+        actions:
+          - {id: visit, on: page.hit, points: 30}
+          - {id: unsub, on: email.unsubscribe, points: -30, repeat: true, group: penalties}
+        triggers:
+          - {id: cold, score: total, below: 5, actions: []}
+        """
+    )
+    st = eng.new_state()
+    eng.apply(st, ev("page.hit", T0))  # 30
+    assert [n for n, _ in fired_at(eng.apply(st, ev("email.unsubscribe", T0 + DAY)))] == ["cold"]
+    assert eng.view("c-1", st)["total"] == 0
+    assert scores_at(eng, st, T0 + 12 * DAY)["penalties"] == pytest.approx(0)  # total 30 again
+    effects = eng.apply(st, ev("email.unsubscribe", T0 + 12 * DAY))  # 30 -> 0: crossed again
+    assert [n for n, _ in fired_at(effects)] == ["cold"]
