@@ -252,6 +252,14 @@ def test_every_trigger_fires_once_unless_rearmed(events: list[Event]) -> None:
     _, effects = replay(eng, events)
     fired = [e.trigger for e in effects if type(e).__name__ == "TriggerFired"]
     assert fired.count("shopper") <= 1
+    # `cooled` (after: mql) fires only when mql fired since cooled last fired
+    pending = False
+    for name in fired:
+        if name == "mql":
+            pending = True
+        elif name == "cooled":
+            assert pending, fired
+            pending = False
 
 
 # --- determinism and the codec ------------------------------------------------------------
