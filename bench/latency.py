@@ -1,0 +1,319 @@
+"""Live latency: XADD of an event -> its trigger record in the triggers stream.
+
+The live Redis flow runs in its own process while a producer process feeds background events
+at a fixed rate (half the measured maximum, so the flow is busy but keeps up). Every
+``probe_ms`` a probe is sent: a fresh contact's short history that ends with an event firing
+an ``at_least`` trigger, found by replaying the benchmark input through the engine. The probe
+is one stream entry; its clock starts just before the XADD and stops when a reader thread sees
+the trigger record whose cause names the probe's last event id.
+
+The history is shifted so its last event is "now" and re-checked through the engine before
+sending (rules with ``active`` dates depend on absolute time), so every probe is known to
+fire. Probes whose trigger never shows within the grace period are counted as missing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from bench.common import PARSE_NOW, ROOT, iter_lines
+from leadscore.engine import Engine, TriggerFired
+from leadscore.events import Event, parse_event
+from leadscore.rules import Rules, load_rules
+from state.redis_store import RedisStore
+
+PROBE_PREFIX = "probe-"
+
+
+@dataclass
+class Probe:
+    """A firing history: (seconds before the last event, action, props, traits) per event."""
+
+    steps: list[tuple[float, str, dict[str, Any], dict[str, Any] | None]]
+    trigger: str
+
+
+def find_probe(rules: Rules, lines: Iterator[bytes], max_history: int = 8) -> Probe:
+    """The shortest history in ``lines`` whose last event fires an ``at_least`` trigger."""
+    engine = Engine(rules)
+    at_least = {t.id for t in rules.triggers if not t.below}
+    known = rules.known_actions
+    histories: dict[str, list[Event]] = {}
+    states: dict[str, Any] = {}
+    best: Probe | None = None
+    for raw in lines:
+        event = parse_event(raw, PARSE_NOW)
+        if type(event) is not Event or event.action not in known:
+            continue
+        history = histories.setdefault(event.contact, [])
+        if len(history) >= max_history:
+            continue  # too long to be the shortest, or already fired
+        state = states.get(event.contact)
+        if state is None:
+            state = states[event.contact] = engine.new_state()
+        history.append(event)
+        fired = [
+            e.trigger
+            for e in engine.apply(state, event)
+            if type(e) is TriggerFired and e.trigger in at_least
+        ]
+        if fired:
+            last = event.ts
+            steps = [(last - e.ts, e.action, e.props, e.traits) for e in history]
+            if best is None or len(steps) < len(best.steps):
+                best = Probe(steps, fired[0])
+            history.extend([event] * max_history)  # done with this contact
+            if len(steps) <= 2:
+                break
+    if best is None:
+        raise RuntimeError("no contact in the input fires an at_least trigger: cannot probe")
+    return best
+
+
+def probe_lines(probe: Probe, contact: str, now: float) -> tuple[list[bytes], str]:
+    """The probe's events for ``contact`` with its last event at ``now``; and that event's id."""
+    out = []
+    last_id = ""
+    for i, (before, action, props, traits) in enumerate(probe.steps):
+        last_id = f"{PROBE_PREFIX}{contact}" if i == len(probe.steps) - 1 else f"{contact}-h{i}"
+        obj: dict[str, Any] = {
+            "contact": contact,
+            "action": action,
+            "ts": round((now - before) * 1000),
+            "id": last_id,
+            "props": props,
+        }
+        if traits is not None:
+            obj["traits"] = traits
+        out.append(orjson.dumps(obj))
+    return out, last_id
+
+
+def fires(engine: Engine, lines: list[bytes]) -> bool:
+    """Whether the shifted history still fires on a fresh contact (absolute dates matter)."""
+    state = engine.new_state()
+    last: list[Any] = []
+    for raw in lines:
+        event = parse_event(raw, PARSE_NOW)
+        assert type(event) is Event
+        last = engine.apply(state, event)
+    return any(type(e) is TriggerFired for e in last)
+
+
+# --------------------------------------------------------------------------- producer
+
+
+def produce(url: str, path: str, rate: float, duration: float, tick: float = 0.01) -> dict:
+    """Send ``path``'s lines (cycled, contacts renamed per cycle) at ``rate`` events/s."""
+    store = RedisStore(url)
+    lines = [line for line in iter_lines(Path(path))]
+    sent = 0
+    cycle = 0
+    i = 0
+    start = time.perf_counter()
+    deadline = start + duration
+    while True:
+        now = time.perf_counter()
+        if now >= deadline:
+            break
+        due = int((now - start) * rate) - sent
+        if due > 0:
+            chunk = []
+            for _ in range(due):
+                if i == len(lines):
+                    i, cycle = 0, cycle + 1
+                line = lines[i]
+                i += 1
+                if cycle:
+                    line = line.replace(b'"contact":"', b'"contact":"r%d-' % cycle, 1)
+                chunk.append(line)
+            store.send_events(chunk, batch=100)
+            sent += len(chunk)
+        else:
+            time.sleep(tick)
+    elapsed = time.perf_counter() - start
+    store.close()
+    return {"sent": sent, "seconds": elapsed, "events_per_s": sent / elapsed}
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+class TriggerReader(threading.Thread):
+    """Tails every partition's triggers stream; notes when each probe's trigger shows up."""
+
+    def __init__(self, url: str, streams: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.client = redis.Redis.from_url(url)
+        self.cursors: dict[str, str] = dict.fromkeys(streams, "0-0")
+        self.seen: dict[str, float] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            resp = self.client.xread(self.cursors, count=1000, block=200)  # type: ignore[arg-type]
+            now = time.perf_counter()
+            for stream, entries in resp or []:
+                name = stream.decode()
+                for entry_id, fields in entries:
+                    self.cursors[name] = entry_id.decode()
+                    cause = orjson.loads(fields[b"t"]).get("cause", "")
+                    origin = cause.split(":", 1)[0].rsplit(" ", 1)[-1]
+                    if origin.startswith(PROBE_PREFIX) and origin not in self.seen:
+                        self.seen[origin] = now
+        self.client.close()
+
+
+def measure_latency(
+    url: str,
+    rules_path: str,
+    events_path: str,
+    *,
+    rate: float,
+    duration: float,
+    partitions: int = 16,
+    probe_ms: float = 20.0,
+    warmup: float = 1.0,
+    grace: float = 5.0,
+) -> dict[str, Any]:
+    """Start the live flow, load it at ``rate`` and time probes for ``duration`` seconds."""
+    rules = load_rules(rules_path)
+    engine = Engine(rules)
+    probe = find_probe(rules, iter_lines(Path(events_path)))
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    store = RedisStore(url, partitions=partitions)
+    keys = store.ensure(partitions)
+    spec = {
+        "mode": "redis",
+        "rules": rules_path,
+        "redis_url": url,
+        "partitions": partitions,
+        "tail": True,
+    }
+    flow = subprocess.Popen(
+        [sys.executable, "-m", "bench.runner", orjson.dumps(spec).decode()],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    reader = TriggerReader(url, [keys.triggers(p) for p in range(partitions)])
+    reader.start()
+    sent: dict[str, float] = {}
+    skipped = 0
+    producer: subprocess.Popen[bytes] | None = None
+    try:
+
+        def send_probe(n: int) -> bool:
+            contact = f"lat-{n}"
+            lines, last_id = probe_lines(probe, contact, time.time())
+            if not fires(engine, lines):
+                return False
+            stream = keys.input(zlib.crc32(contact.encode()) % partitions)
+            payload = b"\n".join(lines)
+            t = time.perf_counter()
+            client.xadd(stream, {"e": payload})
+            sent[last_id] = t
+            return True
+
+        # Ready once a first probe comes back (Bytewax and the consumer groups are up).
+        n = 0
+        while not send_probe(n):
+            n += 1
+        ready_by = time.perf_counter() + 60
+        while f"{PROBE_PREFIX}lat-{n}" not in reader.seen:
+            if flow.poll() is not None:
+                raise RuntimeError(f"live flow exited: {flow.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            if time.perf_counter() > ready_by:
+                raise RuntimeError("live flow never produced the first probe's trigger")
+            time.sleep(0.01)
+        sent.clear()
+        producer = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.latency",
+                url,
+                events_path,
+                str(rate),
+                str(duration + warmup),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+        )
+        time.sleep(warmup)
+        start = time.perf_counter()
+        while time.perf_counter() - start < duration:
+            n += 1
+            if not send_probe(n):
+                skipped += 1
+            time.sleep(probe_ms / 1000.0)
+        out, _ = producer.communicate(timeout=duration + 60)
+        produced = orjson.loads(out.splitlines()[-1]) if out else {}
+        settle = time.perf_counter() + grace
+        while time.perf_counter() < settle and not all(k in reader.seen for k in sent):
+            time.sleep(0.05)
+        backlog = sum(store.pending(p) for p in range(partitions))
+        unread = sum(
+            int(g.get("lag") or 0)
+            for p in range(partitions)
+            for g in client.xinfo_groups(keys.input(p))  # type: ignore[union-attr]
+        )
+    finally:
+        reader.stop.set()
+        if producer is not None and producer.poll() is None:
+            producer.kill()
+        flow.terminate()
+        try:
+            flow.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            flow.kill()
+            flow.wait()
+        reader.join(timeout=5)
+        store.close()
+        client.close()
+    latencies = sorted((reader.seen[k] - t) * 1000.0 for k, t in sent.items() if k in reader.seen)
+    return {
+        "rate_target": rate,
+        "rate_achieved": produced.get("events_per_s"),
+        "duration_s": duration,
+        "probe_history_events": len(probe.steps),
+        "probe_trigger": probe.trigger,
+        "probes": len(sent),
+        "probes_skipped": skipped,
+        "missing": len(sent) - len(latencies),
+        "pending_at_end": backlog,
+        "unread_at_end": unread,
+        "ms": _summary(latencies),
+    }
+
+
+def _summary(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "max": None, "mean": None}
+    n = len(values)
+    return {
+        "p50": round(values[n // 2], 2),
+        "p90": round(values[min(n - 1, n * 9 // 10)], 2),
+        "p99": round(values[min(n - 1, n * 99 // 100)], 2),
+        "max": round(values[-1], 2),
+        "mean": round(sum(values) / n, 2),
+    }
+
+
+if __name__ == "__main__":
+    # The producer process: python -m bench.latency URL EVENTS RATE DURATION
+    url, path, rate, duration = sys.argv[1:5]
+    result = produce(url, path, float(rate), float(duration))
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")

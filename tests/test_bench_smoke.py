@@ -1,0 +1,62 @@
+"""The benchmark harness runs end to end in quick mode, so it cannot rot between releases.
+
+Only the shape of the report is checked: timings on CI machines mean nothing, and the real
+figures live in bench/README.md.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DESIGNS = {"a", "b", "e", "c1", "c2t", "c2p", "d1", "d2t", "d2p"}
+
+
+@pytest.mark.timeout(180)
+def test_quick_harness_writes_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.throughput", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = orjson.loads(out.read_bytes())
+
+    assert report["config"]["quick"] is True
+    assert report["machine"]["nproc"] >= 1
+
+    runs = report["throughput"]["runs"]
+    assert set(runs) == DESIGNS
+    for run in runs.values():
+        assert run["events_per_s"] > 0
+        assert run["samples"]
+    # every Redis run drained its input and acknowledged it in its checkpoints
+    for key in ("d1", "d2t", "d2p"):
+        sample = runs[key]["samples"][0]
+        assert sample["pending_after"] == 0
+        assert sample["unread_after"] == 0
+    ratios = report["throughput"]["ratios"]
+    assert {"c1/a", "c1/b", "d1/a", "c2t/c1", "c2p/c1", "d2t/d1", "d2p/d1"} <= set(ratios)
+
+    memory = report["memory"]
+    assert memory["rss_bytes_per_contact"] > 0
+    assert memory["packed_bytes"]["p50"] > 0
+    assert report["redis_memory"]["sampled"] > 0
+
+    latency = report["latency"]
+    assert latency["probes"] > 0
+    assert latency["ms"]["p50"] is not None
+
+    scaling = report["scaling"]
+    assert [row["contacts"] for row in scaling] == [100, 1_000]
+    for row in scaling:
+        assert row["c1"]["events_per_s"] > 0 and row["d1"]["events_per_s"] > 0
