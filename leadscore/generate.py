@@ -422,13 +422,8 @@ class _Generator:
         ``t`` (a few redraws, then whoever came up).
         """
         rng = self.rng
-        rnd, prob, alias, people, n = (
-            rng.random,
-            self.prob,
-            self.alias,
-            self.people,
-            self.n_contacts,
-        )
+        rnd, people, n = rng.random, self.people, self.n_contacts
+        prob, alias = self.prob, self.alias
         for _ in range(4):
             x = rnd() * n
             rank = int(x)
