@@ -22,6 +22,8 @@ BATCH_LIMIT = 500 * 1024
 """Segment's limit for one ``/v1/batch`` request body, in bytes."""
 MAX_ACTION_CHARS = 128
 MAX_ID_CHARS = 256
+MAX_TS = 253402300799.0
+"""9999-12-31T23:59:59Z: later times cannot be rendered as RFC 3339 by ``format_ts``."""
 
 SUPPORTED_TYPES = ("track", "identify", "page", "screen")
 
@@ -125,6 +127,8 @@ def parse_time(value: object, field: str) -> float | Invalid | None:
         return Invalid("wrong_type", field, f"field '{field}' must be an ISO 8601 date-time string")
     if ts < 0:
         return Invalid("bad_ts", field, f"field '{field}' is before 1970: {value!r}")
+    if ts > MAX_TS:
+        return Invalid("bad_ts", field, f"field '{field}' is after the year 9999: {value!r}")
     return ts
 
 
@@ -230,6 +234,12 @@ def map_message(
     if isinstance(sent_at, Invalid):
         return sent_at
     ts = event_time(timestamp, sent_at if sent_at is not None else batch_sent_at, received_at)
+    if ts > MAX_TS:
+        return Invalid(
+            "bad_ts",
+            f("sentAt"),
+            f"fields '{f('timestamp')}' and '{f('sentAt')}' are too far apart",
+        )
 
     context = _object(msg, "context", f("context"))
     if isinstance(context, Invalid):

@@ -45,6 +45,69 @@ def example_rules_path() -> Path:
     return EXAMPLE_RULES
 
 
+class LiveService:
+    """The real HTTP service under uvicorn in a background thread, on a pre-bound loopback
+    socket (no port race), for tests that speak real HTTP to it."""
+
+    def __init__(self, app: object) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)  # type: ignore[arg-type]
+        )
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    def start(self) -> LiveService:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the service did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+        self.sock.close()
+
+
+@pytest.fixture
+def serve(redis_url: str) -> Iterator[Callable[..., LiveService]]:
+    """Start the service against the test Redis: ``serve(**ServiceConfig overrides)``.
+
+    Defaults: 16 partitions, write key ``test-key``. Servers stop at the end of the test."""
+    from leadscore.service import ServiceConfig, create_app
+
+    started: list[LiveService] = []
+
+    def start(**overrides: object) -> LiveService:
+        options: dict[str, object] = {
+            "redis_url": redis_url,
+            "partitions": 16,
+            "write_keys": ("test-key",),
+        }
+        options.update(overrides)
+        live = LiveService(create_app(ServiceConfig(**options))).start()  # type: ignore[arg-type]
+        started.append(live)
+        return live
+
+    yield start
+    for live in started:
+        live.stop()
+
+
 @pytest.fixture
 def aof_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A private redis-server with AOF and ``appendfsync always``, for crash/restart tests."""

@@ -187,6 +187,8 @@ def test_parse_time(text: object, expected: float | None) -> None:
         ({"at": 1}, "wrong_type"),
         (float("nan"), "non_finite"),
         (-5, "bad_ts"),
+        (1e99, "bad_ts"),
+        ("10000-01-01T00:00:00Z", "bad_ts"),
     ],
 )
 def test_parse_time_rejects(value: object, code: str) -> None:
@@ -214,6 +216,12 @@ def test_parse_time_rejects(value: object, code: str) -> None:
         ({"userId": "u", "context": 3}, "page", "wrong_type", "context"),
         ({"userId": "u", "event": "x", "timestamp": "soon"}, "track", "bad_ts", "timestamp"),
         ({"userId": "u", "event": "x", "sentAt": 1e400}, "track", "non_finite", "sentAt"),
+        (
+            {"userId": "u", "event": "x", "timestamp": "9999-01-01T00:00:00Z", "sentAt": 0},
+            "track",
+            "bad_ts",
+            "sentAt",
+        ),
         ({"userId": "u"}, None, "missing_field", "type"),
         ({"userId": "u", "type": 3}, None, "wrong_type", "type"),
         ({"userId": "u", "type": "alias"}, None, "unknown_action", "type"),
