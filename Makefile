@@ -37,7 +37,6 @@ $(BIN)/python:
 	  $(SUDO) apt-get update -q && $(APT_INSTALL) python3-venv; \
 	  $(PYTHON) -m venv $(VENV); \
 	fi
-	$(PIP) install --upgrade pip
 
 # Editable installs pick up code changes; reinstall only when the dependencies change.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
