@@ -605,3 +605,30 @@ def test_expiring_penalty_rearms_a_below_trigger() -> None:
     assert scores_at(eng, st, T0 + 12 * DAY)["penalties"] == pytest.approx(0)  # total 30 again
     effects = eng.apply(st, ev("email.unsubscribe", T0 + 12 * DAY))  # 30 -> 0: crossed again
     assert [n for n, _ in fired_at(effects)] == ["cold"]
+
+
+def test_rise_then_fall_between_events_fires_at_the_fall() -> None:
+    # No event between T0+1d and T0+25d: the penalty expiring (+11d) lifts the total back
+    # over 35 (re-arming), the product points expiring (+20d) take it under 35 again. That
+    # second crossing is due at +20d, whether or not an event or a timer came in between.
+    eng = engine(
+        """
+        version: 1
+        groups:
+          engagement: {}
+          penalties: {decay: {expire_after: 10d}}
+          product: {decay: {expire_after: 20d}}
+        actions:
+          - {id: visit, on: page.hit, points: 30}
+          - {id: cart, on: cart.add, points: 10, group: product}
+          - {id: unsub, on: email.unsubscribe, points: -30, repeat: true, group: penalties}
+        triggers:
+          - {id: cooling, score: total, below: 35, actions: []}
+        """
+    )
+    st = eng.new_state()
+    run(eng, st, [ev("page.hit", T0), ev("cart.add", T0)])  # 40
+    assert [n for n, _ in fired_at(eng.apply(st, ev("email.unsubscribe", T0 + DAY)))] == ["cooling"]
+    got = fired_at(eng.advance(st, T0 + 25 * DAY))
+    assert [n for n, _ in got] == ["cooling"]
+    assert got[0][1] == pytest.approx(T0 + 20 * DAY, abs=1.0)
