@@ -22,8 +22,9 @@ BATCH_LIMIT = 500 * 1024
 """Segment's limit for one ``/v1/batch`` request body, in bytes."""
 MAX_ACTION_CHARS = 128
 MAX_ID_CHARS = 256
+MIN_TS = -62135596800.0
 MAX_TS = 253402300799.0
-"""9999-12-31T23:59:59Z: later times cannot be rendered as RFC 3339 by ``format_ts``."""
+"""0001-01-01 to 9999-12-31T23:59:59Z: what ``format_ts`` can render as RFC 3339."""
 
 SUPPORTED_TYPES = ("track", "identify", "page", "screen")
 
@@ -112,6 +113,8 @@ def parse_time(value: object, field: str) -> float | Invalid | None:
         ts = float(value)
         if not math.isfinite(ts):
             return Invalid("non_finite", field, f"field '{field}' is NaN or infinite")
+        if ts < 0:
+            return Invalid("bad_ts", field, f"field '{field}' is a negative epoch: {value!r}")
         ts = ts / 1000.0 if ts >= 1e11 else ts
     elif isinstance(value, str):
         dt = _iso_datetime(value)
@@ -120,15 +123,15 @@ def parse_time(value: object, field: str) -> float | Invalid | None:
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=UTC)
         try:
-            ts = dt.timestamp()
+            # A valid date-time a few hours outside years 1-9999 once shifted to UTC
+            # (0001-01-01T00:00+01:00) is pinned to the edge rather than refused.
+            ts = min(max(dt.timestamp(), MIN_TS), MAX_TS)
         except (OverflowError, ValueError, OSError):
             return Invalid("bad_ts", field, f"field '{field}' is out of range: {value[:64]!r}")
     else:
         return Invalid("wrong_type", field, f"field '{field}' must be an ISO 8601 date-time string")
-    if ts < 0:
-        return Invalid("bad_ts", field, f"field '{field}' is before 1970: {value!r}")
-    if ts > MAX_TS:
-        return Invalid("bad_ts", field, f"field '{field}' is after the year 9999: {value!r}")
+    if not MIN_TS <= ts <= MAX_TS:
+        return Invalid("bad_ts", field, f"field '{field}' is out of range: {value!r:.64}")
     return ts
 
 
@@ -149,12 +152,14 @@ def event_time(timestamp: float | None, sent_at: float | None, received_at: floa
     """Segment's clock-skew correction: ``receivedAt - (sentAt - timestamp)``.
 
     A device whose clock is an hour fast sends both fields an hour ahead; the difference is
-    the true age of the event, measured on one clock."""
+    the true age of the event, measured on one clock. A correction that lands outside the
+    representable years (absurd sentAt) is not one: the timestamp is kept as sent."""
     if timestamp is None:
         return received_at
     if sent_at is None:
         return timestamp
-    return max(0.0, received_at - (sent_at - timestamp))
+    corrected = received_at - (sent_at - timestamp)
+    return corrected if MIN_TS <= corrected <= MAX_TS else timestamp
 
 
 def _identifier(value: object, field: str) -> str | Invalid | None:
@@ -234,12 +239,6 @@ def map_message(
     if isinstance(sent_at, Invalid):
         return sent_at
     ts = event_time(timestamp, sent_at if sent_at is not None else batch_sent_at, received_at)
-    if ts > MAX_TS:
-        return Invalid(
-            "bad_ts",
-            f("sentAt"),
-            f"fields '{f('timestamp')}' and '{f('sentAt')}' are too far apart",
-        )
 
     context = _object(msg, "context", f("context"))
     if isinstance(context, Invalid):

@@ -59,6 +59,7 @@ from leadscore.segment import (
     BATCH_LIMIT,
     CALL_LIMIT,
     MAX_TS,
+    MIN_TS,
     Invalid,
     build_action_map,
     map_message,
@@ -517,9 +518,9 @@ def pixel_event(
 
 
 def _in_range(result: Event | Reject) -> Event | Reject:
-    """Refuse times past the year 9999 here: downstream they cannot be rendered as RFC 3339."""
-    if isinstance(result, Event) and result.ts > MAX_TS:
-        return Reject("bad_ts", "field 'ts' is after the year 9999")
+    """Refuse times outside years 1-9999 here: downstream they cannot be rendered as RFC 3339."""
+    if isinstance(result, Event) and not MIN_TS <= result.ts <= MAX_TS:
+        return Reject("bad_ts", "field 'ts' is outside the years 1 to 9999")
     return result
 
 
@@ -1040,9 +1041,22 @@ def _error(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
-_ID = {"type": ["string", "integer"], "description": "string, or an integer (stringified)"}
+_ID = {
+    "type": ["string", "integer"],
+    "minLength": 1,
+    "maxLength": MAX_CONTACT_CHARS,
+    "description": "string, or an integer (stringified)",
+}
 _TIME = {"type": "string", "format": "date-time"}
-_OBJECT = {"type": "object", "additionalProperties": True}
+_OBJECT = {"type": ["object", "null"], "additionalProperties": True}
+_EVENT_NAME = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 128,
+    "pattern": "[A-Za-z0-9]",
+    "description": "mapped to an action (configurable); unmapped names become their "
+    "lower-case dotted slug",
+}
 
 
 def _segment_message(extra: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -1176,7 +1190,7 @@ def openapi_document(config: ServiceConfig) -> dict[str, Any]:
             },
             "/v1/track": segment_op(
                 "Segment track",
-                _segment_message({"event": {"type": "string"}, "properties": _OBJECT}, ["event"]),
+                _segment_message({"event": _EVENT_NAME, "properties": _OBJECT}, ["event"]),
             ),
             "/v1/identify": segment_op("Segment identify", _segment_message({"traits": _OBJECT})),
             "/v1/page": segment_op(
@@ -1353,7 +1367,7 @@ def openapi_document(config: ServiceConfig) -> dict[str, Any]:
                                 "type": "string",
                                 "enum": ["track", "identify", "page", "screen"],
                             },
-                            "event": {"type": "string"},
+                            "event": _EVENT_NAME,
                             "name": {"type": "string"},
                             "category": {"type": "string"},
                             "properties": _OBJECT,

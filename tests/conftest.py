@@ -55,7 +55,9 @@ class LiveService:
 
         import uvicorn
 
-        self.sock = socket.socket()
+        # proto must be IPPROTO_TCP: asyncio only sets TCP_NODELAY on accepted sockets whose
+        # listener says so, and without it every keep-alive response waits ~40 ms (Nagle).
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
