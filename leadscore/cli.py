@@ -226,6 +226,9 @@ def _top_contacts(rows: Iterator[dict[str, Any]], n: int) -> list[dict[str, Any]
 
 
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of an output file; a file the run never wrote means none."""
+    if not path.exists():
+        return
     with path.open("rb") as fh:
         for line in fh:
             if line.strip():
@@ -289,7 +292,34 @@ def _report(
             )
         console.print(table)
     if out != STDIO:
-        console.print(Text(f"results in {out}/: {', '.join(OUTPUTS)}"))
+        written = [name for name in OUTPUTS if (Path(out) / name).exists()]
+        console.print(Text(f"results in {out}/: {', '.join(written)}"))
+
+
+def _first_cause(
+    err: BaseException, kinds: tuple[type[BaseException], ...]
+) -> BaseException | None:
+    """The first exception of ``kinds`` in ``err``'s chain of causes, or None."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kinds):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _clear_outputs(out: Path) -> None:
+    """Remove the previous run's outputs: the flow writes a file only if it has records for
+    it, so an old dead_letter.jsonl would otherwise sit next to a new summary."""
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out} is a file; give a directory (created if missing) or - for stdout")
+    for name in OUTPUTS:
+        try:
+            (out / name).unlink(missing_ok=True)
+        except OSError as err:
+            _fail(f"cannot replace {out / name}: {err}")
 
 
 @app.command(context_settings={"allow_extra_args": True})
@@ -343,16 +373,19 @@ def run(
     """Score events files with the Bytewax flow and print a summary.
 
     Writes contacts.jsonl, triggers.jsonl, changes.jsonl, dead_letter.jsonl and summary.json
-    to --out. Bad lines go to dead_letter.jsonl with their position and reason; they never
+    to --out, replacing those of an earlier run (an output with no records is not written).
+    Bad lines go to dead_letter.jsonl with their position and reason; they never
     stop the run.
     """
-    from bytewax.testing import cluster_main, run_main
+    from bytewax.testing import cluster_main
 
     from flows.scoring import FlowConfig, build_flow
 
     paths = _events_arg(events, ctx.args)
     config = FlowConfig(rules=rules, events=paths, out=out, shards=shards)
     compiled = _load_rules(rules)
+    if out != STDIO:
+        _clear_outputs(Path(out))
     try:
         flow = build_flow(config, compiled)
     except FileNotFoundError as err:
@@ -370,12 +403,15 @@ def run(
     started = time.perf_counter()
     try:
         with _progress(paths, show):
-            if workers == 1:
-                run_main(flow)
-            else:
-                cluster_main(flow, [], 0, worker_count_per_proc=workers)
-    except KeyboardInterrupt:
-        _fail("interrupted; outputs are incomplete", 130)
+            # cluster_main even for one worker: run_main turns Ctrl-C into a Rust panic.
+            cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    except BaseException as err:  # Bytewax wraps worker errors: look at what caused them
+        cause = _first_cause(err, (KeyboardInterrupt, OSError))
+        if isinstance(cause, KeyboardInterrupt):
+            _fail(f"interrupted; the outputs in {out} are incomplete", 130)
+        if isinstance(cause, OSError):
+            _fail(f"the run failed: {cause}")
+        raise
     finally:
         if tee is not None:
             sys.stdout.flush()
@@ -386,7 +422,7 @@ def run(
         summary = tee.summary or {}
         leaders = _top_contacts(iter(tee.contacts), top)
     else:
-        summary = orjson.loads((Path(out) / "summary.json").read_bytes())
+        summary = next(_read_jsonl(Path(out) / "summary.json"), {})
         leaders = _top_contacts(_read_jsonl(Path(out) / "contacts.jsonl"), top)
     _report(report, summary, leaders, seconds, out)
 

@@ -10,8 +10,10 @@ import gzip
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -263,6 +265,62 @@ def test_run_shows_a_progress_bar_on_a_terminal(rules: Path, events: Path, tmp_p
     assert done.returncode == 0
     assert b"scoring" in seen
     assert b"scoring" not in done.stdout  # the bar lives on stderr only
+
+
+def test_an_empty_input_is_a_run_with_nothing_in_it(rules: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    done = cli("run", "-r", str(rules), "-e", str(empty), "-o", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^0 events read", done.stdout, re.M)
+    assert report_value(done.stdout, "contacts") == "0"
+
+
+def test_a_new_run_replaces_every_output_of_the_previous_one(
+    rules: Path, events: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    assert cli("run", "-r", str(rules), "-e", str(events), "-o", str(out)).returncode == 0
+    assert read_jsonl(out / "dead_letter.jsonl") and read_jsonl(out / "triggers.jsonl")
+    clean = write_lines(tmp_path / "clean.jsonl", [ev("erin", "email.open", T0, "e1")])
+    done = cli("run", "-r", str(rules), "-e", str(clean), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    outputs = {p.name for p in out.iterdir()}
+    # Outputs with no records this time are not written, and the old ones are gone.
+    assert outputs == {"contacts.jsonl", "changes.jsonl", "summary.json"}
+    assert [c["contact"] for c in read_jsonl(out / "contacts.jsonl")] == ["erin"]
+    assert "results in" in done.stdout and "dead_letter.jsonl" not in done.stdout
+
+
+def test_out_must_not_be_a_file(rules: Path, events: Path, tmp_path: Path) -> None:
+    target = tmp_path / "results.txt"
+    target.write_text("keep me")
+    done = cli("run", "-r", str(rules), "-e", str(events), "-o", str(target))
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"leadscore: --out {target} is a file")
+    assert target.read_text() == "keep me"
+
+
+def test_ctrl_c_stops_the_run_with_one_line(rules: Path, tmp_path: Path) -> None:
+    line = orjson.dumps(ev("x", "email.open", T0, "")) + b"\n"
+    events = tmp_path / "many.jsonl"
+    events.write_bytes(line * 2_000_000)  # far more than the run gets through before the signal
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [*LEADSCORE, "run", "-r", str(rules), "-e", str(events), "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        while not (out / "changes.jsonl").exists():  # written once scoring has begun
+            assert proc.poll() is None, proc.stderr.read()  # type: ignore[union-attr]
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert stderr.decode().strip() == f"leadscore: interrupted; the outputs in {out} are incomplete"
 
 
 def test_a_bad_rules_file_names_file_rule_and_field(events: Path, tmp_path: Path) -> None:

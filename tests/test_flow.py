@@ -149,6 +149,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
+def records_if_any(path: Path) -> list[dict[str, Any]]:
+    """An output's records; the flow writes no file for an output that has none."""
+    return read_jsonl(path) if path.exists() else []
+
+
 def canon(records: list[dict[str, Any]]) -> list[bytes]:
     """Records as a sorted list: outputs from several shards interleave in any order."""
     return sorted(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in records)
@@ -275,6 +280,32 @@ def test_every_kind_of_bad_line_is_dead_lettered_and_nothing_is_lost(tmp_path: P
     contacts = {c["contact"]: c for c in read_jsonl(out / "contacts.jsonl")}
     assert set(contacts) == {"c-1", "c-2"}
     assert contacts["c-1"]["scores"]["engagement"] == 30.0  # the duplicate added nothing
+
+
+def test_a_rerun_into_the_same_directory_leaves_no_stale_output(tmp_path: Path) -> None:
+    """Every output of a directory belongs to its latest run.
+
+    Fails today: ResultsSink opens an output file only when records for it arrive, so after
+    a clean rerun the first run's dead_letter.jsonl is still there next to a summary that
+    says nothing was rejected (reported in /tmp/engine_bugs.md). `leadscore run` works
+    around it by removing old outputs first; `python -m bytewax.run` does not.
+    """
+    rules = write(tmp_path / "rules.yaml", RULES)
+    out = tmp_path / "out"
+    first = [
+        b"nope",
+        {"contact": "a", "action": "cart.add", "ts": T0},
+        {"contact": "a", "action": "form.submit", "ts": T0 + 60},  # 40 + 25: mql fires
+    ]
+    run_flow(rules, [write_lines(tmp_path / "first.jsonl", first)], out)
+    assert records_if_any(out / "dead_letter.jsonl") and records_if_any(out / "triggers.jsonl")
+    second = [{"contact": "b", "action": "email.open", "ts": T0}]
+    run_flow(rules, [write_lines(tmp_path / "second.jsonl", second)], out)
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    assert summary["rejected"] == 0 and summary["triggers"] == {}
+    assert records_if_any(out / "dead_letter.jsonl") == []
+    assert records_if_any(out / "triggers.jsonl") == []
+    assert [c["contact"] for c in records_if_any(out / "contacts.jsonl")] == ["b"]
 
 
 def test_a_bad_line_never_stops_the_run(tmp_path: Path) -> None:
