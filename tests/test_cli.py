@@ -429,6 +429,32 @@ def test_explain_json_agrees_with_the_flow(rules: Path, events: Path, tmp_path: 
         assert story["decay_total"] == pytest.approx(view["total"] - applied, abs=1e-3)
 
 
+def test_explain_from_the_flows_outputs_tells_the_same_story(
+    rules: Path, events: Path, tmp_path: Path
+) -> None:
+    """What the HTTP service will do: explain from stored change and trigger records."""
+    from leadscore.explain import explain
+    from leadscore.rules import load_rules
+
+    out = tmp_path / "out"
+    assert cli("run", "-r", str(rules), "-e", str(events), "-o", str(out)).returncode == 0
+    records = read_jsonl(out / "changes.jsonl") + read_jsonl(out / "triggers.jsonl")
+    view = next(c for c in read_jsonl(out / "contacts.jsonl") if c["contact"] == "alice")
+    stored = explain("alice", records, view, load_rules(rules)).to_dict()
+    done = cli("explain", "-r", str(rules), "-e", str(events), "-c", "alice", "--json")
+    replayed = orjson.loads(done.stdout)
+    for p in replayed["points"]:
+        p["action"] = None  # the change log does not record the action; the replay does
+    assert stored == replayed
+    assert [p["name"] for p in stored["points"]][:2] == ["Visited pricing", "fit: title"]
+    assert stored["by_rule"][0] == {
+        "rule": "form",
+        "name": "Submitted a form",
+        "count": 1,
+        "applied": 30.0,
+    }
+
+
 def test_explain_fires_the_cooling_timer_like_the_flow(rules: Path, tmp_path: Path) -> None:
     # alice goes hot, then only bob writes for a month: her engagement decays below 10.
     lines = [*EVENTS, ev("bob", "email.open", T0 + 40 * 24 * HOUR, "b9")]
