@@ -12,6 +12,7 @@ import gzip
 import heapq
 import io
 import os
+import re
 import struct
 import sys
 import threading
@@ -159,6 +160,10 @@ def _events_arg(events: list[str], extra: list[str]) -> list[str]:
 # --------------------------------------------------------------------------- run
 
 
+# The label the stdout sink puts first on each line: "output" (or "kind" in older flows).
+_STDOUT_LABEL = re.compile(rb'^\{"(?:output|kind)":"(contacts|summary)"')
+
+
 class _StdoutTee(io.BufferedIOBase):
     """Standard output that also keeps the summary and contacts records passing through it.
 
@@ -183,9 +188,12 @@ class _StdoutTee(io.BufferedIOBase):
             lines = (self._partial + bytes(data)).split(b"\n")
             self._partial = lines.pop()
             for line in lines:
-                if line.startswith(b'{"kind":"contacts"'):
+                label = _STDOUT_LABEL.match(line)
+                if label is None:
+                    continue
+                if label[1] == b"contacts":
                     self.contacts.append(orjson.loads(line))
-                elif line.startswith(b'{"kind":"summary"'):
+                else:
                     self.summary = orjson.loads(line)
         return len(data)
 
