@@ -12,7 +12,6 @@ load and the Redis round trips stay flat.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Iterable
 
@@ -115,8 +114,10 @@ class Collector:
                 continue
             if not self._full.is_set() and not self._closed:
                 # Let more requests join this flush; cut short as soon as the batch is full.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self._interval)
+                # A timer setting the event is cheaper than wait_for (no task per flush).
+                timer = asyncio.get_running_loop().call_later(self._interval, self._full.set)
+                await self._full.wait()
+                timer.cancel()
             lines, dead, done, count = self._lines, self._dead, self._done, self._count
             self._lines, self._dead, self._done, self._count = {}, [], None, 0
             self._full.clear()

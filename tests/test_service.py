@@ -132,7 +132,7 @@ def test_pixel_records_page_hit_and_sets_visitor_cookie(
         assert first.headers["content-type"] == "image/gif"
         assert "no-store" in first.headers["cache-control"]
         cookie = first.headers["set-cookie"]
-        for attribute in ("HttpOnly", "Max-Age=34560000", "Path=/", "SameSite=lax"):
+        for attribute in ("HttpOnly", "Max-Age=34560000", "Path=/", "SameSite=Lax"):
             assert attribute in cookie
         visitor = http.cookies["ls_vid"]
         assert visitor.startswith("v-")
