@@ -38,6 +38,7 @@ from prometheus_client import (
 )
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -261,12 +262,14 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    message = exc.detail
+    message, field = exc.detail, None
     if exc.status_code == 404:
         message = f"no route for {request.url.path[:200]!r}; see /openapi.json"
+        field = "path"
     elif exc.status_code == 405:
         message = f"method {request.method} is not allowed on {request.url.path[:200]!r}"
-    return error_response(ApiError(exc.status_code, code, message, None, exc.headers))
+        field = "method"
+    return error_response(ApiError(exc.status_code, code, message, field, exc.headers))
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -356,6 +359,26 @@ class Metrics:
     def observe_flush(self, events: int, entries: int, seconds: float) -> None:
         self.flush_seconds.observe(seconds)
         self.flush_events.observe(events)
+
+
+class _JsonCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS middleware, with refused preflights answered as JSON like every
+    other 4xx (it says which request header was refused)."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        text = bytes(response.body).decode()
+        field = "Origin"
+        if "method" in text:
+            field = "Access-Control-Request-Method"
+        elif "headers" in text:
+            field = "Access-Control-Request-Headers"
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+        headers.pop("content-type", None)
+        body = {"code": "cors_refused", "message": text, "field": field}
+        return json_response(body, 400, headers)
 
 
 class _Timing:
@@ -989,7 +1012,7 @@ def create_app(config: ServiceConfig) -> Starlette:
     if config.cors_origins:
         middleware.append(
             Middleware(
-                CORSMiddleware,
+                _JsonCORSMiddleware,
                 allow_origins=list(config.cors_origins),
                 allow_methods=["GET", "POST"],
                 allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
@@ -1236,6 +1259,12 @@ def openapi_document(config: ServiceConfig) -> dict[str, Any]:
                         "content": {
                             "application/json": {
                                 "schema": {"type": "array", "items": _ref("Event")}
+                            },
+                            "application/x-ndjson": {
+                                "schema": {
+                                    "type": "string",
+                                    "description": "one JSON event (see Event) per line",
+                                }
                             },
                         },
                     },

@@ -85,10 +85,10 @@ def test_health_ready_openapi_and_json_errors(serve: Callable[..., Any]) -> None
         assert set(doc["paths"]) >= {"/t.gif", "/v1/batch", "/v1/events", "/v1/contacts/{id}"}
         missing = http.get("/nowhere")
         assert missing.status_code == 404
-        assert missing.json()["code"] == "not_found"
+        assert (missing.json()["code"], missing.json()["field"]) == ("not_found", "path")
         wrong = http.delete("/v1/track")
         assert wrong.status_code == 405
-        assert wrong.json()["code"] == "method_not_allowed"
+        assert (wrong.json()["code"], wrong.json()["field"]) == ("method_not_allowed", "method")
         assert "POST" in wrong.headers["allow"]
 
 
@@ -623,6 +623,8 @@ def test_cors_preflight_for_configured_origins(serve: Callable[..., Any]) -> Non
         assert ok.headers["access-control-allow-origin"] == "https://www.acme.com"
         other = http.options("/v1/batch", headers={"Origin": "https://evil.test", **preflight})
         assert "access-control-allow-origin" not in other.headers
+        assert other.status_code == 400
+        assert (other.json()["code"], other.json()["field"]) == ("cors_refused", "Origin")
 
 
 def test_config_from_env() -> None:
