@@ -171,9 +171,10 @@ class _StdoutTee(io.BufferedIOBase):
     summary and the top leads, so it reads them on the way out instead of writing twice.
     """
 
-    def __init__(self, target: IO[bytes]) -> None:
+    def __init__(self, target: IO[bytes], keep: int) -> None:
         super().__init__()
         self._target = target
+        self._keep = keep
         self._lock = threading.Lock()
         self._partial = b""
         self.summary: dict[str, Any] | None = None
@@ -193,6 +194,8 @@ class _StdoutTee(io.BufferedIOBase):
                     continue
                 if label[1] == b"contacts":
                     self.contacts.append(orjson.loads(line))
+                    if len(self.contacts) > 2 * self._keep + 1024:  # memory stays bounded
+                        self.contacts = _top_contacts(iter(self.contacts), self._keep)
                 else:
                     self.summary = orjson.loads(line)
         return len(data)
@@ -404,7 +407,7 @@ def run(
     report = _console(stderr=out == STDIO)
     show = _console(stderr=True).is_terminal if progress is None else progress
     show = show and STDIO not in paths
-    tee = _StdoutTee(sys.stdout.buffer) if out == STDIO else None
+    tee = _StdoutTee(sys.stdout.buffer, top) if out == STDIO else None
     saved = sys.stdout
     if tee is not None:
         sys.stdout = io.TextIOWrapper(tee, write_through=True)  # type: ignore[assignment]
