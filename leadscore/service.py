@@ -546,6 +546,26 @@ def pixel_event(
     return validate_event(obj, now), remembered
 
 
+def _raw_text(raw: object) -> str | bytes:
+    return raw if isinstance(raw, bytes) else _raw_json(raw)
+
+
+def _native_items(body: bytes, stripped: bytes) -> list[object] | None:
+    """The events of a JSON array body, or of one (possibly pretty-printed) JSON object;
+    None for JSON lines. A JSON lines body fails the whole-body parse at its second line."""
+    if stripped[:1] == b"[":
+        items = _loads(body)
+        if not isinstance(items, list):
+            raise ApiError(400, "invalid_json", "body must be one JSON array", "body")
+        return items
+    if stripped[:1] == b"{" and b"\n" in stripped:
+        try:
+            return [orjson.loads(body)]
+        except orjson.JSONDecodeError:
+            return None
+    return None
+
+
 def _in_range(result: Event | Reject) -> Event | Reject:
     """Refuse times outside years 1-9999 here: downstream they cannot be rendered as RFC 3339."""
     if isinstance(result, Event) and not MIN_TS <= result.ts <= MAX_TS:
@@ -810,7 +830,7 @@ class Service:
         )
 
     async def native_events(self, request: Request) -> Response:
-        """``/v1/events``: the native contract, as a JSON array or JSON lines."""
+        """``/v1/events``: the native contract, as a JSON array, one object or JSON lines."""
         self.authorize_write(_presented_key(request))
         body = await _read_body(request, self.config.max_body_bytes, status=413)
         now = time.time()
@@ -819,29 +839,24 @@ class Service:
             raise ApiError(
                 400, "missing_field", "body is empty: send a JSON array or JSON lines", "body"
             )
-        results: list[Event | Reject]
-        raws: list[bytes | str]
-        if stripped[:1] == b"[":
-            items = _loads(body)
-            if not isinstance(items, list):  # "[1] [2]" and the like
-                raise ApiError(400, "invalid_json", "body must be one JSON array", "body")
+        items = _native_items(body, stripped)
+        if items is None:  # JSON lines
+            lines = [line for line in body.split(b"\n") if line.strip()]
+            results = [_in_range(parse_event(line, now)) for line in lines]
+            raws: list[bytes] | list[object] = lines
+        else:
             check_size = len(body) > MAX_EVENT_BYTES
-            results, raws = [], []
+            results = []
             for item in items:
-                raw = _raw_json(item)
-                raws.append(raw)
-                if check_size and len(raw) > MAX_EVENT_BYTES:
-                    results.append(
-                        Reject("too_large", f"event is over the {MAX_EVENT_BYTES} byte limit")
-                    )
+                if check_size and len(_raw_json(item)) > MAX_EVENT_BYTES:
+                    reject = Reject("too_large", f"event is over the {MAX_EVENT_BYTES} byte limit")
+                    results.append(reject)
                 else:
                     results.append(_in_range(validate_event(item, now)))
-        else:
-            raws = [line for line in body.split(b"\n") if line.strip()]
-            results = [_in_range(parse_event(line, now)) for line in raws]
+            raws = items
         events = [r for r in results if isinstance(r, Event)]
         bad = [(i, r) for i, r in enumerate(results) if isinstance(r, Reject)]
-        dead = [_dead_record(raws[i], r.reason, "http") for i, r in bad]
+        dead = [_dead_record(_raw_text(raws[i]), r.reason, "http") for i, r in bad]
         self.count_rejects("http", [r.code for _, r in bad])
         await self.write(events, dead, "http")
         return json_response(
@@ -1251,8 +1266,9 @@ def openapi_document(config: ServiceConfig) -> dict[str, Any]:
             "/v1/events": {
                 "post": {
                     "summary": "Native events",
-                    "description": "A JSON array of events, or JSON lines (one event per "
-                    "line, any content type). Each event is accepted or rejected on its own.",
+                    "description": "A JSON array of events, one JSON event, or JSON lines "
+                    "(one event per line), whatever the content type. Each event is accepted "
+                    "or rejected on its own; rejected ones are also dead-lettered.",
                     "security": [{"writeKeyBasic": []}, {"writeKeyBearer": []}],
                     "requestBody": {
                         "required": True,

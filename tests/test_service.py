@@ -498,6 +498,8 @@ def test_native_events_body_errors(serve: Callable[..., Any]) -> None:
             "body",
         )
         assert http.post("/v1/events", content=b"[]").json()["accepted"] == 0
+        pretty = b'{\n  "contact": "c-1",\n  "action": "page.hit"\n}\n'
+        assert http.post("/v1/events", content=pretty).json()["accepted"] == 1
 
 
 # --------------------------------------------------------------------------- score API
