@@ -190,6 +190,14 @@ def test_pixel_mautic_params_referer_fallback_and_explicit_contact(
     assert after["contact"] == "ana@acme.com/ñ"  # read back from the percent-encoded cookie
 
 
+def test_pixel_reads_its_cookie_among_others(serve: Callable[..., Any], r: redis.Redis) -> None:
+    live = serve()
+    cookies = 'theme=dark; ls_vid="v-known"; ls_vid_other=x; session=abc'
+    answer = httpx.get(f"{live.url}/t.gif", headers={"Cookie": cookies})
+    assert "set-cookie" not in answer.headers
+    assert [e["contact"] for e in events_in(r)] == ["v-known"]
+
+
 def test_pixel_bad_input_is_dead_lettered_never_shown(
     serve: Callable[..., Any], r: redis.Redis
 ) -> None:
