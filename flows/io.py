@@ -117,8 +117,9 @@ class _KindPartition(StatefulSinkPartition[bytes, None]):
     def __init__(self, stream: IO[bytes], kind: str, close: bool, prefix: bool) -> None:
         self._stream = stream
         self._close = close
-        # On standard output every kind shares one stream, so each line says what it is.
-        self._prefix = b'{"kind":"' + kind.encode() + b'",' if prefix else b""
+        # On standard output every output shares one stream, so each line says which it is,
+        # under a key no record uses.
+        self._prefix = b'{"output":"' + kind.encode() + b'",' if prefix else b""
 
     def write_batch(self, items: list[bytes]) -> None:
         for chunk in items:
@@ -153,7 +154,7 @@ class _SummaryPartition(StatefulSinkPartition[bytes, None]):
     def close(self) -> None:
         data = orjson.dumps(self._totals, option=orjson.OPT_SORT_KEYS)
         if self._path is None:
-            sys.stdout.buffer.write(b'{"kind":"summary",' + data[1:] + b"\n")
+            sys.stdout.buffer.write(b'{"output":"summary",' + data[1:] + b"\n")
             sys.stdout.buffer.flush()
         else:
             self._path.write_bytes(data + b"\n")

@@ -30,6 +30,7 @@ from leadscore.rules import (
 )
 
 _UNKNOWN = -1.0  # ContactState.due not computed since the last change
+_MAX_CROSSINGS = 256  # per advance: far more than any real score crosses in one gap
 RECENT_IDS = 16  # event ids remembered per contact to drop producer retries
 MAX_TRAIT_CHARS = 256  # keeps a contact's packed state bounded whatever a client sends
 _MISSING = object()
@@ -180,6 +181,14 @@ class Engine:
             if not t.below and t.rearm_below is not None and decays(t.score)
         )
         self._needs_advance = bool(self._decay_below or self._decay_rearm)
+        # Decaying groups that negative points reach: their score can RISE between events (a
+        # negative wave decays up toward 0, a penalty expires), which re-arms `below` triggers.
+        negative = {r.group for r in rules.actions if r.points < 0}
+        negative |= {r.group for r in rules.fit if r.points != 0}
+        self._rising_groups = tuple(
+            name for name in negative if name in rules.groups and rules.groups[name].decays
+        )
+        self._below = tuple(t for t in rules.triggers if t.below)
 
     # ---- public API
 
@@ -207,12 +216,32 @@ class Engine:
         if rules is not None:
             props = event.props
             trackers = state.trackers
+            lowered: dict[str, str] = {}  # each string prop lower-cased once per event
             for r in rules:
-                if r.match is not None and not r.match(props):
-                    continue
                 if r.active_from is not None and t < r.active_from:
                     continue
                 if r.active_until is not None and t > r.active_until:
+                    continue
+                conds = r.conds
+                if conds is not None:
+                    for key, needle, low, test in conds:
+                        value = props.get(key, _MISSING)
+                        if type(value) is str:
+                            lv = lowered.get(key)
+                            if lv is None:
+                                lv = lowered[key] = value.lower()
+                            if needle is not None:
+                                if needle not in lv:
+                                    break
+                            elif low is None or not low(lv):
+                                break
+                        elif value is _MISSING or not test(value):
+                            break
+                    else:
+                        conds = None
+                    if conds is not None:
+                        continue
+                elif r.match is not None and not r.match(props):
                     continue
                 if r.tracked:
                     tracker = trackers.get(r.id)
@@ -248,7 +277,7 @@ class Engine:
             if t > state.last_ts:
                 state.last_ts = t
             return effects
-        while True:
+        for _ in range(_MAX_CROSSINGS):
             if state.due == _UNKNOWN:
                 state.due = self._next_crossing(state)[0]
             if state.due > t:
@@ -259,28 +288,36 @@ class Engine:
             if due > state.last_ts:
                 state.last_ts = due
             self._settle_all(state, due)
-            score = self.score(state, trigger.score, due)
-            self._fire(state, trigger, score, due, "decay", effects)
+            fired = state.triggers.get(trigger.id)
+            state.due = _UNKNOWN
+            if not trigger.below:
+                state.triggers[trigger.id] = -fired  # type: ignore[operator]  # re-armed by decay
+            elif not _below_armed(trigger, fired):
+                state.triggers[trigger.id] = -_last_fire(trigger, fired) - 1  # risen: armed
+            elif self._after_ok(state, trigger, fired):
+                score = self.score(state, trigger.score, due)
+                self._fire(state, trigger, score, due, "decay", effects)
+            else:
+                # Crossed while `after` did not allow it: that crossing is spent.
+                state.triggers[trigger.id] = _last_fire(trigger, fired)
         if t > state.last_ts:
             state.last_ts = t
-        for trigger in self._decay_rearm:
-            fired = state.triggers.get(trigger.id)
-            if (
-                fired is not None
-                and fired > 0
-                and self.score(state, trigger.score, state.last_ts) < trigger.rearm_below  # type: ignore[operator]
-            ):
-                state.triggers[trigger.id] = -fired
-                state.due = _UNKNOWN
         return effects
 
     def next_due(self, state: ContactState) -> float | None:
-        """When decay alone will take this contact across a ``below`` threshold, or None."""
+        """When decay alone will take this contact across a ``below`` threshold, or None.
+
+        Re-arms by decay need no timer: nothing is emitted, and the next event applies them.
+        """
         if not self._decay_below:
             return None
-        if state.due == _UNKNOWN:
-            state.due = self._next_crossing(state)[0]
-        return None if state.due == inf else state.due
+        if not self._decay_rearm:
+            if state.due == _UNKNOWN:
+                state.due = self._next_crossing(state)[0]
+            due = state.due
+        else:
+            due = self._next_crossing(state, below_only=True)[0]
+        return None if due == inf else due
 
     def score(self, state: ContactState, name: str, t: float) -> float:
         """A group's score, or the total, as of time ``t``."""
@@ -339,6 +376,13 @@ class Engine:
                 score -= points
         return score
 
+    def _may_have_risen(self, state: ContactState) -> bool:
+        for name in self._rising_groups:
+            g = state.groups.get(name)
+            if g is not None and (g[0] < 0 or (len(g) > 2 and any(b[1] < 0 for b in g[2]))):
+                return True
+        return False
+
     @staticmethod
     def _settle(spec: GroupSpec, g: list[Any], t: float) -> None:
         if t <= g[1]:
@@ -385,7 +429,13 @@ class Engine:
             after, capped = max(before, spec.max), True
         elif spec.min is not None and points < 0 and after < spec.min:
             after, capped = min(before, spec.min), True
-        applied = (after - before) / factor
+        # Exact when nothing clipped or decayed it: the log says +10, not +9.999999999999996.
+        applied = points if not capped and factor == 1.0 else (after - before) / factor
+        if spec.expire_after is not None and t + spec.expire_after <= g[1]:
+            # Earned so long ago that it expired before the contact's clock: it counts in the
+            # log (applied) but no longer in the score.
+            effects.append(PointChange(rule, group, points, applied, before, event_id, t, capped))
+            return applied
         g[0] = after
         state.due = _UNKNOWN
         if spec.expire_after is not None and applied:
@@ -399,24 +449,39 @@ class Engine:
         effects.append(PointChange(rule, group, points, applied, after, event_id, t, capped))
         return applied
 
-    def _next_crossing(self, state: ContactState) -> tuple[float, Trigger | None]:
-        """The earliest decay crossing among armed ``below`` triggers (inf when none)."""
+    def _next_crossing(
+        self, state: ContactState, below_only: bool = False
+    ) -> tuple[float, Trigger | None]:
+        """The earliest decay crossing of an armed ``below`` trigger or of a ``rearm_below``."""
         best, best_trigger = inf, None
         triggers = state.triggers
-        for trigger in self._decay_below:
+        for trigger in () if below_only else self._decay_rearm:
             fired = triggers.get(trigger.id)
-            if not _below_armed(trigger, fired) or not self._after_ok(state, trigger, fired):
+            if fired is None or fired < 0:
+                continue  # armed already
+            due = self._crossing_time(state, trigger.score, trigger.rearm_below)  # type: ignore[arg-type]
+            if due is not None and due < best:
+                best, best_trigger = due, trigger
+        rising = self._rising_groups and self._may_have_risen(state)
+        for trigger in self._decay_below:
+            if not _below_armed(trigger, triggers.get(trigger.id)):
+                if rising:  # a negative part decaying or expiring lifts the score: arm then
+                    due = self._crossing_time(state, trigger.score, trigger.threshold, True)
+                    if due is not None and due < best:
+                        best, best_trigger = due, trigger
                 continue
             due = self._crossing_time(state, trigger.score, trigger.threshold)
             if due is not None and due < best:
                 best, best_trigger = due, trigger
         return best, best_trigger
 
-    def _crossing_time(self, state: ContactState, name: str, threshold: float) -> float | None:
-        """First time the watched score reaches ``threshold`` by decay alone.
+    def _crossing_time(
+        self, state: ContactState, name: str, threshold: float, rising: bool = False
+    ) -> float | None:
+        """First time decay alone takes the score under ``threshold`` (or, rising, to it).
 
         Closed form between award expiries when one half-life drives the score; bisection when
-        several half-lives mix.
+        several half-lives mix. Rising happens when negative points decay or expire.
         """
         t0 = state.last_ts
         names = self._group_names if name == TOTAL else (name,)
@@ -441,33 +506,37 @@ class Engine:
                 constant += c
             else:
                 constant += g[0]
-        if not expiries:
+
+        def reached(v: float) -> bool:
+            return v >= threshold if rising else v < threshold
+
+        def already(v: float) -> bool:
+            # Rising, equality at the start is where a fall just crossed: not a rise.
+            return v > threshold if rising else v < threshold
+
+        if not expiries and len(waves) <= 1:  # the common case, without closures or sorting
+            wave = waves[0][0] if waves else 0.0
+            if already(constant + wave):
+                return t0
             if not waves:
-                return t0 if constant < threshold else None
-            if len(waves) == 1:
-                wave, half_life = waves[0]
-                gap = threshold - constant
-                if wave + constant < threshold:
-                    return t0
-                if wave <= 0 or gap <= 0:
-                    return None
-                return t0 + half_life * log2(wave / gap)
+                return None
+            return _wave_crossing(wave, waves[0][1], constant, threshold, t0, rising)
         expiries.sort()
 
         def value(t: float, c: float) -> float:
             return c + sum(s * exp2((t0 - t) / h) for s, h in waves)
 
         start = t0
-        if value(start, constant) < threshold:
+        if already(value(start, constant)):
             return start
         for boundary, points in [*expiries, (inf, 0.0)]:
-            due = _solve(waves, constant, threshold, t0, start, boundary, value)
+            due = _solve(waves, constant, threshold, rising, t0, start, boundary, value)
             if due is not None:
                 return due
             if boundary == inf:
                 return None
             constant -= points
-            if value(boundary, constant) < threshold:
+            if reached(value(boundary, constant)):
                 return boundary
             start = boundary
         return None
@@ -651,36 +720,52 @@ def _below_armed(trigger: Trigger, packed: int | None) -> bool:
     return packed < 0
 
 
+def _wave_crossing(
+    wave: float, half_life: float, constant: float, threshold: float, t0: float, rising: bool
+) -> float | None:
+    """When constant + wave * 2^-(t - t0)/h meets threshold, moving the asked way."""
+    if (wave < 0) != rising or wave == 0:
+        return None  # a positive wave only falls, a negative one only rises
+    ratio = (threshold - constant) / wave
+    if not 0 < ratio < 1:
+        return None  # the asymptote (constant) never gets there
+    return t0 + half_life * log2(1 / ratio)
+
+
 def _solve(
     waves: list[tuple[float, float]],
     constant: float,
     threshold: float,
+    rising: bool,
     t0: float,
     start: float,
     end: float,
     value: Any,
 ) -> float | None:
-    """Time in [start, end) when constant + sum of decaying waves reaches threshold."""
+    """Time in [start, end) when constant + the waves first reach the threshold."""
     if not waves:
         return None
     if len(waves) == 1:
-        s, h = waves[0]
-        gap = threshold - constant
-        if s <= 0 or gap <= 0:
-            return None  # a rising or spent wave never takes the score down to the threshold
-        due = max(start, t0 + h * log2(s / gap))
+        due = _wave_crossing(waves[0][0], waves[0][1], constant, threshold, t0, rising)
+        if due is None:
+            return None
+        due = max(start, due)
         return due if due < end else None
-    horizon = start + 64 * max(h for _, h in waves)  # 2^-64 of any wave is nothing left
-    hi = min(end, horizon)
-    if value(hi, constant) > threshold:
+
+    def reached(t: float) -> bool:
+        v = value(t, constant)
+        return v >= threshold if rising else v < threshold
+
+    hi = min(end, start + 64 * max(h for _, h in waves))  # 2^-64 of any wave is nothing left
+    if not reached(hi):
         return None
     lo = start
     for _ in range(80):
         mid = (lo + hi) / 2
-        if value(mid, constant) > threshold:
-            lo = mid
-        else:
+        if reached(mid):
             hi = mid
+        else:
+            lo = mid
     return hi
 
 

@@ -62,13 +62,26 @@ class RulesError(Exception):
 
 
 class Condition:
-    """One `where` entry: a dotted path into props and a precompiled test."""
+    """One `where` entry: a dotted path into props and a precompiled test.
 
-    __slots__ = ("keys", "test")
+    ``low`` tests an already lower-cased string (None: no string matches) and ``needle``, when
+    set, means "contains this": the engine lower-cases each prop once per event and checks
+    these inline, because matching dominates the cost of a page hit.
+    """
 
-    def __init__(self, keys: tuple[str, ...], test: Predicate) -> None:
+    __slots__ = ("keys", "low", "needle", "test")
+
+    def __init__(
+        self,
+        keys: tuple[str, ...],
+        test: Predicate,
+        low: Callable[[str], bool] | None = None,
+        needle: str | None = None,
+    ) -> None:
         self.keys = keys
         self.test = test
+        self.low = low
+        self.needle = needle
 
     def holds(self, props: dict[str, Any]) -> bool:
         if len(self.keys) == 1:
@@ -122,6 +135,8 @@ class ActionRule:
     category: str = ""
     tracked: bool = False  # set at compile time: whether the rule needs a repeat tracker
     match: Callable[[dict[str, Any]], bool] | None = None  # all of `where`, compiled
+    # The same for one-key props, as (key, needle, lowered test, raw test) checked inline.
+    conds: tuple[tuple[str, str | None, Callable[[str], bool] | None, Predicate], ...] | None = None
 
     @property
     def stateful(self) -> bool:
@@ -339,8 +354,16 @@ class _Compiler:
     def groups(self, node: object) -> dict[str, GroupSpec]:
         if node is None:
             return {"engagement": GroupSpec("engagement"), "fit": GroupSpec("fit")}
-        if not isinstance(node, dict) or not node:
+        if not isinstance(node, dict):
             self.problem("groups", "", f"expected a mapping of group names, got {_kind(node)}")
+            return {}
+        if not node:
+            self.problem(
+                "groups",
+                "",
+                "declares no group; declare at least one, or leave "
+                "'groups' out for the default engagement and fit",
+            )
             return {}
         groups: dict[str, GroupSpec] = {}
         for name, spec in node.items():
@@ -447,6 +470,8 @@ class _Compiler:
                 self.active(where, item["active"], rule)
             rule.tracked = rule.stateful
             rule.match = _compile_where(rule.where)
+            if rule.where and all(len(c.keys) == 1 for c in rule.where):
+                rule.conds = tuple((c.keys[0], c.needle, c.low, c.test) for c in rule.where)
             if enabled is not False:
                 compiled.append(rule)
             else:
@@ -503,7 +528,8 @@ class _Compiler:
                 continue
             test = self.matcher(where, f"where.{path}", expected)
             if test is not None:
-                conditions.append(Condition(tuple(path.split(".")), test))
+                low, needle = _lowered(expected)
+                conditions.append(Condition(tuple(path.split(".")), test, low, needle))
         return tuple(conditions)
 
     def matcher(self, where: str, field: str, expected: object) -> Predicate | None:
@@ -863,6 +889,29 @@ class _Compiler:
                 return ts
         self.problem(where, field, f"expected an RFC 3339 date or time, got {value!r}")
         return None
+
+
+def _lowered(expected: object) -> tuple[Callable[[str], bool] | None, str | None]:
+    """The test of a lower-cased string value, and its substring needle when it is one."""
+    if isinstance(expected, list):
+        tests = [t for t in (_lowered(e)[0] for e in expected) if t is not None]
+        if not tests:
+            return None, None
+        return (lambda lv: any(t(lv) for t in tests)), None
+    if not isinstance(expected, str):
+        return None, None  # numbers and booleans never equal a string
+    pattern = expected.lower()
+    if not any(c in pattern for c in "*?["):
+        return pattern.__eq__, None
+    if not any(c in pattern for c in "?["):
+        head, *middle, tail = pattern.split("*")
+        if not head and not tail and len(middle) == 1:
+            needle = middle[0]
+            return (lambda lv: needle in lv), needle
+        star = _star_glob(pattern)
+        return star, None
+    match = re.compile(fnmatch.translate(pattern), re.DOTALL).match
+    return (lambda lv: match(lv) is not None), None
 
 
 def _compile_where(conditions: tuple[Condition, ...]) -> Callable[[dict[str, Any]], bool] | None:
