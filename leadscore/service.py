@@ -422,10 +422,19 @@ class _Timing:
 # --------------------------------------------------------------------------- request helpers
 
 
-def _dead_record(raw: str | bytes, reason: str, source: str) -> bytes:
+def _dead_record(raw: str | bytes, reject: Reject, source: str) -> bytes:
+    """A dead letter as the flow writes them (``raw``, ``reason``, ``code``), plus where it
+    came in (``source``: pixel, segment or http); raw text is truncated to 8 KiB."""
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", "replace")
-    return orjson.dumps({"raw": raw[:DEAD_RAW_CHARS], "reason": reason, "source": source})
+    return orjson.dumps(
+        {
+            "raw": raw[:DEAD_RAW_CHARS],
+            "reason": reject.reason,
+            "code": reject.code,
+            "source": source,
+        }
+    )
 
 
 def _raw_json(obj: object) -> str:
@@ -768,7 +777,7 @@ class Service:
             response.raw_headers.append((b"set-cookie", cookie.encode("latin-1")))
         if isinstance(result, Reject):
             self.count_rejects("pixel", [result.code])
-            record = _dead_record(f"{request.scope['path']}?{query}", result.reason, "pixel")
+            record = _dead_record(f"{request.scope['path']}?{query}", result, "pixel")
             events, dead = [], [record]
         else:
             events, dead = [result], []
@@ -829,7 +838,7 @@ class Service:
             results = [map_message(obj, kind, received_at=now, action_map=self.action_map)]
         events = [r for r in results if isinstance(r, Event)]
         bad = [(i, r) for i, r in enumerate(results) if isinstance(r, Invalid)]
-        dead = [_dead_record(_raw_json(messages[i]), r.reject().reason, "segment") for i, r in bad]
+        dead = [_dead_record(_raw_json(messages[i]), r.reject(), "segment") for i, r in bad]
         self.count_rejects("segment", [r.code for _, r in bad])
         await self.write(events, dead, "segment")
         if kind != "batch" and bad:
@@ -869,7 +878,7 @@ class Service:
             raws = items
         events = [r for r in results if isinstance(r, Event)]
         bad = [(i, r) for i, r in enumerate(results) if isinstance(r, Reject)]
-        dead = [_dead_record(_raw_text(raws[i]), r.reason, "http") for i, r in bad]
+        dead = [_dead_record(_raw_text(raws[i]), r, "http") for i, r in bad]
         self.count_rejects("http", [r.code for _, r in bad])
         await self.write(events, dead, "http")
         return json_response(

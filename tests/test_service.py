@@ -213,6 +213,7 @@ def test_pixel_bad_input_is_dead_lettered_never_shown(
     letters = dead_letters(r)
     assert [d["source"] for d in letters] == ["pixel"] * 3
     assert letters[0]["reason"].startswith("wrong_type: field 'contact'")
+    assert letters[0]["code"] == "wrong_type"
     assert letters[0]["raw"].startswith("/t.gif?contact=ccc")
     assert letters[1]["reason"].startswith("too_large")
     assert len(letters[1]["raw"]) <= 8 * 1024
