@@ -55,6 +55,10 @@ class Keys:
     def checkpoint(self, p: int) -> str:
         return f"{self.prefix}:{{{p}}}:ckpt"
 
+    def timers(self, p: int) -> str:
+        """Sorted set: contact -> epoch time of its next decay crossing (restarts re-arm it)."""
+        return f"{self.prefix}:{{{p}}}:timers"
+
     @staticmethod
     def consumer(p: int) -> str:
         return f"p{p}"

@@ -132,8 +132,54 @@ which redis-py packs and parses one by one. Sent with EVAL, never EVALSHA: a NOS
 inside MULTI would surface only at EXEC, after the other commands had applied."""
 
 RECORDS_PER_EVAL = 5000
+"""Stream entries per EVAL inside a checkpoint (all in the same MULTI)."""
+
+RECORDS_PER_ENTRY = 100
+"""Change and dead-letter records packed into one stream entry, joined by ``\\n``: one XADD per
+point change cost more than computing it. Trigger records stay one per entry (consumers act
+per firing and acknowledge per entry)."""
+
+ENTRY_BYTES = 64 * 1024
+"""Soft byte cap of a packed entry (dead letters carry raw input of up to 64 KiB each)."""
 
 RECORD_FIELDS = {"triggers": b"t", "changes": b"c", "dead": b"d"}
+PACKED_KINDS = frozenset({"changes", "dead"})
+
+
+def pack_records(records: Sequence[bytes], per_entry: int = RECORDS_PER_ENTRY) -> list[bytes]:
+    """Join records into entry payloads of up to ``per_entry`` records (or ~ENTRY_BYTES).
+
+    Records are single-line JSON; one holding a newline would be split apart by readers, so it
+    is refused here, before anything is written.
+    """
+    entries: list[bytes] = []
+    chunk: list[bytes] = []
+    size = 0
+    for record in records:
+        if b"\n" in record:
+            raise ValueError(f"a record must be one line of JSON, got {record[:80]!r}")
+        if chunk and (len(chunk) >= per_entry or size + len(record) > ENTRY_BYTES):
+            entries.append(b"\n".join(chunk))
+            chunk, size = [], 0
+        chunk.append(record)
+        size += len(record) + 1
+    if chunk:
+        entries.append(b"\n".join(chunk))
+    return entries
+
+
+def split_records(payload: bytes) -> list[bytes]:
+    """The records of one changes/dead entry (one or more JSON lines)."""
+    return [line for line in payload.split(b"\n") if line]
+
+
+def trim_entries(max_records: int) -> int:
+    """MAXLEN in entries for keeping about ``max_records`` records (0: never trim).
+
+    Entries hold up to RECORDS_PER_ENTRY records, so the bound is on records when entries are
+    full (busy partitions) and the stream keeps fewer records when checkpoints are small.
+    """
+    return 0 if max_records <= 0 else -(-max_records // RECORDS_PER_ENTRY)
 
 
 def connect(url: str, *, cluster: bool = False, socket_timeout: float = 10.0) -> Client:
@@ -365,8 +411,13 @@ class RedisStore:
         changes: Sequence[bytes] = (),
         dead: Sequence[bytes] = (),
         ack_ids: Sequence[str | bytes] = (),
+        timers: Mapping[str, float | None] | None = None,
     ) -> bool:
         """Commit one batch of partition ``p`` atomically; True if this call committed it.
+
+        ``changes`` and ``dead`` are packed RECORDS_PER_ENTRY to a stream entry; ``triggers``
+        get one entry each. ``timers`` maps contacts to their next decay crossing (None: no
+        timer any more), so a restarted flow re-arms timers of contacts it has not loaded.
 
         True also when an attempt whose reply was lost had committed (found on retry, not
         re-sent). False means an earlier call already committed ``seq``: nothing is written
@@ -381,6 +432,18 @@ class RedisStore:
         for contact, blob in (read_models or {}).items():
             pairs[keys.read_model(p, contact)] = blob
         items = list(pairs.items())
+        for record in triggers:
+            if b"\n" in record:
+                raise ValueError(f"a record must be one line of JSON, got {record[:80]!r}")
+        change_entries = pack_records(changes)
+        dead_entries = pack_records(dead)
+        due: list[Any] = []
+        gone: list[str] = []
+        for contact, at in (timers or {}).items():
+            if at is None:
+                gone.append(contact)
+            else:
+                due += (at, contact)
         attempts = 0
 
         def attempt() -> bool:
@@ -422,8 +485,12 @@ class RedisStore:
                     # execute_command: ClusterPipeline blocks .mset() even within one slot
                     pipe.execute_command("MSET", *chain.from_iterable(items[i : i + MSET_CHUNK]))
                 _append(pipe, keys.triggers(p), "t", triggers, 0)
-                _append(pipe, keys.changes(p), "c", changes, self.changes_maxlen)
-                _append(pipe, keys.dead(p), "d", dead, self.dead_maxlen)
+                _append(pipe, keys.changes(p), "c", change_entries, self.changes_maxlen)
+                _append(pipe, keys.dead(p), "d", dead_entries, self.dead_maxlen)
+                for i in range(0, len(due), 2 * MSET_CHUNK):
+                    pipe.execute_command("ZADD", keys.timers(p), *due[i : i + 2 * MSET_CHUNK])
+                for i in range(0, len(gone), MSET_CHUNK):
+                    pipe.execute_command("ZREM", keys.timers(p), *gone[i : i + MSET_CHUNK])
                 if ack_ids:
                     pipe.xack(keys.input(p), GROUP, *ack_ids)
                 pipe.set(ckpt, seq)
@@ -432,6 +499,21 @@ class RedisStore:
                 return True
 
         return self._call(f"checkpoint p={p} seq={seq}", attempt, watch=True)
+
+    def load_timers(self, p: int, *, page: int = 10_000) -> list[tuple[str, float]]:
+        """``(contact, due)`` of every decay timer partition ``p`` committed, earliest first."""
+        key = self.keys.timers(p)
+        out: list[tuple[str, float]] = []
+        start = 0
+        while True:
+            chunk = self._call(
+                f"load timers p={p}",
+                lambda start=start: self.r.zrange(key, start, start + page - 1, withscores=True),
+            )
+            out.extend((member.decode(), score) for member, score in chunk)
+            if len(chunk) < page:
+                return out
+            start += page
 
     # -- read model ------------------------------------------------------------------------
 
@@ -528,13 +610,22 @@ class RedisStore:
             start = "(" + page[-1][0].decode()
 
     def iter_records(self, kind: str) -> Iterator[tuple[int, str, Any]]:
-        """``(partition, entry id, decoded JSON)`` of every partition's triggers/changes/dead."""
+        """``(partition, entry id, decoded JSON)`` of every partition's triggers/changes/dead.
+
+        A changes or dead entry holds one or more records: each is yielded with its entry id.
+        """
         field = RECORD_FIELDS[kind]
         keys = self.keys
         key_of = {"triggers": keys.triggers, "changes": keys.changes, "dead": keys.dead}[kind]
+        packed = kind in PACKED_KINDS
         for p in range(keys.partitions):
             for entry_id, fields in self.iter_stream(key_of(p)):
-                yield p, entry_id, orjson.loads(fields[field])
+                payload = fields[field]
+                if not packed:
+                    yield p, entry_id, orjson.loads(payload)
+                    continue
+                for record in split_records(payload):
+                    yield p, entry_id, orjson.loads(record)
 
     def read_triggers(self) -> list[Any]:
         """All trigger records, partition by partition, each in commit order."""
@@ -550,9 +641,11 @@ class RedisStore:
         return int(info["pending"])
 
 
-def _append(pipe: Any, key: str, field: str, records: Sequence[bytes], maxlen: int) -> None:
-    """Queue XADDs of ``records`` (field ``field``) on ``pipe``, trimming to ``~maxlen`` if > 0."""
-    for i in range(0, len(records), RECORDS_PER_EVAL):
-        chunk = records[i : i + RECORDS_PER_EVAL]
+def _append(pipe: Any, key: str, field: str, entries: Sequence[bytes], max_records: int) -> None:
+    """Queue XADDs of ``entries`` (field ``field``) on ``pipe``; when ``max_records`` > 0, trim
+    to ``MAXLEN ~ trim_entries(max_records)``."""
+    maxlen = trim_entries(max_records)
+    for i in range(0, len(entries), RECORDS_PER_EVAL):
+        chunk = entries[i : i + RECORDS_PER_EVAL]
         # execute_command: ClusterPipeline overrides .eval(); the slot comes from the key
         pipe.execute_command("EVAL", APPEND_LUA, 1, key, field, maxlen, *chunk)

@@ -185,21 +185,56 @@ def test_large_checkpoint_chunks_commands_inside_one_transaction(store: RedisSto
     assert store.checkpoint(1, 1, states=states, changes=changes)
     stats = commandstats(store.r)
     assert stats["exec"] == 1 and stats["mset"] == 3
-    assert store.r.xlen(store.keys.changes(1)) == 11_000
+    assert store.r.xlen(store.keys.changes(1)) == 110  # 100 records per entry
+    assert [rec["i"] for _, _, rec in store.iter_records("changes")] == list(range(11_000))
     assert len(store.load_states(1, list(states))) == 12_000
 
 
 def test_changes_and_dead_letters_are_trimmed_triggers_are_not(redis_url: str) -> None:
-    store = RedisStore(redis_url, changes_maxlen=100, dead_maxlen=100)
+    store = RedisStore(redis_url, changes_maxlen=1000, dead_maxlen=1000)
     store.ensure(2)
     records = [orjson.dumps({"i": i}) for i in range(1000)]
-    for seq in range(1, 6):
-        store.checkpoint(0, seq, triggers=records, changes=records, dead=records)
+    for seq in range(1, 51):
+        triggers = records if seq <= 5 else []
+        store.checkpoint(0, seq, triggers=triggers, changes=records, dead=records)
     k = store.keys
     assert store.r.xlen(k.triggers(0)) == 5000  # the exactly-once output is never trimmed
-    # approximate trimming (MAXLEN ~) keeps whole radix-tree nodes: bounded, not exact
-    assert 100 <= store.r.xlen(k.changes(0)) < 1000
-    assert 100 <= store.r.xlen(k.dead(0)) < 1000
+    # maxlen counts records: 1000 records = 10 full entries. Approximate trimming (MAXLEN ~)
+    # keeps whole radix-tree nodes (100 entries): bounded, not exact, and never below maxlen.
+    for kind in ("changes", "dead"):
+        kept = [rec["i"] for _, _, rec in store.iter_records(kind)]
+        assert 1000 <= len(kept) <= 20_000 < 50_000
+        assert kept[-1000:] == list(range(1000))  # the newest records are the ones kept
+
+
+def test_change_and_dead_records_are_packed_triggers_are_not(store: RedisStore) -> None:
+    changes = [orjson.dumps({"i": i}) for i in range(250)]
+    dead = [orjson.dumps({"raw": "x" * 30_000, "i": i}) for i in range(5)]  # byte cap: 2 each
+    triggers = [orjson.dumps({"t": i}) for i in range(3)]
+    store.checkpoint(2, 1, triggers=triggers, changes=changes, dead=dead)
+    k = store.keys
+    payloads = [f[b"c"] for _, f in store.iter_stream(k.changes(2))]
+    assert [len(p.split(b"\n")) for p in payloads] == [100, 100, 50]
+    assert b"\n".join(payloads) == b"\n".join(changes)
+    assert [len(f[b"d"].split(b"\n")) for _, f in store.iter_stream(k.dead(2))] == [2, 2, 1]
+    assert [f[b"t"] for _, f in store.iter_stream(k.triggers(2))] == triggers
+    assert [rec["i"] for rec in store.read_dead()] == list(range(5))
+    assert [rec["t"] for rec in store.read_triggers()] == [0, 1, 2]
+
+
+def test_a_record_with_a_newline_is_refused_before_anything_is_written(store: RedisStore) -> None:
+    for kind in ("triggers", "changes", "dead"):
+        with pytest.raises(ValueError, match="one line of JSON"):
+            store.checkpoint(0, 1, **{kind: [b"{}", b'{"a":\n1}']})
+    assert store.last_checkpoint(0) == 0
+
+
+def test_timers_are_committed_with_the_checkpoint_and_removed_by_none(store: RedisStore) -> None:
+    store.checkpoint(1, 1, timers={"a": 2000.5, "b": 1000.0, "c": 3000.0})
+    assert store.load_timers(1) == [("b", 1000.0), ("a", 2000.5), ("c", 3000.0)]
+    store.checkpoint(1, 2, timers={"a": None, "c": 500.0, "gone": None})
+    assert store.load_timers(1, page=1) == [("c", 500.0), ("b", 1000.0)]
+    assert store.load_timers(0) == []
 
 
 # -- ambiguous failures through a real faulty connection -----------------------------------
