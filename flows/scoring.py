@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ import orjson
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
-from flows.io import JsonlSource, ResultsSink
+from flows.io import OUTPUT_KINDS, JsonlSource, ResultsSink
 from leadscore.engine import (
     ContactState,
     Duplicate,
@@ -70,6 +71,12 @@ class FlowConfig:
     max_contacts: int = 100_000
     changes_maxlen: int = 100_000
     tail: bool = True  # Redis: keep waiting for new entries; False stops once drained
+    cluster: bool = False  # Redis: the URL names one node of a Redis Cluster
+    metrics_port: int | None = None  # Redis: serve Prometheus metrics (prepare_process)
+    metrics_host: str = "127.0.0.1"
+    # Redis: setting it ends the run cleanly (read input checkpointed); None means
+    # flows.redis_flow.STOP, which SIGTERM/SIGINT set once prepare_process installed handlers.
+    stop: threading.Event | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> FlowConfig:
@@ -93,7 +100,26 @@ class FlowConfig:
             flush_events=int(env.get("LEADSCORE_FLUSH_EVENTS", defaults.flush_events)),
             flush_ms=int(env.get("LEADSCORE_FLUSH_MS", defaults.flush_ms)),
             max_contacts=int(env.get("LEADSCORE_MAX_CONTACTS", defaults.max_contacts)),
+            changes_maxlen=int(env.get("LEADSCORE_CHANGES_MAXLEN", defaults.changes_maxlen)),
+            tail=_flag(env.get("LEADSCORE_TAIL"), defaults.tail),
+            cluster=_flag(env.get("LEADSCORE_CLUSTER"), defaults.cluster),
+            metrics_port=int(env["LEADSCORE_METRICS_PORT"])
+            if env.get("LEADSCORE_METRICS_PORT")
+            else None,
+            metrics_host=env.get("LEADSCORE_METRICS_HOST", defaults.metrics_host),
         )
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    """An on/off environment variable: 1/true/yes/on or 0/false/no/off (unset: default)."""
+    if value is None or not value.strip():
+        return default
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected an on/off value such as 1 or 0, got {value!r}")
 
 
 def shard_of(contact: str, shards: int) -> int:
@@ -243,6 +269,12 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
             for contact, state in self.contacts.items():
                 self.emit("contacts", orjson.dumps(view(contact, state)))
             self.emit("summary", orjson.dumps(self.summary()))
+            chunks = self.drain()
+            # An empty chunk for every output: each file is opened (and so truncated) even when
+            # this run has nothing for it, so no stale file from an earlier run survives.
+            written = {kind for kind, _ in chunks}
+            chunks += [(kind, b"") for kind in OUTPUT_KINDS if kind not in written]
+            return chunks, StatefulBatchLogic.RETAIN
         return self.drain(), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> None:
@@ -410,5 +442,10 @@ def __getattr__(name: str) -> Any:
     # `python -m bytewax.run flows.scoring:flow` builds the flow from the environment, lazily,
     # so importing this module for build_flow needs no environment at all.
     if name == "flow":
-        return build_flow(FlowConfig.from_env())
+        config = FlowConfig.from_env()
+        if config.source == "redis":  # a live run: SIGTERM/Ctrl-C stop it cleanly, metrics
+            from flows.redis_flow import prepare_process
+
+            prepare_process(config)
+        return build_flow(config)
     raise AttributeError(name)

@@ -303,8 +303,7 @@ def _report(
             )
         console.print(table)
     if out != STDIO:
-        written = [name for name in OUTPUTS if (Path(out) / name).exists()]
-        console.print(Text(f"results in {out}/: {', '.join(written)}"))
+        console.print(Text(f"results in {out}/: {', '.join(OUTPUTS)}"))
 
 
 def _first_cause(
@@ -321,16 +320,10 @@ def _first_cause(
     return None
 
 
-def _clear_outputs(out: Path) -> None:
-    """Remove the previous run's outputs: the flow writes a file only if it has records for
-    it, so an old dead_letter.jsonl would otherwise sit next to a new summary."""
+def _check_out_dir(out: Path) -> None:
+    """Refuse a file where the outputs' directory should be, before the flow starts."""
     if out.exists() and not out.is_dir():
         _fail(f"--out {out} is a file; give a directory (created if missing) or - for stdout")
-    for name in OUTPUTS:
-        try:
-            (out / name).unlink(missing_ok=True)
-        except OSError as err:
-            _fail(f"cannot replace {out / name}: {err}")
 
 
 @app.command(context_settings={"allow_extra_args": True})
@@ -396,7 +389,7 @@ def run(
     config = FlowConfig(rules=rules, events=paths, out=out, shards=shards)
     compiled = _load_rules(rules)
     if out != STDIO:
-        _clear_outputs(Path(out))
+        _check_out_dir(Path(out))
     try:
         flow = build_flow(config, compiled)
     except FileNotFoundError as err:

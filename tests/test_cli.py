@@ -286,10 +286,17 @@ def test_a_new_run_replaces_every_output_of_the_previous_one(
     done = cli("run", "-r", str(rules), "-e", str(clean), "-o", str(out))
     assert done.returncode == 0, done.stderr
     outputs = {p.name for p in out.iterdir()}
-    # Outputs with no records this time are not written, and the old ones are gone.
-    assert outputs == {"contacts.jsonl", "changes.jsonl", "summary.json"}
+    # Every output is rewritten, empty when this run has no records for it: nothing stale.
+    assert outputs == {
+        "contacts.jsonl",
+        "changes.jsonl",
+        "summary.json",
+        "dead_letter.jsonl",
+        "triggers.jsonl",
+    }
+    assert read_jsonl(out / "dead_letter.jsonl") == [] and read_jsonl(out / "triggers.jsonl") == []
     assert [c["contact"] for c in read_jsonl(out / "contacts.jsonl")] == ["erin"]
-    assert "results in" in done.stdout and "dead_letter.jsonl" not in done.stdout
+    assert "results in" in done.stdout
 
 
 def test_out_must_not_be_a_file(rules: Path, events: Path, tmp_path: Path) -> None:
