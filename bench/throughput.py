@@ -135,9 +135,10 @@ def _collect(procs: list[subprocess.Popen[bytes]], timeout: float) -> list[dict[
     for proc in procs:
         try:
             out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except BaseException:  # a hang, or Ctrl-C: leave no flow process behind
             for p in procs:
                 p.kill()
+                p.wait()
             raise
         if proc.returncode != 0:
             raise RuntimeError(f"benchmark run failed:\n{err.decode()[-3000:]}")
@@ -228,25 +229,52 @@ def section_throughput(
     for round_no in range(repeat):
         for design in designs:
             with console.status(f"round {round_no + 1}/{repeat}: {design.key} {design.label}"):
-                result = run_design(design, ctx, timeout)
+                try:
+                    result = run_design(design, ctx, timeout)
+                except (RuntimeError, subprocess.TimeoutExpired) as err:
+                    # A hung or crashed design is a finding, not a reason to lose the others.
+                    result = {"error": f"{type(err).__name__}: {str(err)[-1500:]}"}
             ctx.samples.setdefault(design.key, []).append(result)
-            console.log(f"{design.key:<4} {result['events_per_s']:>10,} events/s")
+            if "error" in result:
+                console.log(f"{design.key:<4} FAILED: {result['error'][:300]}")
+            else:
+                console.log(f"{design.key:<4} {result['events_per_s']:>10,} events/s")
     runs: dict[str, Any] = {}
     for design in designs:
-        samples = ctx.samples[design.key]
+        all_samples = ctx.samples[design.key]
+        samples = [s for s in all_samples if "error" not in s]
+        if not samples:
+            runs[design.key] = {
+                "label": design.label,
+                "workers": design.workers * design.procs,
+                "error": all_samples[-1]["error"],
+                "samples": all_samples,
+            }
+            continue
         rates = [s["events_per_s"] for s in samples]
+        cpu = statistics.median(s["cpu_seconds"] for s in samples)
         runs[design.key] = {
             "label": design.label,
             "workers": design.workers * design.procs,
             "events_per_s": round(statistics.median(rates)),
             "best_events_per_s": max(rates),
-            "cpu_seconds": statistics.median(s["cpu_seconds"] for s in samples),
+            "cpu_seconds": cpu,
+            # Less sensitive than wall time to other processes on a shared machine.
+            "events_per_cpu_s": round(ctx.events / cpu) if cpu else None,
             "maxrss_mb": max(s["maxrss_mb"] for s in samples),
-            "samples": samples,
+            "failed_rounds": len(all_samples) - len(samples),
+            "samples": all_samples,
         }
+    # What the dataflow adds per event on top of the same work done in a plain loop (e).
+    ok = {key for key, run in runs.items() if "events_per_s" in run}
+    if "e" in ok:
+        base = 1e6 / runs["e"]["events_per_s"]
+        for key in ("a", "c1", "d1"):
+            if key in ok:
+                runs[key]["us_per_event_over_e"] = round(1e6 / runs[key]["events_per_s"] - base, 2)
     ratios: dict[str, Any] = {}
     for num, den, target, text in RATIOS:
-        if num in runs and den in runs:
+        if num in ok and den in ok:
             value = runs[num]["events_per_s"] / runs[den]["events_per_s"]
             ratios[f"{num}/{den}"] = {
                 "value": round(value, 3),
@@ -287,17 +315,31 @@ def section_scaling(
         keys = ["b", "c1"] + (["d1"] if ctx.redis_url else [])
         for key in keys:
             with console.status(f"scaling: {contacts:,} contacts, {key}"):
-                result = run_design(by_key[key], sub, timeout)
+                try:
+                    result = run_design(by_key[key], sub, timeout)
+                except (RuntimeError, subprocess.TimeoutExpired) as err:
+                    row[key] = {"error": f"{type(err).__name__}: {str(err)[-1500:]}"}
+                    console.log(f"scaling {contacts:>9,} contacts {key:<3} FAILED")
+                    continue
             row[key] = {
                 "events_per_s": result["events_per_s"],
                 "maxrss_mb": result["maxrss_mb"],
             }
             console.log(f"scaling {contacts:>9,} contacts {key:<3} {result['events_per_s']:>10,}/s")
-        row["c1/b"] = round(row["c1"]["events_per_s"] / row["b"]["events_per_s"], 3)
-        if "d1" in row:
-            row["d1/b"] = round(row["d1"]["events_per_s"] / row["b"]["events_per_s"], 3)
+        for key in ("c1", "d1"):
+            if "events_per_s" in row.get(key, {}) and "events_per_s" in row["b"]:
+                row[f"{key}/b"] = round(row[key]["events_per_s"] / row["b"]["events_per_s"], 3)
         rows.append(row)
     return rows
+
+
+def _guard(fn: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run one section; a failure is reported in its place instead of losing the report."""
+    try:
+        return fn(*args, **kwargs)
+    except (RuntimeError, subprocess.TimeoutExpired, OSError) as err:
+        console.print(f"[bold red]{fn.__name__} failed[/]: {err}")
+        return {"error": f"{type(err).__name__}: {str(err)[-1500:]}"}
 
 
 # --------------------------------------------------------------------------- report
@@ -317,10 +359,15 @@ def print_report(report: dict[str, Any]) -> None:
     if tp:
         base_a = tp["runs"].get("a", {}).get("events_per_s")
         base_b = tp["runs"].get("b", {}).get("events_per_s")
+        failed = {k: r["error"] for k, r in tp["runs"].items() if "error" in r}
         table = Table(title=f"Throughput, {tp['events']:,} events (median of rounds)")
-        for col in ("run", "design", "workers", "events/s", "best", "CPU s", "RSS MB", "/a", "/b"):
+        columns = ("run", "design", "workers", "events/s", "best", "per CPU s", "RSS MB")
+        for col in (*columns, "/a", "/b"):
             table.add_column(col, justify="left" if col in ("run", "design") else "right")
         for key, run in tp["runs"].items():
+            if key in failed:
+                table.add_row(key, run["label"], str(run["workers"]), "FAILED", *["-"] * 5)
+                continue
             rate = run["events_per_s"]
             table.add_row(
                 key,
@@ -328,12 +375,14 @@ def print_report(report: dict[str, Any]) -> None:
                 str(run["workers"]),
                 f"{rate:,}",
                 f"{run['best_events_per_s']:,}",
-                f"{run['cpu_seconds']:.1f}",
+                f"{run['events_per_cpu_s']:,}" if run.get("events_per_cpu_s") else "-",
                 f"{run['maxrss_mb']:.0f}",
                 f"{rate / base_a:.2f}" if base_a else "-",
                 f"{rate / base_b:.2f}" if base_b else "-",
             )
         console.print(table)
+        for key, error in failed.items():
+            console.print(f"[bold red]{key} failed[/]: {error[:500]}")
         ratios = Table(title="Ratios and targets")
         for col in ("ratio", "value", "target", "holds", "what"):
             ratios.add_column(col)
@@ -342,8 +391,16 @@ def print_report(report: dict[str, Any]) -> None:
             target = "-" if r["target"] is None else f">= {r['target']}"
             ratios.add_row(name, f"{r['value']:.2f}", target, holds, r["what"])
         console.print(ratios)
+        over = {
+            k: r["us_per_event_over_e"] for k, r in tp["runs"].items() if "us_per_event_over_e" in r
+        }
+        if over:
+            console.print(
+                "Dataflow cost per event over the same work in a plain loop (e): "
+                + ", ".join(f"{k} {v:+.2f} µs" for k, v in over.items())
+            )
     mem = report.get("memory")
-    if mem:
+    if mem and "error" not in mem:
         table = Table(title="Memory per contact")
         table.add_column("where")
         table.add_column("bytes", justify="right")
@@ -368,7 +425,7 @@ def print_report(report: dict[str, Any]) -> None:
             )
         console.print(table)
     lat = report.get("latency")
-    if lat:
+    if lat and "error" not in lat:
         ms = lat["ms"]
         console.print(
             f"Latency XADD -> trigger record at {lat['rate_achieved'] or 0:,.0f} events/s "
@@ -380,14 +437,21 @@ def print_report(report: dict[str, Any]) -> None:
         table = Table(title="Scaling at a fixed event count")
         for col in ("contacts", "b events/s", "c1 events/s", "c1/b", "c1 RSS MB", "d1 events/s"):
             table.add_column(col, justify="right")
+
+        def cell(row: dict[str, Any], key: str, field: str, fmt: str) -> str:
+            value = row.get(key, {}).get(field)
+            if value is None:
+                return "FAILED" if "error" in row.get(key, {}) else "-"
+            return format(value, fmt)
+
         for row in scaling:
             table.add_row(
                 f"{row['contacts']:,}",
-                f"{row['b']['events_per_s']:,}",
-                f"{row['c1']['events_per_s']:,}",
-                f"{row['c1/b']:.2f}",
-                f"{row['c1']['maxrss_mb']:.0f}",
-                f"{row['d1']['events_per_s']:,}" if "d1" in row else "-",
+                cell(row, "b", "events_per_s", ","),
+                cell(row, "c1", "events_per_s", ","),
+                f"{row['c1/b']:.2f}" if "c1/b" in row else "-",
+                cell(row, "c1", "maxrss_mb", ".0f"),
+                cell(row, "d1", "events_per_s", ","),
             )
         console.print(table)
 
@@ -414,7 +478,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, default=None, help="default 20")
     parser.add_argument("--latency-rate", type=float, default=None, help="default d1 / 2")
     parser.add_argument("--scaling", default=None, help="contact counts, default 10k,100k,1M")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="per run, seconds")
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="per run, seconds (default 900, quick 30)"
+    )
     return parser.parse_args(argv)
 
 
@@ -431,6 +497,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.scaling
         else ([100, 1_000] if quick else [10_000, 100_000, 1_000_000])
     )
+    timeout = args.timeout or (30.0 if quick else 900.0)
     sections = set(args.only.split(","))
     wanted = set(args.designs.split(",")) if args.designs else None
     designs = [d for d in DESIGNS if wanted is None or d.key in wanted]
@@ -473,16 +540,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ctx.after_d1 = sample_redis
         started = time.perf_counter()
         if "throughput" in sections:
-            report["throughput"] = section_throughput(ctx, designs, repeat, args.timeout)
+            report["throughput"] = section_throughput(ctx, designs, repeat, timeout)
         if "memory" in sections:
             with console.status(f"memory: {memory_contacts:,} contacts"):
-                report["memory"] = section_memory(ctx, memory_contacts, args.timeout)
+                report["memory"] = _guard(section_memory, ctx, memory_contacts, timeout)
         if "latency" in sections:
             d1 = report.get("throughput", {}).get("runs", {}).get("d1")
             rate = args.latency_rate or (d1["events_per_s"] / 2 if d1 else 10_000.0)
             with console.status(f"latency: {latency_seconds:g} s at {rate:,.0f} events/s"):
-                report["latency"] = measure_latency(
-                    ctx.redis_url,  # type: ignore[arg-type]
+                report["latency"] = _guard(
+                    measure_latency,
+                    ctx.redis_url,
                     rules,
                     str(single),
                     rate=rate,
@@ -491,7 +559,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     grace=2.0 if quick else 5.0,
                 )
         if "scaling" in sections:
-            report["scaling"] = section_scaling(ctx, scaling, events, args.seed, args.timeout)
+            report["scaling"] = section_scaling(ctx, scaling, events, args.seed, timeout)
         report["seconds"] = round(time.perf_counter() - started, 1)
     finally:
         if server is not None:

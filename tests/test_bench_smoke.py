@@ -6,6 +6,8 @@ figures live in bench/README.md.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,23 +22,33 @@ DESIGNS = {"a", "b", "e", "c1", "c2t", "c2p", "d1", "d2t", "d2p"}
 @pytest.mark.timeout(180)
 def test_quick_harness_writes_every_section(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
+    # Own session: on a timeout the harness AND the flow processes it started are killed.
+    proc = subprocess.Popen(
         [sys.executable, "-m", "bench.throughput", "--quick", "--json", str(out)],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=170,
-        check=False,
+        start_new_session=True,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    try:
+        _, stderr = proc.communicate(timeout=170)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
     report = orjson.loads(out.read_bytes())
 
+    for section in ("memory", "latency", "redis_memory"):
+        assert "error" not in report[section], report[section]
     assert report["config"]["quick"] is True
     assert report["machine"]["nproc"] >= 1
 
     runs = report["throughput"]["runs"]
     assert set(runs) == DESIGNS
-    for run in runs.values():
+    for key, run in runs.items():
+        assert "error" not in run, (key, run.get("error"))
         assert run["events_per_s"] > 0
         assert run["samples"]
     # every Redis run drained its input and acknowledged it in its checkpoints
@@ -59,4 +71,6 @@ def test_quick_harness_writes_every_section(tmp_path: Path) -> None:
     scaling = report["scaling"]
     assert [row["contacts"] for row in scaling] == [100, 1_000]
     for row in scaling:
-        assert row["c1"]["events_per_s"] > 0 and row["d1"]["events_per_s"] > 0
+        for key in ("b", "c1", "d1"):
+            assert "error" not in row[key], (row["contacts"], key, row[key]["error"][-500:])
+            assert row[key]["events_per_s"] > 0
