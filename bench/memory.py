@@ -49,6 +49,32 @@ def _interned(state: ContactState) -> ContactState:
     return state
 
 
+def field_bytes(states: list[ContactState]) -> dict[str, float]:
+    """Mean ``sys.getsizeof`` bytes per contact of each ContactState field, containers walked.
+
+    Dict keys are shared rule and group ids (not counted); string values are counted. Tells
+    which field to slim when memory matters.
+    """
+    totals: dict[str, int] = {}
+
+    def size(obj: object, key: bool = False) -> int:
+        if key and type(obj) is str:
+            return 0
+        n = sys.getsizeof(obj)
+        if type(obj) is dict:
+            n += sum(size(k, True) + size(v) for k, v in obj.items())  # type: ignore[attr-defined]
+        elif type(obj) in (list, tuple):
+            n += sum(size(v) for v in obj)  # type: ignore[attr-defined]
+        return n
+
+    for state in states:
+        totals["(object)"] = totals.get("(object)", 0) + sys.getsizeof(state)
+        for name in ContactState.__slots__:
+            totals[name] = totals.get(name, 0) + size(getattr(state, name))
+    ordered = sorted(totals.items(), key=lambda kv: -kv[1])
+    return {name: round(total / len(states), 1) for name, total in ordered}
+
+
 def measure_memory(rules_path: str, events_path: str, contacts: int) -> dict[str, Any]:
     engine = Engine(load_rules(rules_path))
     events = parsed_events(iter_lines(Path(events_path)), engine.rules)
@@ -71,6 +97,7 @@ def measure_memory(rules_path: str, events_path: str, contacts: int) -> dict[str
     after_replay = rss()
     produced = len(states)
     sizes = sorted(len(encode(s)) for s in states.values())
+    fields = field_bytes(list(states.values()))
 
     blobs = [encode(s) for s in states.values()]
     names = list(states)
@@ -90,6 +117,7 @@ def measure_memory(rules_path: str, events_path: str, contacts: int) -> dict[str
         "contacts": contacts,
         "rss_bytes_per_contact": round((grown - base) / contacts, 1),
         "rss_growth_mb": round((grown - base) / 2**20, 1),
+        "object_bytes_by_field": fields,
         "packed_bytes": {
             "mean": round(sum(sizes) / n, 1),
             "p50": sizes[n // 2],
