@@ -350,6 +350,9 @@ def _git() -> dict[str, Any]:
         proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
         return proc.stdout.strip()
 
+    frozen = os.environ.get("LEADSCORE_BENCH_COMMIT")  # set by bench/snapshot.sh
+    if frozen:
+        return {"commit": frozen, "engine_tree_dirty": False, "snapshot": True}
     dirty = git("status", "--porcelain", "--", "leadscore", "flows", "state")
     return {"commit": git("rev-parse", "--short", "HEAD"), "engine_tree_dirty": bool(dirty)}
 
