@@ -13,6 +13,7 @@ trap 'rm -rf "$snap"' EXIT
 git -C "$repo" archive HEAD | tar -x -C "$snap"
 mkdir -p "$repo/bench/results/cache" "$snap/bench/results"
 ln -s "$repo/bench/results/cache" "$snap/bench/results/cache"
+export LEADSCORE_BENCH_CWD=$PWD
 cd "$snap"
 # Reports land in the repository's gitignored bench/results unless --json says otherwise.
 LEADSCORE_BENCH_COMMIT=$commit python -m bench.throughput --json "$repo/bench/results/throughput.json" "$@"

@@ -504,7 +504,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sections = set(args.only.split(","))
     wanted = set(args.designs.split(",")) if args.designs else None
     designs = [d for d in DESIGNS if wanted is None or d.key in wanted]
-    out_json = Path(args.json) if args.json else RESULTS / "throughput.json"
+    # bench/snapshot.sh runs from a temporary copy: relative paths mean the caller's directory.
+    out_json = Path(os.environ.get("LEADSCORE_BENCH_CWD", "."), args.json) if args.json else None
+    out_json = out_json or RESULTS / "throughput.json"
 
     rules = str(rules_path(args.rules))
     with console.status(f"generating {events:,} events for {contacts:,} contacts (cached)"):
