@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -489,6 +490,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the private redis-server and flow processes are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     quick = args.quick
     events = args.events or (3_000 if quick else 1_000_000)
     contacts = args.contacts or (300 if quick else 100_000)
