@@ -1,35 +1,101 @@
 """Live scoring from Redis Streams with transactional checkpoints to Redis.
 
 Each partition's logic applies whole stream entries, then commits in ONE MULTI/EXEC the new
-states and read models of the contacts it touched, the trigger and change records, the dead
-letters and the XACK of exactly those entries. A crash anywhere replays only unacknowledged
-entries onto the states that match them: nothing is lost, nothing is applied twice, and each
-trigger leaves exactly once.
+states and read models of the contacts it touched, their decay timers and the partition's
+timer clock, the trigger and change records, the dead letters and the XACK of exactly those
+entries. A crash anywhere replays only unacknowledged entries onto the states that match them:
+nothing is lost, nothing is applied twice, and each trigger leaves exactly once.
+
+Decay timers must not depend on batch boundaries or on how fast a backlog is read, or a
+replay after a crash would score differently from the run that crashed. So a partition's
+clock is event time while it has a backlog: after each stream entry it moves to the newest
+event time seen (never past the wall clock) and timers due by then fire, between entries.
+Only once the source says the partition has caught up (the IDLE marker) do timers follow the
+wall clock. The clock is committed with each checkpoint and resumed after a restart.
+
+Stopping: SIGTERM or Ctrl-C (handlers from :func:`install_stop_handlers`) sets :data:`STOP`;
+every input partition then ends at its next poll, each partition logic fires its due timers
+and checkpoints what it applied, and the run returns normally. A second signal aborts at once,
+which is safe too: whatever was not checkpointed is replayed by the next run.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
+import os
+import signal
+import threading
 import time
 from datetime import UTC, datetime
+from types import FrameType
 from typing import Any
 
 import bytewax.operators as op
 import orjson
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows import metrics
 from flows.io import ResultsSink
-from flows.redis_io import RedisStreamSource
+from flows.redis_io import IDLE, RedisStreamSource
 from flows.scoring import DeadLetter, FlowConfig, ShardLogic
 from leadscore.engine import Engine
-from leadscore.events import Event, Reject, parse_event
+from leadscore.events import Event, Reject, format_ts, parse_event
 from state.codec import decode, encode
 from state.redis_store import RedisStore
 
 log = logging.getLogger("leadscore.flow")
+
+STOP = threading.Event()
+"""Set to end a live run cleanly: the source stops reading, partitions flush, the run returns.
+Used by every Redis run whose FlowConfig has no ``stop`` of its own."""
+
+Value = tuple[int, str | None, bytes]
+"""What the partition logic receives: ``(partition, entry id, payload)``; id None is the start
+value (StartSource), id IDLE the source's caught-up marker."""
+
+INF = float("inf")
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+def install_stop_handlers(stop: threading.Event = STOP) -> bool:
+    """SIGTERM and SIGINT set ``stop`` (a second one exits at once); False off the main thread.
+
+    Python runs signal handlers in the main thread only, so call this from the thread that
+    imports or builds the flow (``leadscore run`` and ``python -m bytewax.run`` both do).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            log.warning("%s again: exiting without waiting for the checkpoint", name)
+            os._exit(128 + signum)  # safe: what was not checkpointed is replayed next run
+        log.warning("%s: stopping after checkpointing what was read (again to abort)", name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return True
+
+
+def prepare_process(config: FlowConfig) -> None:
+    """Per-process setup of a live run: stop handlers and the Prometheus endpoint."""
+    stop = config.stop if config.stop is not None else STOP
+    stop.clear()
+    install_stop_handlers(stop)
+    if config.metrics_port:
+        metrics.serve(config.metrics_port, config.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port)
+
+
+# --------------------------------------------------------------------------- partition logic
 
 
 class PartitionLogic(ShardLogic):
@@ -42,74 +108,118 @@ class PartitionLogic(ShardLogic):
             config.redis_url,
             prefix=config.prefix,
             partitions=config.partitions,
+            cluster=config.cluster,
             changes_maxlen=config.changes_maxlen,
         )
-        self.p = -1  # learnt from the first entry: Bytewax does not hand the key to builders
+        self.p = -1  # learnt from the first value: Bytewax does not hand the key to builders
         self.seq = 0
         self.stream = ""
         self.dirty: set[str] = set()
-        self.acks: list[bytes | str] = []
+        self.acks: list[str] = []
         self.pending = 0
         self.deadline: float | None = None
         self.known = engine.rules.known_actions
+        self.durable: dict[str, float] = {}  # the timers Redis holds for this partition
+        self.clock = -INF  # timers due by this time have fired (event time, see module doc)
+        self.committed_clock = -INF
+        self.caught_up = False  # the source said it has read everything: wall-clock timers
+        self.stop = config.stop if config.stop is not None else STOP
 
     def bind(self, p: int) -> None:
-        """Resume this partition's checkpoint sequence: a restart continues where it left."""
+        """Resume this partition where its last checkpoint left it: sequence, clock, timers.
+
+        Timers of contacts that are not in memory (a restart, or evicted) are re-armed from
+        ``{p}:timers``, so a decay crossing fires even if the contact never sends again.
+        """
         self.p = p
         self.seq = self.store.last_checkpoint(p)
         self.stream = self.store.keys.input(p)
+        clock = self.store.load_clock(p)
+        self.clock = self.committed_clock = -INF if clock is None else clock
+        for contact, due in self.store.load_timers(p):
+            self.durable[contact] = due
+            self.due_of[contact] = due
+            self.timers.append((due, contact))
+        heapq.heapify(self.timers)
+        if self.timers:
+            log.info("partition %d: re-armed %d decay timers", p, len(self.timers))
 
     # ---- Bytewax callbacks
 
-    def on_batch(self, values: list[Any]) -> tuple[list[tuple[str, bytes]], bool]:
+    def on_batch(self, values: list[Value]) -> tuple[list[tuple[str, bytes]], bool]:
         now = time.time()
         if self.p < 0:
             self.bind(values[0][0])
-        entries = [(eid, self.parse(eid, payload, now)) for _, eid, payload in values]
+        entries = [
+            (eid, self.parse(eid, payload, now) if eid != IDLE else [])
+            for _, eid, payload in values
+            if eid is not None
+        ]
         self.load({e.contact for _, items in entries for e in items if type(e) is Event})
         scored, duplicates = self.scored, self.duplicates
         for entry_id, items in entries:
+            if entry_id == IDLE:
+                self.caught_up = True
+                self.advance_clock(now)
+                continue
+            self.caught_up = False
+            high = self.clock
             for item in items:
                 if type(item) is Event:
                     self.score(item)
                     self.dirty.add(item.contact)
+                    if item.ts > high:
+                        high = item.ts
                 else:
                     self.rejected[item.reject.code] += 1
                     metrics.DEAD_LETTERS.labels(item.reject.code).inc()
                     self.emit("dead_letter", item.record())
             self.acks.append(entry_id)
             self.pending += len(items)
-        self.reschedule()
+            # Between entries, whatever the batching: the same input gives the same firings.
+            self.reschedule()
+            self.advance_clock(min(high, now))  # an event from the future must not move time on
         metrics.EVENTS_SCORED.inc(self.scored - scored)
         metrics.DUPLICATES.inc(self.duplicates - duplicates)
-        if self.deadline is None:
+        if self.deadline is None and (self.acks or self.dirty or self.out):
             self.deadline = now + self.config.flush_ms / 1000.0
         if self.pending >= self.config.flush_events:
             return self.flush(), StatefulBatchLogic.RETAIN
         return [], StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        due = self.timers[0][0] if self.timers else None
+        due = self.timers[0][0] if self.timers and self.caught_up else None
         if self.deadline is not None and (due is None or self.deadline < due):
             due = self.deadline
         return None if due is None else datetime.fromtimestamp(due, UTC)
 
     def on_notify(self) -> tuple[list[tuple[str, bytes]], bool]:
         now = time.time()
-        self.fire_due(now)
+        if self.caught_up:
+            self.advance_clock(now)
         if self.deadline is not None and now >= self.deadline:
             return self.flush(), StatefulBatchLogic.RETAIN
         return [], StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[tuple[str, bytes]], bool]:
-        # The source stops on SIGTERM: commit what was applied, then leave cleanly.
+        # Drained (tail=False, no stop): nothing is left to read, so timers follow the wall
+        # clock as when caught up. Stopped: unread entries may be older than the wall clock,
+        # so only what was read is committed; the next run goes on from the same clock.
+        if not self.config.tail and not self.stop.is_set():
+            self.advance_clock(time.time())
         return self.flush(), StatefulBatchLogic.RETAIN
+
+    def advance_clock(self, t: float) -> None:
+        """Move the clock to ``t`` (never back) and fire the timers due by then."""
+        if t > self.clock:
+            self.clock = t
+        if self.timers and self.timers[0][0] <= self.clock:
+            self.fire_due(self.clock)
 
     # ---- input
 
-    def parse(self, entry_id: bytes | str, payload: bytes, now: float) -> list[Any]:
+    def parse(self, entry_id: str, payload: bytes, now: float) -> list[Any]:
         items: list[Any] = []
-        eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
         for i, raw in enumerate(payload.split(b"\n")):
             if not raw.strip():
                 continue
@@ -123,7 +233,7 @@ class PartitionLogic(ShardLogic):
             if type(event) is Event:
                 items.append(event)
             else:
-                items.append(DeadLetter(f"{self.stream}/{eid}/{i}", raw, event))
+                items.append(DeadLetter(f"{self.stream}/{entry_id}/{i}", raw, event))
         return items
 
     def load(self, contacts: set[str]) -> None:
@@ -137,17 +247,54 @@ class PartitionLogic(ShardLogic):
             blob = blobs.get(contact)
             self.contacts[contact] = decode(blob) if blob is not None else new_state()
 
+    # ---- timers
+
     def fire_due(self, now: float) -> list[str]:
-        advanced = super().fire_due(now)
+        """Fire every decay crossing due by ``now``; returns the contacts advanced.
+
+        Contacts not in memory are loaded with one MGET per round. A timer is checked against
+        the contact's state first (one re-armed from Redis may predate a change), and one that
+        would not move forward is dropped with a warning instead of firing in a loop.
+        """
+        timers, due_of, engine = self.timers, self.due_of, self.engine
+        advanced: list[str] = []
+        while timers and timers[0][0] <= now:
+            due_now: list[tuple[float, str]] = []
+            while timers and timers[0][0] <= now:
+                due, contact = heapq.heappop(timers)
+                if due_of.get(contact) == due:  # else the contact moved on since it was set
+                    del due_of[contact]
+                    due_now.append((due, contact))
+            self.load({contact for _, contact in due_now})
+            for due, contact in due_now:
+                state = self.contacts[contact]
+                advanced.append(contact)
+                actual = engine.next_due(state)
+                if actual == due:
+                    self.record(contact, engine.advance(state, due))
+                    after = engine.next_due(state)
+                    if after is not None and after <= due:
+                        log.warning(
+                            "contact %r: the decay timer at %s does not move forward; dropped "
+                            "until the contact's next event (engine bug)",
+                            contact,
+                            format_ts(due),
+                        )
+                        continue
+                else:  # stale: re-arm at the real time (its durable copy is fixed at flush)
+                    after = actual
+                if after is not None:
+                    due_of[contact] = after
+                    heapq.heappush(timers, (after, contact))
         if advanced:
             self.dirty.update(advanced)
             if self.deadline is None:
-                self.deadline = now + self.config.flush_ms / 1000.0
+                self.deadline = time.time() + self.config.flush_ms / 1000.0
         return advanced
 
     def timer_state(self, contact: str) -> Any:
         if contact not in self.contacts:
-            self.load({contact})  # it left memory with its timer still set
+            self.load({contact})  # it left memory (or the process restarted) with a timer set
         return self.contacts[contact]
 
     # ---- output
@@ -162,12 +309,14 @@ class PartitionLogic(ShardLogic):
     def flush(self) -> list[tuple[str, bytes]]:
         """One checkpoint: everything applied since the last one, with its acknowledgements."""
         self.deadline = None
-        if not self.dirty and not self.acks and not self.out:
+        if not self.dirty and not self.acks and not self.out and self.clock == self.committed_clock:
             return []
         started = time.perf_counter()
         view = self.engine.view
-        states = {c: encode(self.contacts[c]) for c in self.dirty}
-        read_models = {c: orjson.dumps(view(c, self.contacts[c])) for c in self.dirty}
+        contacts, due_of, durable = self.contacts, self.due_of, self.durable
+        states = {c: encode(contacts[c]) for c in self.dirty}
+        read_models = {c: orjson.dumps(view(c, contacts[c])) for c in self.dirty}
+        timers = {c: due_of.get(c) for c in self.dirty if durable.get(c) != due_of.get(c)}
         triggers = self.out.get("triggers", [])
         changes = self.out.get("changes", [])
         dead = self.out.get("dead_letter", [])
@@ -181,7 +330,15 @@ class PartitionLogic(ShardLogic):
             changes=changes,
             dead=dead,
             ack_ids=self.acks,
+            timers=timers,
+            clock=self.clock if self.clock != self.committed_clock else None,
         )
+        self.committed_clock = self.clock
+        for contact, due in timers.items():
+            if due is None:
+                durable.pop(contact, None)
+            else:
+                durable[contact] = due
         size = sum(map(len, states.values())) + sum(map(len, read_models.values()))
         size += sum(map(len, triggers)) + sum(map(len, changes)) + sum(map(len, dead))
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
@@ -206,6 +363,33 @@ class PartitionLogic(ShardLogic):
         return None
 
 
+# --------------------------------------------------------------------------- plumbing
+
+
+class _StartPartition(StatelessSourcePartition[tuple[str, Value]]):
+    def __init__(self, parts: list[int]) -> None:
+        self._parts = parts
+
+    def next_batch(self) -> list[tuple[str, Value]]:
+        if not self._parts:
+            raise StopIteration
+        batch = [(str(p), (p, None, b"")) for p in self._parts]
+        self._parts = []
+        return batch
+
+
+class StartSource(DynamicSource[tuple[str, Value]]):
+    """One start value per partition, at once: Bytewax builds a partition's logic only when a
+    value reaches it, and a restarted partition with no new input must still fire the decay
+    timers it committed before the restart."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _StartPartition:
+        return _StartPartition(list(range(self.partitions)) if worker_index == 0 else [])
+
+
 class _Discard(StatelessSinkPartition[Any]):
     def write_batch(self, items: list[Any]) -> None:
         return None
@@ -220,13 +404,24 @@ class DiscardSink(DynamicSink[Any]):
 
 def add_redis_scoring(flow: Dataflow, config: FlowConfig, engine: Engine) -> None:
     """Streams in, checkpoints out; committed records also go to `config.out` when set."""
-    with RedisStore(config.redis_url, prefix=config.prefix) as store:
+    with RedisStore(config.redis_url, prefix=config.prefix, cluster=config.cluster) as store:
         keys = store.ensure(config.partitions)
-    source = RedisStreamSource(config.redis_url, keys, config.partitions, tail=config.tail)
+    stop = config.stop if config.stop is not None else STOP
+    source = RedisStreamSource(
+        config.redis_url,
+        keys,
+        config.partitions,
+        cluster=config.cluster,
+        tail=config.tail,
+        stop=stop,
+        mark_idle=True,
+    )
     entries = op.input("read", flow, source)
     # The logic needs its partition number and Bytewax only gives keys to the operator.
     tagged = op.map("tag", entries, lambda kv: (kv[0], (int(kv[0]), *kv[1])))
-    results = op.stateful_batch("score", tagged, lambda _resume: PartitionLogic(engine, config))
+    started = op.input("start", flow, StartSource(config.partitions))
+    values = op.merge("values", started, tagged)
+    results = op.stateful_batch("score", values, lambda _resume: PartitionLogic(engine, config))
     by_kind = op.map("by_kind", results, lambda kv: kv[1])
     sink = ResultsSink(config.out) if config.out else DiscardSink()
     op.output("write", by_kind, sink)

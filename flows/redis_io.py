@@ -7,7 +7,8 @@ truth and ``snapshot()`` is None. After a restart each partition first re-reads 
 pending entries (delivered before the crash, never checkpointed), then new ones.
 
 Items are ``(str(p), (entry_id, payload))``: already keyed by partition, and ``payload`` is the
-entry's ``e`` field (one or more JSON events separated by ``\\n``).
+entry's ``e`` field (one or more JSON events separated by ``\\n``). With ``mark_idle``, a
+partition that has read everything says so once with ``(str(p), (IDLE, b""))``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ Item = tuple[str, tuple[str, bytes]]
 
 PENDING_DONE = ">"
 
+IDLE = ""
+"""Entry id of the marker a ``mark_idle`` source emits when a partition has caught up."""
+
 
 class _StreamPartition(StatefulSourcePartition[Item, None]):
     """Reads one input stream as consumer ``p{p}``: first its pending entries, then new ones."""
@@ -49,6 +53,7 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
         tail: bool,
         max_backoff: float,
         stop: threading.Event | None,
+        mark_idle: bool = False,
     ) -> None:
         self._r = client
         self._p = p
@@ -61,6 +66,7 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
         self._tail = tail
         self._max_backoff = max_backoff
         self._stop = stop
+        self._mark_idle = mark_idle
         # "0" re-reads this consumer's pending entries; PENDING_DONE reads new ones.
         self._cursor = "0"
         self._last_id = "0"
@@ -129,9 +135,12 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
         if all(s._idle for s in self._siblings):
             block = max(1, self._block_ms // len(self._siblings))
         entries = self._xreadgroup(PENDING_DONE, block)
+        was_idle = self._idle
         self._idle = not entries
         if not entries and not self._tail:
             raise StopIteration
+        if self._idle and not was_idle and self._mark_idle:
+            return [(self._part, (IDLE, b""))]
         return self._emit(entries)
 
     def _xreadgroup(self, cursor: str, block: int | None) -> list[tuple[bytes, dict[bytes, bytes]]]:
@@ -226,6 +235,8 @@ class RedisStreamSource(FixedPartitionedSource[Item, None]):
     partition once it has nothing new: for tests and one-shot catch-up runs. Setting ``stop``
     (e.g. from a SIGTERM handler) ends every partition at its next poll, so the flow reaches
     end of input and can checkpoint what it applied; unread entries stay in Redis.
+    ``mark_idle`` emits one ``IDLE`` marker each time a partition catches up (a read finds
+    nothing new), so downstream can tell "no backlog" from "between batches".
     """
 
     def __init__(
@@ -241,6 +252,7 @@ class RedisStreamSource(FixedPartitionedSource[Item, None]):
         max_backoff: float = 2.0,
         socket_timeout: float = 10.0,
         stop: threading.Event | None = None,
+        mark_idle: bool = False,
     ) -> None:
         if partitions is None:
             parts = list(range(keys.partitions))
@@ -266,6 +278,7 @@ class RedisStreamSource(FixedPartitionedSource[Item, None]):
         self._tail = tail
         self._max_backoff = max_backoff
         self._stop = stop
+        self._mark_idle = mark_idle
         self._socket_timeout = max(socket_timeout, block_ms / 1000 + 5.0)
         self._lock = threading.Lock()
         self._siblings: dict[int, weakref.WeakSet[_StreamPartition]] = {}
@@ -288,6 +301,7 @@ class RedisStreamSource(FixedPartitionedSource[Item, None]):
             tail=self._tail,
             max_backoff=self._max_backoff,
             stop=self._stop,
+            mark_idle=self._mark_idle,
         )
         siblings.add(part)
         return part

@@ -336,7 +336,12 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
             if state is None:
                 continue
             self.record(contact, self.engine.advance(state, due))
-            self.schedule(contact, state)
+            following = self.engine.next_due(state)
+            if following is not None and following <= due:
+                # The engine must make progress past a due time; never spin on one that doesn't.
+                log.error("contact %s: decay timer at %s did not advance; dropped", contact, due)
+            else:
+                self.schedule(contact, state)
             advanced.append(contact)
         return advanced
 

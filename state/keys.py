@@ -55,6 +55,10 @@ class Keys:
     def checkpoint(self, p: int) -> str:
         return f"{self.prefix}:{{{p}}}:ckpt"
 
+    def clock(self, p: int) -> str:
+        """String: the partition's timer clock (epoch seconds decay timers have fired up to)."""
+        return f"{self.prefix}:{{{p}}}:clock"
+
     def timers(self, p: int) -> str:
         """Sorted set: contact -> epoch time of its next decay crossing (restarts re-arm it)."""
         return f"{self.prefix}:{{{p}}}:timers"

@@ -412,12 +412,14 @@ class RedisStore:
         dead: Sequence[bytes] = (),
         ack_ids: Sequence[str | bytes] = (),
         timers: Mapping[str, float | None] | None = None,
+        clock: float | None = None,
     ) -> bool:
         """Commit one batch of partition ``p`` atomically; True if this call committed it.
 
         ``changes`` and ``dead`` are packed RECORDS_PER_ENTRY to a stream entry; ``triggers``
         get one entry each. ``timers`` maps contacts to their next decay crossing (None: no
-        timer any more), so a restarted flow re-arms timers of contacts it has not loaded.
+        timer any more), so a restarted flow re-arms timers of contacts it has not loaded;
+        ``clock`` is the time they have fired up to, so it resumes firing from there.
 
         True also when an attempt whose reply was lost had committed (found on retry, not
         re-sent). False means an earlier call already committed ``seq``: nothing is written
@@ -491,6 +493,8 @@ class RedisStore:
                     pipe.execute_command("ZADD", keys.timers(p), *due[i : i + 2 * MSET_CHUNK])
                 for i in range(0, len(gone), MSET_CHUNK):
                     pipe.execute_command("ZREM", keys.timers(p), *gone[i : i + MSET_CHUNK])
+                if clock is not None:
+                    pipe.set(keys.clock(p), repr(clock))
                 if ack_ids:
                     pipe.xack(keys.input(p), GROUP, *ack_ids)
                 pipe.set(ckpt, seq)
@@ -499,6 +503,11 @@ class RedisStore:
                 return True
 
         return self._call(f"checkpoint p={p} seq={seq}", attempt, watch=True)
+
+    def load_clock(self, p: int) -> float | None:
+        """The timer clock partition ``p`` committed last, or None if it never set one."""
+        raw = self._call(f"read clock p={p}", lambda: self.r.get(self.keys.clock(p)))
+        return None if raw is None else float(raw)
 
     def load_timers(self, p: int, *, page: int = 10_000) -> list[tuple[str, float]]:
         """``(contact, due)`` of every decay timer partition ``p`` committed, earliest first."""

@@ -16,7 +16,7 @@ from bytewax.testing import TestingSink, run_main
 from conftest import TcpProxy
 from redis_server import RedisServer
 
-from flows.redis_io import Item, RedisStreamSource
+from flows.redis_io import IDLE, Item, RedisStreamSource
 from state.keys import GROUP, Keys, partition_of
 from state.redis_store import RedisStore
 
@@ -221,6 +221,22 @@ def test_stop_event_ends_a_tailing_run(store: RedisStore) -> None:
     runner.join(30)
     assert not runner.is_alive()
     assert out  # it read, then ended cleanly although tail=True
+
+
+def test_mark_idle_says_once_per_catch_up_that_a_partition_has_read_everything(
+    store: RedisStore,
+) -> None:
+    store.send_events([event(f"c-{i}", i) for i in range(40) if partition_of(f"c-{i}", P) == 1])
+    part = RedisStreamSource(store.url, store.keys, [1], mark_idle=True).build_part("in", "1", None)
+    first = part.next_batch()
+    assert first and all(eid != IDLE for _, (eid, _) in first)
+    assert part.next_batch() == [("1", (IDLE, b""))]  # caught up: said once...
+    assert part.next_batch() == []  # ...not on every idle poll
+    late = next(f"c-{i}" for i in range(40) if partition_of(f"c-{i}", P) == 1)
+    store.send_events([event(late, 99)])
+    assert [orjson.loads(p)["id"] for _, (_, p) in part.next_batch()] == [f"{late}/99"]
+    assert part.next_batch() == [("1", (IDLE, b""))]  # and again after the next catch-up
+    part.close()
 
 
 @pytest.mark.cluster

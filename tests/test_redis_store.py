@@ -229,12 +229,15 @@ def test_a_record_with_a_newline_is_refused_before_anything_is_written(store: Re
     assert store.last_checkpoint(0) == 0
 
 
-def test_timers_are_committed_with_the_checkpoint_and_removed_by_none(store: RedisStore) -> None:
+def test_timers_and_clock_are_committed_with_the_checkpoint(store: RedisStore) -> None:
     store.checkpoint(1, 1, timers={"a": 2000.5, "b": 1000.0, "c": 3000.0})
     assert store.load_timers(1) == [("b", 1000.0), ("a", 2000.5), ("c", 3000.0)]
     store.checkpoint(1, 2, timers={"a": None, "c": 500.0, "gone": None})
     assert store.load_timers(1, page=1) == [("c", 500.0), ("b", 1000.0)]
     assert store.load_timers(0) == []
+    assert store.load_clock(1) is None
+    store.checkpoint(1, 3, clock=1_700_000_000.123456)
+    assert store.load_clock(1) == 1_700_000_000.123456  # repr: the float round-trips exactly
 
 
 # -- ambiguous failures through a real faulty connection -----------------------------------
