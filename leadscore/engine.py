@@ -305,19 +305,17 @@ class Engine:
         return effects
 
     def next_due(self, state: ContactState) -> float | None:
-        """When decay alone will take this contact across a ``below`` threshold, or None.
+        """When decay alone next changes this contact's triggers, or None.
 
-        Re-arms by decay need no timer: nothing is emitted, and the next event applies them.
+        That is a ``below`` crossing, or a re-arm (``rearm_below``, or a ``below`` trigger
+        armed again by a rising score). It is the same cached value :meth:`advance` acts on,
+        so a timer set for it always finds work to do.
         """
-        if not self._decay_below:
+        if not self._needs_advance:
             return None
-        if not self._decay_rearm:
-            if state.due == _UNKNOWN:
-                state.due = self._next_crossing(state)[0]
-            due = state.due
-        else:
-            due = self._next_crossing(state, below_only=True)[0]
-        return None if due == inf else due
+        if state.due == _UNKNOWN:
+            state.due = self._next_crossing(state)[0]
+        return None if state.due == inf else state.due
 
     def score(self, state: ContactState, name: str, t: float) -> float:
         """A group's score, or the total, as of time ``t``."""
@@ -449,13 +447,11 @@ class Engine:
         effects.append(PointChange(rule, group, points, applied, after, event_id, t, capped))
         return applied
 
-    def _next_crossing(
-        self, state: ContactState, below_only: bool = False
-    ) -> tuple[float, Trigger | None]:
+    def _next_crossing(self, state: ContactState) -> tuple[float, Trigger | None]:
         """The earliest decay crossing of an armed ``below`` trigger or of a ``rearm_below``."""
         best, best_trigger = inf, None
         triggers = state.triggers
-        for trigger in () if below_only else self._decay_rearm:
+        for trigger in self._decay_rearm:
             fired = triggers.get(trigger.id)
             if fired is None or fired < 0:
                 continue  # armed already
@@ -727,7 +723,7 @@ def _wave_crossing(
     if (wave < 0) != rising or wave == 0:
         return None  # a positive wave only falls, a negative one only rises
     ratio = (threshold - constant) / wave
-    if not 0 < ratio < 1:
+    if not 0 < ratio <= 1:
         return None  # the asymptote (constant) never gets there
     return t0 + half_life * log2(1 / ratio)
 

@@ -632,3 +632,64 @@ def test_rise_then_fall_between_events_fires_at_the_fall() -> None:
     got = fired_at(eng.advance(st, T0 + 25 * DAY))
     assert [n for n, _ in got] == ["cooling"]
     assert got[0][1] == pytest.approx(T0 + 20 * DAY, abs=1.0)
+
+
+# --- timers always make progress (a flow's timer loop must never spin) ----------------------
+
+AT_THRESHOLD = """
+version: 1
+groups:
+  engagement: {decay: {half_life: 14d}}
+  product: {decay: {expire_after: 90d}}
+actions:
+  - {id: ten, on: page.hit, points: 10, repeat: true}
+  - {id: cart, on: cart.add, points: 10, group: product, repeat: true}
+  - {id: minus, on: email.unsubscribe, points: -15, repeat: true}
+triggers:
+  - {id: hot, score: total, at_least: 30, rearm_below: 25, actions: []}
+  - {id: cooled, score: total, below: 20, actions: []}
+"""
+
+
+def test_a_score_exactly_at_a_below_threshold_is_due_at_once_with_an_expiry_pending() -> None:
+    # Found by the benchmark: total exactly 20 (a decaying 10 + an expiring 10) used to be
+    # "due" only at the expiry, 90 days on, while the timer path saw it due now: a livelock.
+    eng = engine(AT_THRESHOLD)
+    st = eng.new_state()
+    run(eng, st, [ev("cart.add", T0), ev("page.hit", T0)])
+    assert eng.next_due(st) == approx(T0)
+    fired = of_type(eng.advance(st, T0), TriggerFired)
+    assert [f.trigger for f in fired] == ["cooled"]
+    following = eng.next_due(st)
+    assert following is None or following > T0
+
+
+def test_advancing_to_each_due_time_always_moves_on() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st_
+
+    actions = ["page.hit", "cart.add", "email.unsubscribe"]
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        st_.lists(
+            st_.tuples(st_.sampled_from(actions), st_.floats(0, 120 * DAY)),
+            min_size=1,
+            max_size=12,
+        )
+    )
+    def check(steps: list[tuple[str, float]]) -> None:
+        eng = engine(AT_THRESHOLD)
+        state = eng.new_state()
+        for action, at in sorted(steps, key=lambda s: s[1]):
+            eng.apply(state, ev(action, T0 + at))
+        for _ in range(50):  # as a flow's timer would: wake at each due time in turn
+            due = eng.next_due(state)
+            if due is None:
+                return
+            eng.advance(state, due)
+            following = eng.next_due(state)
+            assert following is None or following > due
+        pytest.fail("50 timer wake-ups and still due: decay should settle long before")
+
+    check()
