@@ -91,7 +91,8 @@ PIXEL_PROP_PARAMS = {
 PIXEL_IGNORED = frozenset({"action", "id", "_", "cb", *PIXEL_CONTACT_PARAMS, *PIXEL_PROP_PARAMS})
 DEAD_RAW_CHARS = 8 * 1024
 MAX_ERRORS_LISTED = 100
-EXPLAIN_SCAN = 5000
+EXPLAIN_SCAN = 5000  # change records looked at per explain request, newest first
+EXPLAIN_PAGE = 50  # stream entries per XREVRANGE (an entry packs up to 100 records)
 EXPLAIN_MAX = 200
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -336,7 +337,8 @@ class Metrics:
         )
         self.stream_length = Gauge(
             "leadscore_stream_length",
-            "XLEN of a partition stream (in = input, dead = dead letters).",
+            "Entries (XLEN) of a partition stream: in = input, dead = dead letters; an entry "
+            "holds one or more events or dead letters.",
             ["stream", "partition"],
             registry=r,
         )
@@ -894,7 +896,7 @@ class Service:
         )
 
     async def contact(self, request: Request) -> Response:
-        """The read model the flow maintains; ``?explain=1`` adds recent point changes."""
+        """The read model the flow maintains; ``?explain=1`` adds its recent change records."""
         cfg = self.config
         if cfg.read_keys:
             key = _presented_key(request)
@@ -926,8 +928,13 @@ class Service:
         return json_response(view)
 
     async def _changes(self, keys: Keys, contact: str, limit: int) -> list[Any]:
-        """The newest ``limit`` point changes of one contact, oldest first, scanning at most
-        EXPLAIN_SCAN entries back so a busy partition cannot make this slow."""
+        """The newest ``limit`` change records of one contact, oldest first.
+
+        An entry of ``{prefix}:{p}:changes`` packs one or more JSON records joined by ``\\n``
+        (the flow writes a checkpoint's records together), and neighbours in the partition
+        share it. At most EXPLAIN_SCAN records are looked at, newest first, so a busy
+        partition cannot make this slow; an entry without the contact's id is skipped whole.
+        """
         assert self.redis is not None
         stream = keys.changes(keys.partition(contact))
         needle = orjson.dumps(contact)
@@ -935,19 +942,25 @@ class Service:
         scanned = 0
         upper = "+"
         while scanned < EXPLAIN_SCAN and len(found) < limit:
-            entries = await self.redis.xrevrange(stream, upper, "-", count=500)
+            entries = await self.redis.xrevrange(stream, upper, "-", count=EXPLAIN_PAGE)
             if not entries:
                 break
             for _id, fields in entries:
-                raw = fields.get(b"c")
-                if raw is not None and needle in raw:
+                payload = fields.get(b"c") or b""
+                scanned += payload.count(b"\n") + 1
+                if needle not in payload:
+                    continue
+                for record in reversed(payload.split(b"\n")):
+                    if needle not in record:
+                        continue
                     with contextlib.suppress(orjson.JSONDecodeError):
-                        change = orjson.loads(raw)
+                        change = orjson.loads(record)
                         if isinstance(change, dict) and change.get("contact") == contact:
                             found.append(change)
                             if len(found) == limit:
                                 break
-            scanned += len(entries)
+                if len(found) == limit or scanned >= EXPLAIN_SCAN:
+                    break
             upper = "(" + entries[-1][0].decode()  # exclusive: continue below the last one
         found.reverse()
         return found
@@ -1332,7 +1345,8 @@ def openapi_document(config: ServiceConfig) -> dict[str, Any]:
                             "in": "query",
                             "required": False,
                             "schema": {"type": "boolean"},
-                            "description": "also return the newest point changes",
+                            "description": "also return the newest change records (points, stage, "
+                            "segment, tag), oldest first",
                         },
                         {
                             "name": "limit",
@@ -1344,7 +1358,7 @@ def openapi_document(config: ServiceConfig) -> dict[str, Any]:
                                 "maximum": EXPLAIN_MAX,
                                 "default": 20,
                             },
-                            "description": "how many point changes explain returns",
+                            "description": "how many change records explain returns",
                         },
                     ],
                     "responses": {
