@@ -85,6 +85,20 @@ def score(rules: Path, redis_url: str) -> None:
     run_main(build_flow(config))
 
 
+def wait_for_input(redis_url: str, n: int, timeout: float = 20.0) -> None:
+    """Wait until ``n`` events are in the input streams. A pixel answers after at most half
+    a second even if Redis is slower (the write still completes), so a flow started right
+    after the last hit could otherwise miss it on a loaded machine."""
+    r = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout
+    while True:
+        entries = [f[b"e"] for p in range(PARTITIONS) for _id, f in r.xrange(KEYS.input(p))]
+        if sum(len(e.split(b"\n")) for e in entries) >= n or time.monotonic() > deadline:
+            r.close()
+            return
+        time.sleep(0.02)
+
+
 class Served:
     """A `leadscore serve` child process on a free port."""
 
@@ -255,6 +269,7 @@ def test_pixel_hits_are_scored(
     with httpx.Client(base_url=served.url) as browser:
         browser.get("/t.gif", headers={"Referer": "https://acme.com/pricing"})
         visitor = browser.cookies["ls_vid"]
+    wait_for_input(redis_url, 5)
     score(rules_path, redis_url)
 
     with httpx.Client(base_url=served.url) as http:
