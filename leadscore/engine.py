@@ -29,8 +29,11 @@ from leadscore.rules import (
     Trigger,
 )
 
-_UNKNOWN = -1.0  # ContactState.due not computed since the last change
+# ContactState.due: the exact next time decay changes a trigger (inf: never), or _UNKNOWN.
+# Exact, not a bound: timers must wake at the same times whether or not a state was reloaded.
+_UNKNOWN = -1.0
 _MAX_CROSSINGS = 256  # per advance: far more than any real score crosses in one gap
+_EPSILON = 1e-9  # relative float noise tolerated when a decaying score meets a threshold
 RECENT_IDS = 16  # event ids remembered per contact to drop producer retries
 MAX_TRAIT_CHARS = 256  # keeps a contact's packed state bounded whatever a client sends
 _MISSING = object()
@@ -135,7 +138,7 @@ class ContactState:
         self.fit: list[str] = []
         self.last_ts = 0.0
         self.recent_ids: list[int] = []
-        # Derived, never stored: when decay next crosses an armed `below` trigger (inf: never).
+        # Derived, never stored: when decay next crosses or re-arms a trigger (inf: never).
         self.due = _UNKNOWN
 
     def __eq__(self, other: object) -> bool:
@@ -211,37 +214,20 @@ class Engine:
         if t > state.last_ts:
             state.last_ts = t
         moved = False
+        lowered: dict[str, str] = {}  # each string prop lower-cased once per event
 
         rules = self._by_action.get(event.action)
         if rules is not None:
             props = event.props
             trackers = state.trackers
-            lowered: dict[str, str] = {}  # each string prop lower-cased once per event
             for r in rules:
                 if r.active_from is not None and t < r.active_from:
                     continue
                 if r.active_until is not None and t > r.active_until:
                     continue
-                conds = r.conds
-                if conds is not None:
-                    for key, needle, low, test in conds:
-                        value = props.get(key, _MISSING)
-                        if type(value) is str:
-                            lv = lowered.get(key)
-                            if lv is None:
-                                lv = lowered[key] = value.lower()
-                            if needle is not None:
-                                if needle not in lv:
-                                    break
-                            elif low is None or not low(lv):
-                                break
-                        elif value is _MISSING or not test(value):
-                            break
-                    else:
-                        conds = None
-                    if conds is not None:
-                        continue
-                elif r.match is not None and not r.match(props):
+                if (r.conds is not None or r.match is not None) and not _where_holds(
+                    r.conds, r.match, props, lowered
+                ):
                     continue
                 if r.tracked:
                     tracker = trackers.get(r.id)
@@ -259,7 +245,7 @@ class Engine:
         if stage_rules is not None:
             props = event.props
             for sr in stage_rules:
-                if sr.match is None or sr.match(props):
+                if _where_holds(sr.conds, sr.match, props, lowered):
                     self._move_stage(state, sr.rank, t, event.action, effects)
 
         if moved and self._triggers:
@@ -277,14 +263,17 @@ class Engine:
             if t > state.last_ts:
                 state.last_ts = t
             return effects
+        done: set[tuple[str, float]] = set()
         for _ in range(_MAX_CROSSINGS):
-            if state.due == _UNKNOWN:
-                state.due = self._next_crossing(state)[0]
-            if state.due > t:
+            if state.due != _UNKNOWN and state.due > t:
                 break
             due, trigger = self._next_crossing(state)
-            if trigger is None:
+            state.due = due
+            if trigger is None or due > t:
                 break
+            if (trigger.id, due) in done:
+                break  # the same crossing again at the same instant: nothing left to do by t
+            done.add((trigger.id, due))
             if due > state.last_ts:
                 state.last_ts = due
             self._settle_all(state, due)
@@ -506,9 +495,12 @@ class Engine:
         def reached(v: float) -> bool:
             return v >= threshold if rising else v < threshold
 
+        # At the start, "already there" needs a clear margin: a score that sits on the threshold
+        # within float noise has just crossed it and must not bounce back and forth.
+        margin = _EPSILON * max(1.0, abs(threshold))
+
         def already(v: float) -> bool:
-            # Rising, equality at the start is where a fall just crossed: not a rise.
-            return v > threshold if rising else v < threshold
+            return v > threshold + margin if rising else v < threshold - margin
 
         if not expiries and len(waves) <= 1:  # the common case, without closures or sorting
             wave = waves[0][0] if waves else 0.0
@@ -701,6 +693,31 @@ def _admit(r: Any, tracker: list[Any], t: float) -> bool:
     return True
 
 
+def _where_holds(
+    conds: tuple[tuple[str, str | None, Any, Any], ...] | None,
+    match: Any,
+    props: dict[str, Any],
+    lowered: dict[str, str],
+) -> bool:
+    """A rule's `where`, lower-casing each string prop once per event (see Condition)."""
+    if conds is None:
+        return match is None or match(props)
+    for key, needle, low, test in conds:
+        value = props.get(key, _MISSING)
+        if type(value) is str:
+            lv = lowered.get(key)
+            if lv is None:
+                lv = lowered[key] = value.lower()
+            if needle is not None:
+                if needle not in lv:
+                    return False
+            elif low is None or not low(lv):
+                return False
+        elif value is _MISSING or not test(value):
+            return False
+    return True
+
+
 def _last_fire(trigger: Trigger, packed: int | None) -> int:
     """The sequence number of a trigger's last firing (0: never); see ContactState."""
     if packed is None:
@@ -723,9 +740,9 @@ def _wave_crossing(
     if (wave < 0) != rising or wave == 0:
         return None  # a positive wave only falls, a negative one only rises
     ratio = (threshold - constant) / wave
-    if not 0 < ratio <= 1:
+    if not 0 < ratio <= 1 + _EPSILON:
         return None  # the asymptote (constant) never gets there
-    return t0 + half_life * log2(1 / ratio)
+    return t0 + half_life * log2(1 / ratio) if ratio < 1 else t0
 
 
 def _solve(

@@ -175,6 +175,7 @@ class StageRule:
     where: tuple[Condition, ...]
     rank: int
     match: Callable[[dict[str, Any]], bool] | None = None  # all of `where`, compiled
+    conds: tuple[tuple[str, str | None, Callable[[str], bool] | None, Predicate], ...] | None = None
 
 
 @dataclass(slots=True)
@@ -470,8 +471,7 @@ class _Compiler:
                 self.active(where, item["active"], rule)
             rule.tracked = rule.stateful
             rule.match = _compile_where(rule.where)
-            if rule.where and all(len(c.keys) == 1 for c in rule.where):
-                rule.conds = tuple((c.keys[0], c.needle, c.low, c.test) for c in rule.where)
+            rule.conds = _inline(rule.where)
             if enabled is not False:
                 compiled.append(rule)
             else:
@@ -762,7 +762,9 @@ class _Compiler:
             on = self.action_names(where, item.get("on"))
             conditions = self.where(where, item.get("where"))
             rank = order.index(stage)
-            rules.append(StageRule(on, conditions, rank, _compile_where(conditions)))
+            rules.append(
+                StageRule(on, conditions, rank, _compile_where(conditions), _inline(conditions))
+            )
         return order, allow_backward, rules
 
     def grades(
@@ -912,6 +914,16 @@ def _lowered(expected: object) -> tuple[Callable[[str], bool] | None, str | None
         return star, None
     match = re.compile(fnmatch.translate(pattern), re.DOTALL).match
     return (lambda lv: match(lv) is not None), None
+
+
+def _inline(
+    conditions: tuple[Condition, ...],
+) -> tuple[tuple[str, str | None, Callable[[str], bool] | None, Predicate], ...] | None:
+    """The (key, needle, lowered test, raw test) form the engine checks inline, when every
+    condition reads a top-level prop; None otherwise (then `match` is used)."""
+    if not conditions or any(len(c.keys) != 1 for c in conditions):
+        return None
+    return tuple((c.keys[0], c.needle, c.low, c.test) for c in conditions)
 
 
 def _compile_where(conditions: tuple[Condition, ...]) -> Callable[[dict[str, Any]], bool] | None:
