@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Annotated, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Annotated, Any, NoReturn
 
 import orjson
 import typer
@@ -51,7 +51,12 @@ from leadscore.rules import (
     load_rules,
 )
 
+if TYPE_CHECKING:
+    from flows.scoring import FlowConfig
+
 STDIO = "-"
+_LIVE = "Live from Redis (--source)"  # the help panel of `run`'s live options
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 OUTPUTS = ("contacts.jsonl", "triggers.jsonl", "changes.jsonl", "dead_letter.jsonl", "summary.json")
 
 app = typer.Typer(
@@ -333,7 +338,7 @@ def run(
         str, typer.Option("--rules", "-r", metavar="RULES", help="The rules file (YAML).")
     ],
     events: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(
             "--events",
             "-e",
@@ -341,16 +346,16 @@ def run(
             help="Events files (JSON lines, .gz too); - reads standard input. "
             "Give several after one --events or repeat the option.",
         ),
-    ],
+    ] = None,
     out: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--out",
             "-o",
             metavar="DIR",
-            help="Output directory; - writes every output to standard output.",
+            help="Output directory; - writes every output to standard output. [default: out]",
         ),
-    ] = "out",
+    ] = None,
     workers: Annotated[
         int, typer.Option("--workers", "-w", min=1, metavar="N", help="Bytewax worker threads.")
     ] = 1,
@@ -373,18 +378,154 @@ def run(
             help="Progress bar on stderr; default: when stderr is a terminal and no input is -.",
         ),
     ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            metavar="URL",
+            help="Score live from Redis instead of files: redis://[:PASSWORD@]HOST:PORT/DB "
+            "(rediss:// for TLS). Runs until SIGTERM or Ctrl-C, which checkpoint what was "
+            "read and exit 0.",
+            rich_help_panel=_LIVE,
+        ),
+    ] = None,
+    partitions: Annotated[
+        int,
+        typer.Option(
+            "--partitions",
+            min=1,
+            metavar="P",
+            help="Input streams; fixed for the life of the data (checked against {prefix}:meta).",
+            rich_help_panel=_LIVE,
+        ),
+    ] = 16,
+    prefix: Annotated[
+        str,
+        typer.Option(
+            "--prefix",
+            metavar="PREFIX",
+            envvar="LEADSCORE_PREFIX",
+            help="Redis key prefix.",
+            rich_help_panel=_LIVE,
+        ),
+    ] = "ls",
+    flush_events: Annotated[
+        int,
+        typer.Option(
+            "--flush-events",
+            min=1,
+            metavar="N",
+            help="Checkpoint a partition once it has applied N events...",
+            rich_help_panel=_LIVE,
+        ),
+    ] = 2000,
+    flush_ms: Annotated[
+        int,
+        typer.Option(
+            "--flush-ms",
+            min=0,
+            metavar="MS",
+            help="...or MS milliseconds after its first uncommitted event: the most a score "
+            "or trigger waits to be visible.",
+            rich_help_panel=_LIVE,
+        ),
+    ] = 20,
+    max_contacts: Annotated[
+        int,
+        typer.Option(
+            "--max-contacts",
+            min=1,
+            metavar="N",
+            help="Contacts kept in memory per partition; others are loaded from Redis when "
+            "they return.",
+            rich_help_panel=_LIVE,
+        ),
+    ] = 100_000,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster", help="The URL names a node of a Redis Cluster.", rich_help_panel=_LIVE
+        ),
+    ] = False,
+    drain: Annotated[
+        bool,
+        typer.Option(
+            "--drain",
+            help="Stop once every stream is read to the end (catch-up runs, batch jobs).",
+            rich_help_panel=_LIVE,
+        ),
+    ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            metavar="PORT",
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics.",
+            rich_help_panel=_LIVE,
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str,
+        typer.Option(
+            "--metrics-host",
+            metavar="ADDR",
+            help="Address of the metrics endpoint; 0.0.0.0: every interface (containers).",
+            rich_help_panel=_LIVE,
+        ),
+    ] = "127.0.0.1",
 ) -> None:
-    """Score events files with the Bytewax flow and print a summary.
+    """Score events files with the Bytewax flow and print a summary, or score live from Redis
+    with --source.
 
     Writes contacts.jsonl, triggers.jsonl, changes.jsonl, dead_letter.jsonl and summary.json
     to --out, replacing those of an earlier run (an output with no records is not written).
     Bad lines go to dead_letter.jsonl with their position and reason; they never
     stop the run.
+
+    With --source, events come from the Redis streams that `leadscore send` and `leadscore
+    serve` fill, and every result goes to Redis in one transaction per partition batch
+    (states, read models for `leadscore show` and the service, triggers, changes, dead
+    letters, acknowledgements): a crash or kill loses nothing and repeats nothing; the next
+    run continues where the last checkpoint left off. See docs/redis.md.
     """
     from bytewax.testing import cluster_main
 
     from flows.scoring import FlowConfig, build_flow
 
+    if source is not None:
+        if events or ctx.args:
+            _fail("--events and --source exclude each other: score files or a Redis source")
+        if out is not None:
+            _fail(
+                "--out is for file runs: a live run's results are in Redis (read models, "
+                "triggers, changes and dead-letter streams; see docs/redis.md)"
+            )
+        _run_live(
+            FlowConfig(
+                rules=rules,
+                source="redis",
+                redis_url=source,
+                partitions=partitions,
+                prefix=prefix,
+                flush_events=flush_events,
+                flush_ms=flush_ms,
+                max_contacts=max_contacts,
+                tail=not drain,
+                cluster=cluster,
+                metrics_port=metrics_port,
+                metrics_host=metrics_host,
+            ),
+            workers,
+        )
+        return
+    if not events:
+        _fail(
+            "give events files with --events FILE (- for standard input), or a Redis URL "
+            "with --source redis://HOST:PORT/DB to score live"
+        )
+    out = out or "out"
     paths = _events_arg(events, ctx.args)
     config = FlowConfig(rules=rules, events=paths, out=out, shards=shards)
     compiled = _load_rules(rules)
@@ -429,6 +570,335 @@ def run(
         summary = next(_read_jsonl(Path(out) / "summary.json"), {})
         leaders = _top_contacts(_read_jsonl(Path(out) / "contacts.jsonl"), top)
     _report(report, summary, leaders, seconds, out)
+
+
+# --------------------------------------------------------------------------- run --source
+
+
+def _redis_url_arg(url: str, option: str) -> str:
+    if not url.startswith(_REDIS_SCHEMES):
+        _fail(
+            f"{option} takes a Redis URL such as redis://HOST:6379/0 (rediss:// for TLS, "
+            f"redis://:PASSWORD@HOST:6379/0 with a password), got {url!r}"
+        )
+    return url
+
+
+def _log_to_stderr() -> None:
+    """leadscore's own log lines (retries, recoveries, re-armed timers) on stderr, timed."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("leadscore")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def _flow_counts() -> dict[str, float]:
+    """This process's flow counters (events, duplicates, dead letters, triggers), summed over
+    their labels: the live run's report is a difference of two readings."""
+    from flows import metrics
+
+    counts: dict[str, float] = {}
+    for name, counter in (
+        ("scored", metrics.EVENTS_SCORED),
+        ("duplicates", metrics.DUPLICATES),
+        ("dead", metrics.DEAD_LETTERS),
+        ("triggers", metrics.TRIGGERS),
+    ):
+        counts[name] = sum(
+            sample.value
+            for family in counter.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        )
+    return counts
+
+
+def _run_live(config: FlowConfig, workers: int) -> None:
+    """``leadscore run --source``: score from Redis until stopped; exit 0 on a clean stop."""
+    import signal
+
+    from bytewax.testing import cluster_main
+    from redis.exceptions import RedisError
+
+    from flows.redis_flow import prepare_process
+    from flows.scoring import build_flow
+    from state.redis_store import StoreError
+
+    _redis_url_arg(config.redis_url, "--source")
+    compiled = _load_rules(config.rules)
+    _log_to_stderr()
+    where = _masked_url(config.redis_url)
+    try:
+        flow = build_flow(config, compiled)
+    except (StoreError, RedisError, ValueError) as err:
+        _fail(f"cannot start on {where}: {err}")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        prepare_process(config)  # SIGTERM / Ctrl-C stop cleanly; the metrics endpoint
+    except OSError as err:
+        _fail(f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: {err}")
+    metrics = (
+        f"; metrics on http://{config.metrics_host}:{config.metrics_port}/metrics"
+        if config.metrics_port
+        else ""
+    )
+    until = "until every stream is read" if not config.tail else "until SIGTERM or Ctrl-C"
+    typer.echo(
+        f"leadscore: scoring {where} (prefix {config.prefix!r}, {config.partitions} "
+        f"partitions) with {workers} worker{'s' if workers != 1 else ''}, {until}{metrics}",
+        err=True,
+    )
+    before = _flow_counts()
+    started = time.perf_counter()
+    try:
+        cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    except BaseException as err:  # Bytewax wraps worker errors: look at what caused them
+        cause = _first_cause(err, (StoreError, RedisError, OSError))
+        if cause is not None:
+            _fail(
+                f"the run stopped: {cause}. Nothing is lost: what was not checkpointed is "
+                "read again by the next run."
+            )
+        raise
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    seconds = time.perf_counter() - started
+    after = _flow_counts()
+    done = {k: int(after[k] - before[k]) for k in after}
+    typer.echo(
+        f"leadscore: stopped after {seconds:.1f} s: {done['scored']:,} events scored, "
+        f"{done['duplicates']:,} duplicates dropped, {done['dead']:,} dead letters, "
+        f"{done['triggers']:,} triggers fired; everything read is checkpointed",
+        err=True,
+    )
+
+
+# --------------------------------------------------------------------------- send
+
+
+def _counted_lines(paths: list[str], advance: Any) -> Iterator[bytes]:
+    """The lines of every input, reporting bytes read to ``advance`` every ~1 MB."""
+    pending = 0
+    for path in paths:
+        stream = _open_input(path)
+        try:
+            for line in stream:
+                yield line
+                pending += len(line)
+                if pending >= 1 << 20:
+                    advance(pending)
+                    pending = 0
+        finally:
+            if stream is not sys.stdin.buffer:
+                stream.close()
+    advance(pending)
+
+
+@app.command(context_settings={"allow_extra_args": True})
+def send(
+    ctx: typer.Context,
+    events: Annotated[
+        list[str],
+        typer.Option(
+            "--events",
+            "-e",
+            metavar="FILE",
+            help="Events files (JSON lines, .gz too); - reads standard input. "
+            "Give several after one --events or repeat the option.",
+        ),
+    ],
+    redis_url: Annotated[
+        str,
+        typer.Option(
+            "--redis",
+            metavar="URL",
+            envvar="LEADSCORE_REDIS_URL",
+            help="Redis URL: redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS.",
+        ),
+    ] = "redis://127.0.0.1:6379/0",
+    batch: Annotated[
+        int,
+        typer.Option(
+            "--batch",
+            min=1,
+            metavar="N",
+            help="Events per stream entry; 100 costs ~7x less than 1 on both sides.",
+        ),
+    ] = 100,
+    partitions: Annotated[
+        int | None,
+        typer.Option(
+            "--partitions",
+            min=1,
+            metavar="P",
+            help="Input streams, as the flow's. [default: from {prefix}:meta, else 16]",
+        ),
+    ] = None,
+    prefix: Annotated[
+        str,
+        typer.Option(
+            "--prefix", metavar="PREFIX", envvar="LEADSCORE_PREFIX", help="Redis key prefix."
+        ),
+    ] = "ls",
+    cluster: Annotated[
+        bool, typer.Option("--cluster", help="The URL names a node of a Redis Cluster.")
+    ] = False,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Progress bar on stderr; default: when stderr is a terminal and no input is -.",
+        ),
+    ] = None,
+) -> None:
+    """Load events (JSON lines) into the Redis input streams that `leadscore run --source`
+    scores.
+
+    Each event goes to its contact's partition, up to --batch events per stream entry, in
+    file order. Lines without a readable contact go to partition 0, where the flow
+    dead-letters them with their reason. Sending is at-least-once: give events an `id` and
+    a repeated one is scored once.
+    """
+    from redis.exceptions import RedisError
+
+    from state.redis_store import NotInitialized, RedisStore, StoreError
+
+    paths = _events_arg(events, ctx.args)
+    for path in paths:
+        if path != STDIO and not Path(path).is_file():
+            _fail(f"events file not found: {path}")
+    _redis_url_arg(redis_url, "--redis")
+    where = _masked_url(redis_url)
+    show = _console(stderr=True).is_terminal if progress is None else progress
+    show = show and STDIO not in paths
+    bar = Progress(
+        TextColumn("sending"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=_console(stderr=True),
+        transient=True,
+        disable=not show,
+    )
+    started = time.perf_counter()
+    try:
+        with RedisStore(redis_url, prefix=prefix, cluster=cluster) as store:
+            if partitions is None:
+                try:
+                    partitions = store.keys.partitions
+                except NotInitialized:
+                    partitions = 16
+            store.ensure(partitions)
+            total = sum(_input_size(p) for p in paths) if show else None
+            task = bar.add_task("sending", total=total)
+            with bar:
+                result = store.send_events(
+                    _counted_lines(paths, lambda n: bar.advance(task, n)), batch=batch
+                )
+    except (StoreError, RedisError, ValueError) as err:
+        _fail(f"cannot send to {where}: {err}")
+    seconds = time.perf_counter() - started
+    rate = result.events / seconds if seconds > 0 else 0.0
+    console = _console()
+    console.print(
+        Text(
+            f"sent {result.events:,} events in {result.entries:,} stream entries to "
+            f"{partitions} partitions of {where} (prefix {prefix!r}) in {seconds:.2f} s "
+            f"({rate:,.0f} events/s)"
+        )
+    )
+    if result.malformed:
+        console.print(
+            Text(
+                f"{result.malformed:,} lines without a readable contact went to partition 0; "
+                "the flow dead-letters them with their reason"
+            )
+        )
+    if result.blank:
+        console.print(Text(f"{result.blank:,} blank lines skipped"))
+
+
+# --------------------------------------------------------------------------- show
+
+
+@app.command()
+def show(
+    contact: Annotated[str, typer.Argument(metavar="CONTACT", help="The contact id.")],
+    redis_url: Annotated[
+        str,
+        typer.Option(
+            "--redis",
+            metavar="URL",
+            envvar="LEADSCORE_REDIS_URL",
+            help="Redis URL: redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS.",
+        ),
+    ] = "redis://127.0.0.1:6379/0",
+    prefix: Annotated[
+        str,
+        typer.Option(
+            "--prefix", metavar="PREFIX", envvar="LEADSCORE_PREFIX", help="Redis key prefix."
+        ),
+    ] = "ls",
+    cluster: Annotated[
+        bool, typer.Option("--cluster", help="The URL names a node of a Redis Cluster.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the read model exactly as stored (JSON).")
+    ] = False,
+) -> None:
+    """Print a contact's current score as the live flow stored it (its read model).
+
+    The same JSON the HTTP service answers and personalization reads from Redis. Scores are
+    as of `updated_at` (the contact's last event or decay crossing). Exit 1 when the contact
+    has never been scored.
+    """
+    from redis.exceptions import RedisError
+
+    from state.redis_store import RedisStore, RetryPolicy, StoreError
+
+    _redis_url_arg(redis_url, "--redis")
+    where = _masked_url(redis_url)
+    try:
+        with RedisStore(
+            redis_url, prefix=prefix, cluster=cluster, retry=RetryPolicy(attempts=3)
+        ) as store:
+            view = store.read_model(contact)
+            keys = store.keys
+    except (StoreError, RedisError, ValueError) as err:
+        _fail(f"cannot read from {where}: {err}")
+    p = keys.partition(contact)
+    if view is None:
+        _fail(
+            f"no score for contact {contact!r} in {where} (prefix {prefix!r}, partition {p} of "
+            f"{keys.partitions}): the flow has not scored it. Check the id (case and spaces "
+            "count) and the prefix, and that `leadscore run --source` has run since its "
+            "events were sent."
+        )
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(view) + b"\n")
+        return
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    scores = view.get("scores") or {}
+    grid.add_row("contact", Text(f"{view.get('contact', contact)}  (partition {p})"))
+    grid.add_row("total", _num(view.get("total")))
+    if view.get("normalized") is not None:
+        grid.add_row("normalized", _num(view.get("normalized")))
+    grid.add_row("scores", Text(", ".join(f"{k} {_num(v)}" for k, v in scores.items())))
+    for name in ("grade", "stage"):
+        if view.get(name):
+            grid.add_row(name, Text(str(view[name])))
+    for name in ("segments", "tags"):
+        if view.get(name):
+            grid.add_row(name, Text(", ".join(view[name])))
+    grid.add_row("updated at", Text(view.get("updated_at") or "", style="dim"))
+    _console().print(grid)
 
 
 # --------------------------------------------------------------------------- check
