@@ -632,9 +632,11 @@ def _run_live(config: FlowConfig, workers: int) -> None:
     _log_to_stderr()
     where = _masked_url(config.redis_url)
     try:
-        flow = build_flow(config, compiled)
+        flow = build_flow(config, compiled)  # checks the meta; waits (~30 s) for Redis to answer
     except (StoreError, RedisError, ValueError) as err:
         _fail(f"cannot start on {where}: {err}")
+    except KeyboardInterrupt:
+        _fail("interrupted before the run started; nothing was read", 130)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         prepare_process(config)  # SIGTERM / Ctrl-C stop cleanly; the metrics endpoint
