@@ -225,7 +225,17 @@ class Engine:
                     continue
                 if r.active_until is not None and t > r.active_until:
                     continue
-                if (r.conds is not None or r.match is not None) and not _where_holds(
+                needle = r.needle
+                if needle is not None:  # the common `url: "*/pricing*"`, inline
+                    lv = lowered.get(r.needle_key)  # type: ignore[arg-type]
+                    if lv is None:
+                        value = props.get(r.needle_key)  # type: ignore[arg-type]
+                        if type(value) is not str:
+                            continue
+                        lv = lowered[r.needle_key] = value.lower()  # type: ignore[index]
+                    if needle not in lv:
+                        continue
+                elif (r.conds is not None or r.match is not None) and not _where_holds(
                     r.conds, r.match, props, lowered
                 ):
                     continue

@@ -135,6 +135,10 @@ class ActionRule:
     category: str = ""
     tracked: bool = False  # set at compile time: whether the rule needs a repeat tracker
     match: Callable[[dict[str, Any]], bool] | None = None  # all of `where`, compiled
+    # When `where` is exactly one "contains" glob on a top-level prop (`url: "*/pricing*"`, the
+    # common case), its key and needle: the engine checks it with no call at all.
+    needle_key: str | None = None
+    needle: str | None = None
     # The same for one-key props, as (key, needle, lowered test, raw test) checked inline.
     conds: tuple[tuple[str, str | None, Callable[[str], bool] | None, Predicate], ...] | None = None
 
@@ -472,6 +476,8 @@ class _Compiler:
             rule.tracked = rule.stateful
             rule.match = _compile_where(rule.where)
             rule.conds = _inline(rule.where)
+            if rule.conds is not None and len(rule.conds) == 1 and rule.conds[0][1] is not None:
+                rule.needle_key, rule.needle = rule.conds[0][0], rule.conds[0][1]
             if enabled is not False:
                 compiled.append(rule)
             else:
@@ -938,7 +944,14 @@ def _compile_where(conditions: tuple[Condition, ...]) -> Callable[[dict[str, Any
             return value is not _MISSING and test(value)
 
         return one
-    return lambda props: all(c.holds(props) for c in conditions)
+
+    def every(props: dict[str, Any]) -> bool:
+        for condition in conditions:  # noqa: SIM110 - a plain loop: no generator per event
+            if not condition.holds(props):
+                return False
+        return True
+
+    return every
 
 
 def _star_glob(pattern: str) -> Predicate:
