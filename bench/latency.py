@@ -283,7 +283,14 @@ def measure_latency(
         reader.join(timeout=5)
         store.close()
         client.close()
-    latencies = sorted((reader.seen[k] - t) * 1000.0 for k, t in sent.items() if k in reader.seen)
+    first = min(sent.values(), default=0.0)
+    # (seconds since the first probe, latency in ms): shows whether the tail is periodic.
+    timeline = [
+        [round(t - first, 3), round((reader.seen[k] - t) * 1000.0, 1)]
+        for k, t in sorted(sent.items(), key=lambda kv: kv[1])
+        if k in reader.seen
+    ]
+    latencies = sorted(ms for _, ms in timeline)
     return {
         "rate_target": rate,
         "rate_achieved": produced.get("events_per_s"),
@@ -296,6 +303,7 @@ def measure_latency(
         "pending_at_end": backlog,
         "unread_at_end": unread,
         "ms": _summary(latencies),
+        "timeline": timeline,
     }
 
 

@@ -56,7 +56,22 @@ def run_engine(rules_path: str, paths: list[str], out: str) -> dict[str, Any]:
     engine = Engine(load_rules(rules_path))
     known = engine.rules.known_actions
     contacts: dict[str, ContactState] = {}
-    outputs: dict[str, list[bytes]] = {"triggers": [], "changes": [], "dead_letter": []}
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    kinds = ("triggers", "changes", "dead_letter", "contacts")
+    files = {kind: open(target / f"{kind}.jsonl", "wb") for kind in kinds}  # noqa: SIM115
+    pending: dict[str, list[bytes]] = {kind: [] for kind in kinds}
+    counts = dict.fromkeys(kinds, 0)
+
+    def emit(kind: str, line: bytes) -> None:
+        # Written in blocks as they come, like the flow's sinks, so memory stays flat.
+        lines = pending[kind]
+        lines.append(line)
+        if len(lines) >= 4096:
+            files[kind].write(b"\n".join(lines) + b"\n")
+            counts[kind] += len(lines)
+            lines.clear()
+
     apply, new_state = engine.apply, engine.new_state
     now = time.time()
     for path in paths:
@@ -72,20 +87,19 @@ def run_engine(rules_path: str, paths: list[str], out: str) -> dict[str, Any]:
                     if effects and type(effects[0]) is Duplicate:
                         continue
                     for effect in effects:
-                        kind, line = effect_record(event.contact, effect)
-                        outputs[kind].append(line)
+                        emit(*effect_record(event.contact, effect))
                     continue
                 if type(event) is Event:
                     event = Reject("unknown_action", f"action {event.action!r} is not used")
-                outputs["dead_letter"].append(DeadLetter(f"{path}:{number}", raw, event).record())
-    outputs["contacts"] = [orjson.dumps(engine.view(c, s)) for c, s in contacts.items()]
-    target = Path(out)
-    target.mkdir(parents=True, exist_ok=True)
-    for kind, lines in outputs.items():
-        with open(target / f"{kind}.jsonl", "wb") as fh:
-            for i in range(0, len(lines), 4096):
-                fh.write(b"\n".join(lines[i : i + 4096]) + b"\n")
-    return {"contacts": len(contacts), "triggers": len(outputs["triggers"])}
+                emit("dead_letter", DeadLetter(f"{path}:{number}", raw, event).record())
+    for contact, state in contacts.items():
+        emit("contacts", orjson.dumps(engine.view(contact, state)))
+    for kind, fh in files.items():
+        if pending[kind]:
+            fh.write(b"\n".join(pending[kind]) + b"\n")
+            counts[kind] += len(pending[kind])
+        fh.close()
+    return {"contacts": len(contacts), "triggers": counts["triggers"]}
 
 
 def build(spec: dict[str, Any]) -> Any:
