@@ -752,7 +752,9 @@ def _wave_crossing(
     ratio = (threshold - constant) / wave
     if not 0 < ratio <= 1 + _EPSILON:
         return None  # the asymptote (constant) never gets there
-    return t0 + half_life * log2(1 / ratio) if ratio < 1 else t0
+    # Within float noise of the threshold already: the crossing is now, not a hair later (a
+    # timer a hair later would move the contact's clock by noise, differently per run).
+    return t0 + half_life * log2(1 / ratio) if ratio < 1 - _EPSILON else t0
 
 
 def _solve(
