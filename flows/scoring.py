@@ -41,13 +41,10 @@ from leadscore.engine import (
     Duplicate,
     Effect,
     Engine,
-    PointChange,
-    SegmentChanged,
-    StageChanged,
-    TagChanged,
     TriggerFired,
 )
-from leadscore.events import Event, Reject, format_ts, parse_event
+from leadscore.events import Event, Reject, parse_event
+from leadscore.explain import effect_record as record_of
 from leadscore.rules import Rules, load_rules
 
 log = logging.getLogger("leadscore.flow")
@@ -168,45 +165,9 @@ class Tick:
 
 
 def effect_record(contact: str, effect: Effect) -> tuple[str, bytes]:
-    """The output kind and JSON line for one effect."""
-    t = type(effect)
-    if t is PointChange:
-        return "changes", orjson.dumps(
-            {
-                "contact": contact,
-                "kind": "points",
-                "rule": effect.rule,
-                "group": effect.group,
-                "delta": effect.delta,
-                "applied": effect.applied,
-                "score_after": round(effect.score_after, 4),
-                "capped": effect.capped,
-                "event_id": effect.event_id,
-                "at": format_ts(effect.at),
-            }
-        )
-    if t is TriggerFired:
-        return "triggers", orjson.dumps(
-            {
-                "contact": contact,
-                "trigger": effect.trigger,
-                "score": effect.score,
-                "at": format_ts(effect.at),
-                "actions": effect.actions,
-                "cause": effect.cause,
-            }
-        )
-    if t is StageChanged:
-        body = {"kind": "stage", "stage": effect.stage, "previous": effect.previous}
-    elif t is SegmentChanged:
-        body = {"kind": "segment", "segment": effect.segment, "added": effect.added}
-    elif t is TagChanged:
-        body = {"kind": "tag", "tag": effect.tag, "added": effect.added}
-    else:
-        raise TypeError(f"no record for {effect!r}")
-    return "changes", orjson.dumps(
-        {"contact": contact, **body, "cause": effect.cause, "at": format_ts(effect.at)}
-    )
+    """The output kind and JSON line for one effect (the record format lives in explain)."""
+    kind = "triggers" if type(effect) is TriggerFired else "changes"
+    return kind, orjson.dumps(record_of(contact, effect))
 
 
 # --------------------------------------------------------------------------- shard logic

@@ -112,7 +112,7 @@ def rule_catalog(rules: Rules) -> dict[str, RuleInfo]:
 
 
 def effect_record(contact: str, effect: Effect, action: str | None = None) -> dict[str, Any] | None:
-    """The output record for one effect, in the format the flow writes; None for duplicates.
+    """The output record for one effect: THE format of the flow's outputs; None for duplicates.
 
     Point changes also carry the event's ``action`` when the caller knows it, because the
     change log alone does not say which action earned the points.
@@ -130,8 +130,7 @@ def effect_record(contact: str, effect: Effect, action: str | None = None) -> di
             "capped": effect.capped,
             "event_id": effect.event_id,
             "at": format_ts(effect.at),
-            "action": action,
-        }
+        } | ({"action": action} if action is not None else {})
     if t is TriggerFired:
         return {
             "contact": contact,
