@@ -13,6 +13,21 @@ from leadscore.engine import ContactState
 
 FORMAT_VERSION = 1
 
+# The stored fields, in their order after the version. `due` is derived and never stored.
+FIELDS = (
+    "groups",
+    "trackers",
+    "triggers",
+    "seq",
+    "stage",
+    "segments",
+    "tags",
+    "traits",
+    "fit",
+    "last_ts",
+    "recent_ids",
+)
+
 
 class StateFormatError(ValueError):
     """Bytes that are not a contact state this version can read."""
@@ -20,21 +35,7 @@ class StateFormatError(ValueError):
 
 def encode(state: ContactState) -> bytes:
     return msgpack.packb(
-        [
-            FORMAT_VERSION,
-            state.groups,
-            state.trackers,
-            state.triggers,
-            state.seq,
-            state.stage,
-            state.segments,
-            state.tags,
-            state.traits,
-            state.fit,
-            state.last_ts,
-            state.recent_ids,
-        ],
-        use_bin_type=True,
+        [FORMAT_VERSION, *(getattr(state, name) for name in FIELDS)], use_bin_type=True
     )
 
 
@@ -49,19 +50,12 @@ def decode(data: bytes) -> ContactState:
             f"contact state format {version!r} is not supported (this release reads "
             f"{FORMAT_VERSION}); upgrade leadscore or rebuild state from the event log"
         )
+    if len(fields) != len(FIELDS) + 1:
+        raise StateFormatError(
+            f"contact state has {len(fields) - 1} fields, format {FORMAT_VERSION} has "
+            f"{len(FIELDS)}: the blob is damaged"
+        )
     state = ContactState()
-    (
-        _,
-        state.groups,
-        state.trackers,
-        state.triggers,
-        state.seq,
-        state.stage,
-        state.segments,
-        state.tags,
-        state.traits,
-        state.fit,
-        state.last_ts,
-        state.recent_ids,
-    ) = fields
+    for name, value in zip(FIELDS, fields[1:], strict=True):
+        setattr(state, name, value)
     return state
