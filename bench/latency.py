@@ -291,6 +291,14 @@ def measure_latency(
         if k in reader.seen
     ]
     latencies = sorted(ms for _, ms in timeline)
+    # Last quarter's median over the first quarter's: well above 1 means a growing backlog,
+    # i.e. the flow did not keep up with this rate and the figures measure queueing.
+    quarter = len(timeline) // 4
+    trend = None
+    if quarter:
+        head = sorted(ms for _, ms in timeline[:quarter])[quarter // 2]
+        tail = sorted(ms for _, ms in timeline[-quarter:])[quarter // 2]
+        trend = round(tail / head, 2) if head > 0 else None
     return {
         "rate_target": rate,
         "rate_achieved": produced.get("events_per_s"),
@@ -303,6 +311,8 @@ def measure_latency(
         "pending_at_end": backlog,
         "unread_at_end": unread,
         "ms": _summary(latencies),
+        "trend": trend,
+        "kept_up": unread == 0 and (trend is None or trend < 2.0),
         "timeline": timeline,
     }
 

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DESIGNS = {"a", "b", "e", "c1", "c2t", "c2p", "d1", "d2t", "d2p"}
+DESIGNS = {"a", "b", "e", "c1", "c2t", "c2p", "d1", "d2t", "d2p", "d1s"}
 
 
 @pytest.mark.timeout(180)
@@ -40,7 +40,7 @@ def test_quick_harness_writes_every_section(tmp_path: Path) -> None:
     assert proc.returncode == 0, stderr[-3000:]
     report = orjson.loads(out.read_bytes())
 
-    for section in ("memory", "latency", "redis_memory"):
+    for section in ("memory", "redis_memory"):
         assert "error" not in report[section], report[section]
     assert report["config"]["quick"] is True
     assert report["machine"]["nproc"] >= 1
@@ -52,7 +52,7 @@ def test_quick_harness_writes_every_section(tmp_path: Path) -> None:
         assert run["events_per_s"] > 0
         assert run["samples"]
     # every Redis run drained its input and acknowledged it in its checkpoints
-    for key in ("d1", "d2t", "d2p"):
+    for key in ("d1", "d2t", "d2p", "d1s"):
         sample = runs[key]["samples"][0]
         assert sample["pending_after"] == 0
         assert sample["unread_after"] == 0
@@ -64,7 +64,9 @@ def test_quick_harness_writes_every_section(tmp_path: Path) -> None:
     assert memory["packed_bytes"]["p50"] > 0
     assert report["redis_memory"]["sampled"] > 0
 
-    latency = report["latency"]
+    (latency,) = report["latency"]["runs"]
+    assert "error" not in latency, latency["error"]
+    assert latency["fraction_of_d1"] == 0.5
     assert latency["probes"] > 0
     assert latency["ms"]["p50"] is not None
 
