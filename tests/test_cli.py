@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import pty
 import re
 import signal
 import subprocess
@@ -22,6 +21,7 @@ import jsonschema
 import orjson
 import pytest
 import yaml
+from terminal import run_with_terminal_stderr
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_RULES = ROOT / "examples" / "rules.yaml"
@@ -241,27 +241,9 @@ def test_run_with_two_workers_gives_the_same_contacts(
 
 
 def test_run_shows_a_progress_bar_on_a_terminal(rules: Path, events: Path, tmp_path: Path) -> None:
-    leader, follower = pty.openpty()
-    try:
-        done = subprocess.run(
-            [*LEADSCORE, "run", "-r", str(rules), "-e", str(events), "-o", str(tmp_path / "o")],
-            stdout=subprocess.PIPE,
-            stderr=follower,
-            timeout=120,
-            check=False,
-        )
-        os.close(follower)
-        seen = b""
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # EIO once the terminal has no writer left
-                break
-            if not chunk:
-                break
-            seen += chunk
-    finally:
-        os.close(leader)
+    done, seen = run_with_terminal_stderr(
+        ["run", "-r", str(rules), "-e", str(events), "-o", str(tmp_path / "o")], timeout=120
+    )
     assert done.returncode == 0
     assert b"scoring" in seen
     assert b"scoring" not in done.stdout  # the bar lives on stderr only

@@ -4,8 +4,6 @@ in subprocesses, as an operator runs them: exit codes and messages matter as muc
 from __future__ import annotations
 
 import gzip
-import os
-import pty
 import signal
 import subprocess
 import sys
@@ -18,6 +16,7 @@ import pytest
 import redis
 import yaml
 from redis_server import free_port
+from terminal import run_with_terminal_stderr
 
 from state.keys import Keys, partition_of
 from state.redis_store import RedisStore
@@ -121,27 +120,9 @@ def test_send_shows_a_progress_bar_on_a_terminal(
     redis_url: str, events: tuple[Path, list[bytes]]
 ) -> None:
     path, _ = events
-    leader, follower = pty.openpty()
-    try:
-        done = subprocess.run(
-            [*LEADSCORE, "send", "--redis", redis_url, "-e", str(path)],
-            stdout=subprocess.PIPE,
-            stderr=follower,
-            timeout=60,
-            check=False,
-        )
-        os.close(follower)
-        seen = b""
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # EIO once the terminal has no writer left
-                break
-            if not chunk:
-                break
-            seen += chunk
-    finally:
-        os.close(leader)
+    done, seen = run_with_terminal_stderr(
+        ["send", "--redis", redis_url, "-e", str(path)], timeout=60
+    )
     assert done.returncode == 0
     assert b"sending" in seen and b"sending" not in done.stdout
 
