@@ -430,7 +430,8 @@ class Engine:
         applied = points if not capped and factor == 1.0 else (after - before) / factor
         if spec.expire_after is not None and t + spec.expire_after <= g[1]:
             # Earned so long ago that it expired before the contact's clock: it counts in the
-            # log (applied) but no longer in the score.
+            # log (applied) but no longer in the score. Settling moved the group's anchor.
+            state.due = _UNKNOWN
             effects.append(PointChange(rule, group, points, applied, before, event_id, t, capped))
             return applied
         g[0] = after
@@ -478,8 +479,18 @@ class Engine:
         Closed form between award expiries when one half-life drives the score; bisection when
         several half-lives mix. Rising happens when negative points decay or expire.
         """
-        t0 = state.last_ts
         names = self._group_names if name == TOTAL else (name,)
+        # Solve from the latest anchor of the groups, not from `last_ts`: the answer must be a
+        # function of what is checkpointed and changes only when the groups do, so a contact
+        # reloaded mid-run waits for the same instant, to the last bit, as one kept in memory.
+        groups = state.groups
+        t0 = 0.0
+        for gname in names:
+            g = groups.get(gname)
+            if g is not None and g[1] > t0:
+                t0 = g[1]
+        if not t0:
+            t0 = state.last_ts
         constant = 0.0
         waves: list[tuple[float, float]] = []  # (score at t0, half-life)
         expiries: list[tuple[float, float]] = []
