@@ -1,6 +1,6 @@
 """Live scoring from Redis Streams with transactional checkpoints to Redis.
 
-Each partition's logic applies whole stream entries, then commits in ONE MULTI/EXEC the new
+Each partition's logic applies whole stream entries, then commits in ONE atomic script the new
 states and read models of the contacts it touched, their decay timers and the partition's
 timer clock, the trigger and change records, the dead letters and the XACK of exactly those
 entries. A crash anywhere replays only unacknowledged entries onto the states that match them:
@@ -124,6 +124,7 @@ class PartitionLogic(ShardLogic):
         self.committed_clock = -INF
         self.caught_up = False  # the source said it has read everything: wall-clock timers
         self.stop = config.stop if config.stop is not None else STOP
+        self.reported: dict[str, int] = {}  # self.fired as last added to the metrics
 
     def bind(self, p: int) -> None:
         """Resume this partition where its last checkpoint left it: sequence, clock, timers.
@@ -157,6 +158,7 @@ class PartitionLogic(ShardLogic):
         ]
         self.load({e.contact for _, items in entries for e in items if type(e) is Event})
         scored, duplicates = self.scored, self.duplicates
+        score, dirty, touched = self.score, self.dirty, self.touched
         for entry_id, items in entries:
             if entry_id == IDLE:
                 self.caught_up = True
@@ -166,8 +168,7 @@ class PartitionLogic(ShardLogic):
             high = self.clock
             for item in items:
                 if type(item) is Event:
-                    self.score(item)
-                    self.dirty.add(item.contact)
+                    score(item)
                     if item.ts > high:
                         high = item.ts
                 else:
@@ -176,6 +177,9 @@ class PartitionLogic(ShardLogic):
                     self.emit("dead_letter", item.record())
             self.acks.append(entry_id)
             self.pending += len(items)
+            # score() marks the contacts it changed (a duplicate changes nothing): once per
+            # entry rather than once per event, before reschedule() clears the mark.
+            dirty.update(touched)
             # Between entries, whatever the batching: the same input gives the same firings.
             self.reschedule()
             self.advance_clock(min(high, now))  # an event from the future must not move time on
@@ -299,24 +303,25 @@ class PartitionLogic(ShardLogic):
 
     # ---- output
 
-    def record(self, contact: str, effects: list[Any]) -> None:
-        super().record(contact, effects)
-        for effect in effects:
-            trigger = getattr(effect, "trigger", None)
-            if trigger is not None:
-                metrics.TRIGGERS.labels(trigger).inc()
-
     def flush(self) -> list[tuple[str, bytes]]:
         """One checkpoint: everything applied since the last one, with its acknowledgements."""
         self.deadline = None
         if not self.dirty and not self.acks and not self.out and self.clock == self.committed_clock:
             return []
         started = time.perf_counter()
-        view = self.engine.view
+        view, dumps = self.engine.view, orjson.dumps
         contacts, due_of, durable = self.contacts, self.due_of, self.durable
-        states = {c: encode(contacts[c]) for c in self.dirty}
-        read_models = {c: orjson.dumps(view(c, contacts[c])) for c in self.dirty}
-        timers = {c: due_of.get(c) for c in self.dirty if durable.get(c) != due_of.get(c)}
+        # One pass per dirty contact: its state, its read model and, if it moved, its timer.
+        states: dict[str, bytes] = {}
+        read_models: dict[str, bytes] = {}
+        timers: dict[str, float | None] = {}
+        for c in self.dirty:
+            state = contacts[c]
+            states[c] = encode(state)
+            read_models[c] = dumps(view(c, state))
+            due = due_of.get(c)
+            if durable.get(c) != due:
+                timers[c] = due
         triggers = self.out.get("triggers", [])
         changes = self.out.get("changes", [])
         dead = self.out.get("dead_letter", [])
@@ -342,6 +347,12 @@ class PartitionLogic(ShardLogic):
         size = sum(map(len, states.values())) + sum(map(len, read_models.values()))
         size += sum(map(len, triggers)) + sum(map(len, changes)) + sum(map(len, dead))
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
+        # Triggers are counted per checkpoint from ShardLogic's counter, not per effect.
+        reported = self.reported
+        for trigger, n in self.fired.items():
+            if n != reported.get(trigger, 0):
+                metrics.TRIGGERS.labels(trigger).inc(n - reported.get(trigger, 0))
+                reported[trigger] = n
         metrics.CHECKPOINT_BYTES.observe(size)
         self.dirty.clear()
         self.acks = []

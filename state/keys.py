@@ -1,7 +1,7 @@
 """The Redis key layout, version 1.
 
 Every key of one partition carries the hash tag ``{p}``, so the checkpoint of a partition
-(state, read model, triggers, acknowledgement) is one MULTI/EXEC, legal on Redis Cluster.
+(state, read model, triggers, acknowledgement) is one atomic script call, legal on Redis Cluster.
 A contact's partition is a pure function of its id, so any process in any language can find
 its read model: ``crc32(contact) % partitions``, with ``partitions`` in ``{prefix}:meta``.
 """

@@ -2,29 +2,29 @@
 
 Exactly-once rests on one rule: everything a partition's batch produces (contact states, read
 models, trigger records, point changes, dead letters), the acknowledgement of the input it
-consumed and the checkpoint sequence are written by ONE MULTI/EXEC. Either all of it is in
-Redis or none of it is, so a crash replays exactly the unacknowledged input onto the state that
-matches it. All keys of a partition share the hash tag ``{p}``, which keeps that transaction
-legal on Redis Cluster.
+consumed and the checkpoint sequence are written by ONE Lua script (``CHECKPOINT_LUA``), which
+Redis runs atomically. Either all of it is in Redis or none of it is, so a crash replays
+exactly the unacknowledged input onto the state that matches it. All keys of a partition share
+the hash tag ``{p}``, which keeps the script legal on Redis Cluster.
 
-A retried checkpoint must not apply twice. Every attempt WATCHes the partition's ``ckpt`` key
-and reads it first: if it already holds ``seq`` an earlier attempt committed (the connection
-died after EXEC was sent) and nothing is re-sent; WATCH also aborts a stale EXEC of an earlier
-attempt that reaches the server late, whichever of the two runs second.
+A retried checkpoint must not apply twice. The script reads the partition's ``ckpt`` key before
+writing anything: if it already holds ``seq`` an earlier attempt committed (the connection died
+after the script was sent) and nothing is written; a stale copy of an earlier attempt that
+reaches the server late finds ``seq`` committed the same way. One round trip per checkpoint
+(the WATCH / GET / MULTI..EXEC it replaced took three).
 
-redis-py's own retries are switched off (``retry=Retry(NoBackoff(), 0)``): it would silently
-re-send an unwatched MULTI/EXEC after an ambiguous failure. This module owns retrying, bounded
-and logged.
+redis-py's own retries are switched off (``retry=Retry(NoBackoff(), 0)``): this module owns
+retrying, bounded and logged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any, TypeVar
 
 import orjson
@@ -36,6 +36,7 @@ from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
     ClusterDownError,
+    NoScriptError,
     ReadOnlyError,
     ResponseError,
     TryAgainError,
@@ -63,9 +64,6 @@ RETRYABLE: tuple[type[BaseException], ...] = (
 )
 #: ConnectionError subclasses that no amount of waiting fixes: fail at once.
 FATAL: tuple[type[BaseException], ...] = (AuthenticationError, AuthorizationError)
-
-MSET_CHUNK = 5000
-"""Keys per MSET inside a checkpoint (all in the same MULTI), to keep single commands small."""
 
 
 class StoreError(RuntimeError):
@@ -117,22 +115,62 @@ class SendResult:
     per_partition: tuple[int, ...]
 
 
-APPEND_LUA = """
-local key, field, maxlen = KEYS[1], ARGV[1], tonumber(ARGV[2])
-for i = 3, #ARGV do
-  redis.call('XADD', key, '*', field, ARGV[i])
+CHECKPOINT_LUA = """#!lua
+local ckpt, input, triggers, changes, dead, timers, clock = unpack(KEYS, 1, 7)
+local seq, committed = tonumber(ARGV[1]), tonumber(ARGV[2])
+local done = tonumber(redis.call('GET', ckpt) or '0')
+if done < committed then return {3, done} end
+if done == seq then return {1, done} end
+if done > seq then return {2, done} end
+local n_ack, n_trig = tonumber(ARGV[4]), tonumber(ARGV[5])
+local n_chg, n_dead = tonumber(ARGV[6]), tonumber(ARGV[7])
+local n_due, n_gone = tonumber(ARGV[8]), tonumber(ARGV[9])
+local chg_max, dead_max, group = tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12]
+local CHUNK = 500
+-- MSET: KEYS[8..] pair with the values that start at ARGV[13], in the same order
+local n_kv, a = #KEYS - 7, 13
+for i = 1, n_kv, CHUNK do
+  local args, j = {}, 0
+  for k = i, math.min(i + CHUNK - 1, n_kv) do
+    args[j + 1] = KEYS[7 + k]
+    args[j + 2] = ARGV[a + k - 1]
+    j = j + 2
+  end
+  redis.call('MSET', unpack(args))
 end
-if maxlen > 0 then
-  redis.call('XTRIM', key, 'MAXLEN', '~', maxlen)
+a = a + n_kv
+local function append(key, field, n, maxlen)
+  for i = a, a + n - 1 do redis.call('XADD', key, '*', field, ARGV[i]) end
+  if n > 0 and maxlen > 0 then redis.call('XTRIM', key, 'MAXLEN', '~', maxlen) end
+  a = a + n
 end
-return #ARGV - 2
+local function each_chunk(n, step, fn)
+  for i = a, a + n - 1, step do fn(i, math.min(i + step - 1, a + n - 1)) end
+  a = a + n
+end
+each_chunk(n_ack, CHUNK, function(i, j) redis.call('XACK', input, group, unpack(ARGV, i, j)) end)
+append(triggers, 't', n_trig, 0)
+append(changes, 'c', n_chg, chg_max)
+append(dead, 'd', n_dead, dead_max)
+each_chunk(2 * n_due, 2 * CHUNK, function(i, j) redis.call('ZADD', timers, unpack(ARGV, i, j)) end)
+each_chunk(n_gone, CHUNK, function(i, j) redis.call('ZREM', timers, unpack(ARGV, i, j)) end)
+if ARGV[3] ~= '' then redis.call('SET', clock, ARGV[3]) end
+redis.call('SET', ckpt, ARGV[1])
+return {0, seq}
 """
-"""XADD many records to one stream in one command: ~5x faster than one XADD command each,
-which redis-py packs and parses one by one. Sent with EVAL, never EVALSHA: a NOSCRIPT error
-inside MULTI would surface only at EXEC, after the other commands had applied."""
+"""One whole checkpoint of one partition, atomically, in ONE round trip (see docs/redis.md).
 
-RECORDS_PER_EVAL = 5000
-"""Stream entries per EVAL inside a checkpoint (all in the same MULTI)."""
+It first compares the partition's ``ckpt`` with ``seq`` and with the last sequence this process
+committed, and writes nothing unless ``seq`` is new: a retry or a stale copy of an earlier
+attempt that reaches Redis late is a no-op, so no WATCH is needed. The ``#!lua`` line gives the
+script Redis 7 flags semantics: a script that may write is refused BEFORE it runs when Redis is
+out of memory, so a checkpoint is never half applied for want of memory. Replies:
+``{0, seq}`` committed, ``{1, done}`` already committed, ``{2, done}`` a newer one is committed,
+``{3, done}`` Redis is behind this process."""
+
+CHECKPOINT_SHA = hashlib.sha1(CHECKPOINT_LUA.encode()).hexdigest()
+
+CKPT_COMMITTED, CKPT_ALREADY, CKPT_CONFLICT, CKPT_LOST = 0, 1, 2, 3
 
 RECORDS_PER_ENTRY = 100
 """Change and dead-letter records packed into one stream entry, joined by ``\\n``: one XADD per
@@ -427,18 +465,31 @@ class RedisStore:
         restart.
         """
         keys = self.keys
-        ckpt = keys.checkpoint(p)
-        pairs: dict[str, bytes] = {}
-        for contact, blob in (states or {}).items():
-            pairs[keys.state(p, contact)] = blob
-        for contact, blob in (read_models or {}).items():
-            pairs[keys.read_model(p, contact)] = blob
-        items = list(pairs.items())
         for record in triggers:
             if b"\n" in record:
                 raise ValueError(f"a record must be one line of JSON, got {record[:80]!r}")
         change_entries = pack_records(changes)
         dead_entries = pack_records(dead)
+        # KEYS: the partition's own keys, then the state and read-model keys to MSET; ARGV: a
+        # header of counts, then the values in the same order (see CHECKPOINT_LUA).
+        names = [
+            keys.checkpoint(p),
+            keys.input(p),
+            keys.triggers(p),
+            keys.changes(p),
+            keys.dead(p),
+            keys.timers(p),
+            keys.clock(p),
+        ]
+        values: list[Any] = []
+        if states:
+            prefix = keys.state(p, "")
+            names += [prefix + contact for contact in states]
+            values += states.values()
+        if read_models:
+            prefix = keys.read_model(p, "")
+            names += [prefix + contact for contact in read_models]
+            values += read_models.values()
         due: list[Any] = []
         gone: list[str] = []
         for contact, at in (timers or {}).items():
@@ -446,63 +497,75 @@ class RedisStore:
                 gone.append(contact)
             else:
                 due += (at, contact)
+        head = [
+            seq,
+            0,  # the last sequence this process committed, filled in per attempt
+            "" if clock is None else repr(clock),
+            len(ack_ids),
+            len(triggers),
+            len(change_entries),
+            len(dead_entries),
+            len(due) // 2,
+            len(gone),
+            trim_entries(self.changes_maxlen),
+            trim_entries(self.dead_maxlen),
+            GROUP,
+        ]
+        tail = [*values, *ack_ids, *triggers, *change_entries, *dead_entries, *due, *gone]
         attempts = 0
 
         def attempt() -> bool:
             nonlocal attempts
             attempts += 1
-            with self.r.pipeline(transaction=True) as pipe:
-                pipe.watch(ckpt)
-                raw = pipe.get(ckpt)
-                done = int(raw) if raw is not None else 0
-                if done < self._committed.get(p, 0):
-                    raise RedisLostCheckpoints(
-                        f"partition {p}: Redis holds checkpoint {done} but this process had "
-                        f"committed {self._committed[p]}: Redis lost acknowledged writes "
-                        "(restart without appendfsync always, or failover). Restart the flow "
-                        "so it reloads state from Redis and replays the input from there."
-                    )
-                if done == seq:
-                    if attempts > 1:
-                        # An earlier attempt of this call committed; its reply was lost.
-                        log.warning(
-                            "checkpoint p=%d seq=%d had committed before its connection "
-                            "failed; not applying it again",
-                            p,
-                            seq,
-                        )
-                        self._committed[p] = seq
-                        return True
-                    log.info("checkpoint p=%d seq=%d already committed; skipped", p, seq)
-                    self._committed[p] = seq
-                    return False
-                if done > seq:
-                    raise CheckpointConflict(
-                        f"partition {p}: committed checkpoint is {done}, got seq {seq}; "
-                        "another process writes this partition, or seq was not resumed from "
-                        "last_checkpoint()"
-                    )
-                pipe.multi()
-                for i in range(0, len(items), MSET_CHUNK):
-                    # execute_command: ClusterPipeline blocks .mset() even within one slot
-                    pipe.execute_command("MSET", *chain.from_iterable(items[i : i + MSET_CHUNK]))
-                _append(pipe, keys.triggers(p), "t", triggers, 0)
-                _append(pipe, keys.changes(p), "c", change_entries, self.changes_maxlen)
-                _append(pipe, keys.dead(p), "d", dead_entries, self.dead_maxlen)
-                for i in range(0, len(due), 2 * MSET_CHUNK):
-                    pipe.execute_command("ZADD", keys.timers(p), *due[i : i + 2 * MSET_CHUNK])
-                for i in range(0, len(gone), MSET_CHUNK):
-                    pipe.execute_command("ZREM", keys.timers(p), *gone[i : i + MSET_CHUNK])
-                if clock is not None:
-                    pipe.set(keys.clock(p), repr(clock))
-                if ack_ids:
-                    pipe.xack(keys.input(p), GROUP, *ack_ids)
-                pipe.set(ckpt, seq)
-                pipe.execute()
-                self._committed[p] = seq
+            head[1] = self._committed.get(p, 0)
+            code, done = self._run_checkpoint(names, head, tail)
+            if code == CKPT_LOST:
+                raise RedisLostCheckpoints(
+                    f"partition {p}: Redis holds checkpoint {done} but this process had "
+                    f"committed {self._committed[p]}: Redis lost acknowledged writes "
+                    "(restart without appendfsync always, or failover). Restart the flow "
+                    "so it reloads state from Redis and replays the input from there."
+                )
+            if code == CKPT_CONFLICT:
+                raise CheckpointConflict(
+                    f"partition {p}: committed checkpoint is {done}, got seq {seq}; "
+                    "another process writes this partition, or seq was not resumed from "
+                    "last_checkpoint()"
+                )
+            self._committed[p] = seq
+            if code == CKPT_COMMITTED:
                 return True
+            if attempts > 1:
+                # An earlier attempt of this call committed; its reply was lost.
+                log.warning(
+                    "checkpoint p=%d seq=%d had committed before its connection failed; "
+                    "not applying it again",
+                    p,
+                    seq,
+                )
+                return True
+            log.info("checkpoint p=%d seq=%d already committed; skipped", p, seq)
+            return False
 
-        return self._call(f"checkpoint p={p} seq={seq}", attempt, watch=True)
+        return self._call(f"checkpoint p={p} seq={seq}", attempt)
+
+    def _run_checkpoint(
+        self, names: list[str], head: list[Any], tail: list[Any]
+    ) -> tuple[int, int]:
+        """EVALSHA the checkpoint script; EVAL it (which caches it) if Redis does not know it.
+
+        Redis forgets scripts on restart, failover or SCRIPT FLUSH: NOSCRIPT costs one more
+        round trip, once. Running the script twice is harmless (it checks ``ckpt`` first).
+        """
+        # execute_command: RedisCluster routes EVAL/EVALSHA by their keys (all in slot {p})
+        try:
+            reply = self.r.execute_command(
+                "EVALSHA", CHECKPOINT_SHA, len(names), *names, *head, *tail
+            )
+        except NoScriptError:
+            reply = self.r.execute_command("EVAL", CHECKPOINT_LUA, len(names), *names, *head, *tail)
+        code, done = reply
+        return int(code), int(done)
 
     def load_clock(self, p: int) -> float | None:
         """The timer clock partition ``p`` committed last, or None if it never set one."""
@@ -648,13 +711,3 @@ class RedisStore:
         """Entries of partition ``p`` delivered to the flow but not yet checkpointed."""
         info = self._call(f"xpending p={p}", lambda: self.r.xpending(self.keys.input(p), GROUP))
         return int(info["pending"])
-
-
-def _append(pipe: Any, key: str, field: str, entries: Sequence[bytes], max_records: int) -> None:
-    """Queue XADDs of ``entries`` (field ``field``) on ``pipe``; when ``max_records`` > 0, trim
-    to ``MAXLEN ~ trim_entries(max_records)``."""
-    maxlen = trim_entries(max_records)
-    for i in range(0, len(entries), RECORDS_PER_EVAL):
-        chunk = entries[i : i + RECORDS_PER_EVAL]
-        # execute_command: ClusterPipeline overrides .eval(); the slot comes from the key
-        pipe.execute_command("EVAL", APPEND_LUA, 1, key, field, maxlen, *chunk)

@@ -25,6 +25,7 @@ from redis_server import RedisServer
 
 from state.keys import GROUP, LAYOUT_VERSION, Keys, partition_of
 from state.redis_store import (
+    CHECKPOINT_LUA,
     CheckpointConflict,
     MetaMismatch,
     NotInitialized,
@@ -122,8 +123,10 @@ def test_checkpoint_writes_everything_in_one_transaction(store: RedisStore) -> N
     states = full_checkpoint(store, p, 1, ids)
 
     stats = commandstats(store.r)
-    # one MULTI/EXEC, one multi-key MSET (never a SET per key), one XACK of exactly the ids
-    assert stats["multi"] == 1 and stats["exec"] == 1
+    # one script call (one round trip; NOSCRIPT then EVAL on a fresh server), one multi-key
+    # MSET (never a SET per key), one XACK of exactly the ids, no WATCH/MULTI/EXEC
+    assert stats.get("evalsha", 0) + stats.get("eval", 0) - stats.get("evalsha_error", 0) >= 1
+    assert "multi" not in stats and "exec" not in stats and "watch" not in stats
     assert stats["mset"] == 1 and stats["set"] == 1 and stats["xack"] == 1
     assert store.pending(p) == 0
     assert store.load_states(p, list(states)) == states
@@ -149,7 +152,7 @@ def test_checkpoint_whose_exec_fails_leaves_nothing_behind(store: RedisStore) ->
     p = 0
     ids = deliver(store, p)
     admin = redis.Redis.from_url(store.url)
-    admin.config_set("maxmemory", 1)  # noeviction: writes are refused at queue time -> EXECABORT
+    admin.config_set("maxmemory", 1)  # noeviction: the script is refused before it runs
     try:
         with pytest.raises(OutOfMemoryError, match="maxmemory"):
             full_checkpoint(store, p, 1, ids)
@@ -178,13 +181,17 @@ def test_empty_checkpoint_still_records_its_sequence(store: RedisStore) -> None:
     assert store.last_checkpoint(5) == 1
 
 
-def test_large_checkpoint_chunks_commands_inside_one_transaction(store: RedisStore) -> None:
-    states = {f"c-{i}": b"s" * 10 for i in range(12_000)}  # > MSET_CHUNK pairs
-    changes = [orjson.dumps({"i": i}) for i in range(11_000)]  # > RECORDS_PER_EVAL
+def test_large_checkpoint_chunks_commands_inside_one_script(store: RedisStore) -> None:
+    states = {f"c-{i}": b"s" * 10 for i in range(12_000)}  # > the script's MSET chunk
+    changes = [orjson.dumps({"i": i}) for i in range(11_000)]
+    acks = [f"{i}-0" for i in range(1, 1200)]  # > its XACK chunk (unknown ids: acks nothing)
+    timers = {f"c-{i}": float(i) if i % 2 else None for i in range(2500)}
     store.r.config_resetstat()
-    assert store.checkpoint(1, 1, states=states, changes=changes)
+    assert store.checkpoint(1, 1, states=states, changes=changes, ack_ids=acks, timers=timers)
     stats = commandstats(store.r)
-    assert stats["exec"] == 1 and stats["mset"] == 3
+    assert stats["mset"] == 24 and stats["xack"] == 3  # 500 keys / ids per command
+    assert stats["zadd"] == 3 and stats["zrem"] == 3
+    assert len(store.load_timers(1)) == 1250
     assert store.r.xlen(store.keys.changes(1)) == 110  # 100 records per entry
     assert [rec["i"] for _, _, rec in store.iter_records("changes")] == list(range(11_000))
     assert len(store.load_states(1, list(states))) == 12_000
@@ -243,7 +250,13 @@ def test_timers_and_clock_are_committed_with_the_checkpoint(store: RedisStore) -
 # -- ambiguous failures through a real faulty connection -----------------------------------
 
 
+SCRIPT_CALL = b"EVALSHA"
+"""What the proxy acts on: the checkpoint's one request (the script, run by its SHA)."""
+
+
 def proxied_store(proxy: TcpProxy) -> RedisStore:
+    # The script is cached up front so the first attempt is the EVALSHA, not a NOSCRIPT.
+    redis.Redis.from_url(proxy.url).script_load(CHECKPOINT_LUA)
     return RedisStore(proxy.url, retry=FAST_RETRY)
 
 
@@ -264,7 +277,7 @@ def test_reply_lost_after_commit_is_not_applied_twice(
     ids = deliver(direct, 4)
     proxy = tcp_proxy()
     store = proxied_store(proxy)
-    proxy.arm("drop_reply", committed=committed(direct, 4, 1))
+    proxy.arm("drop_reply", SCRIPT_CALL, committed=committed(direct, 4, 1))
     with caplog.at_level(logging.INFO, logger="leadscore.redis"):
         assert full_checkpoint(store, 4, 1, ids)
     assert proxy.fired.is_set()
@@ -281,27 +294,28 @@ def test_request_lost_before_exec_is_applied_on_retry(
     direct.ensure(8)
     proxy = tcp_proxy()
     store = proxied_store(proxy)
-    proxy.arm("drop_request")
+    proxy.arm("drop_request", SCRIPT_CALL)
     full_checkpoint(store, 1, 1, [])
     assert proxy.fired.is_set()
     assert direct.read_triggers() == [{"trigger": "mql", "seq": 1, "n": n} for n in range(3)]
     assert direct.last_checkpoint(1) == 1
 
 
-def test_stale_exec_arriving_after_the_retry_is_aborted_by_watch(
+def test_stale_script_call_arriving_after_the_retry_writes_nothing(
     redis_url: str, tcp_proxy: Callable[..., TcpProxy]
 ) -> None:
     direct = RedisStore(redis_url)
     direct.ensure(8)
     proxy = tcp_proxy()
     store = proxied_store(proxy)
-    proxy.arm("hold")  # the first EXEC is stuck "in the network" while the client retries
+    proxy.arm("hold", SCRIPT_CALL)  # the first call is stuck "in the network"; the client retries
     full_checkpoint(store, 6, 1, [])
     assert direct.last_checkpoint(6) == 1
-    # The old EXEC finally reaches Redis on its old connection: WATCH must abort it.
-    reply = proxy.release(until=b"\r\n")
-    assert reply.endswith((b"_\r\n", b"*-1\r\n")), reply  # RESP3 / RESP2 null = aborted
-    assert len(direct.read_triggers()) == 3
+    # The old call finally reaches Redis on its old connection: the script finds seq 1
+    # committed and answers {1 (already), 1} without writing anything.
+    reply = proxy.release(until=b":1\r\n:1\r\n")
+    assert reply == b"*2\r\n:1\r\n:1\r\n", reply
+    assert len(direct.read_triggers()) == 3 and len(direct.read_dead()) == 1
 
 
 # -- Redis restarts -------------------------------------------------------------------------
