@@ -357,7 +357,21 @@ def run(
         ),
     ] = None,
     workers: Annotated[
-        int, typer.Option("--workers", "-w", min=1, metavar="N", help="Bytewax worker threads.")
+        int,
+        typer.Option(
+            "--workers", "-w", min=1, metavar="N", help="Bytewax worker threads per process."
+        ),
+    ] = 1,
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes",
+            "-p",
+            min=1,
+            metavar="P",
+            help="Processes on this machine, joined into one Bytewax cluster. Threads share "
+            "one core (Python's GIL); processes use several. File runs only.",
+        ),
     ] = 1,
     shards: Annotated[
         int,
@@ -495,6 +509,11 @@ def run(
     from flows.scoring import FlowConfig, build_flow
 
     if source is not None:
+        if processes > 1:
+            _fail(
+                "--processes is for file runs; run one `leadscore run --source` per machine "
+                "or container instead: they share the partitions through Redis"
+            )
         if events or ctx.args:
             _fail("--events and --source exclude each other: score files or a Redis source")
         if out is not None:
@@ -546,15 +565,38 @@ def run(
     if tee is not None:
         sys.stdout = io.TextIOWrapper(tee, write_through=True)  # type: ignore[assignment]
     started = time.perf_counter()
+    if processes > 1:
+        if STDIO in paths or out == STDIO:
+            _fail(
+                "--processes needs events files and an --out directory: standard input and "
+                "output belong to one process"
+            )
+        for path in paths:  # a peer's own read error is lost when the others panic: check here
+            try:
+                with _open_input(path) as stream:
+                    stream.read(1)
+            except OSError as err:
+                _fail(f"cannot read {path}: {err}")
+        _run_processes(config, processes, workers, show)
+        seconds = time.perf_counter() - started
+        summary = next(_read_jsonl(Path(out) / "summary.json"), {})
+        _report(
+            report,
+            summary,
+            _top_contacts(_read_jsonl(Path(out) / "contacts.jsonl"), top),
+            seconds,
+            out,
+        )
+        return
     try:
         with _progress(paths, show):
             # cluster_main even for one worker: run_main turns Ctrl-C into a Rust panic.
             cluster_main(flow, [], 0, worker_count_per_proc=workers)
     except BaseException as err:  # Bytewax wraps worker errors: look at what caused them
-        cause = _first_cause(err, (KeyboardInterrupt, OSError))
+        cause = _first_cause(err, (KeyboardInterrupt, OSError, EOFError))
         if isinstance(cause, KeyboardInterrupt):
             _fail(f"interrupted; the outputs in {out} are incomplete", 130)
-        if isinstance(cause, OSError):
+        if isinstance(cause, OSError | EOFError):  # EOFError: a truncated .gz
             _fail(f"the run failed: {cause}")
         raise
     finally:
@@ -570,6 +612,118 @@ def run(
         summary = next(_read_jsonl(Path(out) / "summary.json"), {})
         leaders = _top_contacts(_read_jsonl(Path(out) / "contacts.jsonl"), top)
     _report(report, summary, leaders, seconds, out)
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for sock in socks:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in socks]
+    for sock in socks:
+        sock.close()
+    return ports
+
+
+_PEER = "import sys; from leadscore.cli import run_peer; run_peer(sys.argv[1])"
+_ROOT_CAUSE = "the run failed: "  # a peer's own error; the others only lost their connection
+
+
+def run_peer(spec: str) -> None:
+    """One process of ``run --processes``: the same flow, joined to its peers over loopback."""
+    from bytewax.testing import cluster_main
+
+    from flows.scoring import FlowConfig, build_flow
+
+    args = orjson.loads(spec)
+    config = FlowConfig(
+        rules=args["rules"], events=args["events"], out=args["out"], shards=args["shards"]
+    )
+    try:
+        cluster_main(
+            build_flow(config),
+            args["addresses"],
+            args["proc_id"],
+            worker_count_per_proc=args["workers"],
+        )
+    except BaseException as err:
+        cause = _first_cause(err, (OSError, EOFError))
+        if isinstance(cause, OSError | EOFError):
+            print(f"{_ROOT_CAUSE}{cause}", file=sys.stderr)
+            sys.exit(1)
+        raise
+
+
+def _run_processes(config: FlowConfig, processes: int, workers: int, show: bool) -> None:
+    """Run the file flow as ``processes`` local processes; fail fast when one fails.
+
+    Every process runs the same flow (Bytewax splits the input partitions and shards between
+    them); a failed peer would leave the others waiting for it, so they are stopped.
+    """
+    import subprocess
+    import tempfile
+
+    addresses = [f"127.0.0.1:{port}" for port in _free_ports(processes)]
+    base = {
+        "rules": config.rules,
+        "events": config.events,
+        "out": config.out,
+        "shards": config.shards,
+        "addresses": addresses,
+        "workers": workers,
+    }
+    with tempfile.TemporaryDirectory(prefix="leadscore-run-") as tmp:
+        logs = [Path(tmp) / f"process-{i}.log" for i in range(processes)]
+        peers = []
+        for i, log in enumerate(logs):
+            with log.open("wb") as sink:
+                spec = orjson.dumps({**base, "proc_id": i}).decode()
+                peers.append(
+                    subprocess.Popen(
+                        [sys.executable, "-c", _PEER, spec], stdout=sink, stderr=subprocess.STDOUT
+                    )
+                )
+        status = _console(stderr=True).status(
+            f"scoring with {processes} processes x {workers} worker{'s' if workers > 1 else ''}"
+        )
+        try:
+            if show:
+                status.start()
+            failed, grace = None, 0.0
+            while any(p.poll() is None for p in peers) and (failed is None or time.time() < grace):
+                if failed is None:
+                    failed = next((i for i, p in enumerate(peers) if p.poll()), None)
+                    grace = time.time() + 5.0  # time for the others to write their own error
+                time.sleep(0.05)
+            failed = next((i for i, p in enumerate(peers) if p.returncode), failed)
+        except KeyboardInterrupt:
+            failed = -1
+        finally:
+            status.stop()
+            for peer in peers:
+                if peer.poll() is None:
+                    peer.terminate()
+            for peer in peers:
+                peer.wait()
+        if failed == -1:
+            _fail(f"interrupted; the outputs in {config.out} are incomplete", 130)
+        if failed is not None:
+            # When one process fails the others panic on the broken connection: name the cause.
+            last = {i: _last_line(logs[i]) for i, p in enumerate(peers) if p.returncode}
+            failed, detail = next(
+                ((i, line) for i, line in last.items() if line.startswith(_ROOT_CAUSE)),
+                (failed, last.get(failed) or f"exit code {peers[failed].returncode}"),
+            )
+            hint = "" if detail.startswith(_ROOT_CAUSE) else "; rerun with --processes 1 to see why"
+            _fail(
+                f"process {failed} of {processes} failed: {detail.removeprefix(_ROOT_CAUSE)}{hint}"
+            )
+
+
+def _last_line(path: Path) -> str:
+    lines = path.read_text(errors="replace").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 # --------------------------------------------------------------------------- run --source

@@ -227,17 +227,53 @@ def test_run_to_stdout_keeps_the_report_on_stderr(rules: Path, events: Path) -> 
     assert "alice" in done.stderr  # the top leads, read from stdout on the way out
 
 
-def test_run_with_two_workers_gives_the_same_contacts(
-    rules: Path, events: Path, tmp_path: Path
-) -> None:
-    for workers in ("1", "2"):
-        done = cli("run", "-r", str(rules), "-e", str(events), "-o", str(tmp_path / workers))
+def test_two_workers_or_two_processes_give_the_same_results(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    done = cli("generate", "-n", "300", "-m", "4000", "-s", "3", "-o", str(events))
+    assert done.returncode == 0, done.stderr
+    runs = {"1": ["-w", "1"], "2w": ["-w", "2"], "2p": ["--processes", "2"]}
+    for name, how in runs.items():
+        done = cli(
+            "run", "-r", str(EXAMPLE_RULES), "-e", str(events), "-o", str(tmp_path / name), *how
+        )
         assert done.returncode == 0, done.stderr
-    one, two = (
-        sorted(read_jsonl(tmp_path / w / "contacts.jsonl"), key=lambda c: c["contact"])
-        for w in ("1", "2")
-    )
-    assert one == two
+        assert re.search(r"^4,000 events read", done.stdout, re.M), done.stdout
+    outputs = {
+        name: {
+            kind: sorted((tmp_path / name / f"{kind}.jsonl").read_bytes().splitlines())
+            for kind in ("contacts", "triggers", "changes", "dead_letter")
+        }
+        for name in runs
+    }
+    assert len(outputs["1"]["contacts"]) > 200 and outputs["1"]["triggers"]
+    assert outputs["2w"] == outputs["1"]
+    assert outputs["2p"] == outputs["1"]
+
+
+def test_processes_need_files_in_and_out(rules: Path, events: Path, tmp_path: Path) -> None:
+    done = cli("run", "-r", str(rules), "-e", "-", "-o", str(tmp_path / "o"), "-p", "2", input=b"")
+    assert done.returncode == 1
+    assert "--processes needs events files and an --out directory" in done.stderr
+    done = cli("run", "-r", str(rules), "--source", "redis://127.0.0.1:1/0", "-p", "2")
+    assert done.returncode == 1
+    assert "--processes is for file runs" in done.stderr
+
+
+def test_a_failing_process_fails_the_run_with_its_reason(rules: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(b"not gzip at all")
+    done = cli("run", "-r", str(rules), "-e", str(bad), "-o", str(tmp_path / "o"), "-p", "2")
+    assert done.returncode == 1
+    assert "cannot read" in done.stderr and "gzip" in done.stderr, done.stderr
+    # a file that goes bad past its first bytes: a peer fails mid-run, the run fails with it
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(gzip.compress(b'{"contact": "a", "action": "email.open"}\n' * 5000)[:-40])
+    done = cli("run", "-r", str(rules), "-e", str(broken), "-o", str(tmp_path / "o"), "-p", "2")
+    assert done.returncode == 1
+    assert re.search(r"^leadscore: process \d of 2 failed: .+", done.stderr, re.M), done.stderr
+    done = cli("run", "-r", str(rules), "-e", str(broken), "-o", str(tmp_path / "o"))
+    assert done.returncode == 1
+    assert "the run failed: Compressed file ended" in done.stderr, done.stderr
 
 
 def test_run_shows_a_progress_bar_on_a_terminal(rules: Path, events: Path, tmp_path: Path) -> None:
