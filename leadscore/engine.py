@@ -12,6 +12,7 @@ timer asks :meth:`Engine.next_due` when its score will cross a ``below`` thresho
 
 from __future__ import annotations
 
+from array import array
 from bisect import insort
 from dataclasses import dataclass
 from math import exp2, inf, log2
@@ -37,6 +38,7 @@ _EPSILON = 1e-9  # relative float noise tolerated when a decaying score meets a 
 RECENT_IDS = 16  # event ids remembered per contact to drop producer retries
 MAX_TRAIT_CHARS = 256  # keeps a contact's packed state bounded whatever a client sends
 _MISSING = object()
+_DERIVED = frozenset({"due", "idle"})  # ContactState fields that are caches, never stored
 
 
 # --------------------------------------------------------------------------- effects
@@ -115,6 +117,7 @@ class ContactState:
         "due",
         "fit",
         "groups",
+        "idle",
         "last_ts",
         "recent_ids",
         "segments",
@@ -137,9 +140,14 @@ class ContactState:
         self.traits: dict[str, Any] = {}
         self.fit: list[str] = []
         self.last_ts = 0.0
-        self.recent_ids: list[int] = []
+        # crc32 of the last RECENT_IDS event ids: 4 bytes each and a membership test in C,
+        # where a list of Python ints costs ~40 bytes an id.
+        self.recent_ids: array[int] = array("I")
         # Derived, never stored: when decay next crosses or re-arms a trigger (inf: never).
         self.due = _UNKNOWN
+        # Derived, never stored: whether that inf came from the triggers' states alone (none
+        # armed to fall or re-arm, no score able to rise), so points cannot change it.
+        self.idle = False
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ContactState) and all(
@@ -162,6 +170,7 @@ class Engine:
         self._group_names = tuple(rules.groups)
         self._by_action = rules.by_action
         self._stages_by_action = rules.stages_by_action
+        self._matchers = rules.matchers  # generated per action name; see compile_matcher
         self._stage_order = rules.stage_order
         self._allow_backward = rules.allow_backward
         self._fit = rules.fit
@@ -192,6 +201,16 @@ class Engine:
             name for name in negative if name in rules.groups and rules.groups[name].decays
         )
         self._below = tuple(t for t in rules.triggers if t.below)
+        self._rising_set = frozenset(self._rising_groups)
+        # For _evaluate: (name, half_life, expire_after) per group, and each trigger with the
+        # index of its score among the groups' scores followed by the total.
+        self._score_plan = tuple(
+            (name, spec.half_life, spec.expire_after) for name, spec in rules.groups.items()
+        )
+        self._trigger_plan = tuple(
+            (t, len(self._group_names) if t.score == TOTAL else self._group_names.index(t.score))
+            for t in rules.triggers
+        )
 
     # ---- public API
 
@@ -204,59 +223,45 @@ class Engine:
         if event_id is not None:
             h = crc32(event_id.encode())
             recent = state.recent_ids
-            if h in recent:
+            if h in recent:  # an array of uint32: the scan runs in C
                 return [Duplicate(event_id)]
             recent.append(h)
             if len(recent) > RECENT_IDS:
                 del recent[0]
         t = event.ts
-        effects: list[Effect] = self.advance(state, t) if self._needs_advance else []
+        due = state.due
+        if self._needs_advance and (due == _UNKNOWN or due <= t):
+            effects: list[Effect] = self.advance(state, t)
+        else:  # nothing can cross by t: all advance would do is move last_ts, just below
+            effects = []
         if t > state.last_ts:
             state.last_ts = t
         moved = False
-        lowered: dict[str, str] = {}  # each string prop lower-cased once per event
 
-        rules = self._by_action.get(event.action)
-        if rules is not None:
-            props = event.props
-            trackers = state.trackers
-            for r in rules:
+        matcher = self._matchers.get(event.action)
+        if matcher is not None:
+            hits, stage_ranks = matcher(event.props)
+            for r in hits:
                 if r.active_from is not None and t < r.active_from:
                     continue
                 if r.active_until is not None and t > r.active_until:
                     continue
-                needle = r.needle
-                if needle is not None:  # the common `url: "*/pricing*"`, inline
-                    lv = lowered.get(r.needle_key)  # type: ignore[arg-type]
-                    if lv is None:
-                        value = props.get(r.needle_key)  # type: ignore[arg-type]
-                        if type(value) is not str:
-                            continue
-                        lv = lowered[r.needle_key] = value.lower()  # type: ignore[index]
-                    if needle not in lv:
-                        continue
-                elif (r.conds is not None or r.match is not None) and not _where_holds(
-                    r.conds, r.match, props, lowered
-                ):
-                    continue
                 if r.tracked:
-                    tracker = trackers.get(r.id)
+                    tracker = state.trackers.get(r.id)
                     if tracker is None:
-                        tracker = trackers[r.id] = [0, None, None]
+                        tracker = state.trackers[r.id] = [0, None, None]
                     if not _admit(r, tracker, t):
                         continue
                 self._award(state, r.group, r.points, t, r.id, event_id, effects)
                 moved = True
+        else:
+            stage_ranks = ()
 
         if event.traits and self._fit_paths:
             moved = self._identify(state, event.traits, t, event_id, effects) or moved
 
-        stage_rules = self._stages_by_action.get(event.action)
-        if stage_rules is not None:
-            props = event.props
-            for sr in stage_rules:
-                if _where_holds(sr.conds, sr.match, props, lowered):
-                    self._move_stage(state, sr.rank, t, event.action, effects)
+        for rank in stage_ranks:
+            self._move_stage(state, rank, t, event.action, effects)
 
         if moved and self._triggers:
             self._evaluate(state, state.last_ts, event, effects)
@@ -431,11 +436,15 @@ class Engine:
         if spec.expire_after is not None and t + spec.expire_after <= g[1]:
             # Earned so long ago that it expired before the contact's clock: it counts in the
             # log (applied) but no longer in the score. Settling moved the group's anchor.
-            state.due = _UNKNOWN
+            if not state.idle or state.due != inf or (points < 0 and group in self._rising_set):
+                state.due = _UNKNOWN
             effects.append(PointChange(rule, group, points, applied, before, event_id, t, capped))
             return applied
         g[0] = after
-        state.due = _UNKNOWN
+        # Points move crossings, so the cached due goes, unless no trigger can cross at all
+        # (idle): then only negative points, which can make a score rise, change that.
+        if not state.idle or state.due != inf or (points < 0 and group in self._rising_set):
+            state.due = _UNKNOWN
         if spec.expire_after is not None and applied:
             expires = t + spec.expire_after
             buckets = g[2]
@@ -451,39 +460,52 @@ class Engine:
         """The earliest decay crossing of an armed ``below`` trigger or of a ``rearm_below``."""
         best, best_trigger = inf, None
         triggers = state.triggers
+        # Triggers on the same score share its decay profile (usually all are on the total).
+        profiles: dict[str, _Profile] = {}
         for trigger in self._decay_rearm:
             fired = triggers.get(trigger.id)
             if fired is None or fired < 0:
                 continue  # armed already
-            due = self._crossing_time(state, trigger.score, trigger.rearm_below)  # type: ignore[arg-type]
+            profile = profiles.get(trigger.score)
+            if profile is None:
+                profile = profiles[trigger.score] = self._profile(state, trigger.score)
+            due = _crossing(profile, trigger.rearm_below)  # type: ignore[arg-type]
             if due is not None and due < best:
                 best, best_trigger = due, trigger
-        rising = self._rising_groups and self._may_have_risen(state)
+        rising: bool | None = None  # computed when first needed
         for trigger in self._decay_below:
+            rise = False
             if not _below_armed(trigger, triggers.get(trigger.id)):
-                if rising:  # a negative part decaying or expiring lifts the score: arm then
-                    due = self._crossing_time(state, trigger.score, trigger.threshold, True)
-                    if due is not None and due < best:
-                        best, best_trigger = due, trigger
-                continue
-            due = self._crossing_time(state, trigger.score, trigger.threshold)
+                if rising is None:
+                    rising = bool(self._rising_groups) and self._may_have_risen(state)
+                if not rising:
+                    continue
+                rise = True  # a negative part decaying or expiring lifts the score: arm then
+            profile = profiles.get(trigger.score)
+            if profile is None:
+                profile = profiles[trigger.score] = self._profile(state, trigger.score)
+            due = _crossing(profile, trigger.threshold, rise)
             if due is not None and due < best:
                 best, best_trigger = due, trigger
+        state.idle = not profiles  # no trigger could cross whatever the scores: see _award
         return best, best_trigger
 
     def _crossing_time(
         self, state: ContactState, name: str, threshold: float, rising: bool = False
     ) -> float | None:
-        """First time decay alone takes the score under ``threshold`` (or, rising, to it).
+        """First time decay alone takes the score under ``threshold`` (or, rising, to it)."""
+        return _crossing(self._profile(state, name), threshold, rising)
 
-        Closed form between award expiries when one half-life drives the score; bisection when
-        several half-lives mix. Rising happens when negative points decay or expire.
+    def _profile(self, state: ContactState, name: str) -> _Profile:
+        """A score's decay as (t0, constant, waves, expiries), from which crossings are solved.
+
+        Solved from the latest anchor of the groups, not from `last_ts`: the answer must be a
+        function of what is checkpointed and changes only when the groups do, so a contact
+        reloaded mid-run waits for the same instant, to the last bit, as one kept in memory.
         """
         names = self._group_names if name == TOTAL else (name,)
-        # Solve from the latest anchor of the groups, not from `last_ts`: the answer must be a
-        # function of what is checkpointed and changes only when the groups do, so a contact
-        # reloaded mid-run waits for the same instant, to the last bit, as one kept in memory.
         groups = state.groups
+        specs = self._groups
         t0 = 0.0
         for gname in names:
             g = groups.get(gname)
@@ -495,9 +517,11 @@ class Engine:
         waves: list[tuple[float, float]] = []  # (score at t0, half-life)
         expiries: list[tuple[float, float]] = []
         for gname in names:
-            g = state.groups.get(gname)
-            spec = self._groups.get(gname)
-            if g is None or spec is None:
+            g = groups.get(gname)
+            if g is None:
+                continue
+            spec = specs.get(gname)
+            if spec is None:
                 continue
             if spec.half_life is not None:
                 s = g[0] * exp2((g[1] - t0) / spec.half_life) if t0 > g[1] else g[0]
@@ -512,53 +536,35 @@ class Engine:
                 constant += c
             else:
                 constant += g[0]
-
-        def reached(v: float) -> bool:
-            return v >= threshold if rising else v < threshold
-
-        # At the start, "already there" needs a clear margin: a score that sits on the threshold
-        # within float noise has just crossed it and must not bounce back and forth.
-        margin = _EPSILON * max(1.0, abs(threshold))
-
-        def already(v: float) -> bool:
-            return v > threshold + margin if rising else v < threshold - margin
-
-        if not expiries and len(waves) <= 1:  # the common case, without closures or sorting
-            wave = waves[0][0] if waves else 0.0
-            if already(constant + wave):
-                return t0
-            if not waves:
-                return None
-            return _wave_crossing(wave, waves[0][1], constant, threshold, t0, rising)
         expiries.sort()
-
-        def value(t: float, c: float) -> float:
-            return c + sum(s * exp2((t0 - t) / h) for s, h in waves)
-
-        start = t0
-        if already(value(start, constant)):
-            return start
-        for boundary, points in [*expiries, (inf, 0.0)]:
-            due = _solve(waves, constant, threshold, rising, t0, start, boundary, value)
-            if due is not None:
-                return due
-            if boundary == inf:
-                return None
-            constant -= points
-            if reached(value(boundary, constant)):
-                return boundary
-            start = boundary
-        return None
+        return t0, constant, waves, expiries
 
     # ---- triggers, stages, segments
 
     def _evaluate(self, state: ContactState, t: float, event: Event, effects: list[Effect]) -> None:
+        # Every score a trigger reads, once: each group's, then the total (firing a trigger
+        # changes no score). The same arithmetic as score(), so the same bits.
+        groups = state.groups
+        values: list[float] = []
+        for name, half_life, expire_after in self._score_plan:
+            g = groups.get(name)
+            if g is None:
+                values.append(0.0)
+                continue
+            score = g[0]
+            if half_life is not None:
+                if t > g[1]:
+                    score *= exp2((g[1] - t) / half_life)
+            elif expire_after is not None:
+                for expires, points in g[2]:
+                    if expires > t:
+                        break
+                    score -= points
+            values.append(score)
+        values.append(sum(values))  # TOTAL, summed in the order score() sums it
         triggers = state.triggers
-        scores: dict[str, float] = {}
-        for trigger in self._triggers:
-            s = scores.get(trigger.score)
-            if s is None:
-                s = scores[trigger.score] = self.score(state, trigger.score, t)
+        for trigger, index in self._trigger_plan:
+            s = values[index]
             fired = triggers.get(trigger.id)
             if trigger.below:
                 armed = _below_armed(trigger, fired)
@@ -752,6 +758,51 @@ def _below_armed(trigger: Trigger, packed: int | None) -> bool:
     if packed is None:
         return trigger.threshold <= 0  # the starting score 0 is at or above it
     return packed < 0
+
+
+_Profile = tuple[float, float, list[tuple[float, float]], list[tuple[float, float]]]
+
+
+def _crossing(profile: _Profile, threshold: float, rising: bool = False) -> float | None:
+    """First time decay alone takes a score under ``threshold`` (or, rising, to it).
+
+    Closed form between award expiries when one half-life drives the score; bisection when
+    several half-lives mix. Rising happens when negative points decay or expire.
+    """
+    t0, constant, waves, expiries = profile
+    # At the start, "already there" needs a clear margin: a score that sits on the threshold
+    # within float noise has just crossed it and must not bounce back and forth.
+    margin = _EPSILON * max(1.0, abs(threshold))
+    if not expiries and len(waves) <= 1:  # the common case, without closures
+        wave = waves[0][0] if waves else 0.0
+        v = constant + wave
+        if (v > threshold + margin) if rising else (v < threshold - margin):
+            return t0
+        if not waves:
+            return None
+        return _wave_crossing(wave, waves[0][1], constant, threshold, t0, rising)
+
+    def reached(v: float) -> bool:
+        return v >= threshold if rising else v < threshold
+
+    def value(t: float, c: float) -> float:
+        return c + sum(s * exp2((t0 - t) / h) for s, h in waves)
+
+    start = t0
+    v = value(start, constant)
+    if (v > threshold + margin) if rising else (v < threshold - margin):
+        return start
+    for boundary, points in [*expiries, (inf, 0.0)]:
+        due = _solve(waves, constant, threshold, rising, t0, start, boundary, value)
+        if due is not None:
+            return due
+        if boundary == inf:
+            return None
+        constant -= points
+        if reached(value(boundary, constant)):
+            return boundary
+        start = boundary
+    return None
 
 
 def _wave_crossing(

@@ -12,7 +12,7 @@ import fnmatch
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,9 @@ REPEAT_EVERY, REPEAT_ONCE, REPEAT_WINDOW, REPEAT_COOLDOWN = 0, 1, 2, 3
 
 _MISSING = object()
 Predicate = Callable[[Any], bool]
+# An action's matcher: props -> (the action rules whose `where` holds, in file order, and the
+# ranks of the stage rules whose `where` holds, in file order).
+Matcher = Callable[[dict[str, Any]], "tuple[tuple[ActionRule, ...], tuple[int, ...]]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +72,7 @@ class Condition:
     these inline, because matching dominates the cost of a page hit.
     """
 
-    __slots__ = ("keys", "low", "needle", "test")
+    __slots__ = ("expected", "keys", "low", "needle", "test")
 
     def __init__(
         self,
@@ -77,11 +80,13 @@ class Condition:
         test: Predicate,
         low: Callable[[str], bool] | None = None,
         needle: str | None = None,
+        expected: object = None,
     ) -> None:
         self.keys = keys
         self.test = test
         self.low = low
         self.needle = needle
+        self.expected = expected  # the value as written: compile_matcher inlines it
 
     def holds(self, props: dict[str, Any]) -> bool:
         if len(self.keys) == 1:
@@ -212,6 +217,8 @@ class Rules:
     known_actions: frozenset[str]
     by_action: dict[str, tuple[ActionRule, ...]]
     stages_by_action: dict[str, tuple[StageRule, ...]]
+    # Per action name, all of its action and stage rules' `where` as one generated function.
+    matchers: dict[str, Matcher] = field(default_factory=dict)
 
     def is_known(self, action: str) -> bool:
         return action in self.known_actions
@@ -352,6 +359,12 @@ class _Compiler:
             known_actions=frozenset(known),
             by_action={k: tuple(v) for k, v in by_action.items()},
             stages_by_action={k: tuple(v) for k, v in stages_by_action.items()},
+            matchers={
+                name: compile_matcher(
+                    name, tuple(by_action.get(name, ())), tuple(stages_by_action.get(name, ()))
+                )
+                for name in {**by_action, **stages_by_action}
+            },
         )
 
     # ---- groups
@@ -535,7 +548,7 @@ class _Compiler:
             test = self.matcher(where, f"where.{path}", expected)
             if test is not None:
                 low, needle = _lowered(expected)
-                conditions.append(Condition(tuple(path.split(".")), test, low, needle))
+                conditions.append(Condition(tuple(path.split(".")), test, low, needle, expected))
         return tuple(conditions)
 
     def matcher(self, where: str, field: str, expected: object) -> Predicate | None:
@@ -1010,3 +1023,142 @@ def _kind(value: object) -> str:
     if isinstance(value, list):
         return "a list"
     return f"{type(value).__name__} {value!r}"
+
+
+# --------------------------------------------------------------------------- matchers
+
+
+def compile_matcher(
+    action: str, rules: tuple[ActionRule, ...], stage_rules: tuple[StageRule, ...]
+) -> Matcher:
+    """All the `where` tests one action name selects, generated as one Python function.
+
+    Why: a page hit runs ~14 tests against the same few props, and as closures each costs a
+    call, a generator and a lower-casing. The generated function reads and lower-cases each
+    prop once, inlines substring and equality tests, computes a test shared by several rules
+    (``*/pricing*`` thrice) once, and maps the set of rules that hold to precomputed tuples.
+    Every test is pure, so the order and laziness of evaluation cannot change a result: the
+    semantics are exactly those of ``_where_holds`` (inline form) and ``match`` (dotted paths).
+    """
+    consts: dict[str, Any] = {"_MISSING": _MISSING}
+    keys: dict[str, int] = {}  # top-level prop -> its local variable index
+
+    def const(value: object) -> str:
+        name = f"k{len(consts)}"
+        consts[name] = value
+        return name
+
+    def low_expr(expected: object, lv: str) -> str | None:
+        """An expression for `low(lv)` (see _lowered), None when no string matches."""
+        if isinstance(expected, list):
+            parts = [p for p in (low_expr(e, lv) for e in expected) if p is not None]
+            return f"({' or '.join(parts)})" if parts else None
+        test, needle = _lowered(expected)
+        if test is None:
+            return None
+        if needle is not None:
+            return f"{needle!r} in {lv}"
+        if isinstance(expected, str) and not any(c in expected for c in "*?["):
+            return f"{lv} == {expected.lower()!r}"
+        return f"{const(test)}({lv})"
+
+    def inline(cond: Condition) -> str:
+        """One condition on a top-level prop, as _where_holds checks it."""
+        key = cond.keys[0]
+        i = keys.setdefault(key, len(keys))
+        v, lv = f"v{i}", f"l{i}"
+        expected = cond.expected
+        if isinstance(expected, bool):  # `v is expected`, and no string is a bool
+            return f"{v} is {expected!r}"
+        if cond.needle is not None:
+            on_str = f"{cond.needle!r} in {lv}"
+        elif cond.low is None:
+            on_str = "False"
+        else:
+            on_str = low_expr(expected, lv) or f"{const(cond.low)}({lv})"
+        if _only_text(expected):  # its raw test is False for anything but a string
+            return f"({lv} is not None and {on_str})"
+        raw = f"({v} is not _MISSING and {const(cond.test)}({v}))"
+        return f"({on_str} if {lv} is not None else {raw})"
+
+    def where_expr(conds: Any, match: Any, where: tuple[Condition, ...]) -> str:
+        if conds is None:
+            if match is None:
+                return "True"
+            return " and ".join(f"{const(c.holds)}(props)" for c in where)
+        return " and ".join(inline(c) for c in where)
+
+    tests = [where_expr(r.conds, r.match, r.where) for r in rules]
+    tests += [where_expr(s.conds, s.match, s.where) for s in stage_rules]
+    # Atoms used by several rules are computed once, up front.
+    atoms: dict[str, int] = {}
+    for test in tests:
+        for atom in set(_split_and(test)) - {"True"}:
+            atoms[atom] = atoms.get(atom, 0) + 1
+    shared = {atom: f"a{j}" for j, atom in enumerate(a for a, n in atoms.items() if n > 1)}
+    body, always = [], 0
+    for bit, test in enumerate(tests):
+        if test == "True":
+            always |= 1 << bit  # no `where`: folded into the starting mask
+            continue
+        expr = " and ".join(shared.get(a, a) for a in _split_and(test))
+        body += [f"    if {expr}:", f"        m |= {1 << bit}"]
+    body.append("    return resolved[m]")
+    lines = ["def match(props):"]
+    used = "\n".join([*shared, *body])
+    for key, i in keys.items():
+        lines.append(f"    v{i} = props.get({key!r}, _MISSING)")
+        if re.search(rf"\bl{i}\b", used):
+            lines.append(f"    l{i} = v{i}.lower() if type(v{i}) is str else None")
+    lines += [f"    {name} = {atom}" for atom, name in shared.items()]
+    lines += [f"    m = {always}", *body]
+
+    count = len(rules)
+
+    class Resolved(dict[int, tuple[tuple[ActionRule, ...], tuple[int, ...]]]):
+        def __missing__(self, m: int) -> tuple[tuple[ActionRule, ...], tuple[int, ...]]:
+            hit = tuple(r for b, r in enumerate(rules) if m >> b & 1)
+            ranks = tuple(s.rank for b, s in enumerate(stage_rules) if m >> (count + b) & 1)
+            self[m] = value = (hit, ranks)
+            return value
+
+    consts["resolved"] = Resolved()
+    source = "\n".join(lines)
+    namespace = dict(consts)
+    # Only our own text runs: every literal is repr()-quoted, every value a bound constant.
+    exec(compile(source, f"<where of {action}>", "exec"), namespace)
+    matcher: Matcher = namespace["match"]
+    matcher.source = source  # type: ignore[attr-defined]  # for debugging and tests
+    return matcher
+
+
+def _only_text(expected: object) -> bool:
+    """Whether a `where` value is text or a list of texts (so only strings can match it)."""
+    if isinstance(expected, list):
+        return all(_only_text(e) for e in expected)
+    return isinstance(expected, str)
+
+
+def _split_and(expr: str) -> list[str]:
+    """The top-level ` and `-joined atoms of a generated test (atoms are parenthesised)."""
+    out, depth, start = [], 0, 0
+    i = 0
+    while i < len(expr):
+        c = expr[i]
+        if c in "([":
+            depth += 1
+        elif c in ")]":
+            depth -= 1
+        elif c in "'\"":  # skip a string literal
+            end = i + 1
+            while expr[end] != c:
+                end += 2 if expr[end] == "\\" else 1
+            i = end
+        elif depth == 0 and expr.startswith(" and ", i):
+            out.append(expr[start:i])
+            start = i + 5
+            i += 5
+            continue
+        i += 1
+    out.append(expr[start:])
+    return out

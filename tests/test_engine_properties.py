@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import random
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scoring_helpers import DAY, HOUR, MINUTE, T0, engine, ev, of_type, rules
 
-from leadscore.engine import Engine, PointChange
+from leadscore.engine import Duplicate, Engine, PointChange
 from leadscore.events import Event
 from leadscore.rules import load_rules
-from state.codec import decode, encode
+from state.codec import FIELDS, decode, encode
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -301,14 +302,40 @@ def test_encode_decode_is_the_identity(events: list[Event], more: list[Event]) -
     assert encode(state) == encode(restored)
 
 
-def test_encoded_state_starts_with_format_version_1() -> None:
+def test_encoded_state_starts_with_format_version_2() -> None:
     import msgpack
 
     eng = rich()
-    state, _ = replay(eng, [ev("page.hit", T0, url=URLS[0])])
+    state, _ = replay(eng, [ev("page.hit", T0, url=URLS[0], id="e-1")])
     fields = msgpack.unpackb(encode(state), raw=False, strict_map_key=False)
     assert isinstance(fields, list)
-    assert fields[0] == 1
+    assert fields[0] == 2
+    # recent_ids: little-endian uint32 crc32 values in one bin
+    assert fields[-1] == zlib.crc32(b"e-1").to_bytes(4, "little")
+
+
+def test_decode_reads_a_format_1_blob() -> None:
+    """Blobs written before format 2 (recent_ids as a list of ints) still load, and the
+    contact scores on exactly as if it had been kept in memory."""
+    import msgpack
+
+    eng = rich()
+    events = [
+        ev("page.hit", T0 + i * HOUR, url=URLS[i % len(URLS)], id=f"e-{i}") for i in range(20)
+    ]
+    state, _ = replay(eng, events)
+    v1 = msgpack.packb(
+        [1, *(getattr(state, name) for name in FIELDS[:-1]), list(state.recent_ids)],
+        use_bin_type=True,
+    )
+    restored = decode(v1)
+    assert restored == state
+    assert list(restored.recent_ids) == [zlib.crc32(f"e-{i}".encode()) for i in range(4, 20)]
+    assert eng.next_due(restored) == eng.next_due(state)
+    assert of_type(eng.apply(restored, events[-1]), Duplicate)  # still remembered
+    later = ev("page.hit", T0 + 30 * HOUR, url=URLS[0], id="e-new")
+    assert eng.apply(restored, later) == eng.apply(state, later)
+    assert encode(restored) == encode(state)
 
 
 def test_decode_rejects_garbage_and_other_versions() -> None:
