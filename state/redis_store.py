@@ -191,9 +191,20 @@ def pack_records(records: Sequence[bytes], per_entry: int = RECORDS_PER_ENTRY) -
     is refused here, before anything is written.
     """
     entries: list[bytes] = []
-    chunk: list[bytes] = []
+    # Fast path: whole slices of per_entry records joined at C speed. A slice that fits the
+    # byte cap is exactly what the record-by-record loop below would build, and it holds
+    # len - 1 newlines unless a record brings its own.
+    start = 0
+    while start < len(records):
+        chunk = records[start : start + per_entry]
+        payload = b"\n".join(chunk)
+        if len(payload) > ENTRY_BYTES or payload.count(b"\n") != len(chunk) - 1:
+            break
+        entries.append(payload)
+        start += per_entry
+    chunk = []
     size = 0
-    for record in records:
+    for record in records[start:]:
         if b"\n" in record:
             raise ValueError(f"a record must be one line of JSON, got {record[:80]!r}")
         if chunk and (len(chunk) >= per_entry or size + len(record) > ENTRY_BYTES):

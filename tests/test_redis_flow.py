@@ -183,8 +183,15 @@ def progress(url: str, cluster: bool = False) -> Progress:
         total = read = pending = 0
         for p in range(P):
             group = client.xinfo_groups(keys.input(p))[0]
-            total += client.xlen(keys.input(p))
-            read += group["entries-read"] or 0
+            length = client.xlen(keys.input(p))
+            total += length
+            if group["entries-read"] is not None:
+                read += group["entries-read"]
+            else:
+                # Redis 7 may forget the counter (None) when it reloads its AOF; then count
+                # what lies beyond the group's last delivered entry instead.
+                after = "(" + group["last-delivered-id"].decode()
+                read += length - len(client.xrange(keys.input(p), min=after))
             pending += group["pending"]
         return Progress(total, read, pending)
     finally:
