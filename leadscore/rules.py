@@ -1081,11 +1081,69 @@ def compile_matcher(
         raw = f"({v} is not _MISSING and {const(cond.test)}({v}))"
         return f"({on_str} if {lv} is not None else {raw})"
 
+    paths: dict[tuple[str, ...], str] = {}  # dotted path -> its local variable
+    path_lines: list[str] = []
+
+    def resolve(keys_: tuple[str, ...]) -> str:
+        """Locals holding what Condition.holds reads at a dotted path (_MISSING: it fails)."""
+        var = paths.get(keys_)
+        if var is not None:
+            return var
+        var = paths[keys_] = f"d{len(paths)}"
+        flat = ".".join(keys_)
+
+        def step(i: int, cur: str, ind: str) -> list[str]:
+            x = f"{var}_{i}"
+            out = [
+                f"{ind}{x} = {cur}.get({keys_[i]!r}, _MISSING)",
+                f"{ind}if {x} is _MISSING:",  # a flat key like "utm.source" counts too
+                f"{ind}    {var} = props.get({flat!r}, _MISSING)",
+            ]
+            if i == len(keys_) - 1:
+                return [*out, f"{ind}else:", f"{ind}    {var} = {x}"]
+            deeper = step(i + 1, x, ind + "    ")
+            return [
+                *out,
+                f"{ind}elif type({x}) is dict:",
+                *deeper,
+                f"{ind}else:",
+                f"{ind}    {var} = _MISSING",
+            ]
+
+        path_lines.extend(step(0, "props", "    "))
+        return var
+
+    def raw_expr(expected: object, v: str) -> str | None:
+        """An expression for the raw test (see matcher) of a value known not to be _MISSING."""
+        if isinstance(expected, bool):
+            return f"{v} is {expected!r}"
+        if isinstance(expected, list):
+            parts = [raw_expr(e, v) for e in expected]
+            if any(p is None for p in parts):
+                return None
+            return f"({' or '.join(parts)})"  # type: ignore[arg-type]
+        if not isinstance(expected, str):
+            return None
+        _, needle = _lowered(expected)
+        if needle is not None:
+            return f"(isinstance({v}, str) and {needle!r} in {v}.lower())"
+        if not any(c in expected for c in "*?["):
+            return f"(isinstance({v}, str) and {v}.lower() == {expected.lower()!r})"
+        return None
+
+    def dotted(cond: Condition) -> str:
+        """Condition.holds, with the path walked once per event and common tests inline."""
+        if len(cond.keys) == 1:
+            return f"{const(cond.holds)}(props)"
+        var = resolve(cond.keys)
+        test = raw_expr(cond.expected, var) or f"{const(cond.test)}({var})"
+        return f"({var} is not _MISSING and {test})"
+
     def where_expr(conds: Any, match: Any, where: tuple[Condition, ...]) -> str:
         if conds is None:
             if match is None:
                 return "True"
-            return " and ".join(f"{const(c.holds)}(props)" for c in where)
+            return " and ".join(dotted(c) for c in where)
         return " and ".join(inline(c) for c in where)
 
     tests = [where_expr(r.conds, r.match, r.where) for r in rules]
@@ -1110,6 +1168,7 @@ def compile_matcher(
         lines.append(f"    v{i} = props.get({key!r}, _MISSING)")
         if re.search(rf"\bl{i}\b", used):
             lines.append(f"    l{i} = v{i}.lower() if type(v{i}) is str else None")
+    lines += path_lines
     lines += [f"    {name} = {atom}" for atom, name in shared.items()]
     lines += [f"    m = {always}", *body]
 
