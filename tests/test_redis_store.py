@@ -561,3 +561,17 @@ def test_cluster_checkpoint_is_one_legal_transaction_per_partition(redis_cluster
     pipe.set(keys.checkpoint(1), 1)
     with pytest.raises(CrossSlotTransactionError):
         pipe.execute()
+
+
+def test_checkpoint_survives_redis_forgetting_the_script(store: RedisStore) -> None:
+    """NOSCRIPT (restart, failover, SCRIPT FLUSH) costs one EVAL with the text, then EVALSHA."""
+    assert store.checkpoint(3, 1, triggers=[b'{"n": 1}'])
+    store.r.script_flush()
+    store.r.config_resetstat()
+    assert store.checkpoint(3, 2, triggers=[b'{"n": 2}'])
+    stats = commandstats(store.r)
+    assert stats["eval"] == 1 and stats["evalsha"] == 1  # the NOSCRIPT reply, then EVAL
+    store.r.config_resetstat()
+    assert store.checkpoint(3, 3, triggers=[b'{"n": 3}'])
+    assert commandstats(store.r).get("eval", 0) == 0  # cached again
+    assert [t["n"] for t in store.read_triggers()] == [1, 2, 3]
