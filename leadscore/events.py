@@ -132,10 +132,38 @@ def parse_ts(value: object, now: float) -> float | Reject:
     return Reject("wrong_type", f"field 'ts' must be text or a number, got {_json_type(value)}")
 
 
+def _format_ts_slow(ts: float) -> str:
+    # The reference rendering; the fast path below must match it to the byte.
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+# format_ts runs once per output record and an aware isoformat() costs microseconds (it asks
+# the tzinfo for its offset), so the hour is cached as text and the rest is looked up: one
+# dict probe, two table indexes and two concatenations.
+_HOURS: dict[int, str] = {}  # epoch hour -> "YYYY-MM-DDTHH:"
+_HOURS_MAX = 1 << 14  # ~2 years of distinct hours; cleared, not evicted, past that
+_MINUTES_SECONDS = tuple(f"{m:02d}:{s:02d}." for m in range(60) for s in range(60))
+_MILLIS = tuple(f"{ms:03d}Z" for ms in range(1000))
+
+
 def format_ts(ts: float) -> str:
     """RFC 3339 in UTC with milliseconds, the form every output uses."""
-    # isoformat is byte-identical to strftime here and ~40% cheaper (once per output record).
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    if 0 <= ts <= _MAX_TS:  # NaN, negative and huge values take the reference path
+        whole = int(ts)
+        # fromtimestamp's rounding exactly: the fraction (exact for a float) to microseconds
+        # half to even, carried into the second at 1e6; isoformat then truncates to millis.
+        us = round((ts - whole) * 1e6)
+        if us >= 1_000_000:
+            whole += 1
+            us -= 1_000_000
+        hour, rest = divmod(whole, 3600)
+        prefix = _HOURS.get(hour)
+        if prefix is None:
+            if len(_HOURS) >= _HOURS_MAX:
+                _HOURS.clear()
+            prefix = _HOURS[hour] = _format_ts_slow(hour * 3600)[:14]
+        return prefix + _MINUTES_SECONDS[rest] + _MILLIS[us // 1000]
+    return _format_ts_slow(ts)
 
 
 def validate_event(obj: object, now: float, size: int = 0) -> Event | Reject:

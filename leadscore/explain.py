@@ -117,9 +117,11 @@ def effect_record(contact: str, effect: Effect, action: str | None = None) -> di
     Point changes also carry the event's ``action`` when the caller knows it, because the
     change log alone does not say which action earned the points.
     """
+    # One dict literal per kind, in output key order: no merges or temporary dicts, as this
+    # runs once per output record of the flow.
     t = type(effect)
     if t is PointChange:
-        return {
+        rec: dict[str, Any] = {
             "contact": contact,
             "kind": "points",
             "rule": effect.rule,
@@ -130,7 +132,19 @@ def effect_record(contact: str, effect: Effect, action: str | None = None) -> di
             "capped": effect.capped,
             "event_id": effect.event_id,
             "at": format_ts(effect.at),
-        } | ({"action": action} if action is not None else {})
+        }
+        if action is not None:
+            rec["action"] = action
+        return rec
+    if t is StageChanged:
+        return {
+            "contact": contact,
+            "kind": "stage",
+            "stage": effect.stage,
+            "previous": effect.previous,
+            "cause": effect.cause,
+            "at": format_ts(effect.at),
+        }
     if t is TriggerFired:
         return {
             "contact": contact,
@@ -140,17 +154,27 @@ def effect_record(contact: str, effect: Effect, action: str | None = None) -> di
             "actions": effect.actions,
             "cause": effect.cause,
         }
-    if t is StageChanged:
-        body: dict[str, Any] = {"kind": "stage", "stage": effect.stage, "previous": effect.previous}
-    elif t is SegmentChanged:
-        body = {"kind": "segment", "segment": effect.segment, "added": effect.added}
-    elif t is TagChanged:
-        body = {"kind": "tag", "tag": effect.tag, "added": effect.added}
-    elif t is Duplicate:
+    if t is SegmentChanged:
+        return {
+            "contact": contact,
+            "kind": "segment",
+            "segment": effect.segment,
+            "added": effect.added,
+            "cause": effect.cause,
+            "at": format_ts(effect.at),
+        }
+    if t is TagChanged:
+        return {
+            "contact": contact,
+            "kind": "tag",
+            "tag": effect.tag,
+            "added": effect.added,
+            "cause": effect.cause,
+            "at": format_ts(effect.at),
+        }
+    if t is Duplicate:
         return None
-    else:
-        raise TypeError(f"no record for {effect!r}")
-    return {"contact": contact, **body, "cause": effect.cause, "at": format_ts(effect.at)}
+    raise TypeError(f"no record for {effect!r}")
 
 
 def explain(

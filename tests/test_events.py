@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from leadscore.events import (
     MAX_EVENT_BYTES,
@@ -311,3 +313,64 @@ def test_pre_1970_text_is_rejected_like_negative_numbers() -> None:
 def test_huge_integer_timestamp_is_a_reject_not_an_exception() -> None:
     # validate_event takes already-decoded objects (e.g. stdlib json gives unbounded ints)
     assert code(validate_event(good(ts=10**400), NOW)) in {"bad_ts", "non_finite"}
+
+
+# --- format_ts: the cached fast path renders exactly what datetime does -----------------------
+
+MAX_TS = 253402300799.0
+
+
+def reference_format_ts(ts: float) -> str:
+    """format_ts as it was: one datetime per call (the fast path must match it to the byte)."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def outcome(fn: object, ts: float) -> str:
+    try:
+        return fn(ts)  # type: ignore[operator,no-any-return]
+    except (ValueError, OverflowError, OSError) as exc:
+        return f"raises {type(exc).__name__}"
+
+
+def near_half(second: int, micros: int, way: int) -> float:
+    """A time a hair from a half-microsecond, where rounding to microseconds decides."""
+    ts = second + (micros + 0.5) / 1e6
+    return math.nextafter(ts, math.inf * way) if way else ts
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.one_of(
+        st.floats(),  # anything: NaN, infinities, negatives, huge values
+        st.floats(min_value=0, max_value=MAX_TS),
+        st.floats(min_value=0, max_value=4e9),  # the years we actually see
+        st.builds(
+            near_half,
+            st.integers(0, int(MAX_TS)),
+            st.integers(0, 999_999),
+            st.sampled_from([-1, 0, 1]),
+        ),
+        st.integers(-(2**40), 2**40).map(float),
+        st.integers(-(2**40), 2**40),
+    )
+)
+@example(0.0)
+@example(-0.0)
+@example(0.0005)
+@example(0.9999995)
+@example(59.9999996)
+@example(3599.9999999)
+@example(MAX_TS)
+@example(MAX_TS + 0.5)
+@example(math.nextafter(MAX_TS, 0))
+@example(5e-324)
+@example(-1e-300)
+def test_format_ts_matches_datetime_exactly(ts: float) -> None:
+    assert outcome(format_ts, ts) == outcome(reference_format_ts, ts)
+
+
+def test_format_ts_is_right_across_many_hours() -> None:
+    # Enough distinct hours to fill and clear the hour cache: every rendering still matches.
+    for hour in range(0, 2_000_000, 97):
+        ts = hour * 3600.0 + 1234.5678
+        assert format_ts(ts) == reference_format_ts(ts)

@@ -506,3 +506,110 @@ def test_stdin_to_stdout_labels_every_line_once(tmp_path: Path) -> None:
             changes.append(record)
     assert labels == {"changes": 2, "contacts": 1, "summary": 1}
     assert sorted(c["kind"] for c in changes) == ["points", "stage"]
+
+
+# --- the parser's per-shard grouping and the record format, in-process ----------------------
+
+
+def test_parser_sends_one_list_per_shard_in_line_order() -> None:
+    from flows.scoring import DeadLetter, Parser, Tick, shard_of
+    from leadscore.events import Event
+    from leadscore.rules import load_rules_text
+
+    rules = load_rules_text(RULES)
+    lines = [
+        orjson.dumps({"contact": f"c{i % 5}", "action": "page.hit", "ts": T0 + i, "id": f"e{i}"})
+        for i in range(40)
+    ]
+    lines[7] = b"{not json"
+    out = Parser(rules, 8)((0, "in.jsonl", 1, lines))
+    keys = [key for key, _ in out]
+    assert len(keys) == len(set(keys)) == 8  # one item per shard, and every shard ticks
+    for key, items in out:
+        *body, tick = items
+        assert type(tick) is Tick and tick.mark == tick.high == T0 + 39
+        events = [x for x in body if type(x) is Event]
+        assert all(shard_of(e.contact, 8) == int(key) for e in events)
+        assert [e.ts for e in events] == sorted(e.ts for e in events)  # line order kept
+        for x in body:
+            if type(x) is DeadLetter:
+                assert x.position == "in.jsonl:8" and x.reject.code == "invalid_json"
+    seen = sorted(x.id for _, items in out for x in items if type(x) is Event)
+    assert seen == sorted(f"e{i}" for i in range(40) if i != 7)
+    done = Parser(rules, 8)((0, "in.jsonl", 41, None))
+    assert [type(v) for _, v in done] == [Tick] * 8
+
+
+def test_shard_logic_scores_lists_like_single_items() -> None:
+    from flows.scoring import Parser, ShardLogic
+    from leadscore.engine import Engine
+    from leadscore.rules import load_rules_text
+
+    rules = load_rules_text(RULES)
+    lines = [
+        orjson.dumps(
+            {"contact": "a", "action": "page.hit", "ts": T0 + i, "props": {"url": "/pricing"}}
+        )
+        for i in range(3)
+    ] + [b"[]"]
+    chunk = Parser(rules, 1)((0, "x", 1, lines))
+    grouped = ShardLogic(Engine(rules), 1, live=False)
+    single = ShardLogic(Engine(rules), 1, live=False)
+    assert (
+        grouped.on_batch([items for _, items in chunk])[0]
+        == single.on_batch([x for _, items in chunk for x in items])[0]
+    )
+    assert grouped.summary() == single.summary()
+    assert grouped.scored == 3 and dict(grouped.rejected) == {"not_an_object": 1}
+
+
+def test_output_records_keep_their_exact_bytes() -> None:
+    # explain.effect_record is THE output format: key order and renderings must not drift.
+    from flows.scoring import effect_record
+    from leadscore.engine import (
+        PointChange,
+        SegmentChanged,
+        StageChanged,
+        TagChanged,
+        TriggerFired,
+    )
+    from leadscore.explain import effect_record as record_of
+
+    at = 1793491736.0175
+    expect = [
+        (
+            PointChange("r", "g", 5.0, 2.5, 12.345678, "e1", at, True),
+            "changes",
+            b'{"contact":"c","kind":"points","rule":"r","group":"g","delta":5.0,"applied":2.5,'
+            b'"score_after":12.3457,"capped":true,"event_id":"e1","at":"2026-11-01T00:08:56.017Z"}',
+        ),
+        (
+            TriggerFired("mql", 61.5, at, [{"notify": "sales"}], "why"),
+            "triggers",
+            b'{"contact":"c","trigger":"mql","score":61.5,"at":"2026-11-01T00:08:56.017Z",'
+            b'"actions":[{"notify":"sales"}],"cause":"why"}',
+        ),
+        (
+            StageChanged("decision", None, at, "page.hit"),
+            "changes",
+            b'{"contact":"c","kind":"stage","stage":"decision","previous":null,'
+            b'"cause":"page.hit","at":"2026-11-01T00:08:56.017Z"}',
+        ),
+        (
+            SegmentChanged("mql", False, at, "t"),
+            "changes",
+            b'{"contact":"c","kind":"segment","segment":"mql","added":false,"cause":"t",'
+            b'"at":"2026-11-01T00:08:56.017Z"}',
+        ),
+        (
+            TagChanged("hot", True, at, "t"),
+            "changes",
+            b'{"contact":"c","kind":"tag","tag":"hot","added":true,"cause":"t",'
+            b'"at":"2026-11-01T00:08:56.017Z"}',
+        ),
+    ]
+    for effect, kind, line in expect:
+        assert effect_record("c", effect) == (kind, line)
+    point = expect[0][0]
+    assert record_of("c", point, "page.hit")["action"] == "page.hit"  # type: ignore[index]
+    assert list(record_of("c", point, "page.hit"))[-1] == "action"  # type: ignore[arg-type]
