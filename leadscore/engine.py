@@ -22,6 +22,7 @@ from zlib import crc32
 from leadscore.events import Event, format_ts
 from leadscore.rules import (
     REPEAT_COOLDOWN,
+    REPEAT_EVERY,
     REPEAT_ONCE,
     REPEAT_WINDOW,
     TOTAL,
@@ -38,7 +39,7 @@ _EPSILON = 1e-9  # relative float noise tolerated when a decaying score meets a 
 RECENT_IDS = 16  # event ids remembered per contact to drop producer retries
 MAX_TRAIT_CHARS = 256  # keeps a contact's packed state bounded whatever a client sends
 _MISSING = object()
-_DERIVED = frozenset({"due", "idle"})  # ContactState fields that are caches, never stored
+_DERIVED = frozenset({"due", "floor", "idle"})  # ContactState caches, never stored
 
 
 # --------------------------------------------------------------------------- effects
@@ -116,6 +117,7 @@ class ContactState:
     __slots__ = (
         "due",
         "fit",
+        "floor",
         "groups",
         "idle",
         "last_ts",
@@ -148,10 +150,16 @@ class ContactState:
         # Derived, never stored: whether that inf came from the triggers' states alone (none
         # armed to fall or re-arm, no score able to rise), so points cannot change it.
         self.idle = False
+        # Derived, never stored: no crossing before this time (-inf: unknown). Kept while only
+        # positive points arrive, which can only delay a falling crossing; apply skips advance
+        # before it. next_due never reads it: that stays exact.
+        self.floor = -inf
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ContactState) and all(
-            getattr(self, name) == getattr(other, name) for name in self.__slots__ if name != "due"
+            getattr(self, name) == getattr(other, name)
+            for name in self.__slots__
+            if name not in _DERIVED
         )
 
     def __repr__(self) -> str:
@@ -230,7 +238,7 @@ class Engine:
                 del recent[0]
         t = event.ts
         due = state.due
-        if self._needs_advance and (due == _UNKNOWN or due <= t):
+        if self._needs_advance and (due == _UNKNOWN or due <= t) and state.floor <= t:
             effects: list[Effect] = self.advance(state, t)
         else:  # nothing can cross by t: all advance would do is move last_ts, just below
             effects = []
@@ -247,10 +255,33 @@ class Engine:
                 if r.active_until is not None and t > r.active_until:
                     continue
                 if r.tracked:
+                    # _admit, inline up to the common kinds: most page hits match a tracked
+                    # rule, and the call costs as much as the checks.
                     tracker = state.trackers.get(r.id)
                     if tracker is None:
                         tracker = state.trackers[r.id] = [0, None, None]
-                    if not _admit(r, tracker, t):
+                    tracker[0] += 1
+                    previous = tracker[1]
+                    if previous is None or t > previous:
+                        tracker[1] = t
+                    if r.hits and tracker[0] < r.hits:
+                        continue
+                    if r.returns_within is not None and (
+                        previous is None or not 0 <= t - previous <= r.returns_within
+                    ):
+                        continue
+                    if r.returns_after is not None and (
+                        previous is None or t - previous < r.returns_after
+                    ):
+                        continue
+                    kind = r.repeat
+                    if kind == REPEAT_COOLDOWN:
+                        last = tracker[2]
+                        if last is not None and abs(t - last) < r.cooldown:
+                            continue
+                        if last is None or t > last:
+                            tracker[2] = t
+                    elif kind != REPEAT_EVERY and not _repeat_ok(r, tracker, t):
                         continue
                 self._award(state, r.group, r.points, t, r.id, event_id, effects)
                 moved = True
@@ -294,6 +325,7 @@ class Engine:
             self._settle_all(state, due)
             fired = state.triggers.get(trigger.id)
             state.due = _UNKNOWN
+            state.floor = -inf
             if not trigger.below:
                 state.triggers[trigger.id] = -fired  # type: ignore[operator]  # re-armed by decay
             elif not _below_armed(trigger, fired):
@@ -438,6 +470,8 @@ class Engine:
             # log (applied) but no longer in the score. Settling moved the group's anchor.
             if not state.idle or state.due != inf or (points < 0 and group in self._rising_set):
                 state.due = _UNKNOWN
+                if points <= 0:
+                    state.floor = -inf
             effects.append(PointChange(rule, group, points, applied, before, event_id, t, capped))
             return applied
         g[0] = after
@@ -445,6 +479,8 @@ class Engine:
         # (idle): then only negative points, which can make a score rise, change that.
         if not state.idle or state.due != inf or (points < 0 and group in self._rising_set):
             state.due = _UNKNOWN
+            if points <= 0:  # only added points keep the floor: they cannot bring a fall closer
+                state.floor = -inf
         if spec.expire_after is not None and applied:
             expires = t + spec.expire_after
             buckets = g[2]
@@ -488,6 +524,13 @@ class Engine:
             if due is not None and due < best:
                 best, best_trigger = due, trigger
         state.idle = not profiles  # no trigger could cross whatever the scores: see _award
+        # A floor only for falling crossings (a rising one comes sooner with more points), a
+        # little under the exact time: a recomputation from other anchors may differ in the
+        # last bits. Not for inf: float residue of expiring points may create a crossing.
+        if profiles and rising is not True and best != inf:
+            state.floor = best - abs(best) * 1e-9 - 1e-3
+        else:
+            state.floor = -inf
         return best, best_trigger
 
     def _crossing_time(
@@ -572,6 +615,7 @@ class Engine:
                     if not armed:
                         triggers[trigger.id] = -_last_fire(trigger, fired) - 1
                         state.due = _UNKNOWN
+                        state.floor = -inf
                 elif armed:
                     if self._after_ok(state, trigger, fired):
                         self._fire(state, trigger, s, t, _cause(event, effects), effects)
@@ -579,11 +623,13 @@ class Engine:
                         # Crossed while `after` did not allow it: that crossing is spent.
                         triggers[trigger.id] = _last_fire(trigger, fired)
                         state.due = _UNKNOWN
+                        state.floor = -inf
             else:
                 rearm = trigger.rearm_below
                 if fired is not None and fired > 0 and rearm is not None and s < rearm:
                     fired = triggers[trigger.id] = -fired
                     state.due = _UNKNOWN
+                    state.floor = -inf
                 if s >= trigger.threshold and (fired is None or fired < 0):
                     self._fire(state, trigger, s, t, _cause(event, effects), effects)
 
@@ -607,6 +653,7 @@ class Engine:
         state.seq += 1
         state.triggers[trigger.id] = state.seq
         state.due = _UNKNOWN
+        state.floor = -inf
         effects.append(TriggerFired(trigger.id, round(score, 4), t, list(trigger.actions), cause))
         for kind, arg in self._trigger_ops[trigger.id]:
             if kind == "add_segment":
@@ -682,7 +729,9 @@ class Engine:
 
 
 def _admit(r: Any, tracker: list[Any], t: float) -> bool:
-    """Update a rule's repeat tracker with a matching event; True when it awards."""
+    """Update a rule's repeat tracker with a matching event; True when it awards.
+
+    Engine.apply runs the same steps inline; this is the reference form."""
     tracker[0] += 1
     previous = tracker[1]
     if previous is None or t > previous:
@@ -696,16 +745,23 @@ def _admit(r: Any, tracker: list[Any], t: float) -> bool:
     if r.returns_after is not None and (previous is None or t - previous < r.returns_after):
         return False
     kind = r.repeat
-    if kind == REPEAT_ONCE:
-        if tracker[2]:
-            return False
-        tracker[2] = 1
-    elif kind == REPEAT_COOLDOWN:
+    if kind == REPEAT_COOLDOWN:
         last = tracker[2]
         if last is not None and abs(t - last) < r.cooldown:
             return False
         if last is None or t > last:
             tracker[2] = t
+        return True
+    return kind == REPEAT_EVERY or _repeat_ok(r, tracker, t)
+
+
+def _repeat_ok(r: Any, tracker: list[Any], t: float) -> bool:
+    """The `once` and `{max, per}` repeat kinds of _admit, after its other checks passed."""
+    kind = r.repeat
+    if kind == REPEAT_ONCE:
+        if tracker[2]:
+            return False
+        tracker[2] = 1
     elif kind == REPEAT_WINDOW:
         awards = tracker[2]
         if awards is None:
