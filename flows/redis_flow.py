@@ -40,7 +40,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows import metrics
 from flows.io import ResultsSink
-from flows.redis_io import IDLE, RedisStreamSource
+from flows.redis_io import IDLE, RedisStreamSource, wake_by
 from flows.scoring import DeadLetter, FlowConfig, ShardLogic
 from leadscore.engine import Engine
 from leadscore.events import Event, Reject, format_ts, parse_event
@@ -127,6 +127,7 @@ class PartitionLogic(ShardLogic):
         self.acks: list[str] = []
         self.pending = 0
         self.deadline: float | None = None
+        self.flushed_at = -INF  # time.time() of the last checkpoint (see plan_flush)
         self.known = engine.rules.known_actions
         self.durable: dict[str, float] = {}  # the timers Redis holds for this partition
         self.clock = -INF  # timers due by this time have fired (event time, see module doc)
@@ -194,23 +195,42 @@ class PartitionLogic(ShardLogic):
             self.advance_clock(min(high, now))  # an event from the future must not move time on
         metrics.EVENTS_SCORED.inc(self.scored - scored)
         metrics.DUPLICATES.inc(self.duplicates - duplicates)
-        if self.deadline is None and (self.acks or self.dirty or self.out):
-            self.deadline = now + self.config.flush_ms / 1000.0
-        if self.pending >= self.config.flush_events:
+        self.plan_flush(now)
+        if self.pending >= self.config.flush_events or (
+            self.deadline is not None and now >= self.deadline
+        ):
             return self.flush(), StatefulBatchLogic.RETAIN
         return [], StatefulBatchLogic.RETAIN
+
+    def plan_flush(self, now: float) -> None:
+        """Set the flush deadline of what is pending: ``flush_ms`` after the first of it.
+
+        Caught up (the last value was the IDLE marker) and with no checkpoint in the last
+        ``flush_ms``, flush at once: nothing else is coming to batch with, so waiting would
+        only add latency. A partition that catches up between entries arriving faster than
+        that still batches for ``flush_ms``: load does not multiply the checkpoints (flushing
+        at every catch-up made 1.5x as many at 0.5x d1 and fell further behind).
+        """
+        flush_s = self.config.flush_ms / 1000.0
+        if self.deadline is None and (self.acks or self.dirty or self.out):
+            self.deadline = now + flush_s
+        if self.caught_up and self.deadline is not None and now - self.flushed_at >= flush_s:
+            self.deadline = now
 
     def notify_at(self) -> datetime | None:
         due = self.timers[0][0] if self.timers and self.caught_up else None
         if self.deadline is not None and (due is None or self.deadline < due):
             due = self.deadline
-        return None if due is None else datetime.fromtimestamp(due, UTC)
+        if due is None:
+            return None
+        wake_by(due)  # a blocking source read on this thread would delay the notification
+        return datetime.fromtimestamp(due, UTC)
 
     def on_notify(self) -> tuple[list[tuple[str, bytes]], bool]:
         now = time.time()
         if self.caught_up:
-            self.advance_clock(now)
-        if self.deadline is not None and now >= self.deadline:
+            self.advance_clock(now)  # may set the deadline to time.time(): compare with that
+        if self.deadline is not None and time.time() >= self.deadline:
             return self.flush(), StatefulBatchLogic.RETAIN
         return [], StatefulBatchLogic.RETAIN
 
@@ -301,8 +321,7 @@ class PartitionLogic(ShardLogic):
                     heapq.heappush(timers, (after, contact))
         if advanced:
             self.dirty.update(advanced)
-            if self.deadline is None:
-                self.deadline = time.time() + self.config.flush_ms / 1000.0
+            self.plan_flush(time.time())
         return advanced
 
     def timer_state(self, contact: str) -> Any:
@@ -317,6 +336,7 @@ class PartitionLogic(ShardLogic):
         self.deadline = None
         if not self.dirty and not self.acks and not self.out and self.clock == self.committed_clock:
             return []
+        self.flushed_at = time.time()
         started = time.perf_counter()
         view, dumps = self.engine.view, orjson.dumps
         contacts, due_of, durable = self.contacts, self.due_of, self.durable

@@ -14,7 +14,9 @@ partition that has read everything says so once with ``(str(p), (IDLE, b""))``.
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 import weakref
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -38,8 +40,89 @@ IDLE = ""
 """Entry id of the marker a ``mark_idle`` source emits when a partition has caught up."""
 
 
+_wake = threading.local()
+
+
+def wake_by(t: float) -> None:
+    """Ask this thread's source not to block in Redis past ``t`` (``time.time()``).
+
+    Bytewax runs a worker's source and stateful steps on one thread: while a read blocks, a
+    step's ``notify_at`` (e.g. a checkpoint deadline) cannot fire. The stateful step calls
+    this with its next deadline; a passed one is forgotten after one short read.
+    """
+    current = getattr(_wake, "t", None)
+    if current is None or t < current:
+        _wake.t = t
+
+
+def _block_limit(block_ms: int) -> int:
+    """``block_ms``, or less if this thread's stateful step has a deadline sooner."""
+    t = getattr(_wake, "t", None)
+    if t is None:
+        return block_ms
+    left = t - time.time()
+    if left <= 0:
+        _wake.t = None  # due now: Bytewax runs the notification after this poll
+        return 1
+    return max(1, min(block_ms, math.ceil(left * 1000)))
+
+
+class _Worker:
+    """The partitions one Bytewax worker thread polls in turn.
+
+    They share reads: once a partition has re-read its pending entries, new entries of all
+    such partitions are fetched by ONE ``XREADGROUP`` over their streams (it accepts several;
+    the consumer name is the same for every stream, see ``Keys.consumer``) and handed to each
+    partition's buffer. When every partition is idle that read blocks, so an entry arriving in
+    any stream wakes the worker at once instead of when a sweep of per-stream blocking reads
+    reaches its stream. On Redis Cluster every stream is in its own slot and a multi-stream
+    command would fail (CROSSSLOT): there each partition reads alone and an idle sweep splits
+    ``block_ms`` between them.
+    """
+
+    def __init__(self, *, combine: bool, block_ms: int) -> None:
+        self.combine = combine
+        self.block_ms = block_ms
+        # Weak references let partitions of finished runs go.
+        self.parts: weakref.WeakSet[_StreamPartition] = weakref.WeakSet()
+
+    def read_new(self, caller: _StreamPartition) -> list[Item]:
+        """New entries for ``caller``, and for its reading siblings into their buffers."""
+        parts = list(self.parts)
+        members = [caller]
+        if self.combine:
+            members += [
+                s
+                for s in parts
+                if s is not caller and s._cursor == PENDING_DONE and not s._done and not s._buffer
+            ]
+        # Block only when every partition of this worker is idle with nothing left to hand
+        # out: a busy partition is never held up, and next_batch never blocks over block_ms.
+        block = None
+        if all(s._idle and not s._buffer for s in parts):
+            block = self.block_ms if self.combine else max(1, self.block_ms // len(parts))
+            block = _block_limit(block)
+        streams = {s._key: PENDING_DONE for s in members}
+        try:
+            resp = caller._r.xreadgroup(
+                GROUP, caller._consumer, streams, count=caller._count, block=block
+            )
+        except RETRYABLE:
+            # The server may have delivered entries whose reply was lost: they are pending
+            # with ids above the last one each partition emitted. Fetch those first.
+            for s in members:
+                s._cursor = s._last_id
+            raise
+        got = {stream.decode(): entries for stream, entries in resp or []}
+        for s in members:
+            if s is not caller:
+                s._buffer = s._took(got.get(s._key, []))
+        return caller._took(got.get(caller._key, []))
+
+
 class _StreamPartition(StatefulSourcePartition[Item, None]):
-    """Reads one input stream as consumer ``p{p}``: first its pending entries, then new ones."""
+    """Reads one input stream as consumer ``Keys.consumer(p)``: first its pending entries, one
+    stream at a time, then new ones, with its worker's other partitions (see ``_Worker``)."""
 
     def __init__(
         self,
@@ -48,8 +131,7 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
         p: int,
         *,
         count: int,
-        block_ms: int,
-        siblings: weakref.WeakSet[_StreamPartition],
+        worker: _Worker,
         tail: bool,
         max_backoff: float,
         stop: threading.Event | None,
@@ -60,9 +142,9 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
         self._part = str(p)
         self._key = keys.input(p)
         self._consumer = keys.consumer(p)
+        self._legacy = keys.legacy_consumer(p)
         self._count = count
-        self._block_ms = block_ms
-        self._siblings = siblings
+        self._worker = worker
         self._tail = tail
         self._max_backoff = max_backoff
         self._stop = stop
@@ -71,14 +153,23 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
         self._cursor = "0"
         self._last_id = "0"
         self._replayed = 0
+        self._adopted = False
         self._idle = False
+        self._done = False  # tail=False and nothing new: ends at its next poll
+        self._buffer: list[Item] = []  # read for it by a sibling's combined read
         self._failures = 0
         self._awake: datetime | None = None
 
     # -- Bytewax API -----------------------------------------------------------------------
 
     def next_batch(self) -> list[Item]:
-        if self._stop is not None and self._stop.is_set():
+        if self._buffer:
+            # Read for it by a sibling: hand it out even when stopping, so that what a stopped
+            # run read is what it checkpoints.
+            batch, self._buffer = self._buffer, []
+            return batch
+        if self._done or (self._stop is not None and self._stop.is_set()):
+            self._done = True  # no sibling reads for it any more
             raise StopIteration
         try:
             batch = self._read()
@@ -90,7 +181,9 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
         except ResponseError as err:
             if "NOGROUP" not in str(err):
                 raise
-            self._create_group()
+            # A combined read does not say whose group is missing: check each of them.
+            for s in list(self._worker.parts) if self._cursor == PENDING_DONE else [self]:
+                s._create_group()
             return []
         if self._failures:
             log.info(
@@ -98,6 +191,8 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
             )
             self._failures = 0
             self._awake = None
+        if self._done and not batch:
+            raise StopIteration
         return batch
 
     def next_awake(self) -> datetime | None:
@@ -113,7 +208,9 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
 
     def _read(self) -> list[Item]:
         if self._cursor != PENDING_DONE:
-            entries = self._xreadgroup(self._cursor, None)
+            if not self._adopted:
+                self._adopt_legacy()
+            entries = self._xreadgroup(self._cursor)
             if entries:
                 self._replayed += len(entries)
                 self._cursor = entries[-1][0].decode()
@@ -128,33 +225,53 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
                 )
             self._cursor = PENDING_DONE
             self._replayed = 0
-        # Block only when every partition of this worker is idle, each for its share of
-        # block_ms: one idle round then costs at most block_ms, and a busy partition is never
-        # held up by idle siblings blocking in turn.
-        block = None
-        if all(s._idle for s in self._siblings):
-            block = max(1, self._block_ms // len(self._siblings))
-        entries = self._xreadgroup(PENDING_DONE, block)
+        return self._worker.read_new(self)
+
+    def _took(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Item]:
+        """The items of what a read of new entries returned for this partition."""
         was_idle = self._idle
         self._idle = not entries
         if not entries and not self._tail:
-            raise StopIteration
+            self._done = True
+            return []
         if self._idle and not was_idle and self._mark_idle:
             return [(self._part, (IDLE, b""))]
         return self._emit(entries)
 
-    def _xreadgroup(self, cursor: str, block: int | None) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        try:
-            resp = self._r.xreadgroup(
-                GROUP, self._consumer, {self._key: cursor}, count=self._count, block=block
-            )
-        except RETRYABLE:
-            if cursor == PENDING_DONE:
-                # The server may have delivered entries whose reply was lost: they are pending
-                # for this consumer with ids above the last one emitted. Fetch those first.
-                self._cursor = self._last_id
-            raise
+    def _xreadgroup(self, cursor: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        resp = self._r.xreadgroup(GROUP, self._consumer, {self._key: cursor}, count=self._count)
         return resp[0][1] if resp else []
+
+    def _adopt_legacy(self) -> None:
+        """Move the pending entries of the pre-``CONSUMER`` name ``p{p}`` to this consumer.
+
+        Entries an older version read and never checkpointed are pending for ``p{p}``; once
+        claimed they are re-read with this consumer's own pending entries (their ids are
+        older, so order is kept). The empty old consumer is then deleted. Runs once per start.
+        """
+        consumers = self._r.xinfo_consumers(self._key, GROUP)
+        if any(c["name"] in (self._legacy, self._legacy.encode()) for c in consumers):
+            moved = 0
+            while True:
+                rows = self._r.xpending_range(
+                    self._key, GROUP, min="-", max="+", count=1000, consumername=self._legacy
+                )
+                if not rows:
+                    break
+                ids = [row["message_id"] for row in rows]
+                self._r.xclaim(self._key, GROUP, self._consumer, 0, ids, justid=True)
+                moved += len(ids)
+            # Only now that it owns nothing: deleting a consumer drops its pending entries.
+            self._r.xgroup_delconsumer(self._key, GROUP, self._legacy)
+            if moved:
+                log.info(
+                    "input %s: moved %d pending entries of old consumer %s to %s",
+                    self._key,
+                    moved,
+                    self._legacy,
+                    self._consumer,
+                )
+        self._adopted = True
 
     def _emit(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Item]:
         out: list[Item] = []
@@ -281,27 +398,30 @@ class RedisStreamSource(FixedPartitionedSource[Item, None]):
         self._mark_idle = mark_idle
         self._socket_timeout = max(socket_timeout, block_ms / 1000 + 5.0)
         self._lock = threading.Lock()
-        self._siblings: dict[int, weakref.WeakSet[_StreamPartition]] = {}
+        self._workers: dict[int, _Worker] = {}
 
     def list_parts(self) -> list[str]:
         return [str(p) for p in self._parts]
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _StreamPartition:
         # Partitions built on one worker thread are polled by that thread in turn: they share
-        # the idle blocking budget. Weak references let partitions of finished runs go.
+        # reads and the idle wait (see _Worker).
         with self._lock:
-            siblings = self._siblings.setdefault(threading.get_ident(), weakref.WeakSet())
+            worker = self._workers.get(threading.get_ident())
+            if worker is None:
+                worker = self._workers[threading.get_ident()] = _Worker(
+                    combine=not self._cluster, block_ms=self._block_ms
+                )
         part = _StreamPartition(
             connect(self._url, cluster=self._cluster, socket_timeout=self._socket_timeout),
             self._keys,
             int(for_part),
             count=self._count,
-            block_ms=self._block_ms,
-            siblings=siblings,
+            worker=worker,
             tail=self._tail,
             max_backoff=self._max_backoff,
             stop=self._stop,
             mark_idle=self._mark_idle,
         )
-        siblings.add(part)
+        worker.parts.add(part)
         return part

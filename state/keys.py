@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 LAYOUT_VERSION = 1
 GROUP = "leadscore"
+CONSUMER = "flow"
 
 
 def partition_of(contact: str, partitions: int) -> int:
@@ -65,4 +66,13 @@ class Keys:
 
     @staticmethod
     def consumer(p: int) -> str:
+        """The consumer reading partition ``p``'s input: the same name for every stream, so one
+        XREADGROUP can read all of a worker's streams at once (a call names ONE consumer).
+        Consumer names are per stream group, so each stream still has a single reader."""
+        return CONSUMER
+
+    @staticmethod
+    def legacy_consumer(p: int) -> str:
+        """The per-partition consumer name used before :data:`CONSUMER`; the source moves its
+        pending entries to :data:`CONSUMER` on start, then deletes it."""
         return f"p{p}"

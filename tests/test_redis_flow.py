@@ -40,6 +40,7 @@ from redis.cluster import RedisCluster
 from redis_server import RedisServer
 
 from flows.redis_flow import PartitionLogic
+from flows.redis_io import IDLE
 from flows.scoring import FlowConfig, build_flow
 from leadscore.engine import Engine
 from leadscore.events import Event, parse_event
@@ -544,3 +545,35 @@ def test_timers_committed_before_a_restart_fire_without_new_events(
     assert flow.finish(signal.SIGTERM) == 0
     assert_same_results(Snapshot.read(redis_url), expected)
     assert store.load_timers(p) == []
+
+
+def test_a_caught_up_partition_checkpoints_without_waiting_for_flush_ms(redis_url: str) -> None:
+    """flush_ms is ten minutes here: only the IDLE marker can make these checkpoints."""
+    store = RedisStore(redis_url)
+    store.ensure(P)
+    contact = "quick@acme.com"
+    p = partition_of(contact, P)
+    config = FlowConfig(
+        rules=str(RULES), source="redis", redis_url=redis_url, partitions=P, flush_ms=600_000
+    )
+    logic = PartitionLogic(Engine(load_rules(RULES)), config)
+
+    def read_and_apply(n: int) -> None:
+        line = {"contact": contact, "action": "email.click", "id": f"q-{n}", "ts": START + n}
+        store.send_events([orjson.dumps(line)])
+        reply = store.r.xreadgroup(GROUP, Keys.consumer(p), {store.keys.input(p): ">"})
+        assert logic.on_batch([(p, eid.decode(), f[b"e"]) for eid, f in reply[0][1]])[0] == []
+
+    read_and_apply(0)
+    assert store.last_checkpoint(p) == 0 and store.pending(p) == 1  # more may follow: batch
+    logic.on_batch([(p, IDLE, b"")])  # the source read everything: nothing to batch with
+    assert store.last_checkpoint(p) == 1 and store.pending(p) == 0
+    assert store.load_states(p, [contact])
+
+    # Catching up again within flush_ms of that checkpoint (traffic faster than flush_ms):
+    # it batches as under load, so checkpoints stay at most one per flush_ms.
+    read_and_apply(1)
+    logic.on_batch([(p, IDLE, b"")])
+    assert store.last_checkpoint(p) == 1 and store.pending(p) == 1
+    logic.on_eof()
+    assert store.last_checkpoint(p) == 2 and store.pending(p) == 0

@@ -248,3 +248,70 @@ def test_source_reads_from_redis_cluster(redis_cluster: str) -> None:
     items = run(RedisStreamSource(redis_cluster, keys, cluster=True, tail=False))
     received = [line for _, (_, payload) in items for line in payload.split(b"\n")]
     assert sorted(received) == sorted(lines)
+
+
+def _drain(parts: list[Any]) -> None:
+    """Poll every partition until each has read everything (an empty poll each)."""
+    for _ in range(4):
+        for part in parts:
+            part.next_batch()
+
+
+def test_one_read_of_an_idle_worker_covers_all_of_its_streams(store: RedisStore) -> None:
+    source = RedisStreamSource(store.url, store.keys, mark_idle=True)
+    parts = [source.build_part("in", str(p), None) for p in range(P)]  # one worker thread
+    _drain(parts)
+    assert [store.pending(p) for p in range(P)] == [0] * P
+    late = next(f"c-{i}" for i in range(100) if partition_of(f"c-{i}", P) == 3)
+    store.send_events([event(late, 7)])
+
+    # Partition 0's poll reads every stream at once: partition 3's entry is delivered now...
+    assert parts[0].next_batch() == []
+    assert store.pending(3) == 1
+    # ...and handed out by partition 3's next poll, exactly once.
+    got = parts[3].next_batch()
+    assert [orjson.loads(p)["id"] for _, (_, p) in got] == [f"{late}/7"]
+    assert parts[3].next_batch() == [("3", (IDLE, b""))]
+    assert all(part.next_batch() == [] for part in parts)
+    for part in parts:
+        part.close()
+
+
+def test_entries_read_for_a_sibling_are_handed_out_when_stopping(store: RedisStore) -> None:
+    stop = threading.Event()
+    source = RedisStreamSource(store.url, store.keys, [0, 1], stop=stop)
+    parts = [source.build_part("in", str(p), None) for p in (0, 1)]
+    _drain(parts)
+    a = next(f"c-{i}" for i in range(100) if partition_of(f"c-{i}", P) == 0)
+    b = next(f"c-{i}" for i in range(100) if partition_of(f"c-{i}", P) == 1)
+    store.send_events([event(a), event(b)])
+    assert [part for part, _ in parts[0].next_batch()] == ["0"]  # read "1" too
+    stop.set()
+    assert [part for part, _ in parts[1].next_batch()] == ["1"]  # what was read goes on
+    for part in parts:
+        with pytest.raises(StopIteration):
+            part.next_batch()
+        part.close()
+
+
+def test_pending_entries_of_the_old_per_partition_consumer_are_taken_over(
+    store: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A version that read partition p as consumer p{p} crashed: its pending entries are
+    re-read (once) by the shared consumer, and the old consumer goes."""
+    store.send_events([event(f"c-{i}") for i in range(200)], batch=5)
+    old = {}
+    for p in range(P):
+        key = store.keys.input(p)
+        reply = store.r.xreadgroup(GROUP, Keys.legacy_consumer(p), {key: ">"}, count=3)
+        old[p] = {eid.decode() for eid, _ in reply[0][1]}
+    with caplog.at_level(logging.INFO, logger="leadscore.redis"):
+        items = run(RedisStreamSource(store.url, store.keys, tail=False))
+    ids = [(part, eid) for part, (eid, _) in items]
+    assert len(ids) == len(set(ids)) == len(all_entry_ids(store))
+    for p in range(P):
+        mine = [eid for part, eid in ids if part == str(p)]
+        assert set(mine[:3]) == old[p]  # the old consumer's entries first, as before
+        consumers = store.r.xinfo_consumers(store.keys.input(p), GROUP)
+        assert [c["name"] for c in consumers] == [Keys.consumer(p).encode()]
+    assert "moved 3 pending entries of old consumer p0" in caplog.text
