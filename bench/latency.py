@@ -14,6 +14,7 @@ fire. Probes whose trigger never shows within the grace period are counted as mi
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -215,6 +216,9 @@ def measure_latency(
     producer: subprocess.Popen[bytes] | None = None
     try:
 
+        def checkpoints() -> int:
+            return sum(store.last_checkpoint(p) for p in range(partitions))
+
         def send_probe(n: int) -> bool:
             contact = f"lat-{n}"
             lines, last_id = probe_lines(probe, contact, time.time())
@@ -239,6 +243,7 @@ def measure_latency(
                 raise RuntimeError("live flow never produced the first probe's trigger")
             time.sleep(0.01)
         sent.clear()
+        cpu_before, ckpt_before = _cpu_seconds(flow.pid), checkpoints()
         producer = subprocess.Popen(
             [
                 sys.executable,
@@ -264,6 +269,10 @@ def measure_latency(
         settle = time.perf_counter() + grace
         while time.perf_counter() < settle and not all(k in reader.seen for k in sent):
             time.sleep(0.05)
+        # The flow's CPU and checkpoints over the measured run: steadier than latency on a
+        # shared machine when comparing two versions at a rate they both keep up with.
+        cpu = _cpu_seconds(flow.pid) - cpu_before
+        ckpts = checkpoints() - ckpt_before
         backlog = sum(store.pending(p) for p in range(partitions))
         unread = sum(
             int(g.get("lag") or 0)
@@ -309,12 +318,26 @@ def measure_latency(
         "probes_skipped": skipped,
         "missing": len(sent) - len(latencies),
         "pending_at_end": backlog,
+        "flow_cpu_s": round(cpu, 2),
+        "flow_cpu_us_per_event": round(cpu * 1e6 / produced["sent"], 1)
+        if produced.get("sent")
+        else None,
+        "checkpoints": ckpts,
         "unread_at_end": unread,
         "ms": _summary(latencies),
         "trend": trend,
         "kept_up": unread == 0 and (trend is None or trend < 2.0),
         "timeline": timeline,
     }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _summary(values: list[float]) -> dict[str, float | None]:

@@ -87,7 +87,11 @@ class _Worker:
         self.parts: weakref.WeakSet[_StreamPartition] = weakref.WeakSet()
 
     def read_new(self, caller: _StreamPartition) -> list[Item]:
-        """New entries for ``caller``, and for its reading siblings into their buffers."""
+        """New entries for ``caller``, and for its reading siblings into their buffers.
+
+        Every sibling with nothing left to hand out is read too, so a blocking read watches
+        all of the worker's streams.
+        """
         parts = list(self.parts)
         members = [caller]
         if self.combine:
@@ -156,21 +160,25 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
         self._adopted = False
         self._idle = False
         self._done = False  # tail=False and nothing new: ends at its next poll
-        self._buffer: list[Item] = []  # read for it by a sibling's combined read
+        # What a sibling's combined read found for it ([]: nothing), handed out at its next
+        # poll instead of reading again: one read per sweep of the worker's partitions.
+        self._buffer: list[Item] | None = None
         self._failures = 0
         self._awake: datetime | None = None
 
     # -- Bytewax API -----------------------------------------------------------------------
 
     def next_batch(self) -> list[Item]:
-        if self._buffer:
+        buffered, self._buffer = self._buffer, None
+        if buffered:
             # Read for it by a sibling: hand it out even when stopping, so that what a stopped
             # run read is what it checkpoints.
-            batch, self._buffer = self._buffer, []
-            return batch
+            return buffered
         if self._done or (self._stop is not None and self._stop.is_set()):
             self._done = True  # no sibling reads for it any more
             raise StopIteration
+        if buffered is not None:
+            return []  # a sibling's read since its last poll found nothing new for it
         try:
             batch = self._read()
         except FATAL:

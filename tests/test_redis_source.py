@@ -265,8 +265,12 @@ def test_one_read_of_an_idle_worker_covers_all_of_its_streams(store: RedisStore)
     late = next(f"c-{i}" for i in range(100) if partition_of(f"c-{i}", P) == 3)
     store.send_events([event(late, 7)])
 
-    # Partition 0's poll reads every stream at once: partition 3's entry is delivered now...
-    assert parts[0].next_batch() == []
+    # Polls of the other partitions read every stream at once (one read per sweep: some of
+    # them hand out what a sibling's read found, here nothing): partition 3's entry is
+    # delivered now...
+    for _ in range(2):
+        for part in parts[:3]:
+            assert part.next_batch() == []
     assert store.pending(3) == 1
     # ...and handed out by partition 3's next poll, exactly once.
     got = parts[3].next_batch()
@@ -285,7 +289,8 @@ def test_entries_read_for_a_sibling_are_handed_out_when_stopping(store: RedisSto
     a = next(f"c-{i}" for i in range(100) if partition_of(f"c-{i}", P) == 0)
     b = next(f"c-{i}" for i in range(100) if partition_of(f"c-{i}", P) == 1)
     store.send_events([event(a), event(b)])
-    assert [part for part, _ in parts[0].next_batch()] == ["0"]  # read "1" too
+    got = parts[0].next_batch() or parts[0].next_batch()  # the first may be a sibling's []
+    assert [part for part, _ in got] == ["0"]  # and "1" was read too
     stop.set()
     assert [part for part, _ in parts[1].next_batch()] == ["1"]  # what was read goes on
     for part in parts:
