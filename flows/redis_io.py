@@ -1,10 +1,12 @@
 """A partitioned Bytewax source over leadscore's Redis input streams (``{prefix}:{p}:in``).
 
-One Bytewax partition per stream, named ``str(p)``, read by consumer ``p{p}`` of group
-``leadscore``. The source never acknowledges: the flow's transactional checkpoint XACKs the
-entries together with the state they produced, so Redis, not Bytewax recovery, holds the
-truth and ``snapshot()`` is None. After a restart each partition first re-reads its own
-pending entries (delivered before the crash, never checkpointed), then new ones.
+One Bytewax partition per stream, named ``str(p)``, read by consumer ``Keys.consumer(p)``
+(``flow``, the same name on every stream) of group ``leadscore``; a worker's partitions
+share one XREADGROUP over all their streams (see ``_Worker``). The source never
+acknowledges: the flow's transactional checkpoint XACKs the entries together with the state
+they produced, so Redis, not Bytewax recovery, holds the truth and ``snapshot()`` is None.
+After a restart each partition first re-reads its own pending entries (delivered before the
+crash, never checkpointed), then new ones.
 
 Items are ``(str(p), (entry_id, payload))``: already keyed by partition, and ``payload`` is the
 entry's ``e`` field (one or more JSON events separated by ``\\n``). With ``mark_idle``, a
