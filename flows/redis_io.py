@@ -259,7 +259,13 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
         claimed they are re-read with this consumer's own pending entries (their ids are
         older, so order is kept). The empty old consumer is then deleted. Runs once per start.
         """
-        consumers = self._r.xinfo_consumers(self._key, GROUP)
+        try:
+            consumers = self._r.xinfo_consumers(self._key, GROUP)
+        except ResponseError as err:
+            if "no such key" not in str(err).lower():
+                raise  # NOGROUP: next_batch creates the group
+            self._adopted = True  # no stream, so no old consumer: the read creates both
+            return
         if any(c["name"] in (self._legacy, self._legacy.encode()) for c in consumers):
             moved = 0
             while True:

@@ -176,8 +176,6 @@ class Engine:
         self.rules = rules
         self._groups = rules.groups
         self._group_names = tuple(rules.groups)
-        self._by_action = rules.by_action
-        self._stages_by_action = rules.stages_by_action
         self._matchers = rules.matchers  # generated per action name; see compile_matcher
         self._stage_order = rules.stage_order
         self._allow_backward = rules.allow_backward
@@ -255,8 +253,9 @@ class Engine:
                 if r.active_until is not None and t > r.active_until:
                     continue
                 if r.tracked:
-                    # _admit, inline up to the common kinds: most page hits match a tracked
-                    # rule, and the call costs as much as the checks.
+                    # The repeat tracker, checked inline (`_repeat_ok` only for once and
+                    # {max, per}): most page hits match a tracked rule, and a call costs as
+                    # much as the checks.
                     tracker = state.trackers.get(r.id)
                     if tracker is None:
                         tracker = state.trackers[r.id] = [0, None, None]
@@ -533,12 +532,6 @@ class Engine:
             state.floor = -inf
         return best, best_trigger
 
-    def _crossing_time(
-        self, state: ContactState, name: str, threshold: float, rising: bool = False
-    ) -> float | None:
-        """First time decay alone takes the score under ``threshold`` (or, rising, to it)."""
-        return _crossing(self._profile(state, name), threshold, rising)
-
     def _profile(self, state: ContactState, name: str) -> _Profile:
         """A score's decay as (t0, constant, waves, expiries), from which crossings are solved.
 
@@ -728,35 +721,8 @@ class Engine:
 # --------------------------------------------------------------------------- helpers
 
 
-def _admit(r: Any, tracker: list[Any], t: float) -> bool:
-    """Update a rule's repeat tracker with a matching event; True when it awards.
-
-    Engine.apply runs the same steps inline; this is the reference form."""
-    tracker[0] += 1
-    previous = tracker[1]
-    if previous is None or t > previous:
-        tracker[1] = t
-    if r.hits and tracker[0] < r.hits:
-        return False
-    if r.returns_within is not None and (
-        previous is None or not 0 <= t - previous <= r.returns_within
-    ):
-        return False
-    if r.returns_after is not None and (previous is None or t - previous < r.returns_after):
-        return False
-    kind = r.repeat
-    if kind == REPEAT_COOLDOWN:
-        last = tracker[2]
-        if last is not None and abs(t - last) < r.cooldown:
-            return False
-        if last is None or t > last:
-            tracker[2] = t
-        return True
-    return kind == REPEAT_EVERY or _repeat_ok(r, tracker, t)
-
-
 def _repeat_ok(r: Any, tracker: list[Any], t: float) -> bool:
-    """The `once` and `{max, per}` repeat kinds of _admit, after its other checks passed."""
+    """The `once` and `{max, per}` repeat kinds, after apply's inline checks passed."""
     kind = r.repeat
     if kind == REPEAT_ONCE:
         if tracker[2]:
@@ -773,31 +739,6 @@ def _repeat_ok(r: Any, tracker: list[Any], t: float) -> bool:
                 return False
             del awards[0]
         insort(awards, t)
-    return True
-
-
-def _where_holds(
-    conds: tuple[tuple[str, str | None, Any, Any], ...] | None,
-    match: Any,
-    props: dict[str, Any],
-    lowered: dict[str, str],
-) -> bool:
-    """A rule's `where`, lower-casing each string prop once per event (see Condition)."""
-    if conds is None:
-        return match is None or match(props)
-    for key, needle, low, test in conds:
-        value = props.get(key, _MISSING)
-        if type(value) is str:
-            lv = lowered.get(key)
-            if lv is None:
-                lv = lowered[key] = value.lower()
-            if needle is not None:
-                if needle not in lv:
-                    return False
-            elif low is None or not low(lv):
-                return False
-        elif value is _MISSING or not test(value):
-            return False
     return True
 
 

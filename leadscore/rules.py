@@ -140,11 +140,8 @@ class ActionRule:
     category: str = ""
     tracked: bool = False  # set at compile time: whether the rule needs a repeat tracker
     match: Callable[[dict[str, Any]], bool] | None = None  # all of `where`, compiled
-    # When `where` is exactly one "contains" glob on a top-level prop (`url: "*/pricing*"`, the
-    # common case), its key and needle: the engine checks it with no call at all.
-    needle_key: str | None = None
-    needle: str | None = None
-    # The same for one-key props, as (key, needle, lowered test, raw test) checked inline.
+    # `where` on one-key props as (key, needle, lowered test, raw test): compile_matcher
+    # inlines these.
     conds: tuple[tuple[str, str | None, Callable[[str], bool] | None, Predicate], ...] | None = None
 
     @property
@@ -489,8 +486,6 @@ class _Compiler:
             rule.tracked = rule.stateful
             rule.match = _compile_where(rule.where)
             rule.conds = _inline(rule.where)
-            if rule.conds is not None and len(rule.conds) == 1 and rule.conds[0][1] is not None:
-                rule.needle_key, rule.needle = rule.conds[0][0], rule.conds[0][1]
             if enabled is not False:
                 compiled.append(rule)
             else:
@@ -1038,7 +1033,7 @@ def compile_matcher(
     prop once, inlines substring and equality tests, computes a test shared by several rules
     (``*/pricing*`` thrice) once, and maps the set of rules that hold to precomputed tuples.
     Every test is pure, so the order and laziness of evaluation cannot change a result: the
-    semantics are exactly those of ``_where_holds`` (inline form) and ``match`` (dotted paths).
+    semantics are exactly those of ``Condition.holds``, which ``match`` composes.
     """
     consts: dict[str, Any] = {"_MISSING": _MISSING}
     keys: dict[str, int] = {}  # top-level prop -> its local variable index
@@ -1063,7 +1058,7 @@ def compile_matcher(
         return f"{const(test)}({lv})"
 
     def inline(cond: Condition) -> str:
-        """One condition on a top-level prop, as _where_holds checks it."""
+        """One condition on a top-level prop, inline (same result as Condition.holds)."""
         key = cond.keys[0]
         i = keys.setdefault(key, len(keys))
         v, lv = f"v{i}", f"l{i}"

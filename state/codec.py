@@ -22,7 +22,8 @@ from leadscore.engine import ContactState
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 
-# The stored fields, in their order after the version. `due` is derived and never stored.
+# The stored fields, in their order after the version. The engine's derived caches
+# (`engine._DERIVED`: due, floor, idle) are never stored.
 FIELDS = (
     "groups",
     "trackers",

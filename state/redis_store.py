@@ -3,9 +3,12 @@
 Exactly-once rests on one rule: everything a partition's batch produces (contact states, read
 models, trigger records, point changes, dead letters), the acknowledgement of the input it
 consumed and the checkpoint sequence are written by ONE Lua script (``CHECKPOINT_LUA``), which
-Redis runs atomically. Either all of it is in Redis or none of it is, so a crash replays
-exactly the unacknowledged input onto the state that matches it. All keys of a partition share
-the hash tag ``{p}``, which keeps the script legal on Redis Cluster.
+Redis runs atomically: no client sees part of it and a crash of the flow or of Redis cuts
+before or after it, so a restart replays exactly the unacknowledged input onto the state that
+matches it. (Redis does not roll a script back when one of its commands fails mid-way, e.g.
+WRONGTYPE on a key someone else overwrote; leadscore's keys must be left to leadscore.)
+All keys of a partition share the hash tag ``{p}``, which keeps the script legal on Redis
+Cluster.
 
 A retried checkpoint must not apply twice. The script reads the partition's ``ckpt`` key before
 writing anything: if it already holds ``seq`` an earlier attempt committed (the connection died
@@ -40,7 +43,6 @@ from redis.exceptions import (
     ReadOnlyError,
     ResponseError,
     TryAgainError,
-    WatchError,
 )
 from redis.retry import Retry
 
@@ -246,22 +248,15 @@ def connect(url: str, *, cluster: bool = False, socket_timeout: float = 10.0) ->
     return redis.Redis.from_url(url, **kwargs)
 
 
-def call_with_retry(
-    what: str, fn: Callable[[], T], policy: RetryPolicy, *, watch: bool = False
-) -> T:
-    """Run ``fn``, retrying RETRYABLE failures with backoff; log every retry and the recovery.
-
-    ``watch=True`` also retries WatchError: redis-py raises it when a connection fails while
-    keys are WATCHed, and the caller's next attempt re-reads what it watched.
-    """
-    retryable = (*RETRYABLE, WatchError) if watch else RETRYABLE
+def call_with_retry(what: str, fn: Callable[[], T], policy: RetryPolicy) -> T:
+    """Run ``fn``, retrying RETRYABLE failures with backoff; log every retry and the recovery."""
     failures = 0
     while True:
         try:
             result = fn()
         except FATAL:
             raise
-        except retryable as err:
+        except RETRYABLE as err:
             failures += 1
             if failures >= policy.attempts:
                 raise StoreUnavailable(
@@ -328,8 +323,8 @@ class RedisStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, what: str, fn: Callable[[], T], *, watch: bool = False) -> T:
-        return call_with_retry(what, fn, self.retry, watch=watch)
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        return call_with_retry(what, fn, self.retry)
 
     # -- layout ----------------------------------------------------------------------------
 
