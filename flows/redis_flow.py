@@ -45,7 +45,7 @@ from flows.scoring import DeadLetter, FlowConfig, ShardLogic
 from leadscore.engine import Engine
 from leadscore.events import Event, Reject, format_ts, parse_event
 from state.codec import decode, encode
-from state.redis_store import RedisStore
+from state.redis_store import Checkpoint, RedisStore
 
 log = logging.getLogger("leadscore.flow")
 
@@ -107,19 +107,109 @@ def prepare_process(config: FlowConfig) -> None:
 # --------------------------------------------------------------------------- partition logic
 
 
-class PartitionLogic(ShardLogic):
-    """One Redis partition: lazy state loads, flush policy, checkpoints, bounded memory."""
+class WorkerLogics:
+    """The partition logics of one Bytewax worker thread, which share Redis round trips.
 
-    def __init__(self, engine: Engine, config: FlowConfig) -> None:
+    Bytewax calls ``on_batch`` once per partition that got input, then ``notify_at`` for each
+    of them. ``on_batch`` only queues its values; the first ``notify_at`` (or ``on_notify``,
+    ``on_eof``) that follows runs :meth:`run`: it parses every queued partition's entries,
+    loads the states of all their contacts not in memory with ONE MGET, applies each
+    partition's entries in order (per-partition semantics are unchanged: clock, timers, flush
+    policy), then commits every partition that is due in ONE pipelined round trip
+    (``RedisStore.checkpoint_many``: one atomic script per partition, as before). With 16
+    partitions a live sweep made up to 16 MGETs and as many checkpoint round trips (each
+    ~170 us of client CPU); now one of each.
+    """
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.logics: list[PartitionLogic] = []
+        self.queued: dict[PartitionLogic, list[Value]] = {}
+
+    def queue(self, logic: PartitionLogic, values: list[Value]) -> None:
+        got = self.queued.get(logic)
+        if got is None:
+            self.queued[logic] = list(values)
+        else:
+            got.extend(values)
+
+    def run(self) -> None:
+        """Apply everything queued, then commit every partition due to flush."""
+        if self.queued:
+            queued, self.queued = self.queued, {}
+            now = time.time()
+            parsed = [(logic, logic.prepare(values, now)) for logic, values in queued.items()]
+            wanted = {
+                logic.p: missing for logic, entries in parsed if (missing := logic.missing(entries))
+            }
+            if wanted:
+                blobs = self.store.load_states_many(wanted)
+                for logic, _ in parsed:
+                    if logic.p in wanted:
+                        logic.loaded(wanted[logic.p], blobs[logic.p])
+            for logic, entries in parsed:
+                logic.apply(entries, now)
+        now = time.time()
+        self.commit([logic for logic in self.logics if logic.due(now)])
+
+    def commit(
+        self, logics: list[PartitionLogic], *, keep: bool = True
+    ) -> list[list[tuple[str, bytes]]]:
+        """Checkpoint ``logics`` in one round trip; each one's committed records, which
+        ``keep`` also leaves for the logic's next callback if ``config.out`` wants them."""
+        begun = [(logic, got) for logic in logics if (got := logic.begin_flush()) is not None]
+        if not begun:
+            return [[] for _ in logics]
+        self.store.checkpoint_many([batch for _, (batch, _) in begun])
+        done: dict[PartitionLogic, list[tuple[str, bytes]]] = {}
+        for logic, (batch, started) in begun:
+            committed = done[logic] = logic.end_flush(batch, started)
+            if keep and committed and logic.config.out:
+                logic.ready += committed
+        return [done.get(logic, []) for logic in logics]
+
+
+class WorkerThreads:
+    """One :class:`WorkerLogics` (and one Redis connection) per worker thread of a flow."""
+
+    def __init__(self, config: FlowConfig) -> None:
+        self.config = config
+        self.local = threading.local()
+
+    def get(self) -> WorkerLogics:
+        group: WorkerLogics | None = getattr(self.local, "group", None)
+        if group is None:
+            group = self.local.group = WorkerLogics(_store(self.config))
+        return group
+
+
+def _store(config: FlowConfig) -> RedisStore:
+    return RedisStore(
+        config.redis_url,
+        prefix=config.prefix,
+        partitions=config.partitions,
+        cluster=config.cluster,
+        changes_maxlen=config.changes_maxlen,
+    )
+
+
+class PartitionLogic(ShardLogic):
+    """One Redis partition: lazy state loads, flush policy, checkpoints, bounded memory.
+
+    Its input is applied and committed by its thread's :class:`WorkerLogics` (a private one
+    when built alone, e.g. in tests): ``on_batch`` queues, and the worker's next ``notify_at``,
+    ``on_notify``, ``on_eof`` or ``flush`` applies. Committed records are handed to Bytewax at
+    this partition's next callback (only when ``config.out`` wants them).
+    """
+
+    def __init__(
+        self, engine: Engine, config: FlowConfig, worker: WorkerLogics | None = None
+    ) -> None:
         super().__init__(engine, parts=1, live=True)
         self.config = config
-        self.store = RedisStore(
-            config.redis_url,
-            prefix=config.prefix,
-            partitions=config.partitions,
-            cluster=config.cluster,
-            changes_maxlen=config.changes_maxlen,
-        )
+        self.worker = worker if worker is not None else WorkerLogics(_store(config))
+        self.worker.logics.append(self)
+        self.store = self.worker.store
         self.p = -1  # learnt from the first value: Bytewax does not hand the key to builders
         self.seq = 0
         self.stream = ""
@@ -135,6 +225,7 @@ class PartitionLogic(ShardLogic):
         self.caught_up = False  # the source said it has read everything: wall-clock timers
         self.stop = config.stop if config.stop is not None else STOP
         self.reported: dict[str, int] = {}  # self.fired as last added to the metrics
+        self.ready: list[tuple[str, bytes]] = []  # committed records not yet handed out
 
     def bind(self, p: int) -> None:
         """Resume this partition where its last checkpoint left it: sequence, clock, timers.
@@ -158,15 +249,35 @@ class PartitionLogic(ShardLogic):
     # ---- Bytewax callbacks
 
     def on_batch(self, values: list[Value]) -> tuple[list[tuple[str, bytes]], bool]:
-        now = time.time()
+        self.worker.queue(self, values)  # applied with the other partitions' (WorkerLogics)
+        return self.take_ready(), StatefulBatchLogic.RETAIN
+
+    def prepare(self, values: list[Value], now: float) -> list[tuple[str, list[Any]]]:
+        """Bind on first use and parse: ``(entry id, items)`` per stream entry or marker."""
         if self.p < 0:
             self.bind(values[0][0])
-        entries = [
+        return [
             (eid, self.parse(eid, payload, now) if eid != IDLE else [])
             for _, eid, payload in values
             if eid is not None
         ]
-        self.load({e.contact for _, items in entries for e in items if type(e) is Event})
+
+    def missing(self, entries: list[tuple[str, list[Any]]]) -> list[str]:
+        """Contacts of ``entries`` whose state is not in memory."""
+        contacts = self.contacts
+        return list(
+            {e.contact for _, items in entries for e in items if type(e) is Event} - contacts.keys()
+        )
+
+    def loaded(self, missing: list[str], blobs: dict[str, bytes]) -> None:
+        """Take in the states Redis had for ``missing`` (new contacts start empty)."""
+        new_state = self.engine.new_state
+        for contact in missing:
+            blob = blobs.get(contact)
+            self.contacts[contact] = decode(blob) if blob is not None else new_state()
+
+    def apply(self, entries: list[tuple[str, list[Any]]], now: float) -> None:
+        """Apply parsed entries in stream order (their contacts are in memory)."""
         scored, duplicates = self.scored, self.duplicates
         score, dirty, touched = self.score, self.dirty, self.touched
         for entry_id, items in entries:
@@ -196,11 +307,16 @@ class PartitionLogic(ShardLogic):
         metrics.EVENTS_SCORED.inc(self.scored - scored)
         metrics.DUPLICATES.inc(self.duplicates - duplicates)
         self.plan_flush(now)
-        if self.pending >= self.config.flush_events or (
+
+    def due(self, now: float) -> bool:
+        """Whether a checkpoint is due: ``flush_events`` pending, or the deadline passed."""
+        return self.pending >= self.config.flush_events or (
             self.deadline is not None and now >= self.deadline
-        ):
-            return self.flush(), StatefulBatchLogic.RETAIN
-        return [], StatefulBatchLogic.RETAIN
+        )
+
+    def take_ready(self) -> list[tuple[str, bytes]]:
+        ready, self.ready = self.ready, []
+        return ready
 
     def plan_flush(self, now: float) -> None:
         """Set the flush deadline of what is pending: ``flush_ms`` after the first of it.
@@ -218,6 +334,11 @@ class PartitionLogic(ShardLogic):
             self.deadline = now
 
     def notify_at(self) -> datetime | None:
+        # Bytewax calls this for every partition after the on_batch calls of an activation:
+        # the first call applies what all of them queued (see WorkerLogics).
+        self.worker.run()
+        if self.ready:
+            return datetime.now(UTC)  # committed records to hand out at on_notify
         due = self.timers[0][0] if self.timers and self.caught_up else None
         if self.deadline is not None and (due is None or self.deadline < due):
             due = self.deadline
@@ -227,20 +348,25 @@ class PartitionLogic(ShardLogic):
         return datetime.fromtimestamp(due, UTC)
 
     def on_notify(self) -> tuple[list[tuple[str, bytes]], bool]:
-        now = time.time()
+        self.worker.run()
         if self.caught_up:
-            self.advance_clock(now)  # may set the deadline to time.time(): compare with that
-        if self.deadline is not None and time.time() >= self.deadline:
-            return self.flush(), StatefulBatchLogic.RETAIN
-        return [], StatefulBatchLogic.RETAIN
+            self.advance_clock(time.time())  # may set the deadline to time.time()
+        if self.due(time.time()):
+            # Siblings whose deadline passed too commit in the same round trip.
+            now = time.time()
+            self.worker.commit(
+                [self, *(o for o in self.worker.logics if o is not self and o.due(now))]
+            )
+        return self.take_ready(), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[tuple[str, bytes]], bool]:
+        self.worker.run()
         # Drained (tail=False, no stop): nothing is left to read, so timers follow the wall
         # clock as when caught up. Stopped: unread entries may be older than the wall clock,
         # so only what was read is committed; the next run goes on from the same clock.
         if not self.config.tail and not self.stop.is_set():
             self.advance_clock(time.time())
-        return self.flush(), StatefulBatchLogic.RETAIN
+        return self.take_ready() + self.flush(), StatefulBatchLogic.RETAIN
 
     def advance_clock(self, t: float) -> None:
         """Move the clock to ``t`` (never back) and fire the timers due by then."""
@@ -332,10 +458,17 @@ class PartitionLogic(ShardLogic):
     # ---- output
 
     def flush(self) -> list[tuple[str, bytes]]:
-        """One checkpoint: everything applied since the last one, with its acknowledgements."""
+        """One checkpoint of this partition now (after applying what its worker queued):
+        everything applied since the last one, with its acknowledgements. Returns the
+        committed records."""
+        self.worker.run()
+        return self.worker.commit([self], keep=False)[0]
+
+    def begin_flush(self) -> tuple[Checkpoint, float] | None:
+        """The checkpoint of everything applied since the last one (None if nothing is)."""
         self.deadline = None
         if not self.dirty and not self.acks and not self.out and self.clock == self.committed_clock:
-            return []
+            return None
         self.flushed_at = time.time()
         started = time.perf_counter()
         view, dumps = self.engine.view, orjson.dumps
@@ -351,30 +484,34 @@ class PartitionLogic(ShardLogic):
             due = due_of.get(c)
             if durable.get(c) != due:
                 timers[c] = due
-        triggers = self.out.get("triggers", [])
-        changes = self.out.get("changes", [])
-        dead = self.out.get("dead_letter", [])
         self.seq += 1
-        self.store.checkpoint(
+        batch = Checkpoint(
             self.p,
             self.seq,
             states=states,
             read_models=read_models,
-            triggers=triggers,
-            changes=changes,
-            dead=dead,
+            triggers=self.out.get("triggers", []),
+            changes=self.out.get("changes", []),
+            dead=self.out.get("dead_letter", []),
             ack_ids=self.acks,
             timers=timers,
             clock=self.clock if self.clock != self.committed_clock else None,
         )
+        return batch, started
+
+    def end_flush(self, batch: Checkpoint, started: float) -> list[tuple[str, bytes]]:
+        """After ``batch`` committed: bookkeeping, metrics, eviction; the committed records."""
         self.committed_clock = self.clock
-        for contact, due in timers.items():
+        durable = self.durable
+        for contact, due in (batch.timers or {}).items():
             if due is None:
                 durable.pop(contact, None)
             else:
                 durable[contact] = due
+        states, read_models = batch.states or {}, batch.read_models or {}
         size = sum(map(len, states.values())) + sum(map(len, read_models.values()))
-        size += sum(map(len, triggers)) + sum(map(len, changes)) + sum(map(len, dead))
+        size += sum(map(len, batch.triggers)) + sum(map(len, batch.changes))
+        size += sum(map(len, batch.dead))
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
         # Triggers are counted per checkpoint from ShardLogic's counter, not per effect.
         reported = self.reported
@@ -462,7 +599,10 @@ def add_redis_scoring(flow: Dataflow, config: FlowConfig, engine: Engine) -> Non
     tagged = op.map("tag", entries, lambda kv: (kv[0], (int(kv[0]), *kv[1])))
     started = op.input("start", flow, StartSource(config.partitions))
     values = op.merge("values", started, tagged)
-    results = op.stateful_batch("score", values, lambda _resume: PartitionLogic(engine, config))
+    workers = WorkerThreads(config)
+    results = op.stateful_batch(
+        "score", values, lambda _resume: PartitionLogic(engine, config, workers.get())
+    )
     by_kind = op.map("by_kind", results, lambda kv: kv[1])
     sink = ResultsSink(config.out) if config.out else DiscardSink()
     op.output("write", by_kind, sink)

@@ -548,7 +548,9 @@ def test_timers_committed_before_a_restart_fire_without_new_events(
 
 
 def test_a_caught_up_partition_checkpoints_without_waiting_for_flush_ms(redis_url: str) -> None:
-    """flush_ms is ten minutes here: only the IDLE marker can make these checkpoints."""
+    """flush_ms is ten minutes here: only the IDLE marker can make these checkpoints.
+
+    Called as Bytewax calls it: ``on_batch`` queues, the ``notify_at`` after it applies."""
     store = RedisStore(redis_url)
     store.ensure(P)
     contact = "quick@acme.com"
@@ -563,10 +565,13 @@ def test_a_caught_up_partition_checkpoints_without_waiting_for_flush_ms(redis_ur
         store.send_events([orjson.dumps(line)])
         reply = store.r.xreadgroup(GROUP, Keys.consumer(p), {store.keys.input(p): ">"})
         assert logic.on_batch([(p, eid.decode(), f[b"e"]) for eid, f in reply[0][1]])[0] == []
+        logic.notify_at()
 
     read_and_apply(0)
     assert store.last_checkpoint(p) == 0 and store.pending(p) == 1  # more may follow: batch
     logic.on_batch([(p, IDLE, b"")])  # the source read everything: nothing to batch with
+    assert store.last_checkpoint(p) == 0  # queued: applied at the notify_at that follows
+    logic.notify_at()
     assert store.last_checkpoint(p) == 1 and store.pending(p) == 0
     assert store.load_states(p, [contact])
 
@@ -574,6 +579,7 @@ def test_a_caught_up_partition_checkpoints_without_waiting_for_flush_ms(redis_ur
     # it batches as under load, so checkpoints stay at most one per flush_ms.
     read_and_apply(1)
     logic.on_batch([(p, IDLE, b"")])
+    logic.notify_at()
     assert store.last_checkpoint(p) == 1 and store.pending(p) == 1
     logic.on_eof()
     assert store.last_checkpoint(p) == 2 and store.pending(p) == 0
