@@ -116,18 +116,30 @@ def fires(engine: Engine, lines: list[bytes]) -> bool:
 
 
 def produce(url: str, path: str, rate: float, duration: float, tick: float = 0.01) -> dict:
-    """Send ``path``'s lines (cycled, contacts renamed per cycle) at ``rate`` events/s."""
+    """Send ``path``'s lines (cycled, contacts renamed per cycle) at ``rate`` events/s.
+
+    One ``send_events`` per ``tick`` with every event due by then, like a collector that
+    flushes on time: entries hold ``rate * tick / partitions`` events on average (~6 at 9.6k
+    events/s). Until 2026-11-22 it sent as soon as one event was due, i.e. every few hundred
+    microseconds with ~1.2 events per entry, which cost this process ~65% of a core at
+    9.6k events/s and handed the flow 5x as many entries as the docs said.
+    """
     store = RedisStore(url)
     lines = [line for line in iter_lines(Path(path))]
-    sent = 0
+    sent = entries = 0
     cycle = 0
     i = 0
     start = time.perf_counter()
     deadline = start + duration
+    next_send = start
     while True:
         now = time.perf_counter()
         if now >= deadline:
             break
+        if now < next_send:
+            time.sleep(min(next_send, deadline) - now)
+            continue
+        next_send += tick
         due = int((now - start) * rate) - sent
         if due > 0:
             chunk = []
@@ -139,13 +151,16 @@ def produce(url: str, path: str, rate: float, duration: float, tick: float = 0.0
                 if cycle:
                     line = line.replace(b'"contact":"', b'"contact":"r%d-' % cycle, 1)
                 chunk.append(line)
-            store.send_events(chunk, batch=100)
+            entries += store.send_events(chunk, batch=100).entries
             sent += len(chunk)
-        else:
-            time.sleep(tick)
     elapsed = time.perf_counter() - start
     store.close()
-    return {"sent": sent, "seconds": elapsed, "events_per_s": sent / elapsed}
+    return {
+        "sent": sent,
+        "seconds": elapsed,
+        "events_per_s": sent / elapsed,
+        "events_per_entry": round(sent / entries, 2) if entries else None,
+    }
 
 
 # --------------------------------------------------------------------------- measurement
@@ -311,6 +326,7 @@ def measure_latency(
     return {
         "rate_target": rate,
         "rate_achieved": produced.get("events_per_s"),
+        "events_per_entry": produced.get("events_per_entry"),
         "duration_s": duration,
         "probe_history_events": len(probe.steps),
         "probe_trigger": probe.trigger,
