@@ -24,7 +24,7 @@ from leadscore.engine import (
     TagChanged,
     TriggerFired,
 )
-from leadscore.events import Event, format_ts, parse_event
+from leadscore.events import Event, format_ts, parse_event, round4
 from leadscore.rules import Rules
 
 
@@ -128,7 +128,7 @@ def effect_record(contact: str, effect: Effect, action: str | None = None) -> di
             "group": effect.group,
             "delta": effect.delta,
             "applied": effect.applied,
-            "score_after": round(effect.score_after, 4),
+            "score_after": round4(effect.score_after),
             "capped": effect.capped,
             "event_id": effect.event_id,
             "at": format_ts(effect.at),

@@ -17,6 +17,7 @@ from leadscore.events import (
     Reject,
     format_ts,
     parse_event,
+    round4,
     validate_event,
 )
 
@@ -374,3 +375,48 @@ def test_format_ts_is_right_across_many_hours() -> None:
     for hour in range(0, 2_000_000, 97):
         ts = hour * 3600.0 + 1234.5678
         assert format_ts(ts) == reference_format_ts(ts)
+
+
+def test_format_ts_repeats_and_alternations_match() -> None:
+    # format_ts remembers its last rendering: repeats, alternations and int/float twins of one
+    # instant must still render exactly what datetime does.
+    for ts in [5.0, 5.0, 5, 6.25, 5.0, 6.25, 6.25, -0.0, 0.0, 0, 1793491372.06, 1793491372.06]:
+        assert format_ts(ts) == reference_format_ts(ts)
+
+
+# --- round4: round(x, 4) without the decimal round trip --------------------------------------
+
+
+def near_half_4(whole: int, way: int) -> float:
+    """A value within an ulp of a half of the 4th decimal, where rounding decides."""
+    x = (whole + 0.5) / 10000
+    return math.nextafter(x, math.inf * way) if way else x
+
+
+@settings(max_examples=4000, deadline=None)
+@given(
+    st.one_of(
+        st.floats(),
+        st.floats(min_value=-1000, max_value=1000),
+        st.floats(min_value=-1e9, max_value=1e9),
+        st.builds(near_half_4, st.integers(-(10**12), 10**12), st.sampled_from([-1, 0, 1])),
+        st.integers(-(10**9), 10**9).map(lambda n: n / 10**5),
+    )
+)
+@example(0.0)
+@example(-0.0)
+@example(-0.00004)
+@example(0.00005)
+@example(-0.00005)
+@example(0.00015)
+@example(1e8)
+@example(99999999.99995)
+@example(1e-300)
+def test_round4_matches_round_exactly(x: float) -> None:
+    expected = round(x, 4)
+    got = round4(x)
+    if math.isnan(expected):
+        assert math.isnan(got)
+    else:
+        assert orjson.dumps(got) == orjson.dumps(expected)  # the sign of zero included
+        assert got == expected
