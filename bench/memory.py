@@ -37,22 +37,28 @@ def rss() -> int:
 
 
 def _interned(state: ContactState) -> ContactState:
-    """A decoded state whose dict keys and labels are shared strings, as the engine makes them."""
+    """A decoded state whose dict keys and labels are shared strings, as the engine makes them.
+
+    (``decode`` already shares the tracked rule ids and the empty groups, traits and
+    triggers.)"""
     intern = sys.intern
-    state.groups = {intern(k): v for k, v in state.groups.items()}
-    state.trackers = {intern(k): v for k, v in state.trackers.items()}
-    state.triggers = {intern(k): v for k, v in state.triggers.items()}
-    state.traits = {intern(k): v for k, v in state.traits.items()}
-    state.segments = [intern(s) for s in state.segments]
-    state.tags = [intern(s) for s in state.tags]
-    state.fit = [intern(s) for s in state.fit]
+    if state.groups:
+        state.groups = {intern(k): v for k, v in state.groups.items()}
+    if state.triggers:
+        state.triggers = {intern(k): v for k, v in state.triggers.items()}
+    if state.traits:
+        state.traits = {intern(k): v for k, v in state.traits.items()}
+    state.segments = tuple(map(intern, state.segments))
+    state.tags = tuple(map(intern, state.tags))
+    state.fit = tuple(map(intern, state.fit))
     return state
 
 
 def field_bytes(states: list[ContactState]) -> dict[str, float]:
     """Mean ``sys.getsizeof`` bytes per contact of each ContactState field, containers walked.
 
-    Dict keys are shared rule and group ids (not counted); string values are counted. Tells
+    Dict keys and tuple items that are strings are shared rule ids and labels (not counted);
+    string values are counted. Shared empty containers are counted for every contact. Tells
     which field to slim when memory matters.
     """
     totals: dict[str, int] = {}
@@ -63,7 +69,9 @@ def field_bytes(states: list[ContactState]) -> dict[str, float]:
         n = sys.getsizeof(obj)
         if type(obj) is dict:
             n += sum(size(k, True) + size(v) for k, v in obj.items())  # type: ignore[attr-defined]
-        elif type(obj) in (list, tuple):
+        elif type(obj) is tuple:  # rule ids and labels (shared) and arrays
+            n += sum(size(v, True) for v in obj)  # type: ignore[attr-defined]
+        elif type(obj) is list:
             n += sum(size(v) for v in obj)  # type: ignore[attr-defined]
         return n
 

@@ -22,7 +22,6 @@ from zlib import crc32
 from leadscore.events import Event, format_ts
 from leadscore.rules import (
     REPEAT_COOLDOWN,
-    REPEAT_EVERY,
     REPEAT_ONCE,
     REPEAT_WINDOW,
     TOTAL,
@@ -40,6 +39,14 @@ RECENT_IDS = 16  # event ids remembered per contact to drop producer retries
 MAX_TRAIT_CHARS = 256  # keeps a contact's packed state bounded whatever a client sends
 _MISSING = object()
 _DERIVED = frozenset({"due", "floor", "idle"})  # ContactState caches, never stored
+NEVER = -inf  # a tracker time that has not happened yet
+# A new repeat tracker: hits, last seen, last award (cooldown) or awarded flag (once).
+_NEW_TRACK = array("d", (0.0, NEVER, NEVER))
+# Shared by every state without trackers (traits): never written in place, only replaced.
+_NO_TRACKS = array("d")
+NO_TRAITS: dict[str, Any] = {}
+NO_TRIGGERS: dict[str, int] = {}  # most contacts never reach a trigger: see _set_trigger
+NO_GROUPS: dict[str, list[Any]] = {}  # a third of contacts never earn a point
 
 
 # --------------------------------------------------------------------------- effects
@@ -112,6 +119,15 @@ class ContactState:
     - ``below``: ``-(seq + 1)`` = armed (the score has been at or above the threshold since);
       ``seq`` = not armed. Absent = never evaluated: armed when the starting score 0 is at or
       above the threshold.
+
+    Repeat trackers are flat, because a contact holds several and a dict of per-rule lists
+    cost ~850 bytes a contact: ``tracked`` names the rules in first-hit order and ``tracks``
+    holds three doubles per rule at ``3 * tracked.index(rule)``: hits, last seen, and the last
+    award (cooldown) or 1.0 once awarded (once); ``NEVER`` (-inf) for a time not yet seen.
+    ``windows`` pairs each ``{max, per}`` rule id with an array of its award times: ``(rule,
+    times, rule, times, ...)``. Tuples, and the shared empty ``tracks`` and ``NO_TRAITS``, are
+    replaced, never changed in place; so are ``NO_TRIGGERS`` (writes go through
+    ``_set_trigger``) and ``NO_GROUPS`` (``_award`` replaces it).
     """
 
     __slots__ = (
@@ -126,21 +142,25 @@ class ContactState:
         "seq",
         "stage",
         "tags",
-        "trackers",
+        "tracked",
+        "tracks",
         "traits",
         "triggers",
+        "windows",
     )
 
     def __init__(self) -> None:
-        self.groups: dict[str, list[Any]] = {}
-        self.trackers: dict[str, list[Any]] = {}
-        self.triggers: dict[str, int] = {}
+        self.groups: dict[str, list[Any]] = NO_GROUPS
+        self.tracked: tuple[str, ...] = ()
+        self.tracks: array[float] = _NO_TRACKS
+        self.windows: tuple[str | array[float], ...] = ()
+        self.triggers: dict[str, int] = NO_TRIGGERS
         self.seq = 0
         self.stage = -1
-        self.segments: list[str] = []
-        self.tags: list[str] = []
-        self.traits: dict[str, Any] = {}
-        self.fit: list[str] = []
+        self.segments: tuple[str, ...] = ()
+        self.tags: tuple[str, ...] = ()
+        self.traits: dict[str, Any] = NO_TRAITS
+        self.fit: tuple[str, ...] = ()
         self.last_ts = 0.0
         # crc32 of the last RECENT_IDS event ids: 4 bytes each and a membership test in C,
         # where a list of Python ints costs ~40 bytes an id.
@@ -253,34 +273,42 @@ class Engine:
                 if r.active_until is not None and t > r.active_until:
                     continue
                 if r.tracked:
-                    # The repeat tracker, checked inline (`_repeat_ok` only for once and
-                    # {max, per}): most page hits match a tracked rule, and a call costs as
-                    # much as the checks.
-                    tracker = state.trackers.get(r.id)
-                    if tracker is None:
-                        tracker = state.trackers[r.id] = [0, None, None]
-                    tracker[0] += 1
-                    previous = tracker[1]
-                    if previous is None or t > previous:
-                        tracker[1] = t
-                    if r.hits and tracker[0] < r.hits:
+                    # The repeat tracker, checked inline (`_window_ok` only for {max, per}):
+                    # most page hits match a tracked rule, and a call costs as much as the
+                    # checks. See ContactState for the layout.
+                    tracks = state.tracks
+                    try:
+                        i = state.tracked.index(r.id) * 3
+                    except ValueError:
+                        i = len(tracks)
+                        state.tracked += (r.id,)
+                        tracks = state.tracks = tracks + _NEW_TRACK
+                    count = tracks[i] + 1.0
+                    tracks[i] = count
+                    previous = tracks[i + 1]
+                    if t > previous:
+                        tracks[i + 1] = t
+                    if r.hits and count < r.hits:
                         continue
-                    if r.returns_within is not None and (
-                        previous is None or not 0 <= t - previous <= r.returns_within
-                    ):
+                    # NEVER seen before: t - previous is inf, outside any `returns_within`.
+                    if r.returns_within is not None and not 0 <= t - previous <= r.returns_within:
                         continue
                     if r.returns_after is not None and (
-                        previous is None or t - previous < r.returns_after
+                        previous == NEVER or t - previous < r.returns_after
                     ):
                         continue
                     kind = r.repeat
                     if kind == REPEAT_COOLDOWN:
-                        last = tracker[2]
-                        if last is not None and abs(t - last) < r.cooldown:
+                        last = tracks[i + 2]
+                        if abs(t - last) < r.cooldown:  # NEVER: inf, no cooldown that long
                             continue
-                        if last is None or t > last:
-                            tracker[2] = t
-                    elif kind != REPEAT_EVERY and not _repeat_ok(r, tracker, t):
+                        if t > last:
+                            tracks[i + 2] = t
+                    elif kind == REPEAT_ONCE:
+                        if tracks[i + 2] != NEVER:
+                            continue
+                        tracks[i + 2] = 1.0
+                    elif kind == REPEAT_WINDOW and not _window_ok(state, r, t):
                         continue
                 self._award(state, r.group, r.points, t, r.id, event_id, effects)
                 moved = True
@@ -326,15 +354,15 @@ class Engine:
             state.due = _UNKNOWN
             state.floor = -inf
             if not trigger.below:
-                state.triggers[trigger.id] = -fired  # type: ignore[operator]  # re-armed by decay
+                _set_trigger(state, trigger.id, -fired)  # type: ignore[operator]  # re-armed by decay
             elif not _below_armed(trigger, fired):
-                state.triggers[trigger.id] = -_last_fire(trigger, fired) - 1  # risen: armed
+                _set_trigger(state, trigger.id, -_last_fire(trigger, fired) - 1)  # risen: armed
             elif self._after_ok(state, trigger, fired):
                 score = self.score(state, trigger.score, due)
                 self._fire(state, trigger, score, due, "decay", effects)
             else:
                 # Crossed while `after` did not allow it: that crossing is spent.
-                state.triggers[trigger.id] = _last_fire(trigger, fired)
+                _set_trigger(state, trigger.id, _last_fire(trigger, fired))
         if t > state.last_ts:
             state.last_ts = t
         return effects
@@ -449,7 +477,10 @@ class Engine:
         spec = self._groups[group]
         g = state.groups.get(group)
         if g is None:
-            g = state.groups[group] = [0.0, t] if spec.expire_after is None else [0.0, t, []]
+            groups = state.groups
+            if groups is NO_GROUPS:
+                groups = state.groups = {}
+            g = groups[group] = [0.0, t] if spec.expire_after is None else [0.0, t, []]
         else:
             self._settle(spec, g, t)
         # A late event (older than the group's clock) counts as decayed since its own time.
@@ -598,15 +629,14 @@ class Engine:
                     score -= points
             values.append(score)
         values.append(sum(values))  # TOTAL, summed in the order score() sums it
-        triggers = state.triggers
         for trigger, index in self._trigger_plan:
             s = values[index]
-            fired = triggers.get(trigger.id)
+            fired = state.triggers.get(trigger.id)  # not cached: _set_trigger may replace it
             if trigger.below:
                 armed = _below_armed(trigger, fired)
                 if s >= trigger.threshold:
                     if not armed:
-                        triggers[trigger.id] = -_last_fire(trigger, fired) - 1
+                        _set_trigger(state, trigger.id, -_last_fire(trigger, fired) - 1)
                         state.due = _UNKNOWN
                         state.floor = -inf
                 elif armed:
@@ -614,13 +644,14 @@ class Engine:
                         self._fire(state, trigger, s, t, _cause(event, effects), effects)
                     else:
                         # Crossed while `after` did not allow it: that crossing is spent.
-                        triggers[trigger.id] = _last_fire(trigger, fired)
+                        _set_trigger(state, trigger.id, _last_fire(trigger, fired))
                         state.due = _UNKNOWN
                         state.floor = -inf
             else:
                 rearm = trigger.rearm_below
                 if fired is not None and fired > 0 and rearm is not None and s < rearm:
-                    fired = triggers[trigger.id] = -fired
+                    fired = -fired
+                    _set_trigger(state, trigger.id, fired)
                     state.due = _UNKNOWN
                     state.floor = -inf
                 if s >= trigger.threshold and (fired is None or fired < 0):
@@ -644,26 +675,26 @@ class Engine:
         effects: list[Effect],
     ) -> None:
         state.seq += 1
-        state.triggers[trigger.id] = state.seq
+        _set_trigger(state, trigger.id, state.seq)
         state.due = _UNKNOWN
         state.floor = -inf
         effects.append(TriggerFired(trigger.id, round(score, 4), t, list(trigger.actions), cause))
         for kind, arg in self._trigger_ops[trigger.id]:
             if kind == "add_segment":
                 if arg not in state.segments:
-                    state.segments.append(arg)
+                    state.segments += (arg,)
                     effects.append(SegmentChanged(arg, True, t, trigger.id))
             elif kind == "remove_segment":
                 if arg in state.segments:
-                    state.segments.remove(arg)
+                    state.segments = tuple(s for s in state.segments if s != arg)
                     effects.append(SegmentChanged(arg, False, t, trigger.id))
             elif kind == "add_tag":
                 if arg not in state.tags:
-                    state.tags.append(arg)
+                    state.tags += (arg,)
                     effects.append(TagChanged(arg, True, t, trigger.id))
             elif kind == "remove_tag":
                 if arg in state.tags:
-                    state.tags.remove(arg)
+                    state.tags = tuple(s for s in state.tags if s != arg)
                     effects.append(TagChanged(arg, False, t, trigger.id))
             elif kind == "set_stage":
                 self._move_stage(state, self._stage_order.index(arg), t, trigger.id, effects)
@@ -689,6 +720,8 @@ class Engine:
     ) -> bool:
         """Recompute fit from the current traits, so identifying twice never double counts."""
         known = state.traits
+        if known is NO_TRAITS:
+            known = {}
         changed = False
         for path in self._fit_paths:
             value = _lookup(traits, path)
@@ -705,8 +738,9 @@ class Engine:
                 changed = True
         if not changed:
             return False
+        state.traits = known
         before = set(state.fit)
-        matched = [r.id for r in self._fit if r.test(known.get(r.trait))]
+        matched = tuple(r.id for r in self._fit if r.test(known.get(r.trait)))
         now = set(matched)
         moved = False
         for r in self._fit:
@@ -721,24 +755,29 @@ class Engine:
 # --------------------------------------------------------------------------- helpers
 
 
-def _repeat_ok(r: Any, tracker: list[Any], t: float) -> bool:
-    """The `once` and `{max, per}` repeat kinds, after apply's inline checks passed."""
-    kind = r.repeat
-    if kind == REPEAT_ONCE:
-        if tracker[2]:
+def _set_trigger(state: ContactState, trigger: str, packed: int) -> None:
+    """Write a trigger's state, giving the contact its own dict in place of NO_TRIGGERS."""
+    triggers = state.triggers
+    if triggers is NO_TRIGGERS:
+        triggers = state.triggers = {}
+    triggers[trigger] = packed
+
+
+def _window_ok(state: ContactState, r: Any, t: float) -> bool:
+    """The `{max, per}` repeat kind: at most N awards in any window of length `per`."""
+    windows = state.windows
+    try:
+        awards: array[float] = windows[windows.index(r.id) + 1]  # type: ignore[assignment]
+    except ValueError:
+        awards = array("d")
+        state.windows = (*windows, r.id, awards)
+    # Only the newest N are kept, so an event older than all of them is refused: what was
+    # dropped might have been near it.
+    if len(awards) >= r.repeat_max:
+        if t - awards[0] < r.repeat_per:
             return False
-        tracker[2] = 1
-    elif kind == REPEAT_WINDOW:
-        awards = tracker[2]
-        if awards is None:
-            awards = tracker[2] = []
-        # At most N awards in any window of length `per`. Only the newest N are kept, so an
-        # event older than all of them is refused: what was dropped might have been near it.
-        if len(awards) >= r.repeat_max:
-            if t - awards[0] < r.repeat_per:
-                return False
-            del awards[0]
-        insort(awards, t)
+        del awards[0]
+    insort(awards, t)
     return True
 
 

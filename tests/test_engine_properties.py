@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import random
+import struct
 import zlib
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -302,37 +304,104 @@ def test_encode_decode_is_the_identity(events: list[Event], more: list[Event]) -
     assert encode(state) == encode(restored)
 
 
-def test_encoded_state_starts_with_format_version_2() -> None:
+@FAST
+@given(events=event_lists())
+def test_states_share_no_containers(events: list[Event]) -> None:
+    """Fresh states share their empty containers: the engine must replace them, never write
+    into them, or one contact's history would leak into every other's."""
+    eng = rich()
+    first, effects = replay(eng, events)
+    second, again = replay(eng, events)  # starts from whatever the first left in shared ones
+    assert (encode(second), again) == (encode(first), effects)
+    fresh = eng.new_state()
+    assert (fresh.tracked, len(fresh.tracks), fresh.windows, fresh.traits) == ((), 0, (), {})
+    assert (fresh.segments, fresh.tags, fresh.fit, fresh.triggers) == ((), (), (), {})
+    assert fresh.groups == {}
+
+
+def test_encoded_state_starts_with_format_version_3() -> None:
     import msgpack
 
     eng = rich()
     state, _ = replay(eng, [ev("page.hit", T0, url=URLS[0], id="e-1")])
     fields = msgpack.unpackb(encode(state), raw=False, strict_map_key=False)
     assert isinstance(fields, list)
-    assert fields[0] == 2
+    assert fields[0] == 3
+    assert len(fields) == len(FIELDS) + 1
     # recent_ids: little-endian uint32 crc32 values in one bin
     assert fields[-1] == zlib.crc32(b"e-1").to_bytes(4, "little")
+    # trackers: the rule ids, then hits / last seen / last award as little-endian doubles
+    assert fields[2] == ["pricing", "fan", "back"]
+    assert fields[3][:24] == struct.pack("<3d", 1.0, T0, T0)
+
+
+def golden_events() -> list[Event]:
+    """The history behind GOLDEN_V2: every repeat kind of RICH, fit, a trigger, a segment."""
+    events = []
+    for i in range(12):
+        events.append(ev("page.hit", T0 + i * 5 * HOUR, url=URLS[i % len(URLS)], id=f"e-{i}"))
+        events.append(ev("email.open", T0 + i * 5 * HOUR + 60))
+    events.append(ev("form.submit", T0 + 3 * DAY))
+    events.append(ev("identify", T0 + 3 * DAY + 1, traits={"title": "VP Sales", "country": "ES"}))
+    events.append(ev("cart.add", T0 + 3 * DAY + 2))
+    return events
+
+
+# encode() of golden_events()'s state as written by format 2 (commit c6ec406), whose trackers
+# were a map of rule id -> [hits, last seen, extra]: pricing (cooldown), fan (hits, once),
+# back (returns), opens and blog ({max, per}: the award times), demo (once).
+GOLDEN_V2 = bytes.fromhex(
+    "9c0283aa656e676167656d656e7492cb405d2f0b2e3cd5e0cb41da883000000000a366697492cb4034000000"
+    "000000cb41da883000400000a770726f6475637493cb4020000000000000cb41da8830008000009192cb41da"
+    "921340800000cb402000000000000086a770726963696e679303cb41da87bf80000000cb41da87bf80000000"
+    "a366616e930ccb41da87f43c00000001a46261636b930ccb41da87f43c000000c0a56f70656e73930ccb41da"
+    "87f44b00000092cb41da87e2b7000000cb41da87f44b000000a4626c6f679303cb41da87d11400000093cb41"
+    "da874474000000cb41da878ac4000000cb41da87d114000000a464656d6f9301cb41da8830000000000182a6"
+    "636f6f6c6564ffa36d716c01010391a36d716c9082a57469746c65a856502053616c6573a7636f756e747279"
+    "a2455392a27670a7636f756e747279cb41da883000800000c4309abaaeb70c8aa9c0b6dba05920eba72e837e"
+    "c3b0154ec4c7af1fcd5e392fca29a83275b93e0272ce803aadfd160aaa8a"
+)
+
+
+def test_decode_reads_a_format_2_blob() -> None:
+    """A state written before format 3 loads equal to the one the engine builds now, and the
+    contact scores on exactly as if it had been kept in memory."""
+    eng = rich()
+    events = golden_events()
+    state, _ = replay(eng, events)
+    restored = decode(GOLDEN_V2)
+    assert restored == state
+    assert restored.tracked == ("pricing", "fan", "back", "opens", "blog", "demo")
+    assert restored.windows == (
+        "opens",
+        array("d", [T0 + 50 * HOUR + 60, T0 + 55 * HOUR + 60]),
+        "blog",
+        array("d", [T0 + 5 * HOUR, T0 + 25 * HOUR, T0 + 45 * HOUR]),
+    )
+    assert eng.next_due(restored) == eng.next_due(state)
+    later = [
+        ev("page.hit", T0 + 4 * DAY + i * HOUR, url=URLS[i % len(URLS)], id=f"n-{i}")
+        for i in range(8)
+    ]
+    assert [eng.apply(restored, e) for e in later] == [eng.apply(state, e) for e in later]
+    assert encode(restored) == encode(state)
 
 
 def test_decode_reads_a_format_1_blob() -> None:
-    """Blobs written before format 2 (recent_ids as a list of ints) still load, and the
-    contact scores on exactly as if it had been kept in memory."""
+    """Format 1 is format 2 with recent_ids as a list of ints."""
     import msgpack
 
     eng = rich()
-    events = [
-        ev("page.hit", T0 + i * HOUR, url=URLS[i % len(URLS)], id=f"e-{i}") for i in range(20)
-    ]
+    events = golden_events()
     state, _ = replay(eng, events)
-    v1 = msgpack.packb(
-        [1, *(getattr(state, name) for name in FIELDS[:-1]), list(state.recent_ids)],
-        use_bin_type=True,
-    )
-    restored = decode(v1)
+    fields = msgpack.unpackb(GOLDEN_V2, raw=False, strict_map_key=False)
+    ids = fields[-1]
+    fields[0] = 1
+    fields[-1] = [int.from_bytes(ids[i : i + 4], "little") for i in range(0, len(ids), 4)]
+    restored = decode(msgpack.packb(fields, use_bin_type=True))
     assert restored == state
-    assert list(restored.recent_ids) == [zlib.crc32(f"e-{i}".encode()) for i in range(4, 20)]
-    assert eng.next_due(restored) == eng.next_due(state)
-    assert of_type(eng.apply(restored, events[-1]), Duplicate)  # still remembered
+    assert list(restored.recent_ids) == [zlib.crc32(f"e-{i}".encode()) for i in range(12)]
+    assert of_type(eng.apply(restored, events[0]), Duplicate)  # still remembered
     later = ev("page.hit", T0 + 30 * HOUR, url=URLS[0], id="e-new")
     assert eng.apply(restored, later) == eng.apply(state, later)
     assert encode(restored) == encode(state)

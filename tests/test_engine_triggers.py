@@ -319,7 +319,7 @@ def test_segments_are_a_set_no_duplicates() -> None:
     effects = run(eng, st, events)
     assert len(fired(effects)) == 2
     assert eng.view("c-1", st)["segments"] == ["s"]
-    assert st.segments == ["s"]
+    assert st.segments == ("s",)
 
 
 def test_score_after_reflects_each_change_in_order() -> None:
