@@ -646,17 +646,16 @@ class RedisStore:
         """
         if len(calls) == 1 or self.cluster:
             return [self._run_checkpoint(*call) for call in calls]
-        pipe = self.r.pipeline(transaction=False)
-        for names, head, tail in calls:
-            pipe.execute_command("EVALSHA", CHECKPOINT_SHA, len(names), *names, *head, *tail)
-        replies: list[Any] = pipe.execute(raise_on_error=False)
+        replies = self._one_write(
+            [("EVALSHA", CHECKPOINT_SHA, len(n), *n, *head, *tail) for n, head, tail in calls]
+        )
         again = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if again:
-            pipe = self.r.pipeline(transaction=False)
-            for i in again:
-                names, head, tail = calls[i]
-                pipe.execute_command("EVAL", CHECKPOINT_LUA, len(names), *names, *head, *tail)
-            for i, reply in zip(again, pipe.execute(raise_on_error=False), strict=True):
+            evals = [
+                ("EVAL", CHECKPOINT_LUA, len(n), *n, *h, *t)
+                for n, h, t in (calls[i] for i in again)
+            ]
+            for i, reply in zip(again, self._one_write(evals), strict=True):
                 replies[i] = reply
         out: list[tuple[int, int]] = []
         for reply in replies:
@@ -665,6 +664,32 @@ class RedisStore:
             code, done = reply
             out.append((int(code), int(done)))
         return out
+
+    def _one_write(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Send ``commands`` in ONE socket write, then read their replies in order (a
+        ResponseError is returned in place, like ``execute(raise_on_error=False)``).
+
+        redis-py's pipeline writes each packed command of more than 6 KB on its own
+        (``sendall`` per command): a checkpoint is one, and on this VM each write costs tens
+        of microseconds of client CPU. Any other failure drops the connection, so its socket
+        never holds half-read replies.
+        """
+        pool = self.r.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([b"".join(conn.pack_commands(commands))])
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except ResponseError as err:
+                    replies.append(err)
+            return replies
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
 
     def _run_checkpoint(
         self, names: list[str], head: list[Any], tail: list[Any]
