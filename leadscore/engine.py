@@ -277,11 +277,12 @@ class Engine:
                     # most page hits match a tracked rule, and a call costs as much as the
                     # checks. See ContactState for the layout.
                     tracks = state.tracks
-                    try:
-                        i = state.tracked.index(r.id) * 3
-                    except ValueError:
+                    tracked = state.tracked
+                    if r.id in tracked:  # a short tuple of shared ids: found by identity, in C
+                        i = tracked.index(r.id) * 3
+                    else:
                         i = len(tracks)
-                        state.tracked += (r.id,)
+                        state.tracked = (*tracked, r.id)
                         tracks = state.tracks = tracks + _NEW_TRACK
                     count = tracks[i] + 1.0
                     tracks[i] = count
