@@ -43,7 +43,7 @@ from leadscore.engine import (
     Engine,
     TriggerFired,
 )
-from leadscore.events import Event, Reject, parse_event
+from leadscore.events import Event, Reject, parse_events
 from leadscore.explain import effect_record as record_of
 from leadscore.rules import Rules, load_rules
 
@@ -393,8 +393,7 @@ class Parser:
         by_shard: list[list[Any]] = [[] for _ in range(shards)]
         shard_of_contact = self.shard_of_contact
         high = -INF
-        for offset, raw in enumerate(lines):
-            event = parse_event(raw, now)
+        for offset, event in enumerate(parse_events(lines, now)):
             if type(event) is Event:
                 if event.action in known:
                     contact = event.contact
@@ -413,7 +412,8 @@ class Parser:
                     "or to known_actions",
                 )
             position = f"{path}:{first_line + offset}"
-            by_shard[crc32(position.encode()) % shards].append(DeadLetter(position, raw, event))
+            dead = DeadLetter(position, lines[offset], event)
+            by_shard[crc32(position.encode()) % shards].append(dead)
         if high > -INF:
             tick = Tick(part, high, high)
             for items in by_shard:

@@ -17,6 +17,7 @@ from leadscore.events import (
     Reject,
     format_ts,
     parse_event,
+    parse_events,
     round4,
     validate_event,
 )
@@ -420,3 +421,84 @@ def test_round4_matches_round_exactly(x: float) -> None:
     else:
         assert orjson.dumps(got) == orjson.dumps(expected)  # the sign of zero included
         assert got == expected
+
+
+# --- parse_events: the batch parser gives exactly what parse_event gives, line by line -------
+
+_FIELD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+    st.sampled_from(
+        [
+            "2026-11-22T10:00:00Z",
+            "2026-11-22T10:00:00.123Z",
+            "2026-11-22T10:00:00+02:00",
+            "2026-11-22T10:00:00",
+            "1969-12-31T23:59:59Z",
+            "9999-12-31T23:59:59.999Z",
+            "2026-02-30T10:00:00Z",
+            "x" * 300,
+            "c-42",
+            "page.hit",
+        ]
+    ),
+    st.lists(st.integers(-5, 5), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(-5, 5), max_size=2),
+)
+
+
+def event_line(fields: dict[str, object], drop: list[str], form: int) -> bytes | str:
+    obj = {k: v for k, v in good(**fields).items() if k not in drop}
+    raw = orjson.dumps(obj)
+    if form == 1:
+        return raw.decode()  # text input
+    if form == 2:
+        return raw[: len(raw) // 2]  # truncated JSON
+    if form == 3:
+        return orjson.dumps([obj])  # not an object
+    if form == 4:
+        return raw[:-1] + b',"pad":"' + b"y" * MAX_EVENT_BYTES + b'"}'  # too large
+    return raw
+
+
+def same(a: Event | Reject, b: Event | Reject) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, Reject):
+        return a == b
+    assert isinstance(b, Event)
+    return repr(a) == repr(b) and a.to_dict() == b.to_dict() and type(a.ts) is type(b.ts)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            event_line,
+            st.dictionaries(
+                st.sampled_from(["contact", "action", "ts", "id", "props", "traits"]),
+                _FIELD_VALUES,
+                max_size=3,
+            ),
+            st.lists(st.sampled_from(["contact", "action", "ts", "id", "props", "traits"])),
+            st.sampled_from([0, 0, 0, 0, 1, 2, 3, 4]),
+        ),
+        max_size=6,
+    )
+)
+def test_parse_events_matches_parse_event(lines: list[bytes | str]) -> None:
+    batch = parse_events(lines, NOW)
+    assert len(batch) == len(lines)
+    for raw, got in zip(lines, batch, strict=True):
+        assert same(got, parse_event(raw, NOW)), raw[:200]
+
+
+def test_parse_events_reads_generated_lines_like_parse_event() -> None:
+    from leadscore.generate import generate_events
+
+    lines = list(generate_events(300, 5000, 3, malformed_rate=0.02))
+    for raw, got in zip(lines, parse_events(lines, NOW), strict=True):
+        assert same(got, parse_event(raw, NOW))
