@@ -626,8 +626,13 @@ class _Compiler:
             if not isinstance(arg, list) or not arg:
                 self.problem(where, "in", f"expected a non-empty list, got {_kind(arg)}")
                 return None
-            options = [_equals(a) for a in arg]
-            return lambda v: any(t(v) for t in options)
+            # Text compares case-insensitively, so one set lookup decides a text value; only
+            # a number or a flag needs the other options.
+            folded = frozenset(a.casefold() for a in arg if isinstance(a, str))
+            options = [_equals(a) for a in arg if not isinstance(a, str)]
+            return lambda v: (
+                v.casefold() in folded if isinstance(v, str) else any(t(v) for t in options)
+            )
         if kind == "matches":
             if not isinstance(arg, str):
                 self.problem(where, "matches", f"expected a regular expression, got {_kind(arg)}")

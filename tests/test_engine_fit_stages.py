@@ -6,7 +6,10 @@ import re
 from datetime import datetime
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scoring_helpers import DAY, T0, engine, ev, of_type, run, score
 
 from leadscore.engine import PointChange, StageChanged
@@ -32,6 +35,38 @@ def fit_changes(effects: list[Any]) -> dict[str, float]:
 
 
 # --- each fit operator ---------------------------------------------------------------------
+
+
+SCALARS = st.one_of(
+    st.text(alphabet="aAbBßsS é", max_size=3),
+    st.integers(-2, 2),
+    st.floats(-2, 2, allow_nan=False),
+    st.booleans(),
+)
+
+
+def _in_reference(options: list[object], value: object) -> bool:
+    """`in` as documented: text equal ignoring case, numbers equal, flags identical."""
+    for option in options:
+        if isinstance(option, str):
+            if isinstance(value, str) and value.casefold() == option.casefold():
+                return True
+        elif isinstance(option, bool):
+            if value is option:
+                return True
+        elif not isinstance(value, bool) and value == option:
+            return True
+    return False
+
+
+@settings(max_examples=150, deadline=None)
+@given(options=st.lists(SCALARS, min_size=1, max_size=5), value=SCALARS)
+def test_in_matches_any_option_like_equals(options: list[object], value: object) -> None:
+    listed = orjson.dumps(options).decode()
+    rules = f"version: 1\nfit:\n  - {{id: listed, trait: x, in: {listed}, points: 4}}\n"
+    eng = engine(rules)
+    awarded = "listed" in fit_changes(eng.apply(eng.new_state(), identify({"x": value})))
+    assert awarded is _in_reference(options, value)
 
 
 def test_matches_uses_a_regex_search() -> None:
