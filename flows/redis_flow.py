@@ -74,30 +74,39 @@ FREEZE_EVERY = 0.2
 """Seconds between two moves of the surviving heap out of the garbage collector's reach.
 
 Python's full (generation 2) collection walks every tracked object: with the tens of
-thousands of contact states a live partition keeps it took ~100 ms per collection at
-200k events (10% of the run, 11 stalls), which every probe behind it waited for. So every
-``FREEZE_EVERY`` seconds the flow collects the young generations (sub-millisecond) and
-``gc.freeze()``s what survives: full collections then only see objects younger than a
-second. Frozen objects are still freed by reference counting (contact states have no
-cycles); only a cycle that dies after being frozen stays (none measured: ~1000 cyclic
-objects over a 200k-event run, all collected while young)."""
+thousands of contact states a live partition keeps, one took ~100 ms at 200k events (11 of
+them: 10% of the run), and every event behind it waited. So every ``FREEZE_EVERY`` seconds
+the flow collects the young generations (well under a millisecond) and ``gc.freeze()``s what
+survives, and automatic full collections are off while it runs: whatever is old enough to
+reach generation 2 is frozen within ``FREEZE_EVERY`` anyway (a full collection of just
+those still took 10-30 ms on the loaded benchmark machine). Frozen objects are still freed
+by reference counting (contact states hold no cycles); only a cycle that dies after being
+frozen stays until :func:`release_heap` (~1000 cyclic objects over a 200k-event run, all
+collected while young)."""
 
 _frozen_at = -INF
+_thresholds: tuple[int, int, int] | None = None  # the collector's, while a run holds them
 
 
 def settle_heap(now: float) -> None:
     """Freeze the surviving heap at most every FREEZE_EVERY seconds (see there)."""
-    global _frozen_at
+    global _frozen_at, _thresholds
     if now - _frozen_at >= FREEZE_EVERY:
         _frozen_at = now
+        if _thresholds is None:
+            _thresholds = gc.get_threshold()
+            gc.set_threshold(_thresholds[0], _thresholds[1], 1 << 30)  # no automatic full ones
         gc.collect(1)
         gc.freeze()
 
 
 def release_heap() -> None:
     """Hand the frozen heap back to the collector (end of a run in a longer process)."""
-    global _frozen_at
+    global _frozen_at, _thresholds
     _frozen_at = -INF
+    if _thresholds is not None:
+        gc.set_threshold(*_thresholds)
+        _thresholds = None
     gc.unfreeze()
 
 
@@ -153,10 +162,13 @@ class WorkerLogics:
     ~170 us of client CPU); now one of each.
     """
 
-    def __init__(self, store: RedisStore) -> None:
+    def __init__(self, store: RedisStore, *, settle: bool = False) -> None:
         self.store = store
         self.logics: list[PartitionLogic] = []
         self.queued: dict[PartitionLogic, list[Value]] = {}
+        # A flow's workers manage the garbage collector (settle_heap) until on_eof; logics
+        # driven by hand (tests) leave it alone.
+        self.settle = settle
 
     def queue(self, logic: PartitionLogic, values: list[Value]) -> None:
         got = self.queued.get(logic)
@@ -183,7 +195,8 @@ class WorkerLogics:
                 logic.apply(entries, now)
         now = time.time()
         self.commit([logic for logic in self.logics if logic.due(now)])
-        settle_heap(now)
+        if self.settle:
+            settle_heap(now)
 
     def commit(
         self, logics: list[PartitionLogic], *, keep: bool = True
@@ -212,7 +225,7 @@ class WorkerThreads:
     def get(self) -> WorkerLogics:
         group: WorkerLogics | None = getattr(self.local, "group", None)
         if group is None:
-            group = self.local.group = WorkerLogics(_store(self.config))
+            group = self.local.group = WorkerLogics(_store(self.config), settle=True)
         return group
 
 
@@ -401,7 +414,9 @@ class PartitionLogic(ShardLogic):
         if not self.config.tail and not self.stop.is_set():
             self.advance_clock(time.time())
         out = self.take_ready() + self.flush()
-        release_heap()  # the run ends: nothing stays frozen in a longer-lived process
+        if self.worker.settle:
+            self.worker.settle = False
+            release_heap()  # the run ends: nothing stays frozen in a longer-lived process
         return out, StatefulBatchLogic.RETAIN
 
     def advance_clock(self, t: float) -> None:

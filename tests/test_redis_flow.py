@@ -15,6 +15,7 @@ fully settled.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import signal
@@ -39,7 +40,7 @@ from prometheus_client import REGISTRY
 from redis.cluster import RedisCluster
 from redis_server import RedisServer
 
-from flows.redis_flow import PartitionLogic
+from flows.redis_flow import PartitionLogic, WorkerLogics
 from flows.redis_io import IDLE
 from flows.scoring import FlowConfig, build_flow
 from leadscore.engine import Engine
@@ -583,3 +584,52 @@ def test_a_caught_up_partition_checkpoints_without_waiting_for_flush_ms(redis_ur
     assert store.last_checkpoint(p) == 1 and store.pending(p) == 1
     logic.on_eof()
     assert store.last_checkpoint(p) == 2 and store.pending(p) == 0
+
+
+def test_the_partitions_of_a_worker_share_their_state_loads_and_checkpoints(
+    redis_url: str,
+) -> None:
+    """Bytewax calls ``on_batch`` for each partition with input, then ``notify_at`` for each:
+    the first ``notify_at`` applies what all of them queued, with ONE MGET for all their
+    contacts not in memory and one round trip for all their checkpoints (a script each)."""
+    store = RedisStore(redis_url)
+    store.ensure(P)
+    contacts = [f"w{i}@acme.com" for i in range(40)]
+    store.send_events(
+        orjson.dumps({"contact": c, "action": "email.click", "id": f"{c}-1", "ts": START})
+        for c in contacts
+    )
+    parts = sorted({partition_of(c, P) for c in contacts})
+    assert len(parts) > 5
+    config = FlowConfig(
+        rules=str(RULES), source="redis", redis_url=redis_url, partitions=P, flush_ms=600_000
+    )
+    engine = Engine(load_rules(RULES))
+    worker = WorkerLogics(RedisStore(redis_url, partitions=P))
+    logics = {p: PartitionLogic(engine, config, worker) for p in parts}
+    store.r.config_resetstat()
+    for p, logic in logics.items():
+        reply = store.r.xreadgroup(GROUP, Keys.consumer(p), {store.keys.input(p): ">"})
+        values = [(p, eid.decode(), f[b"e"]) for eid, f in reply[0][1]]
+        logic.on_batch([*values, (p, IDLE, b"")])  # caught up: due at once
+    assert all(store.last_checkpoint(p) == 0 for p in parts)  # queued, nothing applied yet
+    logics[parts[0]].notify_at()
+    stats = {
+        k.removeprefix("cmdstat_"): v["calls"] for k, v in store.r.info("commandstats").items()
+    }
+    assert stats["mget"] == 1 and stats["evalsha"] == len(parts)
+    assert all(store.last_checkpoint(p) == 1 and store.pending(p) == 0 for p in parts)
+    for p in parts:
+        mine = [c for c in contacts if partition_of(c, P) == p]
+        assert sorted(store.load_states(p, mine)) == sorted(mine)
+    assert all(logic.notify_at() is None for logic in logics.values())  # nothing left to do
+
+
+def test_a_run_leaves_the_garbage_collector_as_it_found_it(redis_url: str) -> None:
+    """The live flow freezes its heap and turns automatic full collections off while it runs
+    (flows.redis_flow.FREEZE_EVERY); a process that goes on after the run gets both back."""
+    thresholds = gc.get_threshold()
+    send(redis_url, list(generate_events(200, 3000, seed=5, start=START, days=3)))
+    run_in_process(redis_url)
+    assert gc.get_threshold() == thresholds
+    assert gc.get_freeze_count() == 0
