@@ -26,6 +26,7 @@ from redis_server import RedisServer
 from state.keys import GROUP, LAYOUT_VERSION, Keys, partition_of
 from state.redis_store import (
     CHECKPOINT_LUA,
+    Checkpoint,
     CheckpointConflict,
     MetaMismatch,
     NotInitialized,
@@ -316,6 +317,101 @@ def test_stale_script_call_arriving_after_the_retry_writes_nothing(
     reply = proxy.release(until=b":1\r\n:1\r\n")
     assert reply == b"*2\r\n:1\r\n:1\r\n", reply
     assert len(direct.read_triggers()) == 3 and len(direct.read_dead()) == 1
+
+
+# -- several partitions per round trip ------------------------------------------------------
+
+
+def batch(p: int, seq: int, ack_ids: list[str] = ()) -> Checkpoint:  # type: ignore[assignment]
+    return Checkpoint(
+        p,
+        seq,
+        states={f"c{p}-{seq}": f"state-{p}-{seq}".encode()},
+        read_models={f"c{p}-{seq}": orjson.dumps({"p": p, "seq": seq})},
+        triggers=[orjson.dumps({"p": p, "seq": seq})],
+        changes=[orjson.dumps({"p": p, "seq": seq, "kind": "change"})],
+        ack_ids=list(ack_ids),
+        timers={f"c{p}-{seq}": 1000.0 + p},
+        clock=500.0 + seq,
+    )
+
+
+def test_checkpoint_many_commits_every_partition_like_single_checkpoints(
+    store: RedisStore,
+) -> None:
+    store.send_events([event(f"c-{i}", n) for i in range(40) for n in range(3)], batch=5)
+    acks = {p: deliver(store, p) for p in (1, 2, 5)}
+    store.r.config_resetstat()
+    assert store.checkpoint_many([batch(p, 1, acks[p]) for p in (1, 2, 5)]) == [True] * 3
+    assert commandstats(store.r)["evalsha"] == 3  # one script per partition, one round trip
+    for p in (1, 2, 5):
+        assert store.last_checkpoint(p) == 1 and store.pending(p) == 0
+        assert store.load_states(p, [f"c{p}-1"]) == {f"c{p}-1": f"state-{p}-1".encode()}
+        assert store.load_timers(p) == [(f"c{p}-1", 1000.0 + p)]
+        assert store.load_clock(p) == 501.0
+    assert sorted((t["p"], t["seq"]) for t in store.read_triggers()) == [(1, 1), (2, 1), (5, 1)]
+    # The same batch again: every partition answers "already committed", nothing is rewritten.
+    assert store.checkpoint_many([batch(p, 1, acks[p]) for p in (1, 2, 5)]) == [False] * 3
+    assert len(store.read_triggers()) == 3
+
+
+def test_checkpoint_many_refuses_a_stale_partition_and_commits_the_others(
+    store: RedisStore,
+) -> None:
+    """Each partition's script is its own atomic unit: the refused one writes nothing, the
+    others of the same round trip commit (and are recorded), then the refusal is raised."""
+    assert store.checkpoint_many([batch(3, 1), batch(4, 1)]) == [True, True]
+    other = RedisStore(store.url)  # another writer moves partition 4 on to seq 3
+    other.last_checkpoint(4)
+    other.checkpoint_many([batch(4, 2)])
+    other.checkpoint_many([batch(4, 3)])
+    with pytest.raises(CheckpointConflict, match="partition 4: committed checkpoint is 3"):
+        store.checkpoint_many([batch(3, 2), batch(4, 2), batch(6, 1)])
+    assert store.last_checkpoint(3) == 2 and store.last_checkpoint(6) == 1
+    assert store.last_checkpoint(4) == 3
+    triggers = sorted((t["p"], t["seq"]) for t in store.read_triggers())
+    # (4, 2) once: the other writer's; this process's refused call wrote nothing
+    assert triggers == [(3, 1), (3, 2), (4, 1), (4, 2), (4, 3), (6, 1)]
+    with pytest.raises(ValueError, match="one checkpoint per partition"):
+        store.checkpoint_many([batch(1, 1), batch(1, 2)])
+
+
+def test_checkpoint_many_survives_redis_forgetting_the_script(store: RedisStore) -> None:
+    assert store.checkpoint_many([batch(0, 1), batch(1, 1)]) == [True, True]
+    store.r.script_flush()
+    store.r.config_resetstat()
+    assert store.checkpoint_many([batch(0, 2), batch(1, 2)]) == [True, True]
+    stats = commandstats(store.r)
+    assert stats["evalsha"] == 2 and stats["eval"] == 2  # both NOSCRIPT, both re-sent once
+    store.r.config_resetstat()
+    assert store.checkpoint_many([batch(0, 3), batch(1, 3)]) == [True, True]
+    assert commandstats(store.r).get("eval", 0) == 0
+    assert len(store.read_triggers()) == 6
+
+
+def test_checkpoint_many_reply_lost_after_commit_is_not_applied_twice(
+    redis_url: str, tcp_proxy: Callable[..., TcpProxy], caplog: pytest.LogCaptureFixture
+) -> None:
+    direct = RedisStore(redis_url)
+    direct.ensure(8)
+    proxy = tcp_proxy()
+    store = proxied_store(proxy)
+    both = committed(direct, 2, 1)
+    proxy.arm("drop_reply", SCRIPT_CALL, committed=lambda: both() and committed(direct, 7, 1)())
+    with caplog.at_level(logging.INFO, logger="leadscore.redis"):
+        assert store.checkpoint_many([batch(2, 1), batch(7, 1)]) == [True, True]
+    assert proxy.fired.is_set()
+    assert caplog.text.count("had committed before its connection failed") == 2
+    assert sorted((t["p"], t["seq"]) for t in direct.read_triggers()) == [(2, 1), (7, 1)]
+
+
+def test_load_states_many_reads_several_partitions_in_one_mget(store: RedisStore) -> None:
+    store.checkpoint(1, 1, states={"a": b"s1a", "b": b"s1b"})
+    store.checkpoint(6, 1, states={"a": b"s6a"})
+    store.r.config_resetstat()
+    found = store.load_states_many({1: ["a", "b", "x"], 6: ["a", "b"], 2: ["y"]})
+    assert found == {1: {"a": b"s1a", "b": b"s1b"}, 6: {"a": b"s6a"}, 2: {}}
+    assert commandstats(store.r)["mget"] == 1
 
 
 # -- Redis restarts -------------------------------------------------------------------------
