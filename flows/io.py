@@ -11,6 +11,7 @@ import gzip
 import sys
 from collections import Counter
 from collections.abc import Callable
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
@@ -55,24 +56,19 @@ class _LinesPartition(StatefulSourcePartition[Chunk, int]):
     def next_batch(self) -> list[Chunk]:
         if self._done:
             raise StopIteration
-        lines: list[bytes] = []
-        readline = self._file.readline
+        # islice over the file and map/all below keep the per-line work in C.
+        raw = list(islice(self._file, self._batch_size))
+        if len(raw) < self._batch_size:
+            self._done = True
         first = self._line + 1
-        size = 0
-        for _ in range(self._batch_size):
-            line = readline()
-            if not line:
-                self._done = True
-                break
-            size += len(line)
-            lines.append(line.rstrip(b"\r\n"))
-        self._line += len(lines)
-        if progress_hook is not None and size:
-            progress_hook(size)
+        self._line += len(raw)
+        if progress_hook is not None and raw:
+            progress_hook(sum(map(len, raw)))
+        lines = [line.rstrip(b"\r\n") for line in raw]
         # Blank lines carry nothing; every other line becomes an event or a dead letter.
         batch: list[Chunk] = []
         if lines:
-            if any(not line.strip() for line in lines):
+            if not all(map(bytes.strip, lines)):
                 numbered = [(first + i, line) for i, line in enumerate(lines) if line.strip()]
                 for number, line in numbered:
                     batch.append((self._part, self._path, number, [line]))
