@@ -13,8 +13,9 @@ from typing import Any
 import orjson
 
 from bench.conftest import BASELINE, HotPath, percentiles
-from leadscore.engine import ContactState
-from leadscore.events import parse_event
+from flows.scoring import effect_record
+from leadscore.engine import ContactState, Duplicate, Effect
+from leadscore.events import Event, parse_event, parse_events
 from state.codec import decode, encode
 
 
@@ -77,6 +78,39 @@ def test_parse_event(benchmark: Any, hot: HotPath) -> None:
 
     benchmark(loop)
     hot.record(benchmark, "parse_event", len(lines))
+
+
+def test_parse_events(benchmark: Any, hot: HotPath) -> None:
+    """parse_events over chunks of 2048 lines, as the file flow's Parser calls it."""
+    lines = hot.lines
+    chunks = [lines[i : i + 2048] for i in range(0, len(lines), 2048)]
+
+    def loop() -> int:
+        return sum(len(parse_events(chunk, 0.0)) for chunk in chunks)
+
+    assert benchmark(loop) == len(lines)
+    hot.record(benchmark, "parse_events", len(lines))
+
+
+def test_records(benchmark: Any, hot: HotPath) -> None:
+    """One output line per effect (record dict, format_ts, orjson.dumps), as the flow writes."""
+    engine = hot.engine
+    states: dict[str, ContactState] = {}
+    effects: list[tuple[str, Effect]] = []
+    for e in hot.events:
+        state = states.get(e.contact)
+        if state is None:
+            state = states[e.contact] = engine.new_state()
+        out = engine.apply(state, e)
+        if out and type(out[0]) is not Duplicate:
+            effects += [(e.contact, effect) for effect in out]
+    assert all(type(e) is Event for e in hot.events)
+
+    def loop() -> int:
+        return sum(len(effect_record(contact, effect)[1]) for contact, effect in effects)
+
+    assert benchmark(loop) > 0
+    hot.record(benchmark, "records", len(effects), unit="record")
 
 
 def test_orjson_loads(benchmark: Any, hot: HotPath) -> None:
