@@ -368,17 +368,18 @@ class PartitionLogic(ShardLogic):
     def plan_flush(self, now: float) -> None:
         """Set the flush deadline of what is pending: ``flush_ms`` after the first of it.
 
-        Caught up (the last value was the IDLE marker) and with no checkpoint in the last
-        ``flush_ms``, flush at once: nothing else is coming to batch with, so waiting would
-        only add latency. A partition that catches up between entries arriving faster than
-        that still batches for ``flush_ms``: load does not multiply the checkpoints (flushing
-        at every catch-up made 1.5x as many at 0.5x d1 and fell further behind).
+        Caught up (the last value was the IDLE marker), flush as soon as the last checkpoint
+        is ``flush_ms`` old, at once if it already is: nothing else is coming to batch with,
+        so waiting longer would only add latency. A partition that catches up between entries
+        arriving faster than that still makes at most one checkpoint per ``flush_ms``: load
+        does not multiply the checkpoints (flushing at every catch-up made 1.5x as many at
+        0.5x d1 and fell further behind).
         """
         flush_s = self.config.flush_ms / 1000.0
         if self.deadline is None and (self.acks or self.dirty or self.out):
             self.deadline = now + flush_s
-        if self.caught_up and self.deadline is not None and now - self.flushed_at >= flush_s:
-            self.deadline = now
+        if self.caught_up and self.deadline is not None:
+            self.deadline = min(self.deadline, max(now, self.flushed_at + flush_s))
 
     def notify_at(self) -> datetime | None:
         # Bytewax calls this for every partition after the on_batch calls of an activation:

@@ -10,7 +10,8 @@ crash, never checkpointed), then new ones.
 
 Items are ``(str(p), (entry_id, payload))``: already keyed by partition, and ``payload`` is the
 entry's ``e`` field (one or more JSON events separated by ``\\n``). With ``mark_idle``, a
-partition that has read everything says so once with ``(str(p), (IDLE, b""))``.
+partition that has read everything says so with ``(str(p), (IDLE, b""))``: after the entries
+of a read that returned fewer than ``count`` (live runs), or once on an empty read.
 """
 
 from __future__ import annotations
@@ -161,6 +162,7 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
         self._replayed = 0
         self._adopted = False
         self._idle = False
+        self._marked = False  # the last batch ended with an IDLE marker
         self._done = False  # tail=False and nothing new: ends at its next poll
         # What a sibling's combined read found for it ([]: nothing), handed out at its next
         # poll instead of reading again: one read per sweep of the worker's partitions.
@@ -238,15 +240,29 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
         return self._worker.read_new(self)
 
     def _took(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Item]:
-        """The items of what a read of new entries returned for this partition."""
-        was_idle = self._idle
+        """The items of what a read of new entries returned for this partition.
+
+        With ``mark_idle``, a live partition is caught up as soon as a read returns fewer
+        than ``count`` entries: the stream held nothing more. The marker then follows those
+        entries in the same batch, so the flow can checkpoint them at once instead of one
+        sweep later, when a read comes back empty (which, with entries arriving every few
+        milliseconds, may never happen: the partition then waited for its flush deadline).
+        An empty read says it once, if the last batch did not.
+        """
         self._idle = not entries
         if not entries and not self._tail:
             self._done = True
             return []
-        if self._idle and not was_idle and self._mark_idle:
-            return [(self._part, (IDLE, b""))]
-        return self._emit(entries)
+        if not entries:
+            if self._mark_idle and not self._marked:
+                self._marked = True
+                return [(self._part, (IDLE, b""))]
+            return []
+        out = self._emit(entries)
+        self._marked = self._mark_idle and self._tail and len(entries) < self._count
+        if self._marked:
+            out.append((self._part, (IDLE, b"")))
+        return out
 
     def _xreadgroup(self, cursor: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
         resp = self._r.xreadgroup(GROUP, self._consumer, {self._key: cursor}, count=self._count)
@@ -368,8 +384,9 @@ class RedisStreamSource(FixedPartitionedSource[Item, None]):
     partition once it has nothing new: for tests and one-shot catch-up runs. Setting ``stop``
     (e.g. from a SIGTERM handler) ends every partition at its next poll, so the flow reaches
     end of input and can checkpoint what it applied; unread entries stay in Redis.
-    ``mark_idle`` emits one ``IDLE`` marker each time a partition catches up (a read finds
-    nothing new), so downstream can tell "no backlog" from "between batches".
+    ``mark_idle`` emits an ``IDLE`` marker each time a partition catches up (live: right after
+    the entries of a read that returned fewer than ``count``; else at the first empty read),
+    so downstream can tell "no backlog" from "between batches".
     """
 
     def __init__(

@@ -226,17 +226,37 @@ def test_stop_event_ends_a_tailing_run(store: RedisStore) -> None:
 def test_mark_idle_says_once_per_catch_up_that_a_partition_has_read_everything(
     store: RedisStore,
 ) -> None:
-    store.send_events([event(f"c-{i}", i) for i in range(40) if partition_of(f"c-{i}", P) == 1])
-    part = RedisStreamSource(store.url, store.keys, [1], mark_idle=True).build_part("in", "1", None)
-    first = part.next_batch()
-    assert first and all(eid != IDLE for _, (eid, _) in first)
-    assert part.next_batch() == [("1", (IDLE, b""))]  # caught up: said once...
-    assert part.next_batch() == []  # ...not on every idle poll
-    late = next(f"c-{i}" for i in range(40) if partition_of(f"c-{i}", P) == 1)
-    store.send_events([event(late, 99)])
-    assert [orjson.loads(p)["id"] for _, (_, p) in part.next_batch()] == [f"{late}/99"]
-    assert part.next_batch() == [("1", (IDLE, b""))]  # and again after the next catch-up
+    """A read that returns fewer entries than ``count`` got everything there was: the marker
+    follows its entries in the same batch. A full read may have left some: the marker waits
+    for a short or an empty read. Said once per catch-up, not on every idle poll."""
+    mine = [f"c-{i}" for i in range(200) if partition_of(f"c-{i}", P) == 1]
+    store.send_events([event(c, n) for n, c in enumerate(mine[:5])], batch=1)  # 5 entries
+    source = RedisStreamSource(store.url, store.keys, [1], mark_idle=True, count=2)
+    part = source.build_part("in", "1", None)
+
+    def ids(batch: list[Item]) -> list[str]:
+        return [eid if eid == IDLE else orjson.loads(p)["id"] for _, (eid, p) in batch]
+
+    assert ids(part.next_batch()) == [f"{mine[0]}/0", f"{mine[1]}/1"]  # full: maybe more
+    assert ids(part.next_batch()) == [f"{mine[2]}/2", f"{mine[3]}/3"]
+    assert ids(part.next_batch()) == [f"{mine[4]}/4", IDLE]  # short: caught up
+    assert part.next_batch() == []  # ...said once, not on every idle poll
+    store.send_events([event(mine[0], 99)])
+    assert ids(part.next_batch()) == [f"{mine[0]}/99", IDLE]  # and again after the next one
+    assert part.next_batch() == []
+    store.send_events([event(mine[1], n) for n in (100, 101)], batch=1)
+    assert ids(part.next_batch()) == [f"{mine[1]}/100", f"{mine[1]}/101"]  # exactly count
+    assert part.next_batch() == [("1", (IDLE, b""))]  # the empty read says it
+    assert part.next_batch() == []
     part.close()
+
+
+def test_a_drain_run_never_marks_idle(store: RedisStore) -> None:
+    """tail=False ends at the first empty read; timers then follow on_eof, not a marker."""
+    store.send_events([event(f"c-{i}", i) for i in range(40) if partition_of(f"c-{i}", P) == 1])
+    source = RedisStreamSource(store.url, store.keys, [1], mark_idle=True, tail=False)
+    items = run(source)
+    assert items and all(eid != IDLE for _, (eid, _) in items)
 
 
 @pytest.mark.cluster
@@ -274,8 +294,8 @@ def test_one_read_of_an_idle_worker_covers_all_of_its_streams(store: RedisStore)
     assert store.pending(3) == 1
     # ...and handed out by partition 3's next poll, exactly once.
     got = parts[3].next_batch()
-    assert [orjson.loads(p)["id"] for _, (_, p) in got] == [f"{late}/7"]
-    assert parts[3].next_batch() == [("3", (IDLE, b""))]
+    assert [orjson.loads(p)["id"] for _, (_, p) in got[:-1]] == [f"{late}/7"]
+    assert got[-1] == ("3", (IDLE, b""))  # a short read: caught up with it
     assert all(part.next_batch() == [] for part in parts)
     for part in parts:
         part.close()
