@@ -162,8 +162,8 @@ def format_ts(ts: float) -> str:
     last = _LAST_FORMATTED
     if ts == last[0]:  # equal numbers render alike (NaN never matches)
         return last[1]
-    if 0 <= ts <= _MAX_TS:  # NaN, negative and huge values take the reference path
-        whole = int(ts)
+    if 0.0 <= ts <= _MAX_TS:  # NaN, negative and huge values take the reference path
+        whole = _floor(ts)  # the integer part (ts >= 0), cheaper than int()
         # fromtimestamp's rounding exactly: the fraction (exact for a float) to microseconds
         # half to even, carried into the second at 1e6; isoformat then truncates to millis.
         # floor(z + 0.5) is that rounding whenever z is not within a hair of a half (the
@@ -251,7 +251,47 @@ def validate_event(obj: object, now: float, size: int = 0) -> Event | Reject:
 
 
 def parse_event(raw: bytes | str, now: float) -> Event | Reject:
-    """Decode one JSON event. orjson refuses NaN and Infinity, which the contract forbids."""
+    """Decode one JSON event. orjson refuses NaN and Infinity, which the contract forbids.
+
+    parse_events' inlined common case for one line (a one-item parse_events call would cost
+    more than it saves); anything unusual takes :func:`_parse_event_checked`.
+    """
+    if type(raw) is bytes and len(raw) <= MAX_EVENT_BYTES:
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return Reject("invalid_json", str(exc))
+        if type(obj) is dict:
+            contact = obj.get("contact")
+            action = obj.get("action")
+            event_id = obj.get("id")
+            props = obj.get("props")
+            traits = obj.get("traits")
+            value = obj.get("ts")
+            if (
+                type(contact) is str
+                and 0 < len(contact) <= MAX_CONTACT_CHARS
+                and type(action) is str
+                and action
+                and (event_id is None or type(event_id) is str)
+                and (props is None or type(props) is dict)
+                and (traits is None or type(traits) is dict)
+                and type(ts := parse_ts(value, now)) is float
+            ):
+                event = _new(Event)
+                event.contact = contact
+                event.action = action
+                event.ts = ts
+                event.id = event_id
+                event.props = {} if props is None else props
+                event.traits = traits
+                return event
+        return validate_event(obj, now)
+    return _parse_event_checked(raw, now)
+
+
+def _parse_event_checked(raw: bytes | str, now: float) -> Event | Reject:
+    # Size, JSON, then every check of validate_event: what parse_events must agree with.
     size = len(raw) if type(raw) is bytes else len(raw.encode("utf-8", "surrogatepass"))
     if size > MAX_EVENT_BYTES:
         return Reject("too_large", f"event is {size} bytes, the limit is {MAX_EVENT_BYTES}")
@@ -268,7 +308,8 @@ def parse_events(lines: Iterable[bytes | str], now: float) -> list[Event | Rejec
     The checks of the common case (bytes, a JSON object, text contact and action, text or
     numeric ts, the optional fields of the usual types) are inlined here with local names,
     saving three calls and a dozen global lookups per line. Anything else goes through
-    parse_event / validate_event, so every rejection and its reason come from one place.
+    validate_event (and the size and JSON checks before it), so every rejection and its
+    reason come from one place.
     """
     out: list[Event | Reject] = []
     append = out.append
@@ -281,7 +322,7 @@ def parse_events(lines: Iterable[bytes | str], now: float) -> list[Event | Rejec
     max_ts = _MAX_TS
     for raw in lines:
         if type(raw) is not bytes or len(raw) > MAX_EVENT_BYTES:
-            append(parse_event(raw, now))
+            append(_parse_event_checked(raw, now))
             continue
         try:
             obj = loads(raw)
