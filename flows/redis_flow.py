@@ -194,9 +194,28 @@ class WorkerLogics:
             for logic, entries in parsed:
                 logic.apply(entries, now)
         now = time.time()
-        self.commit([logic for logic in self.logics if logic.due(now)])
+        self.commit_due(now)
         if self.settle:
             settle_heap(now)
+
+    def commit_due(self, now: float) -> None:
+        """If a partition is due, commit it with every sibling due within ``flush_ms / 2``.
+
+        Partitions' deadlines are staggered (each is ``flush_ms`` after its own last
+        checkpoint), so each would otherwise get a round trip of its own: ~700 a second at
+        9.6k events/s over 16 partitions. A sibling whose deadline is near commits a little
+        early, in the same round trip: at most two checkpoints per ``flush_ms``.
+        """
+        due = [logic for logic in self.logics if logic.due(now)]
+        if not due:
+            return
+        soon = now + due[0].config.flush_ms / 2000.0
+        due += [
+            logic
+            for logic in self.logics
+            if logic.deadline is not None and logic.deadline <= soon and not logic.due(now)
+        ]
+        self.commit(due)
 
     def commit(
         self, logics: list[PartitionLogic], *, keep: bool = True
@@ -399,12 +418,7 @@ class PartitionLogic(ShardLogic):
         self.worker.run()
         if self.caught_up:
             self.advance_clock(time.time())  # may set the deadline to time.time()
-        if self.due(time.time()):
-            # Siblings whose deadline passed too commit in the same round trip.
-            now = time.time()
-            self.worker.commit(
-                [self, *(o for o in self.worker.logics if o is not self and o.due(now))]
-            )
+        self.worker.commit_due(time.time())
         return self.take_ready(), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[tuple[str, bytes]], bool]:

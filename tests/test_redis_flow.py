@@ -633,3 +633,33 @@ def test_a_run_leaves_the_garbage_collector_as_it_found_it(redis_url: str) -> No
     run_in_process(redis_url)
     assert gc.get_threshold() == thresholds
     assert gc.get_freeze_count() == 0
+
+
+def test_a_due_partition_takes_siblings_due_within_half_a_flush_along(redis_url: str) -> None:
+    """Deadlines are staggered (flush_ms after each partition's own last checkpoint): a
+    sibling whose deadline is less than flush_ms / 2 away commits in the same round trip."""
+    store = RedisStore(redis_url)
+    store.ensure(P)
+    config = FlowConfig(
+        rules=str(RULES), source="redis", redis_url=redis_url, partitions=P, flush_ms=10_000
+    )
+    engine = Engine(load_rules(RULES))
+    worker = WorkerLogics(RedisStore(redis_url, partitions=P))
+    contacts = {}
+    for i in range(200):
+        contacts.setdefault(partition_of(f"s{i}@acme.com", P), f"s{i}@acme.com")
+    parts = sorted(contacts)[:3]
+    logics = [PartitionLogic(engine, config, worker) for _ in parts]
+    for p, logic in zip(parts, logics, strict=True):
+        line = {"contact": contacts[p], "action": "email.click", "id": f"s-{p}", "ts": START}
+        store.send_events([orjson.dumps(line)])
+        reply = store.r.xreadgroup(GROUP, Keys.consumer(p), {store.keys.input(p): ">"})
+        logic.on_batch([(p, eid.decode(), f[b"e"]) for eid, f in reply[0][1]])
+    logics[0].notify_at()  # applies all three; none is due for 10 s
+    assert [store.last_checkpoint(p) for p in parts] == [0, 0, 0]
+    now = time.time()
+    for logic, deadline in zip(logics, (now - 1, now + 4, now + 6), strict=True):
+        logic.deadline = deadline
+    worker.commit_due(now)
+    assert [store.last_checkpoint(p) for p in parts] == [1, 1, 0]
+    assert logics[2].deadline is not None and logics[1].deadline is None
