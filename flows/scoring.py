@@ -19,6 +19,7 @@ or with ``leadscore run``.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import logging
 import os
@@ -173,6 +174,47 @@ def effect_record(contact: str, effect: Effect) -> tuple[str, bytes]:
 _dumps = orjson.dumps  # a global, not an attribute lookup, once per output record
 
 
+# --------------------------------------------------------------------------- the heap
+
+FREEZE_EVERY = 0.2
+"""Seconds between two moves of the surviving heap out of the garbage collector's reach.
+
+A file replay keeps every contact state it has seen, and Python's full (generation 2)
+collection walks all of them, again and again as the heap grows. So while a file flow runs,
+every FREEZE_EVERY seconds its workers collect the young generations and ``gc.freeze()``
+what survives, and automatic full collections are off (the policy flows.redis_flow applies
+to the live flow). Frozen objects are still freed by reference counting; the collector gets
+its thresholds and the frozen heap back at the end of the run (:func:`release_heap`)."""
+
+_frozen_at = -INF
+_thresholds: tuple[int, int, int] | None = None  # the collector's, while a run holds them
+_heap_lock = threading.Lock()  # two worker threads of one process share the collector
+
+
+def settle_heap(now: float) -> None:
+    """Freeze the surviving heap at most every FREEZE_EVERY seconds (see there)."""
+    global _frozen_at, _thresholds
+    if now - _frozen_at >= FREEZE_EVERY:
+        with _heap_lock:
+            _frozen_at = now
+            if _thresholds is None:
+                _thresholds = gc.get_threshold()
+                gc.set_threshold(_thresholds[0], _thresholds[1], 1 << 30)
+            gc.collect(1)
+            gc.freeze()
+
+
+def release_heap() -> None:
+    """Hand the frozen heap and the thresholds back to the collector (end of a run)."""
+    global _frozen_at, _thresholds
+    with _heap_lock:
+        _frozen_at = -INF
+        if _thresholds is not None:
+            gc.set_threshold(*_thresholds)
+            _thresholds = None
+        gc.unfreeze()
+
+
 # --------------------------------------------------------------------------- shard logic
 
 
@@ -183,9 +225,12 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
     per batch rather than per effect.
     """
 
-    def __init__(self, engine: Engine, parts: int, live: bool) -> None:
+    def __init__(self, engine: Engine, parts: int, live: bool, *, settle: bool = False) -> None:
         self.engine = engine
         self.live = live
+        # A file flow's logics manage the garbage collector (settle_heap) until on_eof;
+        # logics driven by hand (tests) and the Redis flow's leave it alone.
+        self.settle = settle
         self.contacts: dict[str, ContactState] = {}
         self.timers: list[tuple[float, str]] = []
         self.marks = [-INF] * parts
@@ -216,6 +261,8 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
             else:
                 self.other(value)
         self.reschedule()
+        if self.settle:
+            settle_heap(time.monotonic())
         return self.drain(), StatefulBatchLogic.RETAIN
 
     def other(self, value: Any) -> None:
@@ -240,6 +287,9 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
         return self.drain(), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[tuple[str, bytes]], bool]:
+        if self.settle:
+            self.settle = False
+            release_heap()  # the run ends: nothing stays frozen in a longer-lived process
         if not self.live:
             self.fire_due(self.clock)
             view = self.engine.view
@@ -441,7 +491,7 @@ def build_flow(config: FlowConfig, rules: Rules | None = None) -> Dataflow:
     keyed = op.flat_map("parse", chunks, Parser(rules, config.shards))
     parts = len(config.events)
     results = op.stateful_batch(
-        "score", keyed, lambda _resume: ShardLogic(engine, parts, live=False)
+        "score", keyed, lambda _resume: ShardLogic(engine, parts, live=False, settle=True)
     )
     by_kind = op.map("by_kind", results, lambda kv: kv[1])
     op.output("write", by_kind, ResultsSink(config.out))

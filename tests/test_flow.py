@@ -8,6 +8,7 @@ next event; plain, gzip and standard input alike.
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import math
@@ -25,7 +26,7 @@ import orjson
 import pytest
 from bytewax.testing import cluster_main, run_main
 
-from flows.scoring import FlowConfig, build_flow
+from flows.scoring import FlowConfig, ShardLogic, build_flow
 from leadscore.events import MAX_EVENT_BYTES, format_ts
 from leadscore.generate import generate_events
 
@@ -613,3 +614,22 @@ def test_output_records_keep_their_exact_bytes() -> None:
     point = expect[0][0]
     assert record_of("c", point, "page.hit")["action"] == "page.hit"  # type: ignore[index]
     assert list(record_of("c", point, "page.hit"))[-1] == "action"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_run_leaves_the_garbage_collector_as_it_found_it(
+    mixed: tuple[Path, Path], tmp_path: Path, workers: int
+) -> None:
+    """A file flow freezes its heap and turns automatic full collections off while it runs
+    (flows.scoring.FREEZE_EVERY); a process that goes on after the run gets both back."""
+    rules, events = mixed
+    thresholds = gc.get_threshold()
+    out = run_flow(rules, [events], tmp_path / "out", workers=workers)
+    assert gc.get_threshold() == thresholds
+    assert gc.get_freeze_count() == 0
+    assert outputs(out)["summary"]["scored"] > 0
+    # Logics driven by hand (tests, the Redis flow's partitions) leave the collector alone.
+    from leadscore.engine import Engine
+    from leadscore.rules import load_rules
+
+    assert not ShardLogic(Engine(load_rules(str(rules))), 1, live=False).settle
