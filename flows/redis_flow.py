@@ -148,6 +148,21 @@ def prepare_process(config: FlowConfig) -> None:
 # --------------------------------------------------------------------------- partition logic
 
 
+GROUP_BYTES = 1 << 20
+"""Queued input (payload bytes) applied between two checkpoint rounds (see WorkerLogics.run)."""
+
+COMMIT_BYTES = 8 << 20
+"""About how many bytes of checkpoints share one socket write (see WorkerLogics.commit)."""
+
+
+def checkpoint_bytes(batch: Checkpoint) -> int:
+    """The record and value bytes a checkpoint writes (its metric, and its write's size)."""
+    states, read_models = batch.states or {}, batch.read_models or {}
+    size = sum(map(len, states.values())) + sum(map(len, read_models.values()))
+    size += sum(map(len, batch.triggers)) + sum(map(len, batch.changes))
+    return size + sum(map(len, batch.dead))
+
+
 class WorkerLogics:
     """The partition logics of one Bytewax worker thread, which share Redis round trips.
 
@@ -156,10 +171,11 @@ class WorkerLogics:
     ``on_eof``) that follows runs :meth:`run`: it parses every queued partition's entries,
     loads the states of all their contacts not in memory with ONE MGET, applies each
     partition's entries in order (per-partition semantics are unchanged: clock, timers, flush
-    policy), then commits every partition that is due in ONE pipelined round trip
+    policy), then commits every partition that is due in ONE round trip
     (``RedisStore.checkpoint_many``: one atomic script per partition, as before). With 16
     partitions a live sweep made up to 16 MGETs and as many checkpoint round trips (each
-    ~170 us of client CPU); now one of each.
+    ~170 us of client CPU); now one of each. A backlog is applied and committed in groups of
+    about GROUP_BYTES of input instead, to bound memory.
     """
 
     def __init__(self, store: RedisStore, *, settle: bool = False) -> None:
@@ -178,25 +194,45 @@ class WorkerLogics:
             got.extend(values)
 
     def run(self) -> None:
-        """Apply everything queued, then commit every partition due to flush."""
+        """Apply everything queued, then commit every partition due to flush.
+
+        Partitions are applied in groups of about GROUP_BYTES of input, each followed by
+        its due checkpoints: live sweeps are one group, while a backlog (full reads of 100-event
+        entries, megabytes per partition) is applied and committed a partition at a time, so
+        memory holds one partition's parsed batch, not every partition's (4x the peak RSS).
+        """
         if self.queued:
             queued, self.queued = self.queued, {}
-            now = time.time()
-            parsed = [(logic, logic.prepare(values, now)) for logic, values in queued.items()]
-            wanted = {
-                logic.p: missing for logic, entries in parsed if (missing := logic.missing(entries))
-            }
-            if wanted:
-                blobs = self.store.load_states_many(wanted)
-                for logic, _ in parsed:
-                    if logic.p in wanted:
-                        logic.loaded(wanted[logic.p], blobs[logic.p])
-            for logic, entries in parsed:
-                logic.apply(entries, now)
+            group: list[tuple[PartitionLogic, list[Value]]] = []
+            size = 0
+            for logic, values in queued.items():
+                group.append((logic, values))
+                size += sum(len(v[2]) for v in values)
+                if size >= GROUP_BYTES:
+                    self.apply(group)
+                    self.commit_due(time.time())
+                    group, size = [], 0
+            if group:
+                self.apply(group)
         now = time.time()
         self.commit_due(now)
         if self.settle:
             settle_heap(now)
+
+    def apply(self, group: list[tuple[PartitionLogic, list[Value]]]) -> None:
+        """Parse, load every missing state with one MGET, apply each partition in order."""
+        now = time.time()
+        parsed = [(logic, logic.prepare(values, now)) for logic, values in group]
+        wanted = {
+            logic.p: missing for logic, entries in parsed if (missing := logic.missing(entries))
+        }
+        if wanted:
+            blobs = self.store.load_states_many(wanted)
+            for logic, _ in parsed:
+                if logic.p in wanted:
+                    logic.loaded(wanted[logic.p], blobs[logic.p])
+        for logic, entries in parsed:
+            logic.apply(entries, now)
 
     def commit_due(self, now: float) -> None:
         """If a partition is due, commit it with every sibling due within ``flush_ms / 2``.
@@ -220,17 +256,24 @@ class WorkerLogics:
     def commit(
         self, logics: list[PartitionLogic], *, keep: bool = True
     ) -> list[list[tuple[str, bytes]]]:
-        """Checkpoint ``logics`` in one round trip; each one's committed records, which
-        ``keep`` also leaves for the logic's next callback if ``config.out`` wants them."""
-        begun = [(logic, got) for logic in logics if (got := logic.begin_flush()) is not None]
-        if not begun:
-            return [[] for _ in logics]
-        self.store.checkpoint_many([batch for _, (batch, _) in begun])
+        """Checkpoint ``logics`` in one round trip (one per ~COMMIT_BYTES); each one's
+        committed records, which ``keep`` also leaves for the logic's next callback if
+        ``config.out`` wants them."""
         done: dict[PartitionLogic, list[tuple[str, bytes]]] = {}
-        for logic, (batch, started) in begun:
-            committed = done[logic] = logic.end_flush(batch, started)
-            if keep and committed and logic.config.out:
-                logic.ready += committed
+        begun: list[tuple[PartitionLogic, Checkpoint, float]] = []
+        size = 0
+        for i, logic in enumerate(logics):
+            got = logic.begin_flush()
+            if got is not None:
+                begun.append((logic, *got))
+                size += checkpoint_bytes(got[0])
+            if begun and (size >= COMMIT_BYTES or i == len(logics) - 1):
+                self.store.checkpoint_many([batch for _, batch, _ in begun])
+                for committer, batch, started in begun:
+                    committed = done[committer] = committer.end_flush(batch, started)
+                    if keep and committed and committer.config.out:
+                        committer.ready += committed
+                begun, size = [], 0
         return [done.get(logic, []) for logic in logics]
 
 
@@ -574,10 +617,7 @@ class PartitionLogic(ShardLogic):
                 durable.pop(contact, None)
             else:
                 durable[contact] = due
-        states, read_models = batch.states or {}, batch.read_models or {}
-        size = sum(map(len, states.values())) + sum(map(len, read_models.values()))
-        size += sum(map(len, batch.triggers)) + sum(map(len, batch.changes))
-        size += sum(map(len, batch.dead))
+        size = checkpoint_bytes(batch)
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
         # Triggers are counted per checkpoint from ShardLogic's counter, not per effect.
         reported = self.reported
