@@ -19,7 +19,7 @@ from math import exp2, inf, log2
 from typing import Any
 from zlib import crc32
 
-from leadscore.events import Event, format_ts
+from leadscore.events import Event, format_ts, round4
 from leadscore.rules import (
     REPEAT_COOLDOWN,
     REPEAT_ONCE,
@@ -390,8 +390,10 @@ class Engine:
     def view(self, contact: str, state: ContactState) -> dict[str, Any]:
         """The read model: what personalization and sales need, decayed to the last update."""
         t = state.last_ts
-        scores = {name: round(self._group_score(state, name, t), 4) for name in self._group_names}
-        total = round(sum(scores.values()), 4)
+        # round4 is round(x, 4) to the bit, without its decimal round trip: a view is built
+        # for every dirty contact at every flush.
+        scores = {name: round4(self._group_score(state, name, t)) for name in self._group_names}
+        total = round4(sum(scores.values()))
         rules = self.rules
         normalized = None
         if rules.scale_max:
@@ -679,7 +681,7 @@ class Engine:
         _set_trigger(state, trigger.id, state.seq)
         state.due = _UNKNOWN
         state.floor = -inf
-        effects.append(TriggerFired(trigger.id, round(score, 4), t, list(trigger.actions), cause))
+        effects.append(TriggerFired(trigger.id, round4(score), t, list(trigger.actions), cause))
         for kind, arg in self._trigger_ops[trigger.id]:
             if kind == "add_segment":
                 if arg not in state.segments:
