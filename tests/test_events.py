@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import pickle
 from datetime import UTC, datetime
 
 import orjson
@@ -517,3 +518,26 @@ def test_parse_events_reads_generated_lines_like_parse_event() -> None:
     for raw, got in zip(lines, parse_events(lines, NOW), strict=True):
         assert same(got, reference_parse_event(raw, NOW))
         assert same(parse_event(raw, NOW), got)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    event_id=st.none() | st.text(max_size=5),
+    props=st.none() | st.dictionaries(st.text(max_size=3), st.integers() | st.text(max_size=3)),
+    traits=st.none() | st.dictionaries(st.text(max_size=3), st.text(max_size=3)),
+)
+def test_an_event_survives_pickling(
+    event_id: str | None, props: dict[str, object] | None, traits: dict[str, object] | None
+) -> None:
+    # How events travel between the processes of one Bytewax cluster.
+    event = Event("c-1", "page.hit", 1.5, event_id, props, traits)
+    back = pickle.loads(pickle.dumps(event, protocol=pickle.HIGHEST_PROTOCOL))
+    assert type(back) is Event
+    assert (back.contact, back.action, back.ts, back.id, back.props, back.traits) == (
+        "c-1",
+        "page.hit",
+        1.5,
+        event_id,
+        props or {},
+        traits,
+    )
