@@ -21,7 +21,6 @@ which is safe too: whatever was not checkpointed is replayed by the next run.
 
 from __future__ import annotations
 
-import gc
 import heapq
 import logging
 import os
@@ -40,6 +39,7 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows import metrics
+from flows.heap import release_heap, settle_heap
 from flows.io import ResultsSink
 from flows.redis_io import IDLE, RedisStreamSource, wake_by
 from flows.scoring import DeadLetter, FlowConfig, ShardLogic
@@ -68,46 +68,6 @@ the batch touched. Catching up on a backlog of full entries (100 events) at 500k
 per event. Live traffic is read as it arrives, so its reads hold a few entries anyway; the
 price is in backlogs: up to 25,600 events (~1 s of work) per checkpoint to replay after a
 crash, and a longer script (tens of ms) that Redis runs while other clients wait."""
-
-
-FREEZE_EVERY = 0.2
-"""Seconds between two moves of the surviving heap out of the garbage collector's reach.
-
-Python's full (generation 2) collection walks every tracked object: with the tens of
-thousands of contact states a live partition keeps, one took ~100 ms at 200k events (11 of
-them: 10% of the run), and every event behind it waited. So every ``FREEZE_EVERY`` seconds
-the flow collects the young generations (well under a millisecond) and ``gc.freeze()``s what
-survives, and automatic full collections are off while it runs: whatever is old enough to
-reach generation 2 is frozen within ``FREEZE_EVERY`` anyway (a full collection of just
-those still took 10-30 ms on the loaded benchmark machine). Frozen objects are still freed
-by reference counting (contact states hold no cycles); only a cycle that dies after being
-frozen stays until :func:`release_heap` (~1000 cyclic objects over a 200k-event run, all
-collected while young)."""
-
-_frozen_at = -INF
-_thresholds: tuple[int, int, int] | None = None  # the collector's, while a run holds them
-
-
-def settle_heap(now: float) -> None:
-    """Freeze the surviving heap at most every FREEZE_EVERY seconds (see there)."""
-    global _frozen_at, _thresholds
-    if now - _frozen_at >= FREEZE_EVERY:
-        _frozen_at = now
-        if _thresholds is None:
-            _thresholds = gc.get_threshold()
-            gc.set_threshold(_thresholds[0], _thresholds[1], 1 << 30)  # no automatic full ones
-        gc.collect(1)
-        gc.freeze()
-
-
-def release_heap() -> None:
-    """Hand the frozen heap back to the collector (end of a run in a longer process)."""
-    global _frozen_at, _thresholds
-    _frozen_at = -INF
-    if _thresholds is not None:
-        gc.set_threshold(*_thresholds)
-        _thresholds = None
-    gc.unfreeze()
 
 
 # --------------------------------------------------------------------------- stopping
@@ -217,7 +177,7 @@ class WorkerLogics:
         now = time.time()
         self.commit_due(now)
         if self.settle:
-            settle_heap(now)
+            settle_heap()
 
     def apply(self, group: list[tuple[PartitionLogic, list[Value]]]) -> None:
         """Parse, load every missing state with one MGET, apply each partition in order."""

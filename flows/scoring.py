@@ -19,7 +19,6 @@ or with ``leadscore run``.
 
 from __future__ import annotations
 
-import gc
 import heapq
 import logging
 import os
@@ -36,6 +35,7 @@ import orjson
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
+from flows.heap import release_heap, settle_heap
 from flows.io import OUTPUT_KINDS, JsonlSource, ResultsSink
 from leadscore.engine import (
     ContactState,
@@ -174,47 +174,6 @@ def effect_record(contact: str, effect: Effect) -> tuple[str, bytes]:
 _dumps = orjson.dumps  # a global, not an attribute lookup, once per output record
 
 
-# --------------------------------------------------------------------------- the heap
-
-FREEZE_EVERY = 0.2
-"""Seconds between two moves of the surviving heap out of the garbage collector's reach.
-
-A file replay keeps every contact state it has seen, and Python's full (generation 2)
-collection walks all of them, again and again as the heap grows. So while a file flow runs,
-every FREEZE_EVERY seconds its workers collect the young generations and ``gc.freeze()``
-what survives, and automatic full collections are off (the policy flows.redis_flow applies
-to the live flow). Frozen objects are still freed by reference counting; the collector gets
-its thresholds and the frozen heap back at the end of the run (:func:`release_heap`)."""
-
-_frozen_at = -INF
-_thresholds: tuple[int, int, int] | None = None  # the collector's, while a run holds them
-_heap_lock = threading.Lock()  # two worker threads of one process share the collector
-
-
-def settle_heap(now: float) -> None:
-    """Freeze the surviving heap at most every FREEZE_EVERY seconds (see there)."""
-    global _frozen_at, _thresholds
-    if now - _frozen_at >= FREEZE_EVERY:
-        with _heap_lock:
-            _frozen_at = now
-            if _thresholds is None:
-                _thresholds = gc.get_threshold()
-                gc.set_threshold(_thresholds[0], _thresholds[1], 1 << 30)
-            gc.collect(1)
-            gc.freeze()
-
-
-def release_heap() -> None:
-    """Hand the frozen heap and the thresholds back to the collector (end of a run)."""
-    global _frozen_at, _thresholds
-    with _heap_lock:
-        _frozen_at = -INF
-        if _thresholds is not None:
-            gc.set_threshold(*_thresholds)
-            _thresholds = None
-        gc.unfreeze()
-
-
 # --------------------------------------------------------------------------- shard logic
 
 
@@ -262,7 +221,7 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
                 self.other(value)
         self.reschedule()
         if self.settle:
-            settle_heap(time.monotonic())
+            settle_heap()
         return self.drain(), StatefulBatchLogic.RETAIN
 
     def other(self, value: Any) -> None:

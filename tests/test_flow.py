@@ -621,7 +621,7 @@ def test_a_run_leaves_the_garbage_collector_as_it_found_it(
     mixed: tuple[Path, Path], tmp_path: Path, workers: int
 ) -> None:
     """A file flow freezes its heap and turns automatic full collections off while it runs
-    (flows.scoring.FREEZE_EVERY); a process that goes on after the run gets both back."""
+    (flows.heap); a process that goes on after the run gets both back."""
     rules, events = mixed
     thresholds = gc.get_threshold()
     out = run_flow(rules, [events], tmp_path / "out", workers=workers)

@@ -627,7 +627,7 @@ def test_the_partitions_of_a_worker_share_their_state_loads_and_checkpoints(
 
 def test_a_run_leaves_the_garbage_collector_as_it_found_it(redis_url: str) -> None:
     """The live flow freezes its heap and turns automatic full collections off while it runs
-    (flows.redis_flow.FREEZE_EVERY); a process that goes on after the run gets both back."""
+    (flows.heap); a process that goes on after the run gets both back."""
     thresholds = gc.get_threshold()
     send(redis_url, list(generate_events(200, 3000, seed=5, start=START, days=3)))
     run_in_process(redis_url)

@@ -1,0 +1,70 @@
+"""The garbage collector while a flow runs: freeze what survives, no full collections.
+
+Python's full (generation 2) collection walks every tracked object. A flow keeps tens of
+thousands of contact states, so one took ~100 ms at 200k events (11 of them: 10% of a run),
+and every event behind it waited: the periodic 100-300 ms stalls of the live flow, and ~15%
+of a file replay's wall time. So while a flow runs, every ``FREEZE_EVERY`` seconds its
+workers collect the young generations (well under a millisecond) and ``gc.freeze()`` what
+survives, and automatic full collections are off: whatever is old enough to reach generation
+2 is frozen within ``FREEZE_EVERY`` anyway.
+
+Frozen objects are still freed by reference counting (contact states hold no cycles); only a
+cycle that dies after being frozen waits (~25 objects over a 200k-event run). A run that
+lasts, a live flow, gets one full collection of the whole heap every ``FULL_EVERY`` seconds,
+so such cycles cannot pile up for days; each costs one pause of the length above. At the
+end of a run (:func:`release_heap`) the collector gets its thresholds and the heap back.
+
+One module for every flow (and the benchmark's plain loop), so a process holds one copy of
+this state whichever flows it runs.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+
+FREEZE_EVERY = 0.2
+"""Seconds between two freezes of the surviving heap (see the module's docstring)."""
+
+FULL_EVERY = 600.0
+"""Seconds between two full collections of the whole heap while a run lasts."""
+
+_INF = float("inf")
+_frozen_at = -_INF
+_full_at = _INF  # set when a run starts to hold the collector
+_thresholds: tuple[int, int, int] | None = None  # the collector's, while a run holds them
+_lock = threading.Lock()  # worker threads of one process share the collector
+
+
+def settle_heap() -> None:
+    """Freeze the surviving heap at most every FREEZE_EVERY seconds; cheap to call often."""
+    global _frozen_at, _full_at, _thresholds
+    now = time.monotonic()
+    if now - _frozen_at < FREEZE_EVERY:
+        return
+    with _lock:
+        _frozen_at = now
+        if _thresholds is None:
+            _thresholds = gc.get_threshold()
+            gc.set_threshold(_thresholds[0], _thresholds[1], 1 << 30)  # no automatic full ones
+            _full_at = now + FULL_EVERY
+        if now >= _full_at:
+            _full_at = now + FULL_EVERY
+            gc.unfreeze()
+            gc.collect()
+        else:
+            gc.collect(1)
+        gc.freeze()
+
+
+def release_heap() -> None:
+    """Hand the frozen heap and the thresholds back to the collector (end of a run)."""
+    global _frozen_at, _full_at, _thresholds
+    with _lock:
+        _frozen_at = -_INF
+        _full_at = _INF
+        if _thresholds is not None:
+            gc.set_threshold(*_thresholds)
+            _thresholds = None
+        gc.unfreeze()

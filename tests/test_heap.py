@@ -1,0 +1,64 @@
+"""The garbage collector policy of running flows (flows.heap)."""
+
+from __future__ import annotations
+
+import gc
+import time
+import weakref
+
+import pytest
+
+from flows import heap
+
+
+class Node:
+    """A cycle: only the collector frees it, never reference counting."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.fixture(autouse=True)
+def released() -> object:
+    heap.release_heap()
+    yield
+    heap.release_heap()
+
+
+def test_a_run_freezes_survivors_and_hands_everything_back() -> None:
+    thresholds = gc.get_threshold()
+    heap.settle_heap()
+    assert gc.get_threshold()[2] > 10**6  # no automatic full collections while it runs
+    assert gc.get_freeze_count() > 0
+    heap.release_heap()
+    assert gc.get_threshold() == thresholds
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_cycle_that_dies_frozen_is_collected_by_the_periodic_full_collection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(heap, "FREEZE_EVERY", 0.0)
+    monkeypatch.setattr(heap, "FULL_EVERY", 0.3)
+    node = Node()
+    ref = weakref.ref(node)
+    heap.settle_heap()  # the run starts: node survives and is frozen
+    del node
+    heap.settle_heap()  # a young collection does not see frozen objects
+    assert ref() is not None
+    time.sleep(0.35)
+    heap.settle_heap()  # FULL_EVERY has passed: the whole heap is collected once
+    assert ref() is None
+    assert gc.get_freeze_count() > 0  # and what survived is frozen again
+
+
+def test_settling_more_often_than_freeze_every_does_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(heap, "FREEZE_EVERY", 60.0)
+    heap.settle_heap()
+    frozen = gc.get_freeze_count()
+    keep = [Node() for _ in range(100)]
+    heap.settle_heap()
+    assert gc.get_freeze_count() == frozen
+    assert keep
