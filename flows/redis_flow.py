@@ -431,7 +431,7 @@ class PartitionLogic(ShardLogic):
         # so only what was read is committed; the next run goes on from the same clock.
         if not self.config.tail and not self.stop.is_set():
             self.advance_clock(time.time())
-        out = self.take_ready() + self.flush()
+        out = self.flush()
         if self.worker.settle:
             self.worker.settle = False
             release_heap()  # the run ends: nothing stays frozen in a longer-lived process
@@ -529,9 +529,11 @@ class PartitionLogic(ShardLogic):
     def flush(self) -> list[tuple[str, bytes]]:
         """One checkpoint of this partition now (after applying what its worker queued):
         everything applied since the last one, with its acknowledgements. Returns the
-        committed records."""
+        committed records, after any its worker's run committed on the way (those wait in
+        ``ready``: at the end of input no later callback would hand them out)."""
         self.worker.run()
-        return self.worker.commit([self], keep=False)[0]
+        committed = self.worker.commit([self], keep=False)[0]
+        return self.take_ready() + committed
 
     def begin_flush(self) -> tuple[Checkpoint, float] | None:
         """The checkpoint of everything applied since the last one (None if nothing is)."""

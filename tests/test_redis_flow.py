@@ -587,7 +587,7 @@ def test_a_caught_up_partition_checkpoints_without_waiting_for_flush_ms(redis_ur
 
 
 def test_the_partitions_of_a_worker_share_their_state_loads_and_checkpoints(
-    redis_url: str,
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Bytewax calls ``on_batch`` for each partition with input, then ``notify_at`` for each:
     the first ``notify_at`` applies what all of them queued, with ONE MGET for all their
@@ -613,7 +613,16 @@ def test_the_partitions_of_a_worker_share_their_state_loads_and_checkpoints(
         values = [(p, eid.decode(), f[b"e"]) for eid, f in reply[0][1]]
         logic.on_batch([*values, (p, IDLE, b"")])  # caught up: due at once
     assert all(store.last_checkpoint(p) == 0 for p in parts)  # queued, nothing applied yet
+    writes = []
+    one_write = RedisStore._one_write
+
+    def counted(self: RedisStore, commands: Any) -> list[Any]:
+        writes.append(len(commands))
+        return one_write(self, commands)
+
+    monkeypatch.setattr(RedisStore, "_one_write", counted)
     logics[parts[0]].notify_at()
+    assert writes == [len(parts)]  # every partition's script in one socket write
     stats = {
         k.removeprefix("cmdstat_"): v["calls"] for k, v in store.r.info("commandstats").items()
     }
@@ -663,6 +672,62 @@ def test_a_due_partition_takes_siblings_due_within_half_a_flush_along(redis_url:
     worker.commit_due(now)
     assert [store.last_checkpoint(p) for p in parts] == [1, 1, 0]
     assert logics[2].deadline is not None and logics[1].deadline is None
+
+
+def test_at_the_end_of_input_records_committed_on_the_way_are_handed_out(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The end-of-input checkpoint may find the partition due and commit it on the way (its
+    worker's run, with ``keep``): with ``out`` set, those records are in on_eof's output, not
+    left behind in ``ready`` for a callback that never comes."""
+    contact = "eof@acme.com"
+    store = RedisStore(redis_url)
+    store.ensure(P)
+    store.send_events(
+        [
+            orjson.dumps(
+                {"contact": contact, "action": "email.click", "id": f"f-{i}", "ts": START + i}
+            )
+            for i in range(15)
+        ]
+    )
+    p = partition_of(contact, P)
+    config = FlowConfig(
+        rules=str(RULES),
+        source="redis",
+        redis_url=redis_url,
+        partitions=P,
+        flush_ms=10_000,
+        out=str(tmp_path),
+        tail=False,
+        stop=threading.Event(),
+    )
+    logic = PartitionLogic(Engine(load_rules(RULES)), config)
+    reply = store.r.xreadgroup(GROUP, Keys.consumer(p), {store.keys.input(p): ">"})
+    logic.on_batch([(p, eid.decode(), fields[b"e"]) for eid, fields in reply[0][1]])
+    logic.notify_at()  # applied; not due for 10 s
+    assert store.last_checkpoint(p) == 0
+    fire = logic.advance_clock
+
+    def slow_timers(t: float) -> None:
+        fire(t)
+        logic.deadline = time.time() - 1  # firing the timers outlasted the flush deadline
+
+    logic.advance_clock = slow_timers  # type: ignore[method-assign]
+    out, _ = logic.on_eof()
+    assert store.last_checkpoint(p) == 1
+    lines = {
+        kind: [orjson.loads(line) for _, block in group for line in block.splitlines()]
+        for kind in ("triggers", "changes")
+        if (group := [item for item in out if item[0] == kind])
+    }
+    # Everything committed is in the output: the triggers (the wall clock has cooled it by
+    # now) and the change log, as Redis holds them.
+    assert [record["trigger"] for record in lines["triggers"]] == ["mql", "cooled"]
+    assert lines["triggers"] == store.read_triggers()
+    assert lines["changes"] == [record for _, _, record in store.iter_records("changes")]
+    assert sum(record["kind"] == "points" for record in lines["changes"]) >= 10
+    assert logic.ready == []
 
 
 def test_a_backlog_is_applied_and_committed_a_group_at_a_time(
