@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sys
 from array import array
+from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
@@ -111,7 +112,7 @@ def decode(data: bytes) -> ContactState:
             ids,
         ) = fields[1:]  # the order of FIELDS; unpacked directly, ~25% faster than setattr
         if tracked:
-            state.tracked = tuple(map(sys.intern, tracked))  # rule ids: shared, as the engine's
+            state.tracked = _labels(tracked, "tracked", sys.intern)  # shared, as the engine's
             state.tracks = _doubles_from_bytes(tracks, 3 * len(tracked))
         if windows:
             _windows_from_map(state, windows)
@@ -136,9 +137,9 @@ def decode(data: bytes) -> ContactState:
         state.triggers = NO_TRIGGERS
     if not state.groups:
         state.groups = NO_GROUPS
-    state.segments = tuple(segments)
-    state.tags = tuple(tags)
-    state.fit = tuple(fit)
+    state.segments = _labels(segments, "segments")
+    state.tags = _labels(tags, "tags")
+    state.fit = _labels(fit, "fit")
     state.recent_ids = _ids_from_list(ids) if version == 1 else _ids_from_bytes(ids)
     return state
 
@@ -162,10 +163,19 @@ def _trackers_from_map(state: ContactState, trackers: Any) -> None:
     except (TypeError, ValueError):
         raise StateFormatError("contact state has a damaged trackers field") from None
     if trackers:
-        state.tracked = tuple(map(sys.intern, trackers))
+        state.tracked = _labels(list(trackers), "trackers", sys.intern)
         state.tracks = array("d", tracks)
     if windows:
         _windows_from_map(state, windows)
+
+
+def _labels(
+    values: object, field: str, share: Callable[[str], str] | None = None
+) -> tuple[str, ...]:
+    """A list of ids or labels as the engine's tuple (``share``: intern each)."""
+    if type(values) is not list or not all(type(v) is str for v in values):
+        raise StateFormatError(f"contact state has a damaged {field} field")
+    return tuple(values if share is None else map(share, values))
 
 
 def _windows_to_map(windows: tuple[str | array[float], ...]) -> dict[str, list[float]] | None:
@@ -182,7 +192,7 @@ def _windows_from_map(state: ContactState, windows: object) -> None:
     try:
         for rule, times in windows.items():
             flat += (sys.intern(rule), array("d", times))
-    except TypeError:
+    except (TypeError, ValueError):
         raise StateFormatError("contact state has a damaged windows field") from None
     state.windows = tuple(flat)
 

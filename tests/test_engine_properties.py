@@ -415,6 +415,31 @@ def test_decode_rejects_garbage_and_other_versions() -> None:
             decode(data)
 
 
+def test_decode_names_the_damaged_field() -> None:
+    import msgpack
+
+    from state.codec import StateFormatError
+
+    eng = rich()
+    state, _ = replay(eng, golden_events())
+    good = msgpack.unpackb(encode(state), raw=False, strict_map_key=False)
+    v2 = msgpack.unpackb(GOLDEN_V2, raw=False, strict_map_key=False)
+    damaged = {
+        "tracked": [(good, 2, 5), (good, 2, [1]), (good, 2, "ab")],
+        "tracks": [(good, 3, b"\x00" * 7)],
+        "windows": [(good, 4, [1.0]), (good, 4, {"blog": ["x"]})],
+        "segments": [(good, 8, 5), (good, 8, [None]), (v2, 6, None)],
+        "fit": [(good, 11, {"a": 1})],
+        "trackers": [(v2, 2, {1: [1, None, None]}), (v2, 2, {"fan": 7}), (v2, 2, [])],
+        "recent_ids": [(good, 13, [1])],
+    }
+    for field, cases in damaged.items():
+        for fields, index, value in cases:
+            blob = msgpack.packb([*fields[:index], value, *fields[index + 1 :]], use_bin_type=True)
+            with pytest.raises(StateFormatError, match=f"damaged {field} field"):
+                decode(blob)
+
+
 def test_state_survives_unusual_trait_values() -> None:
     # whatever a client sends as a fit trait must still encode (the flow checkpoints it)
     eng = rich()
