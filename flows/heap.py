@@ -44,6 +44,8 @@ def settle_heap() -> None:
     if now - _frozen_at < FREEZE_EVERY:
         return
     with _lock:
+        if now - _frozen_at < FREEZE_EVERY:
+            return  # another worker thread settled it while this one waited
         _frozen_at = now
         if _thresholds is None:
             _thresholds = gc.get_threshold()

@@ -542,7 +542,7 @@ def test_parser_sends_one_list_per_shard_in_line_order() -> None:
 
 
 def test_shard_logic_scores_lists_like_single_items() -> None:
-    from flows.scoring import Parser, ShardLogic
+    from flows.scoring import Parser
     from leadscore.engine import Engine
     from leadscore.rules import load_rules_text
 
@@ -628,8 +628,3 @@ def test_a_run_leaves_the_garbage_collector_as_it_found_it(
     assert gc.get_threshold() == thresholds
     assert gc.get_freeze_count() == 0
     assert outputs(out)["summary"]["scored"] > 0
-    # Logics driven by hand (tests, the Redis flow's partitions) leave the collector alone.
-    from leadscore.engine import Engine
-    from leadscore.rules import load_rules
-
-    assert not ShardLogic(Engine(load_rules(str(rules))), 1, live=False).settle

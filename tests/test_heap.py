@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import time
 import weakref
 
 import pytest
@@ -38,15 +37,16 @@ def test_a_run_freezes_survivors_and_hands_everything_back() -> None:
 def test_a_cycle_that_dies_frozen_is_collected_by_the_periodic_full_collection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(heap, "FREEZE_EVERY", 0.0)
-    monkeypatch.setattr(heap, "FULL_EVERY", 0.3)
+    clock = [1000.0]
+    monkeypatch.setattr(heap.time, "monotonic", lambda: clock[0])
     node = Node()
     ref = weakref.ref(node)
     heap.settle_heap()  # the run starts: node survives and is frozen
     del node
+    clock[0] += heap.FREEZE_EVERY
     heap.settle_heap()  # a young collection does not see frozen objects
     assert ref() is not None
-    time.sleep(0.35)
+    clock[0] += heap.FULL_EVERY
     heap.settle_heap()  # FULL_EVERY has passed: the whole heap is collected once
     assert ref() is None
     assert gc.get_freeze_count() > 0  # and what survived is frozen again
