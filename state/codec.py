@@ -172,10 +172,21 @@ def _trackers_from_map(state: ContactState, trackers: Any) -> None:
 def _labels(
     values: object, field: str, share: Callable[[str], str] | None = None
 ) -> tuple[str, ...]:
-    """A list of ids or labels as the engine's tuple (``share``: intern each)."""
-    if type(values) is not list or not all(type(v) is str for v in values):
+    """A list of ids or labels as the engine's tuple (``share``: intern each, which also
+    refuses anything but text)."""
+    if type(values) is not list:
         raise StateFormatError(f"contact state has a damaged {field} field")
-    return tuple(values if share is None else map(share, values))
+    if not values:
+        return ()
+    if share is not None:
+        try:
+            return tuple(map(share, values))
+        except TypeError:
+            raise StateFormatError(f"contact state has a damaged {field} field") from None
+    for value in values:
+        if type(value) is not str:
+            raise StateFormatError(f"contact state has a damaged {field} field")
+    return tuple(values)
 
 
 def _windows_to_map(windows: tuple[str | array[float], ...]) -> dict[str, list[float]] | None:
