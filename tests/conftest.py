@@ -301,3 +301,20 @@ def tcp_proxy(redis_server: RedisServer) -> Iterator[Callable[[int | None], TcpP
     yield make
     for proxy in proxies:
         proxy.close()
+
+
+@pytest.fixture
+def socket_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many commands each of RedisStore's single socket writes carried, in order: what
+    "one round trip" tests count (a script count cannot tell one write from several)."""
+    from state.redis_store import RedisStore
+
+    writes: list[int] = []
+    one_write = RedisStore._one_write
+
+    def counted(self: RedisStore, commands: Any) -> list[Any]:
+        writes.append(len(commands))
+        return one_write(self, commands)
+
+    monkeypatch.setattr(RedisStore, "_one_write", counted)
+    return writes
