@@ -305,7 +305,7 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
         self.touched.clear()
 
     def schedule(self, contact: str, state: ContactState) -> None:
-        due = self.engine.next_due(state)
+        due = self.engine.wake_at(state)  # maybe a bound: fire_due checks it against next_due
         if due is None:
             self.due_of.pop(contact, None)
         elif self.due_of.get(contact) != due:
@@ -330,6 +330,13 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
             del self.due_of[contact]
             state = self.timer_state(contact)
             if state is None:
+                continue
+            actual = self.engine.next_due(state)
+            if actual is None:
+                continue
+            if actual > due:  # set at a bound (see Engine.wake_at): wait for the crossing
+                self.due_of[contact] = actual
+                heapq.heappush(timers, (actual, contact))
                 continue
             self.record(contact, self.engine.advance(state, due))
             following = self.engine.next_due(state)

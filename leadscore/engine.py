@@ -237,11 +237,19 @@ class Engine:
             (t, len(self._group_names) if t.score == TOTAL else self._group_names.index(t.score))
             for t in rules.triggers
         )
+        # A new contact's derived timer fields, worked out once: every new state is alike, and
+        # most contacts stay idle (nothing can cross) after their first points.
+        fresh = ContactState()
+        if self._needs_advance:
+            fresh.due = self._next_crossing(fresh)[0]
+        self._fresh_timer = (fresh.due, fresh.idle, fresh.floor)
 
     # ---- public API
 
     def new_state(self) -> ContactState:
-        return ContactState()
+        state = ContactState()
+        state.due, state.idle, state.floor = self._fresh_timer
+        return state
 
     def apply(self, state: ContactState, event: Event) -> list[Effect]:
         """Score one event. Updates ``state`` in place and returns what happened, in order."""
@@ -380,6 +388,19 @@ class Engine:
         if state.due == _UNKNOWN:
             state.due = self._next_crossing(state)[0]
         return None if state.due == inf else state.due
+
+    def wake_at(self, state: ContactState) -> float | None:
+        """When a timer must next look at this contact: :meth:`next_due`, or a moment before.
+
+        After points that only raise scores, the last crossing's floor still bounds the next
+        one, so a batch's timers cost nothing to set; the timer that wakes at the floor asks
+        :meth:`next_due` and waits on for the exact time if that is later.
+        """
+        if not self._needs_advance:
+            return None
+        if state.due == _UNKNOWN and state.floor != -inf:
+            return state.floor
+        return self.next_due(state)
 
     def score(self, state: ContactState, name: str, t: float) -> float:
         """A group's score, or the total, as of time ``t``."""

@@ -564,6 +564,44 @@ def test_shard_logic_scores_lists_like_single_items() -> None:
     assert grouped.scored == 3 and dict(grouped.rejected) == {"not_an_object": 1}
 
 
+def test_a_timer_set_at_a_bound_waits_for_the_exact_crossing() -> None:
+    """Points that only raise a score leave the timer at the last crossing's floor (nothing is
+    solved per batch). Waking there must not advance the contact, only re-arm at the exact
+    time, where the crossing fires as if the timer had been exact all along."""
+    from leadscore.engine import Engine
+    from leadscore.events import Event
+    from leadscore.rules import load_rules_text
+    from state.codec import decode, encode
+
+    engine = Engine(load_rules_text(RULES))
+    logic = ShardLogic(engine, 1, live=False)
+    logic.on_batch([Event("a", "cart.add", T0), Event("a", "form.submit", T0 + MINUTE)])  # mql
+    logic.on_batch([Event("a", "email.click", T0 + HOUR)])  # +5 only delays every crossing
+    logic.drain()
+    state = logic.contacts["a"]
+    reference = decode(encode(state))  # no cached floor: its timer would be exact
+    exact = engine.next_due(reference)
+    bound = logic.due_of["a"]
+    assert exact is not None and bound < exact
+
+    assert logic.fire_due(bound) == []
+    assert logic.drain() == [] and state.last_ts == T0 + HOUR  # not advanced to the bound
+    assert logic.due_of["a"] == exact
+
+    logic.fire_due(T0 + 10 * DAY)
+    fired = [
+        orjson.loads(line)
+        for kind, chunk in logic.drain()
+        if kind == "triggers"
+        for line in chunk.splitlines()
+    ]
+    expected = [e for e in engine.advance(reference, T0 + 10 * DAY) if hasattr(e, "trigger")]
+    assert [(f["trigger"], f["at"]) for f in fired] == [
+        (e.trigger, format_ts(e.at)) for e in expected
+    ]
+    assert [f["trigger"] for f in fired] == ["cooled"]
+
+
 def test_output_records_keep_their_exact_bytes() -> None:
     # explain.effect_record is THE output format: key order and renderings must not drift.
     from flows.scoring import effect_record
