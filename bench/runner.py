@@ -138,8 +138,25 @@ def build(spec: dict[str, Any]) -> Any:
     return build_flow(config)
 
 
+def null_engine() -> None:
+    """``--null-engine``: ``Engine.apply`` scores nothing and emits nothing.
+
+    What is left is what a design pays whatever the engine costs (reading, parsing, the
+    dataflow, the sinks), so such a run's ratios bound what any engine speed-up could give.
+    """
+    from leadscore.engine import ContactState, Effect, Engine
+    from leadscore.events import Event
+
+    def apply(self: Engine, state: ContactState, event: Event) -> list[Effect]:
+        return []
+
+    Engine.apply = apply  # type: ignore[method-assign]
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     mode = spec["mode"]
+    if spec.get("null_engine"):
+        null_engine()  # before the flow is built, so every design calls the stub
     flow = None
     if mode not in ("limit", "engine"):
         flow = build(spec)

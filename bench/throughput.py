@@ -22,6 +22,12 @@ Designs, all on the same generated events (cached under ``bench/results/cache``)
 
 File runs read the input split in two by contact (one Bytewax input partition per file), so
 two workers can share the parsing; the split is the same for 1 and 2 workers.
+
+``--null-engine`` runs the throughput section with an ``Engine.apply`` that does nothing (see
+``bench.runner.null_engine``). a, c and d do the same engine work per event and b none, so
+the engine's time can only pull c1/a and d1/a (above 1) toward 1 and c1/b down: the
+null-engine ratios are the most any engine speed-up could reach. Its report goes to
+``throughput-null-engine.json``.
 """
 
 from __future__ import annotations
@@ -113,6 +119,7 @@ class Context:
     tmp: Path
     redis_url: str | None = None
     after_d1: Callable[[], None] | None = None
+    null_engine: bool = False
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
@@ -191,6 +198,8 @@ def run_design(design: Design, ctx: Context, timeout: float) -> dict[str, Any]:
         "out": str(out),
         "workers": design.workers,
     }
+    if ctx.null_engine:
+        spec["null_engine"] = True
     extra: dict[str, Any] = {}
     if design.mode in ("limit", "engine"):
         spec["events"] = [str(ctx.single)]
@@ -369,7 +378,10 @@ def print_report(report: dict[str, Any]) -> None:
         base_a = tp["runs"].get("a", {}).get("events_per_s")
         base_b = tp["runs"].get("b", {}).get("events_per_s")
         failed = {k: r["error"] for k, r in tp["runs"].items() if "error" in r}
-        table = Table(title=f"Throughput, {tp['events']:,} events (median of rounds)")
+        title = f"Throughput, {tp['events']:,} events (median of rounds)"
+        if report["config"].get("null_engine"):
+            title += ", NULL ENGINE: apply does nothing, so ratios are upper bounds"
+        table = Table(title=title)
         columns = ("run", "design", "workers", "events/s", "best", "per CPU s", "RSS MB")
         for col in (*columns, "/a", "/b"):
             table.add_column(col, justify="left" if col in ("run", "design") else "right")
@@ -497,6 +509,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated sections to run",
     )
     parser.add_argument("--designs", default=None, help="e.g. a,b,c1 (default: all)")
+    parser.add_argument(
+        "--null-engine",
+        action="store_true",
+        help="throughput only, with an Engine.apply that does nothing: the ratios any "
+        "engine speed-up could reach at most",
+    )
     parser.add_argument("--memory-contacts", type=int, default=None, help="default 1,000,000")
     parser.add_argument("--latency-seconds", type=float, default=None, help="default 20")
     parser.add_argument("--latency-rate", type=float, default=None, help="one fixed rate")
@@ -529,11 +547,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     timeout = args.timeout or (30.0 if quick else 900.0)
     sections = set(args.only.split(","))
+    if args.null_engine:
+        sections &= {"throughput"}  # memory, latency and scaling mean nothing without scoring
     wanted = set(args.designs.split(",")) if args.designs else None
     designs = [d for d in DESIGNS if wanted is None or d.key in wanted]
     # bench/snapshot.sh runs from a temporary copy: relative paths mean the caller's directory.
     out_json = Path(os.environ.get("LEADSCORE_BENCH_CWD", "."), args.json) if args.json else None
-    out_json = out_json or RESULTS / "throughput.json"
+    default_json = "throughput-null-engine.json" if args.null_engine else "throughput.json"
+    out_json = out_json or RESULTS / default_json
 
     rules = str(rules_path(args.rules))
     with console.status(f"generating {events:,} events for {contacts:,} contacts (cached)"):
@@ -551,6 +572,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "repeat": repeat,
             "partitions": PARTITIONS,
             "send_batch": SEND_BATCH,
+            "null_engine": args.null_engine,
         },
     }
     needs_redis = bool(
@@ -562,6 +584,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     server = None
     try:
         ctx = Context(rules, single, split, count_lines([single]), tmp)
+        ctx.null_engine = args.null_engine
         if needs_redis:
             server = load_redis_server().RedisServer(tmp / "redis").start()
             ctx.redis_url = server.url

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -76,3 +77,36 @@ def test_quick_harness_writes_every_section(tmp_path: Path) -> None:
         for key in ("b", "c1", "d1"):
             assert "error" not in row[key], (row["contacts"], key, row[key]["error"][-500:])
             assert row[key]["events_per_s"] > 0
+
+
+def test_null_engine_runs_score_nothing_and_still_read_every_event(tmp_path: Path) -> None:
+    """--null-engine's bound is only a bound if the stub is what the timed run calls."""
+    from leadscore.generate import generate_events
+
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(generate_events(300, 3000, seed=7)) + b"\n")
+
+    def run(null: bool) -> tuple[dict[str, Any], list[bytes]]:
+        out = tmp_path / f"out-{null}"
+        spec = {
+            "mode": "engine",
+            "rules": str(ROOT / "examples" / "rules.yaml"),
+            "events": [str(events)],
+            "out": str(out),
+            "null_engine": null,
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.runner", orjson.dumps(spec).decode()],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+        changes = (out / "changes.jsonl").read_bytes().splitlines()
+        return orjson.loads(done.stdout.splitlines()[-1]), changes
+
+    scored, scored_changes = run(null=False)
+    stubbed, stubbed_changes = run(null=True)
+    assert scored["triggers"] > 0 and len(scored_changes) > 1000
+    assert stubbed["triggers"] == 0 and stubbed_changes == []
+    assert stubbed["contacts"] == scored["contacts"] > 200  # the same events read and parsed
