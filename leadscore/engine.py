@@ -201,6 +201,9 @@ class Engine:
         self._allow_backward = rules.allow_backward
         self._fit = rules.fit
         self._fit_paths = tuple(dict.fromkeys(r.trait for r in rules.fit))
+        self._grade_bands = tuple(
+            b for b in (rules.fit_grade, rules.engagement_grade) if b is not None
+        )
         self._triggers = rules.triggers
         self._trigger_by_id = {t.id: t for t in rules.triggers}
         self._trigger_ops = {
@@ -423,12 +426,11 @@ class Engine:
             )
             normalized = round(min(100.0, max(0.0, value * 100.0 / rules.scale_max)), 1)
         grade = None
-        if rules.fit_grade or rules.engagement_grade:
-            grade = "".join(
-                bands.grade(total if bands.group == TOTAL else scores.get(bands.group, 0.0))
-                for bands in (rules.fit_grade, rules.engagement_grade)
-                if bands is not None
-            )
+        if self._grade_bands:  # a loop, not a join over a generator: a view per dirty contact
+            grade = ""
+            for bands in self._grade_bands:
+                value = total if bands.group == TOTAL else scores.get(bands.group, 0.0)
+                grade += bands.grade(value)
         return {
             "contact": contact,
             "scores": scores,

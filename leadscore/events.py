@@ -199,13 +199,14 @@ def round4(x: float) -> float:
     With y = x * 1e4 (off the exact product by at most 2**-14 below 1e12) and q the integer
     nearest y: if y is clearly not a half-way case, q is round-half-even of the exact
     product, and q / 10000 (int / int, correctly rounded) is the double round() returns.
-    Zero (its sign), huge, non-finite and near-half values take round() itself.
+    When q is 0 that is a zero with x's sign, which x * 0.0 has (views round many 0.0
+    scores). Huge, non-finite and near-half values take round() itself.
     """
     y = x * 10000.0
     if -1e12 < y < 1e12:
         q = _floor(y + 0.5)
-        if q and -0.499 < y - q < 0.499:
-            return q / 10000
+        if -0.499 < y - q < 0.499:
+            return q / 10000 if q else x * 0.0
     return round(x, 4)
 
 
