@@ -602,6 +602,26 @@ def test_a_timer_set_at_a_bound_waits_for_the_exact_crossing() -> None:
     assert [f["trigger"] for f in fired] == ["cooled"]
 
 
+def test_a_bound_the_clock_has_passed_is_solved_at_once() -> None:
+    """Live, event times trail the wall clock: a bound already behind the clock would wake the
+    contact at once only to re-arm it, so the flow sets the exact time instead."""
+    from flows.scoring import Tick
+    from leadscore.engine import Engine
+    from leadscore.events import Event
+    from leadscore.rules import load_rules_text
+    from state.codec import decode, encode
+
+    engine = Engine(load_rules_text(RULES))
+    logic = ShardLogic(engine, 1, live=False)
+    logic.on_batch([Event("a", "cart.add", T0), Event("a", "form.submit", T0 + MINUTE)])  # mql
+    first = logic.due_of["a"]  # exact: the crossing was solved after the firing
+    # The clock passes that crossing while a late +5 arrives: the old floor is behind it.
+    logic.on_batch([Tick(0, first + 1.0, first + 1.0), Event("a", "email.click", T0 + HOUR)])
+    exact = engine.next_due(decode(encode(logic.contacts["a"])))
+    assert exact is not None and exact > first + 1.0
+    assert logic.due_of["a"] == exact
+
+
 def test_output_records_keep_their_exact_bytes() -> None:
     # explain.effect_record is THE output format: key order and renderings must not drift.
     from flows.scoring import effect_record
