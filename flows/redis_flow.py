@@ -44,7 +44,7 @@ from flows.io import ResultsSink
 from flows.redis_io import IDLE, RedisStreamSource, wake_by
 from flows.scoring import DeadLetter, FlowConfig, ShardLogic
 from leadscore.engine import Engine
-from leadscore.events import Event, Reject, format_ts, parse_event
+from leadscore.events import Event, Reject, format_ts, parse_events
 from state.codec import decode, encode
 from state.redis_store import Checkpoint, RedisStore
 
@@ -447,20 +447,23 @@ class PartitionLogic(ShardLogic):
     # ---- input
 
     def parse(self, entry_id: str, payload: bytes, now: float) -> list[Any]:
+        """An entry's events in line order; a bad line becomes a dead letter, a blank one
+        nothing. One chunk parse per entry: entries carry up to a hundred lines."""
+        lines = payload.split(b"\n")
         items: list[Any] = []
-        for i, raw in enumerate(payload.split(b"\n")):
-            if not raw.strip():
-                continue
-            event = parse_event(raw, now)
-            if type(event) is Event and event.action not in self.known:
+        known = self.known
+        for i, event in enumerate(parse_events(lines, now)):
+            if type(event) is Event:
+                if event.action in known:
+                    items.append(event)
+                    continue
                 event = Reject(
                     "unknown_action",
                     f"action {event.action!r} is not used by any rule; add it to the rules "
                     "or to known_actions",
                 )
-            if type(event) is Event:
-                items.append(event)
-            else:
+            raw = lines[i]
+            if raw.strip():
                 items.append(DeadLetter(f"{self.stream}/{entry_id}/{i}", raw, event))
         return items
 

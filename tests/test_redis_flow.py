@@ -757,3 +757,54 @@ def test_a_backlog_is_applied_and_committed_a_group_at_a_time(
     }
     assert stats["mget"] == len(parts)  # one group, one load, one commit per partition
     assert all(store.last_checkpoint(p) == 1 and store.pending(p) == 0 for p in parts)
+
+
+def test_an_entry_with_bad_and_blank_lines_scores_the_rest_in_order(redis_url: str) -> None:
+    """Each bad line of an entry is a dead letter naming its line; blank ones are skipped."""
+    store = RedisStore(redis_url)
+    store.ensure(P)
+    contact = "lines@acme.com"
+    p = partition_of(contact, P)
+
+    def line(n: int, action: str = "page.hit") -> bytes:
+        return orjson.dumps(
+            {
+                "contact": contact,
+                "action": action,
+                "ts": 1_780_000_000 + n,
+                "id": f"{contact}-{n}",
+                "props": {"url": "https://www.acme.com/blog/post"},
+            }
+        )
+
+    payload = b"\n".join(
+        [
+            line(1),
+            b"",
+            b"   \r",
+            b'{"contact": "x", "action": ',
+            line(2, "made.up"),
+            line(3) + b"\r",
+            b"[1, 2]",
+            line(4),
+            b"",
+        ]
+    )
+    config = FlowConfig(rules=str(RULES), source="redis", redis_url=redis_url, partitions=P)
+    logic = PartitionLogic(Engine(load_rules(RULES)), config)
+    logic.on_batch([(p, "1-0", payload)])
+    logic.flush()
+
+    dead = store.read_dead()
+    assert [(d["position"], d["code"]) for d in dead] == [
+        (f"{logic.stream}/1-0/3", "invalid_json"),
+        (f"{logic.stream}/1-0/4", "unknown_action"),
+        (f"{logic.stream}/1-0/6", "not_an_object"),
+    ]
+    changes = [rec for _, _, rec in store.iter_records("changes")]
+    assert [rec["event_id"] for rec in changes if rec["kind"] == "points"] == [
+        f"{contact}-1",
+        f"{contact}-3",
+        f"{contact}-4",
+    ]
+    assert logic.scored == 3
