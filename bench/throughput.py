@@ -583,8 +583,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="leadscore-bench-"))
     server = None
     try:
-        ctx = Context(rules, single, split, count_lines([single]), tmp)
-        ctx.null_engine = args.null_engine
+        ctx = Context(
+            rules, single, split, count_lines([single]), tmp, null_engine=args.null_engine
+        )
         if needs_redis:
             server = load_redis_server().RedisServer(tmp / "redis").start()
             ctx.redis_url = server.url
