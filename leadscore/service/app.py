@@ -1,0 +1,123 @@
+"""The app factory: wires the endpoints of :mod:`~leadscore.service.ingest`,
+:mod:`~leadscore.service.read`, :mod:`~leadscore.service.metrics` and
+:mod:`~leadscore.service.openapi` to their routes, with the middleware and error handlers,
+and serves it under uvicorn (``leadscore serve``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from leadscore.service.backend import Service
+from leadscore.service.config import ServiceConfig
+from leadscore.service.errors import exception_handlers, json_response
+from leadscore.service.ingest import Ingest
+from leadscore.service.metrics import Timing, exposition
+from leadscore.service.openapi import openapi_document
+from leadscore.service.read import Reads
+
+
+class JsonCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS middleware, with refused preflights answered as JSON like every
+    other 4xx (it says which request header was refused)."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        text = bytes(response.body).decode()
+        field = "Origin"
+        if "method" in text:
+            field = "Access-Control-Request-Method"
+        elif "headers" in text:
+            field = "Access-Control-Request-Headers"
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+        headers.pop("content-type", None)
+        body = {"code": "cors_refused", "message": text, "field": field}
+        return json_response(body, 400, headers)
+
+
+def create_app(config: ServiceConfig) -> Starlette:
+    """The ASGI app; Redis is connected in the lifespan, so creating it does no I/O."""
+    service = Service(config)
+    ingest = Ingest(service)
+    reads = Reads(service)
+    document = openapi_document(config)
+
+    async def openapi(request: Request) -> Response:
+        return json_response(document)
+
+    async def metrics(request: Request) -> Response:
+        return await exposition(service.metrics, service.redis, service.keys)
+
+    def route(
+        path: str, endpoint: Callable[[Request], Awaitable[Response]], *methods: str
+    ) -> Route:
+        return Route(path, endpoint, methods=list(methods))
+
+    routes = [
+        route("/t.gif", ingest.pixel, "GET"),
+        route("/v1/track", ingest.segment, "POST"),
+        route("/v1/identify", ingest.segment, "POST"),
+        route("/v1/page", ingest.segment, "POST"),
+        route("/v1/batch", ingest.segment, "POST"),
+        route("/v1/events", ingest.native_events, "POST"),
+        route("/v1/contacts/{id:path}", reads.contact, "GET"),
+        route("/metrics", metrics, "GET"),
+        route("/healthz", reads.healthz, "GET"),
+        route("/readyz", reads.readyz, "GET"),
+        route("/openapi.json", openapi, "GET"),
+    ]
+    middleware = [Middleware(Timing, metrics=service.metrics)]
+    if config.cors_origins:
+        middleware.append(
+            Middleware(
+                JsonCORSMiddleware,
+                allow_origins=list(config.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
+                max_age=3600,
+            )
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers=exception_handlers(),
+    )
+    app.state.service = service
+    return app
+
+
+def run_server(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve until interrupted (what `leadscore serve` calls)."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host=host,
+            port=port,
+            lifespan="on",
+            access_log=False,
+            server_header=False,
+            log_level="info",
+        )
+    )
+    server.run()

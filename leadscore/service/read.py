@@ -1,0 +1,130 @@
+"""The read endpoints: a contact's scores from the read model the flow maintains
+(``/v1/contacts/{id}``, with ``?explain=1`` its recent change records), and the liveness and
+readiness probes (``/healthz``, ``/readyz``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from leadscore.events import MAX_CONTACT_CHARS
+from leadscore.service.auth import authorize_read
+from leadscore.service.backend import Service
+from leadscore.service.config import FALSE_WORDS, TRUE_WORDS
+from leadscore.service.errors import ApiError, StorageUnavailable, json_response
+from state.keys import Keys
+
+EXPLAIN_SCAN = 5000  # change records looked at per explain request, newest first
+EXPLAIN_PAGE = 50  # stream entries per XREVRANGE (an entry packs up to 100 records)
+EXPLAIN_MAX = 200
+
+
+def _flag(value: str | None, name: str) -> bool:
+    if value is None:
+        return False
+    lowered = value.strip().lower()
+    if lowered in TRUE_WORDS:
+        return True
+    if lowered in FALSE_WORDS:
+        return False
+    raise ApiError(400, "wrong_type", f"query parameter '{name}' must be true or false", name)
+
+
+class Reads:
+    """The read endpoints of one app, bound to its :class:`Service`."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.config = service.config
+
+    async def contact(self, request: Request) -> Response:
+        """The read model the flow maintains; ``?explain=1`` adds its recent change records."""
+        cfg = self.config
+        authorize_read(cfg.read_keys, cfg.write_keys, request)
+        contact = request.path_params["id"]
+        if not 0 < len(contact) <= MAX_CONTACT_CHARS:
+            raise ApiError(400, "wrong_type", "contact id must be 1 to 256 characters", "id")
+        explain = _flag(request.query_params.get("explain"), "explain")
+        limit_text = request.query_params.get("limit", "20")
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= EXPLAIN_MAX:
+            raise ApiError(
+                400, "wrong_type", f"query parameter 'limit' must be 1 to {EXPLAIN_MAX}", "limit"
+            )
+        try:
+            keys = await self.service.keys()
+            assert self.service.redis is not None
+            raw = await self.service.redis.get(keys.contact_read_model(contact))
+            if raw is None:
+                raise ApiError(404, "not_found", f"no contact {contact[:64]!r} yet", "id")
+            if not explain:
+                return Response(raw, 200, media_type="application/json")
+            view = orjson.loads(raw)
+            view["changes"] = await self._changes(keys, contact, int(limit_text))
+        except (StorageUnavailable, RedisError, OSError) as exc:
+            raise ApiError(
+                503, "unavailable", f"read model unavailable: {exc}", None, {"Retry-After": "1"}
+            ) from None
+        return json_response(view)
+
+    async def _changes(self, keys: Keys, contact: str, limit: int) -> list[Any]:
+        """The newest ``limit`` change records of one contact, oldest first.
+
+        An entry of ``{prefix}:{p}:changes`` packs one or more JSON records joined by ``\\n``
+        (the flow writes a checkpoint's records together), and neighbours in the partition
+        share it. At most EXPLAIN_SCAN records are looked at, newest first, so a busy
+        partition cannot make this slow; an entry without the contact's id is skipped whole.
+        """
+        assert self.service.redis is not None
+        stream = keys.changes(keys.partition(contact))
+        needle = orjson.dumps(contact)
+        found: list[Any] = []
+        scanned = 0
+        upper = "+"
+        while scanned < EXPLAIN_SCAN and len(found) < limit:
+            entries = await self.service.redis.xrevrange(stream, upper, "-", count=EXPLAIN_PAGE)
+            if not entries:
+                break
+            for _id, fields in entries:
+                payload = fields.get(b"c") or b""
+                scanned += payload.count(b"\n") + 1
+                if needle not in payload:
+                    continue
+                for record in reversed(payload.split(b"\n")):
+                    if needle not in record:
+                        continue
+                    with contextlib.suppress(orjson.JSONDecodeError):
+                        change = orjson.loads(record)
+                        if isinstance(change, dict) and change.get("contact") == contact:
+                            found.append(change)
+                            if len(found) == limit:
+                                break
+                if len(found) == limit or scanned >= EXPLAIN_SCAN:
+                    break
+            upper = "(" + entries[-1][0].decode()  # exclusive: continue below the last one
+        found.reverse()
+        return found
+
+    async def healthz(self, request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        try:
+            assert self.service.redis is not None
+            await asyncio.wait_for(self.service.redis.ping(), 1.0)
+            keys = await asyncio.wait_for(self.service.keys(), 1.0)
+        except (StorageUnavailable, RedisError, OSError, TimeoutError, AssertionError) as exc:
+            return json_response(
+                {
+                    "status": "unavailable",
+                    "code": "redis_unavailable",
+                    "message": f"Redis is not usable: {exc or type(exc).__name__}",
+                },
+                503,
+            )
+        return json_response({"status": "ready", "partitions": keys.partitions})
