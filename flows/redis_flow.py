@@ -39,10 +39,11 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows import metrics
+from flows.config import FlowConfig
 from flows.heap import release_heap, settle_heap
 from flows.io import ResultsSink
 from flows.redis_io import IDLE, RedisStreamSource, wake_by
-from flows.scoring import DeadLetter, FlowConfig, ShardLogic
+from flows.shards import DeadLetter, ShardLogic
 from leadscore.engine import Engine
 from leadscore.events import Event, Reject, format_ts, parse_events
 from state.codec import decode, encode

@@ -1,0 +1,79 @@
+"""What a scoring run needs to know, from CLI options or ``LEADSCORE_*`` variables.
+
+Its own module so that either flow (files or Redis), the CLI and the bench can read a run's
+configuration without importing a flow.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+
+
+@dataclass
+class FlowConfig:
+    """Everything a run needs; built from CLI options or ``LEADSCORE_*`` variables."""
+
+    rules: str
+    events: list[str] = field(default_factory=list)
+    out: str | None = None
+    shards: int = 64
+    source: str = "files"  # "files" or "redis"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    partitions: int = 16
+    prefix: str = "ls"
+    flush_events: int = 2000
+    flush_ms: int = 20
+    max_contacts: int = 100_000
+    changes_maxlen: int = 100_000
+    tail: bool = True  # Redis: keep waiting for new entries; False stops once drained
+    cluster: bool = False  # Redis: the URL names one node of a Redis Cluster
+    metrics_port: int | None = None  # Redis: serve Prometheus metrics (prepare_process)
+    metrics_host: str = "127.0.0.1"
+    # Redis: setting it ends the run cleanly (read input checkpointed); None means
+    # flows.redis_flow.STOP, which SIGTERM/SIGINT set once prepare_process installed handlers.
+    stop: threading.Event | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> FlowConfig:
+        env = dict(os.environ if env is None else env)
+        rules = env.get("LEADSCORE_RULES")
+        if not rules:
+            raise ValueError(
+                "LEADSCORE_RULES is not set: point it at a rules file, "
+                "e.g. LEADSCORE_RULES=examples/rules.yaml"
+            )
+        defaults = cls(rules=rules)
+        return cls(
+            rules=rules,
+            events=env.get("LEADSCORE_EVENTS", "").replace(",", " ").split(),
+            out=env.get("LEADSCORE_OUT") or None,
+            shards=int(env.get("LEADSCORE_SHARDS", defaults.shards)),
+            source=env.get("LEADSCORE_SOURCE", defaults.source),
+            redis_url=env.get("LEADSCORE_REDIS_URL", defaults.redis_url),
+            partitions=int(env.get("LEADSCORE_PARTITIONS", defaults.partitions)),
+            prefix=env.get("LEADSCORE_PREFIX", defaults.prefix),
+            flush_events=int(env.get("LEADSCORE_FLUSH_EVENTS", defaults.flush_events)),
+            flush_ms=int(env.get("LEADSCORE_FLUSH_MS", defaults.flush_ms)),
+            max_contacts=int(env.get("LEADSCORE_MAX_CONTACTS", defaults.max_contacts)),
+            changes_maxlen=int(env.get("LEADSCORE_CHANGES_MAXLEN", defaults.changes_maxlen)),
+            tail=_flag(env.get("LEADSCORE_TAIL"), defaults.tail),
+            cluster=_flag(env.get("LEADSCORE_CLUSTER"), defaults.cluster),
+            metrics_port=int(env["LEADSCORE_METRICS_PORT"])
+            if env.get("LEADSCORE_METRICS_PORT")
+            else None,
+            metrics_host=env.get("LEADSCORE_METRICS_HOST", defaults.metrics_host),
+        )
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    """An on/off environment variable: 1/true/yes/on or 0/false/no/off (unset: default)."""
+    if value is None or not value.strip():
+        return default
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected an on/off value such as 1 or 0, got {value!r}")

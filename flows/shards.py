@@ -1,0 +1,297 @@
+"""The shard logic both flows run: a shard's contacts, their timers, and what they emit.
+
+Keyed logically by contact but physically by shard (``crc32(contact) % shards``), because a
+Bytewax key costs microseconds and a shard's dict of contacts costs nanoseconds. The file flow
+(``flows.scoring``) runs :class:`ShardLogic` as is; the Redis flow (``flows.redis_flow``)
+subclasses it with checkpoints. Neither flow's wiring lives here.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+from zlib import crc32
+
+import orjson
+from bytewax.operators import StatefulBatchLogic
+
+from flows.heap import release_heap, settle_heap
+from flows.io import OUTPUT_KINDS
+from leadscore.engine import (
+    ContactState,
+    Duplicate,
+    Effect,
+    Engine,
+    TriggerFired,
+)
+from leadscore.events import Event, Reject
+from leadscore.explain import effect_record as record_of
+
+log = logging.getLogger("leadscore.flow")
+INF = float("inf")
+
+
+def shard_of(contact: str, shards: int) -> int:
+    return crc32(contact.encode()) % shards
+
+
+# --------------------------------------------------------------------------- records
+
+
+class DeadLetter:
+    """A rejected input on its way to the dead-letter output; it is counted, never lost."""
+
+    __slots__ = ("position", "raw", "reject")
+
+    def __init__(self, position: str, raw: bytes, reject: Reject) -> None:
+        self.position = position
+        self.raw = raw
+        self.reject = reject
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return DeadLetter, (self.position, self.raw, self.reject)
+
+    def record(self) -> bytes:
+        return orjson.dumps(
+            {
+                "position": self.position,
+                "reason": self.reject.reason,
+                "code": self.reject.code,
+                "raw": self.raw.decode("utf-8", "replace"),
+            }
+        )
+
+
+class Tick:
+    """Input partition ``part`` has delivered every event up to ``mark`` (inf once done)."""
+
+    __slots__ = ("high", "mark", "part")
+
+    def __init__(self, part: int, mark: float, high: float) -> None:
+        self.part = part
+        self.mark = mark
+        self.high = high
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Tick, (self.part, self.mark, self.high)
+
+
+def effect_record(contact: str, effect: Effect) -> tuple[str, bytes]:
+    """The output kind and JSON line for one effect (the record format lives in explain)."""
+    kind = "triggers" if type(effect) is TriggerFired else "changes"
+    return kind, _dumps(record_of(contact, effect))
+
+
+_dumps = orjson.dumps  # a global, not an attribute lookup, once per output record
+
+
+# --------------------------------------------------------------------------- shard logic
+
+
+class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
+    """The contacts of one shard: their states, their timers and their counters.
+
+    Emits ``(kind, chunk)`` pairs, one per output kind per batch, so downstream costs are
+    per batch rather than per effect.
+    """
+
+    def __init__(self, engine: Engine, parts: int, live: bool, *, settle: bool = False) -> None:
+        self.engine = engine
+        self.live = live
+        # A file flow's logics manage the garbage collector (settle_heap) until on_eof;
+        # logics driven by hand (tests) and the Redis flow's leave it alone.
+        self.settle = settle
+        self.contacts: dict[str, ContactState] = {}
+        self.timers: list[tuple[float, str]] = []
+        self.marks = [-INF] * parts
+        self.high = -INF
+        self.clock = -INF
+        self.scored = 0
+        self.duplicates = 0
+        self.rejected: Counter[str] = Counter()
+        self.fired: Counter[str] = Counter()
+        self.out: dict[str, list[bytes]] = {}
+        self.touched: set[str] = set()  # contacts whose timer may have moved in this batch
+        self.due_of: dict[str, float] = {}  # the one live timer of each contact
+
+    # ---- Bytewax callbacks
+
+    def on_batch(self, values: list[Any]) -> tuple[list[tuple[str, bytes]], bool]:
+        score = self.score
+        for value in values:
+            kind = type(value)
+            if kind is list:  # Parser sends one list per shard per chunk (in line order)
+                for item in value:
+                    if type(item) is Event:
+                        score(item)
+                    else:
+                        self.other(item)
+            elif kind is Event:
+                score(value)
+            else:
+                self.other(value)
+        self.reschedule()
+        if self.settle:
+            settle_heap()
+        return self.drain(), StatefulBatchLogic.RETAIN
+
+    def other(self, value: Any) -> None:
+        """A tick or a dead letter: what arrives besides events."""
+        kind = type(value)
+        if kind is Tick:
+            self.tick(value)
+        elif kind is DeadLetter:
+            self.rejected[value.reject.code] += 1
+            self.emit("dead_letter", value.record())
+
+    def notify_at(self) -> datetime | None:
+        if not self.timers:
+            return None
+        due = self.timers[0][0]
+        if self.live:
+            return datetime.fromtimestamp(due, UTC)
+        return datetime.now(UTC) if due <= self.clock else None
+
+    def on_notify(self) -> tuple[list[tuple[str, bytes]], bool]:
+        self.fire_due(time.time() if self.live else self.clock)
+        return self.drain(), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[tuple[str, bytes]], bool]:
+        if self.settle:
+            self.settle = False
+            release_heap()  # the run ends: nothing stays frozen in a longer-lived process
+        if not self.live:
+            self.fire_due(self.clock)
+            view = self.engine.view
+            for contact, state in self.contacts.items():
+                self.emit("contacts", orjson.dumps(view(contact, state)))
+            self.emit("summary", orjson.dumps(self.summary()))
+            chunks = self.drain()
+            # An empty chunk for every output: each file is opened (and so truncated) even when
+            # this run has nothing for it, so no stale file from an earlier run survives.
+            written = {kind for kind, _ in chunks}
+            chunks += [(kind, b"") for kind in OUTPUT_KINDS if kind not in written]
+            return chunks, StatefulBatchLogic.RETAIN
+        return self.drain(), StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> None:
+        return None  # file replays restart from the top; Redis holds the truth live
+
+    # ---- scoring
+
+    def score(self, event: Event) -> None:
+        contact = event.contact
+        state = self.contacts.get(contact)
+        if state is None:
+            state = self.contacts[contact] = self.engine.new_state()
+        effects = self.engine.apply(state, event)
+        if effects:  # most events change nothing worth a record
+            if type(effects[0]) is Duplicate:
+                self.duplicates += 1
+                return
+            self.record(contact, effects)
+        self.scored += 1
+        self.touched.add(contact)
+
+    def record(self, contact: str, effects: list[Effect]) -> None:
+        # effect_record and emit inlined: this runs once per output record.
+        out = self.out
+        for effect in effects:
+            line = _dumps(record_of(contact, effect))
+            if type(effect) is TriggerFired:
+                self.fired[effect.trigger] += 1
+                kind = "triggers"
+            else:
+                kind = "changes"
+            lines = out.get(kind)
+            if lines is None:
+                out[kind] = [line]
+            else:
+                lines.append(line)
+
+    def reschedule(self) -> None:
+        """Once per batch, not per event: a busy contact's timer is computed once."""
+        for contact in self.touched:
+            self.schedule(contact, self.contacts[contact])
+        self.touched.clear()
+
+    def schedule(self, contact: str, state: ContactState) -> None:
+        due = self.engine.wake_at(state)  # maybe a bound: fire_due checks it against next_due
+        if due is not None and due <= self.clock:
+            # A bound the clock has passed would wake at once only to re-arm: solve it now.
+            # (Live, event times trail the wall clock, so a contact's bound often has.)
+            due = self.engine.next_due(state)
+        if due is None:
+            self.due_of.pop(contact, None)
+        elif self.due_of.get(contact) != due:
+            self.due_of[contact] = due
+            heapq.heappush(self.timers, (due, contact))
+
+    def tick(self, tick: Tick) -> None:
+        if tick.mark > self.marks[tick.part]:
+            self.marks[tick.part] = tick.mark
+        if tick.high > self.high:
+            self.high = tick.high
+        self.clock = min(min(self.marks), self.high)
+
+    def fire_due(self, now: float) -> list[str]:
+        """Fire every decay crossing due by ``now``; returns the contacts advanced."""
+        timers = self.timers
+        advanced = []
+        while timers and timers[0][0] <= now:
+            due, contact = heapq.heappop(timers)
+            if self.due_of.get(contact) != due:
+                continue  # the contact moved on since this timer was set
+            del self.due_of[contact]
+            state = self.timer_state(contact)
+            if state is None:
+                continue
+            actual = self.engine.next_due(state)
+            if actual is None:
+                continue
+            if actual > due:  # set at a bound (see Engine.wake_at): wait for the crossing
+                self.due_of[contact] = actual
+                heapq.heappush(timers, (actual, contact))
+                continue
+            self.record(contact, self.engine.advance(state, due))
+            following = self.engine.next_due(state)
+            if following is not None and following <= due:
+                # The engine must make progress past a due time; never spin on one that doesn't.
+                log.error("contact %s: decay timer at %s did not advance; dropped", contact, due)
+            else:
+                self.schedule(contact, state)
+            advanced.append(contact)
+        return advanced
+
+    def timer_state(self, contact: str) -> ContactState | None:
+        return self.contacts.get(contact)
+
+    # ---- output
+
+    def emit(self, kind: str, line: bytes) -> None:
+        lines = self.out.get(kind)
+        if lines is None:
+            self.out[kind] = [line]
+        else:
+            lines.append(line)
+
+    def drain(self) -> list[tuple[str, bytes]]:
+        if not self.out:
+            return []
+        chunks = [(kind, b"\n".join(lines) + b"\n") for kind, lines in self.out.items()]
+        self.out = {}
+        return chunks
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "scored": self.scored,
+            "duplicates": self.duplicates,
+            "rejected": sum(self.rejected.values()),
+            "rejected_by_reason": dict(self.rejected),
+            "contacts": len(self.contacts),
+            "triggers": dict(self.fired),
+        }
