@@ -330,12 +330,12 @@ def population(
                 "time minus --window, needs a first pass over the files)"
             )
         first = scan(rules, paths, actions, now)
-        _check_data(first, outcomes, paths)
+        check_intake(first, outcomes, paths)
         assert first.last_ts is not None
         as_of = default_as_of(first.last_ts, window)
     result = _replay_population(rules, paths, outcomes, as_of, window, now)
     intake = result.intake
-    _check_data(intake, outcomes, paths)
+    check_intake(intake, outcomes, paths)
     assert intake.first_ts is not None and intake.last_ts is not None
     if not intake.first_ts <= as_of < intake.last_ts:
         raise OutcomeError(
@@ -376,7 +376,8 @@ def check_population(pop: Population) -> None:
         )
 
 
-def _check_data(intake: Intake, outcomes: Conversions, paths: Sequence[str]) -> None:
+def check_intake(intake: Intake, outcomes: Conversions, paths: Sequence[str]) -> None:
+    """Stop when no event was accepted or a named conversion action never occurs."""
     where = ", ".join(paths)
     if intake.last_ts is None:
         raise OutcomeError(
