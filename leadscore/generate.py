@@ -254,7 +254,17 @@ _WEEK_ACTIVITY = _WEEK_CUM[-1]
 class _Contact:
     """What the generator remembers about one contact, created on first activity."""
 
-    __slots__ = ("cid", "identified", "intent", "tier", "traits", "unsubscribed", "window")
+    __slots__ = (
+        "cid",
+        "episodes",
+        "identified",
+        "intent",
+        "tier",
+        "traits",
+        "unsubscribed",
+        "window",
+        "won",
+    )
 
     def __init__(self, cid: str, intent: float, window: tuple[float, float, float, float]) -> None:
         self.cid = cid
@@ -264,6 +274,8 @@ class _Contact:
         self.traits: dict[str, Any] | None = None
         self.identified = False
         self.unsubscribed = False
+        self.episodes = 0  # counted only when conversions are on
+        self.won = False  # closed a deal (conversions on): no second one
 
 
 # Heap entries: (time, sequence, contact, action, props, traits). The unique sequence number
@@ -278,9 +290,18 @@ class _Generator:
     exponential draws: at a million events, every attribute lookup shows up in the run time.
     """
 
-    def __init__(self, contacts: int, events: int, seed: int, start: float, days: float) -> None:
+    def __init__(
+        self,
+        contacts: int,
+        events: int,
+        seed: int,
+        start: float,
+        days: float,
+        conversions: float = 0.0,
+    ) -> None:
         self.rng = random.Random(seed)
         self.seed = seed
+        self.conversions = conversions
         self.n_contacts = contacts
         self.events = events
         self.start = start
@@ -446,6 +467,31 @@ class _Generator:
             self._video(t, who, None)
         else:
             self._webinar(t + 60.0, who, rng.choice(_SECTIONS["webinars"])[0].rsplit("/", 1)[1])
+        if self.conversions and not who.won:
+            self._sales_cycle(t, who)
+
+    def _sales_cycle(self, t: float, who: _Contact) -> None:
+        """With conversions on: a deal that closes some weeks after enough engagement.
+
+        Each episode is a chance to close, rising with intent and with how often the contact
+        has engaged (saturating at 10 episodes), so a score that tracks engagement predicts
+        who buys. Off (0) by default: no draws are made and existing seeds keep their bytes.
+        """
+        rng = self.rng
+        who.episodes += 1
+        if rng.random() < self.conversions * who.intent * min(1.0, who.episodes / 10.0):
+            who.won = True
+            plan, price = rng.choice(_PLANS)
+            seats = 1 + int(rng.expovariate(1 / 6))
+            props = {
+                "plan": plan,
+                "seats": seats,
+                "amount": round(price * seats, 2),
+                "currency": "USD",
+                "order": f"o-{self.seed}-{self.next_seq()}",
+                "source": "sales",
+            }
+            self._push(t + 86400.0 * (3.0 + 27.0 * rng.random()), who, "purchase", props)
 
     def _browse(
         self, t: float, who: _Contact, landing: _Page | None, utm: dict[str, str] | None
@@ -705,6 +751,7 @@ def generate_events(
     malformed_rate: float = 0.001,
     *,
     days: float = DEFAULT_DAYS,
+    conversions: float = 0.0,
 ) -> Iterator[bytes]:
     """Yield exactly ``events`` JSONL lines (bytes, no newline) for ``contacts`` contacts.
 
@@ -712,6 +759,8 @@ def generate_events(
     (default 2026-11-01T00:00:00Z) and ``days`` roughly how long the stream covers.
     ``round(events * malformed_rate)`` lines are malformed on purpose (truncated JSON, an
     array, no contact, a numeric contact, a bad timestamp, in turn) to exercise dead letters.
+    ``conversions`` (0 to 1) adds deals closed by sales: ``purchase`` events some weeks after
+    engagement, likelier the more engaged the contact (see ``_sales_cycle``); 0 adds none.
     """
     if contacts < 1:
         raise ValueError(f"contacts must be at least 1, got {contacts}")
@@ -721,8 +770,10 @@ def generate_events(
         raise ValueError(f"malformed_rate must be between 0 and 1, got {malformed_rate}")
     if not days > 0:
         raise ValueError(f"days must be positive, got {days}")
+    if not 0.0 <= conversions <= 1.0:
+        raise ValueError(f"conversions must be between 0 and 1, got {conversions}")
     start_ts = DEFAULT_START if start is None else float(start)
-    gen = _Generator(contacts, events, seed, start_ts, days)
+    gen = _Generator(contacts, events, seed, start_ts, days, conversions)
     return gen.lines(malformed_rate)
 
 
@@ -735,13 +786,16 @@ def write_events(
     malformed_rate: float = 0.001,
     *,
     days: float = DEFAULT_DAYS,
+    conversions: float = 0.0,
 ) -> int:
     """Write the lines of :func:`generate_events` to a file, stream or stdout; return the count.
 
     ``None`` or ``"-"`` means stdout; a path ending in ``.gz`` is gzip-compressed. Lines are
     joined in blocks because one write call per line would dominate the run time.
     """
-    lines = generate_events(contacts, events, seed, start, malformed_rate, days=days)
+    lines = generate_events(
+        contacts, events, seed, start, malformed_rate, days=days, conversions=conversions
+    )
     if path_or_stdout is None or path_or_stdout == "-":
         out = sys.stdout.buffer
         count = _write_lines(out, lines)

@@ -277,3 +277,23 @@ def test_write_events_to_stdout(capfdbinary: pytest.CaptureFixture[bytes]) -> No
     assert write_events("-", 20, 50, seed=4) == 50
     out = capfdbinary.readouterr().out
     assert out == b"".join(line + b"\n" for line in generate_events(20, 50, seed=4))
+
+
+def test_conversions_close_deals_likelier_for_engaged_contacts() -> None:
+    """--conversions adds sales-closed purchases weeks after engagement; off, nothing changes."""
+    plain = list(generate_events(contacts=800, events=30_000, seed=4))
+    assert list(generate_events(contacts=800, events=30_000, seed=4, conversions=0.0)) == plain
+    lines = list(generate_events(contacts=800, events=30_000, seed=4, conversions=0.2))
+    assert lines == list(generate_events(contacts=800, events=30_000, seed=4, conversions=0.2))
+    events, _ = parse_all(lines)
+    deals = [e for e in events if e.action == "purchase" and e.props.get("source") == "sales"]
+    assert len({e.contact for e in deals}) == len(deals) > 20  # at most one deal a contact
+    before: collections.Counter[str] = collections.Counter()
+    first_deal = {e.contact: e.ts for e in deals}
+    for e in events:
+        if e.ts < first_deal.get(e.contact, float("inf")):
+            before[e.contact] += 1
+    buyers = [before[c] for c in first_deal]
+    rest = [n for c, n in before.items() if c not in first_deal]
+    # Buyers did much more before their deal than the others did in the whole stream.
+    assert sum(buyers) / len(buyers) > 2 * sum(rest) / len(rest)
