@@ -6,13 +6,12 @@ independent replay of each contact's own events.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from outcome_helpers import in_band, independent_bands
 
 from leadscore.calibration import (
     CalibrationError,
@@ -26,8 +25,6 @@ from leadscore.calibration import (
     parse_bands,
     recommend,
 )
-from leadscore.engine import Engine
-from leadscore.events import Event, parse_event
 from leadscore.generate import write_events
 from leadscore.outcomes import conversions, population, score_of
 from leadscore.rules import load_rules
@@ -42,10 +39,6 @@ scores_and_labels = st.lists(
 )
 
 
-def _in_band(s: float, lo: float, hi: float, last: bool) -> bool:
-    return lo <= s < hi or (last and s == hi)
-
-
 @given(scores_and_labels, st.one_of(st.none(), st.sampled_from([[0, 1, 10], [-10, 50], [3, 4]])))
 def test_bands_count_every_contact_once_as_brute_force_does(
     pairs: list[tuple[float, bool]], edges: list[float] | None
@@ -56,7 +49,7 @@ def test_bands_count_every_contact_once_as_brute_force_does(
     assert sum(b.contacts for b in got) == len(scores)
     for i, b in enumerate(got):
         last = i == len(got) - 1
-        inside = [y for s, y in pairs if _in_band(s, b.lo, b.hi, last) or b.lo == b.hi == s]
+        inside = [y for s, y in pairs if in_band(s, b.lo, b.hi, last) or b.lo == b.hi == s]
         assert (b.contacts, b.converted) == (len(inside), sum(inside))
         assert b.rate == (sum(inside) / len(inside) if inside else 0.0)
     assert got[0].lo == min(min(scores), *(edges or [min(scores)]))
@@ -122,37 +115,6 @@ def test_words_say_what_the_chart_shows() -> None:
     assert "convert at 75.0%, 1.5x the average" in words
 
 
-def _independent_bands(
-    rules: Any, path: Path, as_of: float, window: float, edges: list[float]
-) -> list[tuple[int, int]]:
-    """Group lines by contact, replay each contact alone up to as_of, then count by hand."""
-    by_contact: dict[str, list[Event]] = defaultdict(list)
-    for line in path.read_bytes().splitlines():
-        e = parse_event(line, 0.0)
-        if type(e) is Event and (e.action in rules.known_actions):
-            by_contact[e.contact].append(e)
-    rows: list[tuple[float, bool]] = []
-    for contact, events in by_contact.items():
-        buys = [e.ts for e in events if e.action == "purchase"]
-        before = [e for e in events if e.ts <= as_of]
-        if not before or any(t <= as_of for t in buys):
-            continue
-        engine = Engine(rules)
-        state = engine.new_state()
-        for e in before:
-            engine.apply(state, e)
-        engine.advance(state, as_of)
-        rows.append(
-            (engine.view(contact, state)["total"], any(as_of < t <= as_of + window for t in buys))
-        )
-    out = []
-    for i in range(len(edges) - 1):
-        last = i == len(edges) - 2
-        inside = [y for s, y in rows if _in_band(s, edges[i], edges[i + 1], last)]
-        out.append((len(inside), sum(inside)))
-    return out
-
-
 def test_bands_on_generated_data_match_an_independent_replay(tmp_path: Path) -> None:
     path = tmp_path / "g.jsonl"
     write_events(path, contacts=400, events=12000, seed=11)
@@ -162,7 +124,7 @@ def test_bands_on_generated_data_match_an_independent_replay(tmp_path: Path) -> 
     scores = [score_of(m.view, "total") for m in pop.members]
     cal = calibrate(scores, pop.labels())
     edges = [b.lo for b in cal.bands] + [cal.bands[-1].hi]
-    expected = _independent_bands(rules, path, pop.as_of, window, edges)
+    expected = independent_bands(rules, [path], pop.as_of, window, edges)
     assert [(b.contacts, b.converted) for b in cal.bands] == expected
     assert cal.converted == sum(c for _, c in expected) > 0
     assert [b.rate for b in cal.bands] == [c / n if n else 0.0 for n, c in expected]
