@@ -16,6 +16,10 @@ import orjson
 
 MAX_EVENT_BYTES = 64 * 1024
 MAX_CONTACT_CHARS = 256
+MAX_DEPTH = 32
+"""How deeply an event's JSON may nest, the event object being level 1: deeper is
+``too_deep``. Real props are a few levels; every writer downstream can re-encode what passes
+(orjson stops at 254 levels) and nothing walks it recursively."""
 _MS_THRESHOLD = 1e11  # epoch seconds this large are year 5138: treat as milliseconds
 _MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z, the last instant RFC 3339 can write
 
@@ -210,12 +214,42 @@ def round4(x: float) -> float:
     return round(x, 4)
 
 
+def deeper_than(value: object, limit: int) -> bool:
+    """Whether JSON containers nest more than ``limit`` levels (``value`` is level 1).
+
+    A loop over a stack, not recursion, so any depth a decoder hands us is safe to measure."""
+    if type(value) is not dict and type(value) is not list:
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth = pop()
+        if depth > limit:
+            return True
+        for child in node.values() if type(node) is dict else node:
+            if type(child) is dict or type(child) is list:
+                push((child, depth + 1))
+    return False
+
+
+def _too_deep() -> Reject:
+    return Reject("too_deep", f"the event nests more than {MAX_DEPTH} levels deep")
+
+
+def _undecodable(exc: orjson.JSONDecodeError) -> Reject:
+    # orjson gives up at 1024 levels: that is a depth problem, not a syntax one.
+    text = str(exc)
+    return _too_deep() if text.startswith("depth limit") else Reject("invalid_json", text)
+
+
 def validate_event(obj: object, now: float, size: int = 0) -> Event | Reject:
     """Check an already-decoded object against the contract; ``size`` is its raw byte size."""
     if size > MAX_EVENT_BYTES:
         return Reject("too_large", f"event is {size} bytes, the limit is {MAX_EVENT_BYTES}")
     if not isinstance(obj, dict):
         return Reject("not_an_object", f"an event must be a JSON object, got {_json_type(obj)}")
+    if deeper_than(obj, MAX_DEPTH):
+        return _too_deep()
     contact = obj.get("contact")
     if contact is None:
         return Reject("missing_field", "field 'contact' is required")
@@ -266,7 +300,7 @@ def parse_event(raw: bytes | str, now: float) -> Event | Reject:
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            return Reject("invalid_json", str(exc))
+            return _undecodable(exc)
         if type(obj) is dict:
             contact = obj.get("contact")
             action = obj.get("action")
@@ -283,6 +317,11 @@ def parse_event(raw: bytes | str, now: float) -> Event | Reject:
                 and (props is None or type(props) is dict)
                 and (traits is None or type(traits) is dict)
                 and type(ts := parse_ts(value, now)) is float
+                # depth is only worth measuring with more brackets than levels allowed
+                and (
+                    raw.count(b"{") + raw.count(b"[") <= MAX_DEPTH
+                    or not deeper_than(obj, MAX_DEPTH)
+                )
             ):
                 event = _new(Event)
                 event.contact = contact
@@ -304,7 +343,7 @@ def _parse_event_checked(raw: bytes | str, now: float) -> Event | Reject:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return Reject("invalid_json", str(exc))
+        return _undecodable(exc)
     return validate_event(obj, now)
 
 
@@ -326,6 +365,7 @@ def parse_events(lines: Iterable[bytes | str], now: float) -> list[Event | Rejec
     event_type = Event
     utc = UTC
     max_ts = _MAX_TS
+    max_depth = MAX_DEPTH
     for raw in lines:
         if type(raw) is not bytes or len(raw) > MAX_EVENT_BYTES:
             append(_parse_event_checked(raw, now))
@@ -333,7 +373,7 @@ def parse_events(lines: Iterable[bytes | str], now: float) -> list[Event | Rejec
         try:
             obj = loads(raw)
         except decode_error as exc:
-            append(Reject("invalid_json", str(exc)))
+            append(_undecodable(exc))
             continue
         if type(obj) is dict:
             get = obj.get
@@ -370,7 +410,10 @@ def parse_events(lines: Iterable[bytes | str], now: float) -> list[Event | Rejec
                                 ts = None
                 else:
                     ts = parse_ts(value, now)
-                if type(ts) is float:
+                if type(ts) is float and (
+                    raw.count(b"{") + raw.count(b"[") <= max_depth
+                    or not deeper_than(obj, max_depth)
+                ):
                     event = new(event_type)
                     event.contact = contact
                     event.action = action

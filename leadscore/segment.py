@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from leadscore.events import MAX_CONTACT_CHARS, Event, Reject
+from leadscore.events import MAX_CONTACT_CHARS, MAX_DEPTH, Event, Reject, deeper_than
 
 CALL_LIMIT = 32 * 1024
 """Segment's limit for one call (and for one message inside a batch), in bytes."""
@@ -214,6 +214,12 @@ def map_message(
     """
     if type(msg) is not dict:
         return Invalid("not_an_object", where.rstrip(".") or "body", "a message must be an object")
+    if deeper_than(msg, MAX_DEPTH):
+        return Invalid(
+            "too_deep",
+            where.rstrip(".") or "body",
+            f"the message nests more than {MAX_DEPTH} levels deep",
+        )
     if kind is None:
         kind = msg.get("type")
         if kind is None:

@@ -13,6 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from leadscore.events import (
+    MAX_DEPTH,
     MAX_EVENT_BYTES,
     Event,
     Reject,
@@ -274,6 +275,7 @@ def test_documented_codes_that_events_py_produces() -> None:
         code(validate_event(good(contact=1), NOW)),
         code(validate_event(good(ts="soon"), NOW)),
         code(validate_event(good(ts=math.nan), NOW)),
+        code(validate_event(good(props=nested(MAX_DEPTH)), NOW)),
     }
     assert seen == {
         "too_large",
@@ -283,6 +285,7 @@ def test_documented_codes_that_events_py_produces() -> None:
         "wrong_type",
         "bad_ts",
         "non_finite",
+        "too_deep",
     }
 
 
@@ -473,6 +476,8 @@ def reference_parse_event(raw: bytes | str, now: float) -> Event | Reject:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit"):
+            return Reject("too_deep", f"the event nests more than {MAX_DEPTH} levels deep")
         return Reject("invalid_json", str(exc))
     return validate_event(obj, now)
 
@@ -541,3 +546,64 @@ def test_an_event_survives_pickling(
         props or {},
         traits,
     )
+
+
+# --- nesting depth ----------------------------------------------------------------------
+
+
+def nested(levels: int, kinds: str = "da") -> object:
+    """``levels`` containers one inside the other, alternating dict and list by ``kinds``."""
+    value: object = "leaf"
+    for i in range(levels):
+        value = {"k": value} if kinds[i % len(kinds)] == "d" else [value]
+    return value
+
+
+def test_depth_up_to_the_limit_is_accepted_one_more_is_too_deep() -> None:
+    # The event object is level 1 and props level 2: props may hold MAX_DEPTH - 1 levels.
+    fits = good(props=nested(MAX_DEPTH - 1))
+    deep = good(props=nested(MAX_DEPTH))
+    assert isinstance(validate_event(fits, NOW), Event)
+    assert code(validate_event(deep, NOW)) == "too_deep"
+    lines = [orjson.dumps(fits), orjson.dumps(deep), orjson.dumps(good(traits=nested(40)))]
+    assert isinstance(parse_event(lines[0], NOW), Event)
+    assert code(parse_event(lines[1], NOW)) == "too_deep"
+    assert code(parse_event(lines[1].decode(), NOW)) == "too_deep"
+    assert [type(r).__name__ for r in parse_events(lines, NOW)] == ["Event", "Reject", "Reject"]
+    assert {code(r) for r in parse_events(lines[1:], NOW)} == {"too_deep"}
+
+
+@pytest.mark.parametrize("levels", [253, 254, 300, 1023, 1100, 5000])
+def test_any_depth_is_too_deep_never_an_exception(levels: int) -> None:
+    # 253+ levels broke re-encoding (orjson stops at 254), 1024+ broke decoding.
+    raw = b'{"contact":"c","action":"page.hit","props":{"x":' + b"[" * levels
+    raw += b"1" + b"]" * levels + b"}}"
+    assert code(parse_event(raw, NOW)) == "too_deep"
+    assert [code(r) for r in parse_events([raw, raw.decode()], NOW)] == ["too_deep"] * 2
+
+
+def test_brackets_inside_strings_do_not_count_as_depth() -> None:
+    raw = orjson.dumps(good(props={"json": "[" * 200 + "{" * 200}))
+    assert isinstance(parse_event(raw, NOW), Event)
+    assert isinstance(parse_events([raw], NOW)[0], Event)
+
+
+@settings(max_examples=200, deadline=None)
+@given(levels=st.integers(1, 1200), kinds=st.sampled_from(["d", "a", "da", "dda"]))
+def test_depth_is_judged_alike_by_every_parser(levels: int, kinds: str) -> None:
+    line = b'{"contact":"c","action":"page.hit","props":{"p":'
+    inner = nested(levels, kinds)
+    if levels < 250:
+        line += orjson.dumps(inner) + b"}}"
+    else:  # beyond what orjson.dumps writes: build the text by hand
+        opens = "".join('{"k":' if kinds[i % len(kinds)] == "d" else "[" for i in range(levels))
+        closes = "".join(
+            "}" if kinds[i % len(kinds)] == "d" else "]" for i in reversed(range(levels))
+        )
+        line += (opens + '"leaf"' + closes).encode() + b"}}"
+    expected_deep = levels + 2 > MAX_DEPTH  # event 1, props 2, then the nest
+    got = parse_event(line, NOW)
+    assert (isinstance(got, Reject) and got.code == "too_deep") == expected_deep
+    assert isinstance(got, Event) != expected_deep
+    assert same(parse_events([line], NOW)[0], got)
+    assert same(reference_parse_event(line, NOW), got)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from leadscore.events import Event
+from leadscore.events import MAX_DEPTH, Event
 from leadscore.segment import (
     DEFAULT_EVENT_ACTIONS,
     Invalid,
@@ -276,3 +276,17 @@ def test_any_input_maps_or_is_invalid_never_raises(msg: object, kind: str | None
     assert isinstance(result, Event | Invalid)
     if isinstance(result, Event):
         assert result.contact and result.action and result.ts >= 0
+
+
+def test_a_message_nested_too_deep_is_invalid_at_any_depth() -> None:
+    deep: object = "leaf"
+    for _ in range(2000):  # past orjson's 254 levels for writing and Python's recursion limit
+        deep = {"k": deep}
+    result = invalid(track(properties={"x": deep}), where="batch[2].")
+    assert (result.code, result.field) == ("too_deep", "batch[2]")
+    assert result.reject().code == "too_deep"
+    shallow: object = "leaf"
+    for _ in range(MAX_DEPTH - 2):  # message 1, properties 2, the nest 3 to MAX_DEPTH
+        shallow = {"k": shallow}
+    assert mapped(track(properties={"x": shallow})).props == {"x": shallow}
+    assert invalid(track(properties={"x": {"k": shallow}})).code == "too_deep"

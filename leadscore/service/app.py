@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from leadscore.service.backend import Service
+from leadscore.service.body import CloseUnreadBodies
 from leadscore.service.config import ServiceConfig
 from leadscore.service.errors import exception_handlers, json_response
 from leadscore.service.ingest import Ingest
@@ -77,7 +78,7 @@ def create_app(config: ServiceConfig) -> Starlette:
         route("/readyz", reads.readyz, "GET"),
         route("/openapi.json", openapi, "GET"),
     ]
-    middleware = [Middleware(Timing, metrics=service.metrics)]
+    middleware = [Middleware(Timing, metrics=service.metrics), Middleware(CloseUnreadBodies)]
     if config.cors_origins:
         middleware.append(
             Middleware(
@@ -107,17 +108,24 @@ def create_app(config: ServiceConfig) -> Starlette:
     return app
 
 
+def uvicorn_config(config: ServiceConfig, host: str, port: int) -> uvicorn.Config:
+    """How `leadscore serve` runs the app. ``limit_concurrency`` answers 503 past
+    ``max_connections`` open connections, so slow clients cannot pile up without bound (each
+    is let go after ``body_timeout`` by the endpoints, or ``timeout_keep_alive`` when idle
+    between requests)."""
+    return uvicorn.Config(
+        create_app(config),
+        host=host,
+        port=port,
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        log_level="info",
+        limit_concurrency=config.max_connections,
+        timeout_keep_alive=5,
+    )
+
+
 def run_server(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve until interrupted (what `leadscore serve` calls)."""
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config),
-            host=host,
-            port=port,
-            lifespan="on",
-            access_log=False,
-            server_header=False,
-            log_level="info",
-        )
-    )
-    server.run()
+    uvicorn.Server(uvicorn_config(config, host, port)).run()

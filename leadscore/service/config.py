@@ -65,6 +65,10 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "LEADSCORE_FLUSH_MAX_EVENTS": ("flush_max_events", int),
     "LEADSCORE_MAX_BODY_BYTES": ("max_body_bytes", int),
     "LEADSCORE_DEAD_MAXLEN": ("dead_maxlen", int),
+    "LEADSCORE_BODY_TIMEOUT": ("body_timeout", float),
+    "LEADSCORE_MAX_CONNECTIONS": ("max_connections", int),
+    "LEADSCORE_PIXEL_ACTIONS": ("pixel_actions", _split),
+    "LEADSCORE_PIXEL_SECRET": ("pixel_secret", lambda v: v or None),
 }
 
 
@@ -75,7 +79,13 @@ class ServiceConfig:
     ``partitions=None`` means: use what the flow recorded in ``{prefix}:meta``, or 16.
     ``write_keys`` guard every write endpoint; with none configured, writes are refused (the
     pixel excepted) rather than silently open. ``read_keys``, when set, guard the score API
-    (a write key is accepted there too)."""
+    (a write key is accepted there too).
+
+    ``body_timeout`` bounds the time to receive a request body (408 after it) and
+    ``max_connections`` the connections served at once (503 past it), so clients that send
+    slowly or never finish cannot pile up. The pixel records ``page.hit`` and the actions in
+    ``pixel_actions``, nothing else; with a ``pixel_secret``, a contact id on the pixel URL
+    counts only with its HMAC signature (see :func:`leadscore.service.auth.contact_signature`)."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "ls"
@@ -93,6 +103,10 @@ class ServiceConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     dead_maxlen: int = 100_000
     pixel_timeout: float = 0.5
+    body_timeout: float = 5.0
+    max_connections: int = 1000
+    pixel_actions: tuple[str, ...] = ()
+    pixel_secret: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         problems = []
@@ -108,6 +122,14 @@ class ServiceConfig:
             problems.append("max_body_bytes must be at least 1024")
         if not self.cookie_name or not self.cookie_name.replace("_", "").isalnum():
             problems.append(f"cookie_name must be letters, digits and _, got {self.cookie_name!r}")
+        if not 0 < self.body_timeout <= 3600:
+            problems.append(
+                f"body_timeout must be above 0 and at most 3600 s, got {self.body_timeout}"
+            )
+        if self.max_connections < 1:
+            problems.append(f"max_connections must be at least 1, got {self.max_connections}")
+        if self.pixel_secret is not None and len(self.pixel_secret) < 16:
+            problems.append("the pixel secret must be at least 16 characters")
         if any(not key for key in (*self.write_keys, *self.read_keys)):
             problems.append("write and read keys must not be empty")
         try:

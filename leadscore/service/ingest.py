@@ -40,7 +40,7 @@ from leadscore.segment import (
 )
 from leadscore.service.auth import authorize_write, presented_key
 from leadscore.service.backend import Service
-from leadscore.service.body import loads_json, read_body
+from leadscore.service.body import KEEP_LEVELS, cut_deep, loads_json, read_body
 from leadscore.service.errors import ApiError, json_response
 
 log = logging.getLogger("leadscore.service")
@@ -87,8 +87,11 @@ def _dead_record(raw: str | bytes, reject: Reject, source: str) -> bytes:
 def _raw_json(obj: object) -> str:
     try:
         return orjson.dumps(obj).decode()
-    except TypeError:
-        return repr(obj)
+    except TypeError:  # orjson writes 254 levels at most
+        try:
+            return repr(obj)
+        except RecursionError:
+            return "(nested too deeply to record)"
 
 
 def pixel_event(
@@ -132,17 +135,23 @@ def _raw_text(raw: object) -> str | bytes:
     return raw if isinstance(raw, bytes) else _raw_json(raw)
 
 
-def _native_items(body: bytes, stripped: bytes) -> list[object] | None:
+async def _native_items(body: bytes, stripped: bytes) -> list[object] | None:
     """The events of a JSON array body, or of one (possibly pretty-printed) JSON object;
-    None for JSON lines. A JSON lines body fails the whole-body parse at its second line."""
+    None for JSON lines. A JSON lines body fails the whole-body parse at its second line
+    (also once a line nested past the decoder's limit is cut short)."""
     if stripped[:1] == b"[":
-        items = loads_json(body)
+        items = await loads_json(body)
         if not isinstance(items, list):
             raise ApiError(400, "invalid_json", "body must be one JSON array", "body")
         return items
     if stripped[:1] == b"{" and b"\n" in stripped:
         try:
             return [orjson.loads(body)]
+        except orjson.JSONDecodeError as exc:
+            if not str(exc).startswith("depth limit"):
+                return None
+        try:
+            return [orjson.loads(await asyncio.to_thread(cut_deep, body, KEEP_LEVELS))]
         except orjson.JSONDecodeError:
             return None
     return None
@@ -246,8 +255,8 @@ class Ingest:
         if header_key is not None:
             authorize_write(self.config.write_keys, header_key)
         limit = BATCH_LIMIT if kind == "batch" else CALL_LIMIT
-        body = await read_body(request, limit)
-        obj = loads_json(body)
+        body = await read_body(request, limit, timeout=self.config.body_timeout)
+        obj = await loads_json(body)
         if not isinstance(obj, dict):
             raise ApiError(400, "not_an_object", "body must be a JSON object", "body")
         if header_key is None:
@@ -304,14 +313,15 @@ class Ingest:
     async def native_events(self, request: Request) -> Response:
         """``/v1/events``: the native contract, as a JSON array, one object or JSON lines."""
         authorize_write(self.config.write_keys, presented_key(request))
-        body = await read_body(request, self.config.max_body_bytes, status=413)
+        cfg = self.config
+        body = await read_body(request, cfg.max_body_bytes, status=413, timeout=cfg.body_timeout)
         now = time.time()
         stripped = body.lstrip()
         if not stripped:
             raise ApiError(
                 400, "missing_field", "body is empty: send a JSON array or JSON lines", "body"
             )
-        items = _native_items(body, stripped)
+        items = await _native_items(body, stripped)
         if items is None:  # JSON lines
             lines = [line for line in body.split(b"\n") if line.strip()]
             results = [_in_range(parse_event(line, now)) for line in lines]

@@ -67,6 +67,7 @@ def openapi_document(config: ServiceConfig) -> dict[str, Any]:
     segment_errors = {
         "400": _error("Invalid JSON, a message that cannot be mapped, or over the size limit"),
         "401": _error("Missing or wrong write key; nothing was written"),
+        "408": _error("The body did not arrive within the time limit; nothing was written"),
         "415": _error("Unsupported Content-Encoding (only gzip)"),
         "503": _error("Redis unavailable; retry (Retry-After)"),
     }
@@ -221,8 +222,9 @@ def openapi_document(config: ServiceConfig) -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _json(_ref("EventsResult"), "Per-event outcome"),
-                        "400": _error("Body empty or not JSON"),
+                        "400": _error("Body empty, not JSON, or not valid gzip"),
                         "401": _error("Missing or wrong write key; nothing was written"),
+                        "408": _error("The body did not arrive within the time limit"),
                         "413": _error("Body over the configured limit"),
                         "415": _error("Unsupported Content-Encoding (only gzip)"),
                         "503": _error("Redis unavailable; retry (Retry-After)"),
