@@ -1,0 +1,157 @@
+"""The ``leadscore`` typer app and the helpers every command shares.
+
+One module per command or family of commands lives beside this one (``run.py``,
+``explain.py``, ``redis.py`` for ``send`` and ``show``, ...). A command module parses options,
+calls the library function that does the work (in ``leadscore/``, ``flows/`` or ``state/``,
+where tests call it without a subprocess) and renders the result with the helpers below.
+
+Adding a command is one new module plus one line:
+
+1. write ``leadscore/cli/<name>.py`` with a function decorated ``@app.command()`` (``app``
+   imported from here); import heavy libraries (Bytewax, Redis, Starlette) inside the
+   function so that ``leadscore --help`` and the other commands stay fast;
+2. add ``"<name>"`` to ``COMMANDS`` below, where it should appear in ``leadscore --help``.
+
+``leadscore/cli/__init__.py`` imports the modules named in ``COMMANDS``; importing one
+registers its commands. This module imports no command module, so there is no import circle.
+
+Expected failures (a bad rules file, a missing input) end with ``fail``: a short message on
+stderr and a non-zero exit, never a traceback. The person reading it is fixing a file, not
+debugging Python.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from leadscore.rules import Rules, RulesError, load_rules
+
+# The command modules, in the order `leadscore --help` lists their commands.
+COMMANDS: tuple[str, ...] = (
+    "run",  # run
+    "redis",  # send, show
+    "check",  # check
+    "explain",  # explain
+    "generate",  # generate
+    "schema",  # schema
+    "serve",  # serve
+)
+
+STDIO = "-"  # the path that means standard input or output
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+app = typer.Typer(
+    name="leadscore",
+    help="Real-time lead scoring: rules in YAML, every event scored and every point explained.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def main() -> None:
+    """Console-script entry point (declared in pyproject.toml)."""
+    app()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"leadscore {version('leadscore')}")
+        except PackageNotFoundError:
+            typer.echo("leadscore (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Real-time lead scoring: rules in YAML, every event scored and every point explained."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One line on stderr saying what happened and what to do, then exit non-zero."""
+    typer.echo(f"leadscore: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def load_rules_or_exit(path: str) -> Rules:
+    """The compiled rules, or every problem on stderr (one per line) and exit 1."""
+    try:
+        return load_rules(path)
+    except RulesError as err:
+        for problem in err.problems:
+            typer.echo(str(problem), err=True)
+        raise typer.Exit(1) from None
+
+
+def new_console(stderr: bool = False) -> Console:
+    """A rich console on stdout (or stderr) that leaves user data uncoloured."""
+    # No highlighting: numbers and paths in user data should not change colour at random.
+    return Console(stderr=stderr, highlight=False)
+
+
+def duration(seconds: float) -> str:
+    """Seconds back to the rules file's duration notation, e.g. 86400 -> 1d."""
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def num(value: float | None) -> str:
+    """A score for a table: four significant digits, thousands separated."""
+    return "" if value is None else f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def events_arg(events: list[str], extra: list[str]) -> list[str]:
+    """``--events a b c`` as well as ``--events a --events b``; stdin at most once."""
+    paths = [*events, *extra]
+    if paths.count(STDIO) > 1:
+        fail("standard input (-) can be given only once in --events")
+    return paths
+
+
+def events_exist(paths: list[str]) -> None:
+    """Exit with a message naming the first events file that does not exist."""
+    from pathlib import Path
+
+    for path in paths:
+        if path != STDIO and not Path(path).is_file():
+            fail(f"events file not found: {path}")
+
+
+def redis_url_arg(url: str, option: str) -> str:
+    """``url`` if it is a Redis URL, else exit saying what one looks like."""
+    if not url.startswith(_REDIS_SCHEMES):
+        fail(
+            f"{option} takes a Redis URL such as redis://HOST:6379/0 (rediss:// for TLS, "
+            f"redis://:PASSWORD@HOST:6379/0 with a password), got {url!r}"
+        )
+    return url
+
+
+def masked_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, safe to print."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"

@@ -1,0 +1,232 @@
+"""``leadscore send`` and ``leadscore show``: events into the live flow's Redis streams, and a
+contact's score out of its read model."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated
+
+import orjson
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from leadscore.cli.app import (
+    STDIO,
+    app,
+    events_arg,
+    events_exist,
+    fail,
+    masked_url,
+    new_console,
+    num,
+    redis_url_arg,
+)
+from leadscore.inputs import input_size, read_lines
+
+
+@app.command(context_settings={"allow_extra_args": True})
+def send(
+    ctx: typer.Context,
+    events: Annotated[
+        list[str],
+        typer.Option(
+            "--events",
+            "-e",
+            metavar="FILE",
+            help="Events files (JSON lines, .gz too); - reads standard input. "
+            "Give several after one --events or repeat the option.",
+        ),
+    ],
+    redis_url: Annotated[
+        str,
+        typer.Option(
+            "--redis",
+            metavar="URL",
+            envvar="LEADSCORE_REDIS_URL",
+            help="Redis URL: redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS.",
+        ),
+    ] = "redis://127.0.0.1:6379/0",
+    batch: Annotated[
+        int,
+        typer.Option(
+            "--batch",
+            min=1,
+            metavar="N",
+            help="Events per stream entry; 100 costs ~7x less than 1 on both sides.",
+        ),
+    ] = 100,
+    partitions: Annotated[
+        int | None,
+        typer.Option(
+            "--partitions",
+            min=1,
+            metavar="P",
+            help="Input streams, as the flow's. [default: from {prefix}:meta, else 16]",
+        ),
+    ] = None,
+    prefix: Annotated[
+        str,
+        typer.Option(
+            "--prefix", metavar="PREFIX", envvar="LEADSCORE_PREFIX", help="Redis key prefix."
+        ),
+    ] = "ls",
+    cluster: Annotated[
+        bool, typer.Option("--cluster", help="The URL names a node of a Redis Cluster.")
+    ] = False,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Progress bar on stderr; default: when stderr is a terminal and no input is -.",
+        ),
+    ] = None,
+) -> None:
+    """Load events (JSON lines) into the Redis input streams that `leadscore run --source`
+    scores.
+
+    Each event goes to its contact's partition, up to --batch events per stream entry, in
+    file order. Lines without a readable contact go to partition 0, where the flow
+    dead-letters them with their reason. Sending is at-least-once: give events an `id` and
+    a repeated one is scored once.
+    """
+    from redis.exceptions import RedisError
+
+    from state.redis_store import NotInitialized, RedisStore, StoreError
+
+    paths = events_arg(events, ctx.args)
+    events_exist(paths)
+    redis_url_arg(redis_url, "--redis")
+    where = masked_url(redis_url)
+    show = new_console(stderr=True).is_terminal if progress is None else progress
+    show = show and STDIO not in paths
+    bar = Progress(
+        TextColumn("sending"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=new_console(stderr=True),
+        transient=True,
+        disable=not show,
+    )
+    started = time.perf_counter()
+    try:
+        with RedisStore(redis_url, prefix=prefix, cluster=cluster) as store:
+            if partitions is None:
+                try:
+                    partitions = store.keys.partitions
+                except NotInitialized:
+                    partitions = 16
+            store.ensure(partitions)
+            total = sum(input_size(p) for p in paths) if show else None
+            task = bar.add_task("sending", total=total)
+            with bar:
+                result = store.send_events(
+                    read_lines(paths, lambda n: bar.advance(task, n)), batch=batch
+                )
+    except (StoreError, RedisError, ValueError) as err:
+        fail(f"cannot send to {where}: {err}")
+    seconds = time.perf_counter() - started
+    rate = result.events / seconds if seconds > 0 else 0.0
+    console = new_console()
+    console.print(
+        Text(
+            f"sent {result.events:,} events in {result.entries:,} stream entries to "
+            f"{partitions} partitions of {where} (prefix {prefix!r}) in {seconds:.2f} s "
+            f"({rate:,.0f} events/s)"
+        )
+    )
+    if result.malformed:
+        console.print(
+            Text(
+                f"{result.malformed:,} lines without a readable contact went to partition 0; "
+                "the flow dead-letters them with their reason"
+            )
+        )
+    if result.blank:
+        console.print(Text(f"{result.blank:,} blank lines skipped"))
+
+
+@app.command()
+def show(
+    contact: Annotated[str, typer.Argument(metavar="CONTACT", help="The contact id.")],
+    redis_url: Annotated[
+        str,
+        typer.Option(
+            "--redis",
+            metavar="URL",
+            envvar="LEADSCORE_REDIS_URL",
+            help="Redis URL: redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS.",
+        ),
+    ] = "redis://127.0.0.1:6379/0",
+    prefix: Annotated[
+        str,
+        typer.Option(
+            "--prefix", metavar="PREFIX", envvar="LEADSCORE_PREFIX", help="Redis key prefix."
+        ),
+    ] = "ls",
+    cluster: Annotated[
+        bool, typer.Option("--cluster", help="The URL names a node of a Redis Cluster.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the read model exactly as stored (JSON).")
+    ] = False,
+) -> None:
+    """Print a contact's current score as the live flow stored it (its read model).
+
+    The same JSON the HTTP service answers and personalization reads from Redis. Scores are
+    as of `updated_at` (the contact's last event or decay crossing). Exit 1 when the contact
+    has never been scored.
+    """
+    from redis.exceptions import RedisError
+
+    from state.redis_store import RedisStore, RetryPolicy, StoreError
+
+    redis_url_arg(redis_url, "--redis")
+    where = masked_url(redis_url)
+    try:
+        with RedisStore(
+            redis_url, prefix=prefix, cluster=cluster, retry=RetryPolicy(attempts=3)
+        ) as store:
+            view = store.read_model(contact)
+            keys = store.keys
+    except (StoreError, RedisError, ValueError) as err:
+        fail(f"cannot read from {where}: {err}")
+    p = keys.partition(contact)
+    if view is None:
+        fail(
+            f"no score for contact {contact!r} in {where} (prefix {prefix!r}, partition {p} of "
+            f"{keys.partitions}): the flow has not scored it. Check the id (case and spaces "
+            "count) and the prefix, and that `leadscore run --source` has run since its "
+            "events were sent."
+        )
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(view) + b"\n")
+        return
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    scores = view.get("scores") or {}
+    grid.add_row("contact", Text(f"{view.get('contact', contact)}  (partition {p})"))
+    grid.add_row("total", num(view.get("total")))
+    if view.get("normalized") is not None:
+        grid.add_row("normalized", num(view.get("normalized")))
+    grid.add_row("scores", Text(", ".join(f"{k} {num(v)}" for k, v in scores.items())))
+    for name in ("grade", "stage"):
+        if view.get(name):
+            grid.add_row(name, Text(str(view[name])))
+    for name in ("segments", "tags"):
+        if view.get(name):
+            grid.add_row(name, Text(", ".join(view[name])))
+    grid.add_row("updated at", Text(view.get("updated_at") or "", style="dim"))
+    new_console().print(grid)
