@@ -1,20 +1,17 @@
 """``leadscore run``: score events files with the Bytewax flow, in one process or several,
-or live from Redis (``--source``)."""
+or live from Redis (``--source``).
+
+The work is in ``flows.runner`` (running, the processes, the report's data); this module
+checks the options, shows progress and renders the report.
+"""
 
 from __future__ import annotations
 
-import heapq
-import io
-import re
-import sys
-import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
-import orjson
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -32,7 +29,6 @@ from leadscore.cli.app import (
     STDIO,
     app,
     events_arg,
-    events_exist,
     fail,
     load_rules_or_exit,
     masked_url,
@@ -40,179 +36,13 @@ from leadscore.cli.app import (
     num,
     redis_url_arg,
 )
-from leadscore.inputs import input_size, open_input
+from leadscore.inputs import input_size
 
 if TYPE_CHECKING:
+    from flows.runner import FileRunReport
     from flows.scoring import FlowConfig
 
 _LIVE = "Live from Redis (--source)"  # the help panel of `run`'s live options
-OUTPUTS = ("contacts.jsonl", "triggers.jsonl", "changes.jsonl", "dead_letter.jsonl", "summary.json")
-
-
-# The label the stdout sink puts first on each line: "output" (or "kind" in older flows).
-_STDOUT_LABEL = re.compile(rb'^\{"(?:output|kind)":"(contacts|summary)"')
-
-
-class _StdoutTee(io.BufferedIOBase):
-    """Standard output that also keeps the summary and contacts records passing through it.
-
-    With ``--out -`` the flow writes every output to stdout; the run report still needs the
-    summary and the top leads, so it reads them on the way out instead of writing twice.
-    """
-
-    def __init__(self, target: IO[bytes], keep: int) -> None:
-        super().__init__()
-        self._target = target
-        self._keep = keep
-        self._lock = threading.Lock()
-        self._partial = b""
-        self.summary: dict[str, Any] | None = None
-        self.contacts: list[dict[str, Any]] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        with self._lock:
-            self._target.write(data)
-            lines = (self._partial + bytes(data)).split(b"\n")
-            self._partial = lines.pop()
-            for line in lines:
-                label = _STDOUT_LABEL.match(line)
-                if label is None:
-                    continue
-                if label[1] == b"contacts":
-                    self.contacts.append(orjson.loads(line))
-                    if len(self.contacts) > 2 * self._keep + 1024:  # memory stays bounded
-                        self.contacts = _top_contacts(iter(self.contacts), self._keep)
-                else:
-                    self.summary = orjson.loads(line)
-        return len(data)
-
-    def flush(self) -> None:
-        self._target.flush()
-
-
-@contextmanager
-def _progress(paths: list[str], show: bool) -> Iterator[None]:
-    """A bytes-read progress bar fed by ``flows.io.progress_hook`` from the workers."""
-    import flows.io
-
-    if not show:
-        yield
-        return
-    total = sum(input_size(p) for p in paths)
-    bar = Progress(
-        TextColumn("scoring"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=new_console(stderr=True),
-        transient=True,
-    )
-    task = bar.add_task("scoring", total=total)
-    flows.io.progress_hook = lambda n: bar.advance(task, n)
-    try:
-        with bar:
-            yield
-    finally:
-        flows.io.progress_hook = None
-
-
-def _top_contacts(rows: Iterator[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """The ``n`` highest totals; ties by contact id so the table is the same every run."""
-    return heapq.nsmallest(n, rows, key=lambda v: (-(v.get("total") or 0.0), v["contact"]))
-
-
-def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """The records of an output file; a file the run never wrote means none."""
-    if not path.exists():
-        return
-    with path.open("rb") as fh:
-        for line in fh:
-            if line.strip():
-                yield orjson.loads(line)
-
-
-def _report(
-    console: Console,
-    summary: dict[str, Any],
-    top: list[dict[str, Any]],
-    seconds: float,
-    out: str,
-) -> None:
-    scored = summary.get("scored", 0)
-    rejected = summary.get("rejected", 0)
-    duplicates = summary.get("duplicates", 0)
-    read = scored + rejected + duplicates
-    rate = read / seconds if seconds > 0 else 0.0
-    console.print(
-        f"[bold]{read:,}[/] events read in {seconds:.2f} s ({rate:,.0f} events/s)", markup=True
-    )
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(justify="left")
-    grid.add_column(justify="right")
-    grid.add_column(justify="left")
-    reasons = summary.get("rejected_by_reason") or {}
-    triggers = summary.get("triggers") or {}
-    grid.add_row("scored", f"{scored:,}", "")
-    grid.add_row(
-        "rejected",
-        f"{rejected:,}",
-        Text(", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items()))),
-    )
-    grid.add_row("duplicates", f"{duplicates:,}", "")
-    grid.add_row("contacts", f"{summary.get('contacts', 0):,}", "")
-    grid.add_row(
-        "triggers fired",
-        f"{sum(triggers.values()):,}",
-        Text(", ".join(f"{k} {v:,}" for k, v in sorted(triggers.items()))),
-    )
-    console.print(grid)
-    if top:
-        table = Table(title=f"Top {len(top)} leads", title_justify="left")
-        for name, justify in (
-            ("contact", "left"),
-            ("total", "right"),
-            ("normalized", "right"),
-            ("grade", "center"),
-            ("stage", "left"),
-            ("segments", "left"),
-        ):
-            table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
-        for row in top:
-            table.add_row(
-                Text(str(row["contact"])),
-                num(row.get("total")),
-                num(row.get("normalized")),
-                Text(row.get("grade") or ""),
-                Text(row.get("stage") or ""),
-                Text(", ".join(row.get("segments") or [])),
-            )
-        console.print(table)
-    if out != STDIO:
-        console.print(Text(f"results in {out}/: {', '.join(OUTPUTS)}"))
-
-
-def _first_cause(
-    err: BaseException, kinds: tuple[type[BaseException], ...]
-) -> BaseException | None:
-    """The first exception of ``kinds`` in ``err``'s chain of causes, or None."""
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        if isinstance(current, kinds):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def _check_out_dir(out: Path) -> None:
-    """Refuse a file where the outputs' directory should be, before the flow starts."""
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out} is a file; give a directory (created if missing) or - for stdout")
 
 
 @app.command(context_settings={"allow_extra_args": True})
@@ -388,9 +218,7 @@ def run(
     letters, acknowledgements): a crash or kill loses nothing and repeats nothing; the next
     run continues where the last checkpoint left off. See docs/redis.md.
     """
-    from bytewax.testing import cluster_main
-
-    from flows.scoring import FlowConfig, build_flow
+    from flows.scoring import FlowConfig
 
     if source is not None:
         if processes > 1:
@@ -405,23 +233,21 @@ def run(
                 "--out is for file runs: a live run's results are in Redis (read models, "
                 "triggers, changes and dead-letter streams; see docs/redis.md)"
             )
-        _run_live(
-            FlowConfig(
-                rules=rules,
-                source="redis",
-                redis_url=source,
-                partitions=partitions,
-                prefix=prefix,
-                flush_events=flush_events,
-                flush_ms=flush_ms,
-                max_contacts=max_contacts,
-                tail=not drain,
-                cluster=cluster,
-                metrics_port=metrics_port,
-                metrics_host=metrics_host,
-            ),
-            workers,
+        live = FlowConfig(
+            rules=rules,
+            source="redis",
+            redis_url=source,
+            partitions=partitions,
+            prefix=prefix,
+            flush_events=flush_events,
+            flush_ms=flush_ms,
+            max_contacts=max_contacts,
+            tail=not drain,
+            cluster=cluster,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
         )
+        _run_live(live, workers)
         return
     if not events:
         fail(
@@ -431,227 +257,133 @@ def run(
     out = out or "out"
     paths = events_arg(events, ctx.args)
     config = FlowConfig(rules=rules, events=paths, out=out, shards=shards)
-    compiled = load_rules_or_exit(rules)
-    if out != STDIO:
-        _check_out_dir(Path(out))
+    show = new_console(stderr=True).is_terminal if progress is None else progress
+    show = show and STDIO not in paths
+    _run_files(config, workers, processes, top, show)
+
+
+def _run_files(config: FlowConfig, workers: int, processes: int, top: int, show: bool) -> None:
+    """``leadscore run --events``: score the files, then the report (on stderr with --out -)."""
+    from flows.runner import Interrupted, PeerFailed, RunFailed, UnreadableInput, run_files
+
+    out = config.out or "out"
+    compiled = load_rules_or_exit(config.rules)
+    if out != STDIO and Path(out).exists() and not Path(out).is_dir():
+        fail(f"--out {out} is a file; give a directory (created if missing) or - for stdout")
+    if processes > 1 and (STDIO in config.events or out == STDIO):
+        fail(
+            "--processes needs events files and an --out directory: standard input and "
+            "output belong to one process"
+        )
     try:
-        flow = build_flow(config, compiled)
+        with _progress(config.events, show, processes, workers) as on_bytes:
+            report = run_files(
+                config, compiled, workers=workers, processes=processes, top=top, on_bytes=on_bytes
+            )
     except FileNotFoundError as err:
         fail(str(err))
     except (ValueError, OSError) as err:
         fail(f"cannot start: {err}")
+    except UnreadableInput as err:
+        fail(str(err))
+    except Interrupted:
+        fail(f"interrupted; the outputs in {out} are incomplete", 130)
+    except RunFailed as err:
+        fail(f"the run failed: {err.cause}")
+    except PeerFailed as err:
+        fail(f"{err}{'' if err.own else '; rerun with --processes 1 to see why'}")
+    _report(new_console(stderr=out == STDIO), report, out)
 
-    report = new_console(stderr=out == STDIO)
-    show = new_console(stderr=True).is_terminal if progress is None else progress
-    show = show and STDIO not in paths
-    tee = _StdoutTee(sys.stdout.buffer, top) if out == STDIO else None
-    saved = sys.stdout
-    if tee is not None:
-        sys.stdout = io.TextIOWrapper(tee, write_through=True)  # type: ignore[assignment]
-    started = time.perf_counter()
-    if processes > 1:
-        if STDIO in paths or out == STDIO:
-            fail(
-                "--processes needs events files and an --out directory: standard input and "
-                "output belong to one process"
-            )
-        events_exist(paths)
-        for path in paths:  # a peer's own read error is lost when the others panic: check here
-            try:
-                with open_input(path) as stream:
-                    stream.read(1)
-            except OSError as err:
-                fail(f"cannot read {path}: {err}")
-        _run_processes(config, processes, workers, show)
-        seconds = time.perf_counter() - started
-        summary = next(_read_jsonl(Path(out) / "summary.json"), {})
-        _report(
-            report,
-            summary,
-            _top_contacts(_read_jsonl(Path(out) / "contacts.jsonl"), top),
-            seconds,
-            out,
-        )
+
+@contextmanager
+def _progress(
+    paths: list[str], show: bool, processes: int, workers: int
+) -> Iterator[Callable[[int], None] | None]:
+    """A bytes-read progress bar on stderr (one process), or a spinner (several), or nothing;
+    yields what the flow's source feeds with the bytes it reads."""
+    if not show:
+        yield None
         return
-    try:
-        with _progress(paths, show):
-            # cluster_main even for one worker: run_main turns Ctrl-C into a Rust panic.
-            cluster_main(flow, [], 0, worker_count_per_proc=workers)
-    except BaseException as err:  # Bytewax wraps worker errors: look at what caused them
-        cause = _first_cause(err, (KeyboardInterrupt, OSError, EOFError))
-        if isinstance(cause, KeyboardInterrupt):
-            fail(f"interrupted; the outputs in {out} are incomplete", 130)
-        if isinstance(cause, OSError | EOFError):  # EOFError: a truncated .gz
-            fail(f"the run failed: {cause}")
-        raise
-    finally:
-        if tee is not None:
-            sys.stdout.flush()
-            sys.stdout = saved
-    seconds = time.perf_counter() - started
-
-    if tee is not None:
-        summary = tee.summary or {}
-        leaders = _top_contacts(iter(tee.contacts), top)
-    else:
-        summary = next(_read_jsonl(Path(out) / "summary.json"), {})
-        leaders = _top_contacts(_read_jsonl(Path(out) / "contacts.jsonl"), top)
-    _report(report, summary, leaders, seconds, out)
-
-
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for sock in socks:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in socks]
-    for sock in socks:
-        sock.close()
-    return ports
-
-
-_PEER = "import sys; from leadscore.cli.run import run_peer; run_peer(sys.argv[1])"
-_ROOT_CAUSE = "the run failed: "  # a peer's own error; the others only lost their connection
-
-
-def run_peer(spec: str) -> None:
-    """One process of ``run --processes``: the same flow, joined to its peers over loopback."""
-    from bytewax.testing import cluster_main
-
-    from flows.scoring import FlowConfig, build_flow
-
-    args = orjson.loads(spec)
-    config = FlowConfig(
-        rules=args["rules"], events=args["events"], out=args["out"], shards=args["shards"]
+    console = new_console(stderr=True)
+    if processes > 1:
+        plural = "s" if workers > 1 else ""
+        with console.status(f"scoring with {processes} processes x {workers} worker{plural}"):
+            yield None
+        return
+    bar = Progress(
+        TextColumn("scoring"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
     )
-    try:
-        cluster_main(
-            build_flow(config),
-            args["addresses"],
-            args["proc_id"],
-            worker_count_per_proc=args["workers"],
-        )
-    except BaseException as err:
-        cause = _first_cause(err, (OSError, EOFError))
-        if isinstance(cause, OSError | EOFError):
-            print(f"{_ROOT_CAUSE}{cause}", file=sys.stderr)
-            sys.exit(1)
-        raise
+    task = bar.add_task("scoring", total=sum(input_size(p) for p in paths))
+    with bar:
+        yield lambda n: bar.advance(task, n)
 
 
-def _run_processes(config: FlowConfig, processes: int, workers: int, show: bool) -> None:
-    """Run the file flow as ``processes`` local processes; fail fast when one fails.
+def _report(console: Console, report: FileRunReport, out: str) -> None:
+    """Events read and their rate, the counts by outcome, the top leads, where results are."""
+    from flows.runner import OUTPUTS
 
-    Every process runs the same flow (Bytewax splits the input partitions and shards between
-    them); a failed peer would leave the others waiting for it, so they are stopped.
-    """
-    import subprocess
-    import tempfile
-
-    addresses = [f"127.0.0.1:{port}" for port in _free_ports(processes)]
-    base = {
-        "rules": config.rules,
-        "events": config.events,
-        "out": config.out,
-        "shards": config.shards,
-        "addresses": addresses,
-        "workers": workers,
-    }
-    with tempfile.TemporaryDirectory(prefix="leadscore-run-") as tmp:
-        logs = [Path(tmp) / f"process-{i}.log" for i in range(processes)]
-        peers = []
-        for i, log in enumerate(logs):
-            with log.open("wb") as sink:
-                spec = orjson.dumps({**base, "proc_id": i}).decode()
-                peers.append(
-                    subprocess.Popen(
-                        [sys.executable, "-c", _PEER, spec], stdout=sink, stderr=subprocess.STDOUT
-                    )
-                )
-        status = new_console(stderr=True).status(
-            f"scoring with {processes} processes x {workers} worker{'s' if workers > 1 else ''}"
-        )
-        try:
-            if show:
-                status.start()
-            failed, grace = None, 0.0
-            while any(p.poll() is None for p in peers) and (failed is None or time.time() < grace):
-                if failed is None:
-                    failed = next((i for i, p in enumerate(peers) if p.poll()), None)
-                    grace = time.time() + 5.0  # time for the others to write their own error
-                time.sleep(0.05)
-            failed = next((i for i, p in enumerate(peers) if p.returncode), failed)
-        except KeyboardInterrupt:
-            failed = -1
-        finally:
-            status.stop()
-            for peer in peers:
-                if peer.poll() is None:
-                    peer.terminate()
-            for peer in peers:
-                peer.wait()
-        if failed == -1:
-            fail(f"interrupted; the outputs in {config.out} are incomplete", 130)
-        if failed is not None:
-            # When one process fails the others panic on the broken connection: name the cause.
-            last = {i: _last_line(logs[i]) for i, p in enumerate(peers) if p.returncode}
-            failed, detail = next(
-                ((i, line) for i, line in last.items() if line.startswith(_ROOT_CAUSE)),
-                (failed, last.get(failed) or f"exit code {peers[failed].returncode}"),
+    summary = report.summary
+    console.print(
+        f"[bold]{report.read:,}[/] events read in {report.seconds:.2f} s "
+        f"({report.rate:,.0f} events/s)",
+        markup=True,
+    )
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(justify="left")
+    grid.add_column(justify="right")
+    grid.add_column(justify="left")
+    reasons = summary.get("rejected_by_reason") or {}
+    triggers = summary.get("triggers") or {}
+    grid.add_row("scored", f"{summary.get('scored', 0):,}", "")
+    grid.add_row(
+        "rejected",
+        f"{summary.get('rejected', 0):,}",
+        Text(", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items()))),
+    )
+    grid.add_row("duplicates", f"{summary.get('duplicates', 0):,}", "")
+    grid.add_row("contacts", f"{summary.get('contacts', 0):,}", "")
+    grid.add_row(
+        "triggers fired",
+        f"{sum(triggers.values()):,}",
+        Text(", ".join(f"{k} {v:,}" for k, v in sorted(triggers.items()))),
+    )
+    console.print(grid)
+    if report.top:
+        table = Table(title=f"Top {len(report.top)} leads", title_justify="left")
+        for name, justify in (
+            ("contact", "left"),
+            ("total", "right"),
+            ("normalized", "right"),
+            ("grade", "center"),
+            ("stage", "left"),
+            ("segments", "left"),
+        ):
+            table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+        for row in report.top:
+            table.add_row(
+                Text(str(row["contact"])),
+                num(row.get("total")),
+                num(row.get("normalized")),
+                Text(row.get("grade") or ""),
+                Text(row.get("stage") or ""),
+                Text(", ".join(row.get("segments") or [])),
             )
-            hint = "" if detail.startswith(_ROOT_CAUSE) else "; rerun with --processes 1 to see why"
-            fail(
-                f"process {failed} of {processes} failed: {detail.removeprefix(_ROOT_CAUSE)}{hint}"
-            )
-
-
-def _last_line(path: Path) -> str:
-    lines = path.read_text(errors="replace").strip().splitlines()
-    return lines[-1] if lines else ""
-
-
-def _log_to_stderr() -> None:
-    """leadscore's own log lines (retries, recoveries, re-armed timers) on stderr, timed."""
-    import logging
-
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    log = logging.getLogger("leadscore")
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-
-
-def _flow_counts() -> dict[str, float]:
-    """This process's flow counters (events, duplicates, dead letters, triggers), summed over
-    their labels: the live run's report is a difference of two readings."""
-    from flows import metrics
-
-    counts: dict[str, float] = {}
-    for name, counter in (
-        ("scored", metrics.EVENTS_SCORED),
-        ("duplicates", metrics.DUPLICATES),
-        ("dead", metrics.DEAD_LETTERS),
-        ("triggers", metrics.TRIGGERS),
-    ):
-        counts[name] = sum(
-            sample.value
-            for family in counter.collect()
-            for sample in family.samples
-            if sample.name.endswith("_total")
-        )
-    return counts
+        console.print(table)
+    if out != STDIO:
+        console.print(Text(f"results in {out}/: {', '.join(OUTPUTS)}"))
 
 
 def _run_live(config: FlowConfig, workers: int) -> None:
     """``leadscore run --source``: score from Redis until stopped; exit 0 on a clean stop."""
-    import signal
-
-    from bytewax.testing import cluster_main
     from redis.exceptions import RedisError
 
-    from flows.redis_flow import prepare_process
-    from flows.scoring import build_flow
+    from flows.runner import LiveRun, RunFailed
     from state.redis_store import StoreError
 
     redis_url_arg(config.redis_url, "--source")
@@ -659,14 +391,13 @@ def _run_live(config: FlowConfig, workers: int) -> None:
     _log_to_stderr()
     where = masked_url(config.redis_url)
     try:
-        flow = build_flow(config, compiled)  # checks the meta; waits (~30 s) for Redis to answer
+        live = LiveRun(config, compiled)  # checks the meta; waits (~30 s) for Redis to answer
     except (StoreError, RedisError, ValueError) as err:
         fail(f"cannot start on {where}: {err}")
     except KeyboardInterrupt:
         fail("interrupted before the run started; nothing was read", 130)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        prepare_process(config)  # SIGTERM / Ctrl-C stop cleanly; the metrics endpoint
+        live.prepare()  # SIGTERM / Ctrl-C stop cleanly; the metrics endpoint
     except OSError as err:
         fail(f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: {err}")
     metrics = (
@@ -680,27 +411,28 @@ def _run_live(config: FlowConfig, workers: int) -> None:
         f"partitions) with {workers} worker{'s' if workers != 1 else ''}, {until}{metrics}",
         err=True,
     )
-    before = _flow_counts()
-    started = time.perf_counter()
     try:
-        cluster_main(flow, [], 0, worker_count_per_proc=workers)
-    except BaseException as err:  # Bytewax wraps worker errors: look at what caused them
-        cause = _first_cause(err, (StoreError, RedisError, OSError))
-        if cause is not None:
-            fail(
-                f"the run stopped: {cause}. Nothing is lost: what was not checkpointed is "
-                "read again by the next run."
-            )
-        raise
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    seconds = time.perf_counter() - started
-    after = _flow_counts()
-    done = {k: int(after[k] - before[k]) for k in after}
+        report = live.run(workers)
+    except RunFailed as err:
+        fail(
+            f"the run stopped: {err.cause}. Nothing is lost: what was not checkpointed is "
+            "read again by the next run."
+        )
+    done = report.counts
     typer.echo(
-        f"leadscore: stopped after {seconds:.1f} s: {done['scored']:,} events scored, "
+        f"leadscore: stopped after {report.seconds:.1f} s: {done['scored']:,} events scored, "
         f"{done['duplicates']:,} duplicates dropped, {done['dead']:,} dead letters, "
         f"{done['triggers']:,} triggers fired; everything read is checkpointed",
         err=True,
     )
+
+
+def _log_to_stderr() -> None:
+    """leadscore's own log lines (retries, recoveries, re-armed timers) on stderr, timed."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("leadscore")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
