@@ -31,7 +31,7 @@ from leadscore.cli.app import (
     num,
     redis_url_arg,
 )
-from leadscore.inputs import input_size, read_lines
+from leadscore.inputs import input_size
 
 
 @app.command(context_settings={"allow_extra_args": True})
@@ -101,7 +101,8 @@ def send(
     """
     from redis.exceptions import RedisError
 
-    from state.redis_store import NotInitialized, RedisStore, StoreError
+    from state.redis_store import StoreError
+    from state.send import send_files
 
     paths = events_arg(events, ctx.args)
     events_exist(paths)
@@ -119,21 +120,19 @@ def send(
         transient=True,
         disable=not show,
     )
+    task = bar.add_task("sending", total=sum(input_size(p) for p in paths) if show else None)
     started = time.perf_counter()
     try:
-        with RedisStore(redis_url, prefix=prefix, cluster=cluster) as store:
-            if partitions is None:
-                try:
-                    partitions = store.keys.partitions
-                except NotInitialized:
-                    partitions = 16
-            store.ensure(partitions)
-            total = sum(input_size(p) for p in paths) if show else None
-            task = bar.add_task("sending", total=total)
-            with bar:
-                result = store.send_events(
-                    read_lines(paths, lambda n: bar.advance(task, n)), batch=batch
-                )
+        with bar:
+            partitions, result = send_files(
+                redis_url,
+                paths,
+                prefix=prefix,
+                cluster=cluster,
+                partitions=partitions,
+                batch=batch,
+                on_bytes=lambda n: bar.advance(task, n),
+            )
     except (StoreError, RedisError, ValueError) as err:
         fail(f"cannot send to {where}: {err}")
     seconds = time.perf_counter() - started
