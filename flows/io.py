@@ -7,7 +7,6 @@ output file has exactly one writer however many workers or processes run the flo
 
 from __future__ import annotations
 
-import gzip
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -19,24 +18,18 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from leadscore.inputs import open_input
+
 STDIO = "-"
 # Sorted: Bytewax routes by index into the sorted list of partitions.
 OUTPUT_KINDS = ("changes", "contacts", "dead_letter", "summary", "triggers")
 
-# Called with the number of bytes read, from whichever worker read them; the CLI's progress
-# bar sets it. Module-level because Bytewax builds partitions itself.
+# Called with the number of bytes read, from whichever worker read them; flows.runner sets it
+# for `leadscore run`'s progress bar. Module-level because Bytewax builds partitions itself.
 progress_hook: Callable[[int], None] | None = None
 
 # (input partition, path, line number of the first line, lines) or lines=None when done
 Chunk = tuple[int, str, int, list[bytes] | None]
-
-
-def open_input(path: str) -> IO[bytes]:
-    if path == STDIO:
-        return sys.stdin.buffer
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")
 
 
 class _LinesPartition(StatefulSourcePartition[Chunk, int]):
