@@ -28,7 +28,8 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import cluster_main
 
 import flows.io
-from flows.scoring import FlowConfig, build_flow
+from flows.config import FlowConfig
+from flows.scoring import build_flow
 from leadscore.inputs import STDIO, close_input, open_input
 from leadscore.rules import Rules
 

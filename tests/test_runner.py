@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flows.config import FlowConfig
 from flows.runner import FileRunReport, run_files, top_contacts
-from flows.scoring import FlowConfig
 from leadscore.generate import write_events
 from leadscore.inputs import input_size, read_lines
 

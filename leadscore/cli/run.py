@@ -39,8 +39,8 @@ from leadscore.cli.app import (
 from leadscore.inputs import input_size
 
 if TYPE_CHECKING:
+    from flows.config import FlowConfig
     from flows.runner import FileRunReport
-    from flows.scoring import FlowConfig
 
 _LIVE = "Live from Redis (--source)"  # the help panel of `run`'s live options
 
@@ -218,7 +218,7 @@ def run(
     letters, acknowledgements): a crash or kill loses nothing and repeats nothing; the next
     run continues where the last checkpoint left off. See docs/redis.md.
     """
-    from flows.scoring import FlowConfig
+    from flows.config import FlowConfig
 
     if source is not None:
         if processes > 1:
