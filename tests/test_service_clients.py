@@ -184,7 +184,7 @@ def test_headless_chromium_loads_the_pixel(
     r: redis.Redis,
     tmp_path: Path,
 ) -> None:
-    live = serve()
+    live = serve(pixel_actions=("asset.download",))  # the docs page's <img> sends one
     origin = site(live.url)
     assert CHROMIUM is not None
     command = [

@@ -1,11 +1,13 @@
 """Who may call what: write keys guard the ingest endpoints (the pixel excepted), read keys,
 when configured, the score API. Keys come as HTTP Basic (Segment's way: key as user name,
-empty password) or Bearer, and are compared in constant time."""
+empty password) or Bearer, and are compared in constant time. The pixel, which takes no
+key, can require signed contact ids instead (:func:`contact_signature`)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 
 from starlette.requests import Request
@@ -71,3 +73,15 @@ def authorize_read(
     key = presented_key(request)
     if key is None or not (key_in(key, read_keys) or key_in(key, write_keys)):
         raise ApiError(401, "unauthorized", "a valid read key is required", "Authorization")
+
+
+def contact_signature(secret: str, contact: str) -> str:
+    """HMAC-SHA256 of a contact id under the pixel secret, in lower-case hex: what a signed
+    pixel URL carries as ``sig`` (``/t.gif?contact=ID&sig=HEX``), as email links carry one."""
+    return hmac.new(secret.encode(), contact.encode(), hashlib.sha256).hexdigest()
+
+
+def signature_ok(secret: str, contact: str, signature: str) -> bool:
+    """Whether ``signature`` signs ``contact`` (hex in either case), in constant time."""
+    expected = contact_signature(secret, contact).encode()
+    return hmac.compare_digest(expected, signature.strip().lower().encode("utf-8", "replace"))

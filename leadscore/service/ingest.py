@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 from collections import Counter as Tally
+from collections.abc import Collection
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
 
@@ -38,7 +39,12 @@ from leadscore.segment import (
     map_message,
     parse_time,
 )
-from leadscore.service.auth import authorize_write, presented_key
+from leadscore.service.auth import (
+    authorize_write,
+    contact_signature,
+    presented_key,
+    signature_ok,
+)
 from leadscore.service.backend import Service
 from leadscore.service.body import KEEP_LEVELS, cut_deep, loads_json, read_body
 from leadscore.service.errors import ApiError, json_response
@@ -64,7 +70,12 @@ PIXEL_PROP_PARAMS = {
     "referrer": "referrer",
     "page_referrer": "referrer",
 }
-PIXEL_IGNORED = frozenset({"action", "id", "_", "cb", *PIXEL_CONTACT_PARAMS, *PIXEL_PROP_PARAMS})
+PIXEL_IGNORED = frozenset(
+    {"action", "id", "sig", "_", "cb", *PIXEL_CONTACT_PARAMS, *PIXEL_PROP_PARAMS}
+)
+PIXEL_ACTIONS = frozenset({"page.hit"})
+"""What the pixel records by default: anyone can load it for any contact id, so it must not
+be able to buy, unsubscribe or fill a form for them. Operators add actions they accept."""
 DEAD_RAW_CHARS = 8 * 1024
 MAX_ERRORS_LISTED = 100
 
@@ -99,16 +110,39 @@ def pixel_event(
     visitor: str | None,
     page_header: str | None,
     now: float,
-) -> tuple[Event | Reject, str]:
+    *,
+    actions: Collection[str] = PIXEL_ACTIONS,
+    secret: str | None = None,
+) -> tuple[Event | Reject, str | None]:
     """The event a pixel hit describes, and the contact id to remember in the cookie.
 
     The contact comes from the query (``contact``, or Mautic's ``mtc_id``/``ct``), else the
     visitor cookie, else a fresh random visitor id. ``url`` falls back to the Referer header:
-    a plain ``<img>`` without script still tells us which page embedded it."""
+    a plain ``<img>`` without script still tells us which page embedded it.
+
+    Only ``actions`` are recorded (``pixel_action_refused`` otherwise). With a ``secret``, a
+    contact id in the query must come with ``sig``, its :func:`contact_signature`
+    (``bad_signature`` otherwise). A refused hit remembers nothing new: the cookie stays."""
     first: dict[str, str] = {}
     for key, value in params:
         first.setdefault(key, value)
     contact = next((first[k] for k in PIXEL_CONTACT_PARAMS if first.get(k)), None)
+    action = first.get("action") or "page.hit"
+    if action not in actions:
+        allowed = ", ".join(sorted(actions))
+        return Reject(
+            "pixel_action_refused",
+            f"action {action[:64]!r} is not recorded from the pixel (it records {allowed}); "
+            "send it with a write key to /v1/events or the Segment API",
+        ), visitor
+    signature = first.get("sig", "")
+    if secret is not None and contact is not None and not signature_ok(secret, contact, signature):
+        problem = "a wrong" if signature else "no"
+        return Reject(
+            "bad_signature",
+            f"contact {contact[:64]!r} came with {problem} signature: sign contact ids "
+            "on pixel URLs with the pixel secret (sig=HMAC-SHA256 hex)",
+        ), visitor
     remembered = contact or visitor or f"v-{secrets.token_urlsafe(15)}"
     props: dict[str, Any] = {}
     for key, prop in PIXEL_PROP_PARAMS.items():
@@ -123,7 +157,7 @@ def pixel_event(
         props.setdefault(key, first[key])
     obj = {
         "contact": remembered,
-        "action": first.get("action") or "page.hit",
+        "action": action,
         "ts": now,
         "id": first.get("id") or None,
         "props": props,
@@ -189,6 +223,7 @@ class Ingest:
         self.service = service
         self.config = config = service.config
         self.action_map = build_action_map(config.action_map)
+        self.pixel_actions = PIXEL_ACTIONS | frozenset(config.pixel_actions)
         self._cookie_attributes = (
             f"; Max-Age={config.cookie_max_age}; Path=/; SameSite=Lax; HttpOnly"
         )
@@ -209,16 +244,28 @@ class Ingest:
             self.service.metrics.write_failures.labels("pixel").inc()
         return response
 
+    def _visitor(self, cookie: str | None) -> str | None:
+        """The contact id the visitor cookie remembers; with a pixel secret, only when the
+        cookie carries its signature (``id.sig``: percent-encoding leaves no bare dot out)."""
+        if not cookie:
+            return None
+        secret = self.config.pixel_secret
+        if secret is not None:
+            cookie, _, signature = cookie.rpartition(".")
+            visitor = unquote(cookie)
+            if not signature_ok(secret, visitor, signature):
+                return None
+        else:
+            visitor = unquote(cookie)
+        return visitor if 0 < len(visitor) <= MAX_CONTACT_CHARS else None
+
     async def _record_pixel(self, request: Request, response: Response) -> None:
         cfg = self.config
         now = time.time()
         # Straight from the scope: Request.url and .query_params build objects the pixel,
         # the hottest route, does not need.
         headers = request.headers
-        cookie = _cookie(headers.get("cookie"), cfg.cookie_name)
-        visitor = unquote(cookie) if cookie else None
-        if visitor is not None and not 0 < len(visitor) <= MAX_CONTACT_CHARS:
-            visitor = None
+        visitor = self._visitor(_cookie(headers.get("cookie"), cfg.cookie_name))
         query = request.scope["query_string"].decode("latin-1")
         if len(query) > PIXEL_MAX_QUERY:
             result: Event | Reject = Reject(
@@ -227,10 +274,20 @@ class Ingest:
             remembered = visitor
         else:
             params = parse_qsl(query, keep_blank_values=True)
-            result, remembered = pixel_event(params, visitor, headers.get("referer"), now)
+            result, remembered = pixel_event(
+                params,
+                visitor,
+                headers.get("referer"),
+                now,
+                actions=self.pixel_actions,
+                secret=cfg.pixel_secret,
+            )
         if remembered is not None and remembered != visitor and len(remembered) <= 256:
             # Percent-encoded, so no quoting is needed: cheaper than http.cookies per hit.
-            cookie = f"{cfg.cookie_name}={quote(remembered, safe='')}{self._cookie_attributes}"
+            value = quote(remembered, safe="")
+            if cfg.pixel_secret is not None:  # signed too: a cookie is as forgeable as a URL
+                value += "." + contact_signature(cfg.pixel_secret, remembered)
+            cookie = f"{cfg.cookie_name}={value}{self._cookie_attributes}"
             if not cfg.cookie_secure and request.scope.get("scheme") == "https":
                 cookie += "; Secure"
             response.raw_headers.append((b"set-cookie", cookie.encode("latin-1")))

@@ -97,7 +97,8 @@ def openapi_document(config: ServiceConfig) -> dict[str, Any]:
             ("contact", "contact id; else the visitor cookie"),
             ("mtc_id", "Mautic contact id (alias of contact)"),
             ("ct", "Mautic click-through id (alias of contact)"),
-            ("action", "event action, default page.hit"),
+            ("action", "event action, default page.hit; other actions only if configured"),
+            ("sig", "HMAC-SHA256 hex of the contact id, required when a pixel secret is set"),
             ("id", "event id, for deduplication"),
             ("url", "page URL; default: the Referer header"),
             ("title", "page title"),
@@ -155,7 +156,9 @@ def openapi_document(config: ServiceConfig) -> dict[str, Any]:
                 "get": {
                     "summary": "Tracking pixel",
                     "description": "Always answers a 1x1 GIF. Bad input is counted and "
-                    "dead-lettered, never shown to the visitor.",
+                    "dead-lettered, never shown to the visitor: so are actions other than "
+                    "page.hit (and those configured) and, with a pixel secret, unsigned "
+                    "contact ids.",
                     "parameters": pixel_params,
                     "responses": {
                         "200": {
