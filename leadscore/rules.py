@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from leadscore.channels import Channel, parse_channels, url_problem
 from leadscore.durations import parse_duration
 from leadscore.events import STANDARD_ACTIONS, parse_ts
 
@@ -216,6 +217,7 @@ class Rules:
     stages_by_action: dict[str, tuple[StageRule, ...]]
     # Per action name, all of its action and stage rules' `where` as one generated function.
     matchers: dict[str, Matcher] = field(default_factory=dict)
+    channels: dict[str, Channel] = field(default_factory=dict)  # `notify:` targets
 
     def is_known(self, action: str) -> bool:
         return action in self.known_actions
@@ -283,6 +285,8 @@ class _Compiler:
     def __init__(self, source: str) -> None:
         self.source = source
         self.problems: list[Problem] = []
+        self.channels: dict[str, Channel] = {}
+        self.declared = False  # a `channels:` section exists: every notify must name one
 
     def problem(self, where: str, field: str, message: str) -> None:
         self.problems.append(Problem(self.source, where, field, message))
@@ -311,6 +315,7 @@ class _Compiler:
                 "stages",
                 "grades",
                 "scale",
+                "channels",
             },
             {"version"},
         )
@@ -323,6 +328,8 @@ class _Compiler:
         self.disabled_actions: set[str] = set()
         actions = self.actions(doc.get("actions"), groups, default_group)
         fit = self.fit_rules(doc.get("fit"), groups, {a.id for a in actions})
+        self.channels = parse_channels(doc.get("channels"), self.problem)
+        self.declared = "channels" in doc
         triggers = self.triggers(doc.get("triggers"), groups, stage_order)
         fit_grade, engagement_grade = self.grades(doc.get("grades"), groups)
         scale_score, scale_max = self.scale(doc.get("scale"), groups)
@@ -362,6 +369,7 @@ class _Compiler:
                 )
                 for name in {**by_action, **stages_by_action}
             },
+            channels=self.channels,
         )
 
     # ---- groups
@@ -747,6 +755,14 @@ class _Compiler:
                     f"{field}.set_stage",
                     f"unknown stage {arg!r}; stages are {list(stage_order)}",
                 )
+            elif kind == "notify" and self.declared and arg not in self.channels:
+                self.problem(
+                    where,
+                    f"{field}.notify",
+                    f"unknown channel {arg!r}; channels are {sorted(self.channels)}",
+                )
+            elif kind == "webhook" and (why := url_problem(arg)):
+                self.problem(where, f"{field}.webhook", why)
             out.append({kind: arg})
         return tuple(out)
 

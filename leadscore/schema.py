@@ -20,13 +20,15 @@ DURATION_PATTERN = r"^\d+(\.\d+)?[smhdw]$"
 _ZERO_DURATION = r"^0+(\.0+)?[smhdw]$"
 _INSTANT_PATTERN = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2})?)?$"
 TRIGGER_ACTIONS: dict[str, str] = {
-    "notify": "Tell a team or channel, e.g. `sales`; the name is passed on to your notifier.",
+    "notify": "Tell a channel, e.g. `sales`: `leadscore deliver` POSTs the firing to the "
+    "channel's webhook (declare it under `channels`).",
     "add_segment": "Put the contact in this segment (a list your tools can pull).",
     "remove_segment": "Take the contact out of this segment.",
     "add_tag": "Add a free-form tag to the contact.",
     "remove_tag": "Remove a tag from the contact.",
     "set_stage": "Move the contact to this buying stage (one of `stages.order`).",
-    "webhook": "POST the trigger record to this URL.",
+    "webhook": "POST the trigger record to this URL (https; signed with "
+    "$LEADSCORE_WEBHOOK_SECRET by `leadscore deliver`).",
 }
 
 
@@ -340,6 +342,53 @@ def _trigger() -> dict[str, Any]:
     }
 
 
+def _channel() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "title": "Channel",
+        "description": "Where `notify: <name>` goes. Secrets live in environment variables, "
+        "never in this file.",
+        "additionalProperties": False,
+        "properties": {
+            "webhook": _s(
+                "string",
+                "Webhook",
+                "The URL the deliverer POSTs to (https; plain http only to loopback or to "
+                "hosts allowed with --allow-http).",
+                format="uri",
+                pattern="^https?://",
+            ),
+            "webhook_env": _s(
+                "string",
+                "Webhook variable",
+                "Instead of `webhook`: the environment variable holding the URL, for URLs "
+                "that are secrets themselves (Slack incoming webhooks).",
+                pattern=_ENV_PATTERN,
+            ),
+            "secret_env": _s(
+                "string",
+                "Secret variable",
+                "The environment variable holding the HMAC secret that signs each body "
+                "(X-Leadscore-Signature). Required for json channels.",
+                pattern=_ENV_PATTERN,
+            ),
+            "format": _s(
+                "string",
+                "Format",
+                "`json` (default): the trigger record with its delivery id; `slack`: an "
+                "incoming-webhook `{text: ...}` sentence.",
+                enum=["json", "slack"],
+                default="json",
+            ),
+            "description": _s("string", "Description", "Who reads this channel."),
+        },
+        "oneOf": [{"required": ["webhook"]}, {"required": ["webhook_env"]}],
+    }
+
+
+_ENV_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
 def _stages() -> dict[str, Any]:
     return {
         "type": "object",
@@ -455,6 +504,14 @@ def rules_json_schema() -> dict[str, Any]:
                 "title": "Triggers",
                 "description": "Automatic actions on score thresholds. Ids must be unique.",
                 "items": _trigger(),
+            },
+            "channels": {
+                "type": "object",
+                "title": "Channels",
+                "description": "Delivery channels that `notify` actions name; once this "
+                "section exists, every `notify` must name one of them.",
+                "propertyNames": {"pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
+                "additionalProperties": _channel(),
             },
             "stages": _stages(),
             "grades": {

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 LAYOUT_VERSION = 1
 GROUP = "leadscore"
 CONSUMER = "flow"
+#: The consumer group of `leadscore deliver` on every triggers stream.
+DELIVER_GROUP = "deliver"
 
 
 def partition_of(contact: str, partitions: int) -> int:
@@ -52,6 +54,19 @@ class Keys:
 
     def dead(self, p: int) -> str:
         return f"{self.prefix}:{{{p}}}:dead"
+
+    def undelivered(self, p: int) -> str:
+        """Stream: deliveries that exhausted their retries (field ``u``, one JSON each)."""
+        return f"{self.prefix}:{{{p}}}:undelivered"
+
+    def deliver_lease(self, p: int) -> str:
+        """String: the deliverer that owns partition ``p``'s triggers (expires unless renewed)."""
+        return f"{self.prefix}:{{{p}}}:deliverer"
+
+    @property
+    def deliverers(self) -> str:
+        """Sorted set: live deliverer name -> last heartbeat (epoch seconds)."""
+        return f"{self.prefix}:deliverers"
 
     def checkpoint(self, p: int) -> str:
         return f"{self.prefix}:{{{p}}}:ckpt"
