@@ -39,6 +39,7 @@ from state.redis_store import RedisStore
 ROOT = Path(__file__).resolve().parent.parent
 SALES = b"sales-secret-for-tests"
 DIRECT = b"direct-secret-for-tests"
+LEADSCORE = [sys.executable, "-m", "leadscore.cli"]
 FAST = RetryPolicy(max_attempts=6, base=0.02, cap=0.1, max_age=3600)
 
 
@@ -422,3 +423,87 @@ def test_kill_9_mid_stream_then_another_deliverer_loses_nothing(
     duplicates = len(got) - len(expected)
     assert duplicates <= in_flight
     assert firer.undelivered() == []
+
+
+def test_the_live_flow_s_firings_are_what_arrives(
+    redis_url: str, receiver: Receiver, deliver: Any, tmp_path: Path
+) -> None:
+    """Events -> the Redis flow (a real run) -> the deliverer -> the receiver: exactly the
+    fired deliveries arrive, and the flow's own non-delivery actions (tags) send nothing."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        f"""
+version: 1
+channels:
+  sales: {{webhook: "{receiver.url}/sales", secret_env: TEST_SALES_SECRET}}
+actions:
+  - {{id: pricing, on: page.hit, where: {{url: "*/pricing*"}}, points: 10, repeat: true}}
+triggers:
+  - {{id: mql, at_least: 30, actions: [{{notify: sales}}, {{add_tag: mql}}]}}
+  - {{id: warm, at_least: 10, actions: [{{webhook: "{receiver.url}/direct"}}]}}
+  - {{id: quiet, at_least: 20, actions: [{{add_tag: quiet}}]}}
+"""
+    )
+    now = time.time()
+    lines = [
+        orjson.dumps(
+            {
+                "contact": f"c-{i % 9}",
+                "action": "page.hit",
+                "id": f"e-{i}",
+                "ts": now - 120 + i,  # live: firings older than max_age would expire
+                "props": {"url": "https://acme.com/pricing" if i % 4 else "/blog"},
+            }
+        )
+        for i in range(120)
+    ]
+    store = RedisStore(redis_url)
+    store.ensure(16)
+    store.send_events(lines)
+    flow = subprocess.run(
+        [*LEADSCORE, "run", "-r", str(rules), "--source", redis_url, "--drain"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        check=False,
+    )
+    assert flow.returncode == 0, flow.stderr
+    fired = [
+        (p, eid, orjson.loads(f[b"t"]))
+        for p in range(16)
+        for eid, f in store.iter_stream(store.keys.triggers(p))
+    ]
+    wanted = {f"ls:{p}:{eid}:0": rec for p, eid, rec in fired if rec["trigger"] in ("mql", "warm")}
+    assert len(wanted) == 18  # 9 contacts, each reaching 10 and 30
+    deliver(build_plan(load_rules_text(rules.read_text()), _env()))
+    receiver.wait(lambda: len(receiver.received()) >= len(wanted))
+    time.sleep(0.3)
+    got = receiver.received()
+    assert sorted(r.key for r in got) == sorted(wanted)
+    for r in got:
+        body = r.json
+        assert body.pop("id") == r.key
+        assert body.pop("channel") == ("sales" if r.path == "/sales" else None)
+        assert body == wanted[r.key]
+        assert r.path == {"mql": "/sales", "warm": "/direct"}[body["trigger"]]
+
+
+def _env() -> dict[str, str]:
+    return {"TEST_SALES_SECRET": SALES.decode(), "LEADSCORE_WEBHOOK_SECRET": DIRECT.decode()}
+
+
+def test_old_firings_a_backlog_replays_expire_to_the_dead_letters_unsent(
+    redis_url: str, receiver: Receiver, deliver: Any
+) -> None:
+    """History replayed through Redis commits old firings now: they are not sent to sales."""
+    firer = Firer(redis_url)
+    old = record("fay", 1) | {"at": format_ts(time.time() - 2 * 86400)}
+    firer.fire(old)
+    firer.fire(record("fay", 2))
+    deliver(plan_for(receiver.url))
+    receiver.wait(lambda: firer.pending() == 0 and len(receiver.received()) == 1)
+    assert receiver.received()[0].json["cause"] == old["cause"].replace("e-1", "e-2")
+    [letter] = firer.undelivered()
+    assert letter["record"] == old and letter["attempts"] == 0
+    assert letter["error"].startswith("expired")
