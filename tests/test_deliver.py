@@ -98,6 +98,8 @@ class Firer:
     def pending(self) -> int:
         total = 0
         for p in range(self.keys.partitions):
+            if not self.store.r.exists(self.keys.triggers(p)):
+                continue
             with_group = self.store.r.xinfo_groups(self.keys.triggers(p))
             total += sum(g["pending"] for g in with_group if g["name"] == DELIVER_GROUP.encode())
         return total
