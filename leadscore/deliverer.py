@@ -263,18 +263,27 @@ class Deliverer:
             await self.close()
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
-        if self.workers:  # requests under way finish (bounded by the timeout); none start
-            await asyncio.wait(set(self.workers), timeout=self.config.timeout + 1.0)
-        for task in [*tasks, *self.workers]:
+        """Requests under way finish (bounded by the timeout), none start; the loops end by
+        themselves (a read blocks at most ``block_ms``), so no Redis call is cut in half."""
+        self.ack_ready.set()
+        running = {*tasks, *self.workers}
+        _, late = await asyncio.wait(running, timeout=self.config.timeout + 1.0)
+        for task in late:
             task.cancel()
-        await asyncio.gather(*tasks, *self.workers, return_exceptions=True)
-        await self._flush_acks()
-        with contextlib.suppress(RedisError, OSError):
-            await self.r.zrem(self.keys.deliverers, self.config.name)
-            for p in list(self.owned):
-                await self.r.eval(_RELEASE_LUA, 1, self.keys.deliver_lease(p), self.config.name)
+        if late:
+            await asyncio.wait(late, timeout=2.0)
+        try:
+            await asyncio.wait_for(self._hand_over(), 5.0)
+        except (RedisError, OSError, TimeoutError) as err:
+            log.warning("could not hand over cleanly (%s); leases expire by themselves", err)
         self.owned.clear()
         OWNED.set(0)
+
+    async def _hand_over(self) -> None:
+        await self._flush_acks()
+        await self.r.zrem(self.keys.deliverers, self.config.name)
+        for p in list(self.owned):
+            await self.r.eval(_RELEASE_LUA, 1, self.keys.deliver_lease(p), self.config.name)
 
     async def _guard(self, loop: Any) -> None:
         """A loop that raised stops the deliverer (loudly) instead of dying unseen."""
@@ -507,7 +516,7 @@ class Deliverer:
         self.ack_ready.set()
 
     async def _ack_loop(self) -> None:
-        while True:
+        while not self.stopping.is_set():
             await self.ack_ready.wait()
             self.ack_ready.clear()
             try:
