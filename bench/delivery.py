@@ -151,7 +151,7 @@ def latency(redis_url: str, tmp: Path, rate: float, seconds: float, contacts: in
     store.r.flushall()
     keys = store.ensure(16)
     receiver = Receiver(tmp, "latency")
-    proc = _deliverer(redis_url, _rules(tmp, receiver.url), 64)
+    proc = _deliverer(redis_url, _rules(tmp, receiver.url), 16)
     try:
         time.sleep(3.0)  # the deliverer imports, takes its leases and starts reading
         seq = [0] * keys.partitions
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--firings", type=int, default=20_000, help="throughput run")
     parser.add_argument("--contacts", type=int, default=5_000)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--json", default=None)
     parser.add_argument("--quick", action="store_true", help="seconds: a smoke run")
     args = parser.parse_args(argv)

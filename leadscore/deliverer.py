@@ -113,7 +113,7 @@ class DeliverConfig:
     redis_url: str
     prefix: str = "ls"
     name: str = field(default_factory=default_name)
-    concurrency: int = 64
+    concurrency: int = 16
     max_inflight: int = 1000  # firings read and not yet acknowledged, per deliverer
     timeout: float = 10.0  # seconds per attempt (connect, write, read each)
     policy: RetryPolicy = field(default_factory=RetryPolicy)
