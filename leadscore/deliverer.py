@@ -215,24 +215,40 @@ class Deliverer:
         await self.http.aclose()
         await self.r.aclose()
 
+    async def _retrying(self, what: str, call: Any) -> Any:
+        """``await call()``, retrying Redis failures with back-off (up to 2 s) until stopped:
+        a deliverer started before Redis, or across its restart, waits instead of dying."""
+        failures = 0
+        while True:
+            try:
+                return await call()
+            except (RedisError, OSError) as err:
+                failures += 1
+                delay = min(2.0, 0.05 * 2**failures)
+                if failures == 1 or failures % 30 == 0:
+                    log.warning(
+                        "%s: Redis failing (%s: %s); retrying", what, type(err).__name__, err
+                    )
+                await self._pause(delay)
+                if self.stopping.is_set():
+                    raise
+
     async def _partitions(self) -> int:
         """The partition count from ``{prefix}:meta``, waiting for the flow to write it."""
         meta = f"{self.config.prefix}:meta"
         warned = False
-        while True:
-            raw = await self.r.hget(meta, "partitions")
+        while not self.stopping.is_set():
+            raw = await self._retrying("read meta", lambda: self.r.hget(meta, "partitions"))
             if raw is not None:
                 return int(raw)
             if not warned:
                 log.warning("no %s yet: waiting for the flow to start", meta)
                 warned = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), 1.0)
-            if self.stopping.is_set():
-                return 0
+            await self._pause(1.0)
+        return 0
 
     async def ensure_groups(self) -> None:
-        for p in range(self.partitions):
+        async def create(p: int) -> None:
             try:
                 await self.r.xgroup_create(
                     self.keys.triggers(p), DELIVER_GROUP, id="0", mkstream=True
@@ -241,10 +257,19 @@ class Deliverer:
                 if "BUSYGROUP" not in str(err):
                     raise
 
+        for p in range(self.partitions):
+            await self._retrying("create the consumer group", lambda p=p: create(p))
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Deliver until ``stop`` is set, then let in-flight requests finish and hand over."""
-        await self.open()
+
+        async def follow(event: asyncio.Event) -> None:
+            await event.wait()
+            self.stopping.set()
+
+        follower = asyncio.create_task(follow(stop)) if stop is not None else None
         try:
+            await self.open()
             if self.partitions == 0:
                 return
             await self.ensure_groups()
@@ -253,13 +278,14 @@ class Deliverer:
                 asyncio.create_task(self._guard(loop))
                 for loop in (self._lease_loop, self._read_loop, self._ack_loop)
             ]
-            if stop is not None:
-                await stop.wait()
-                self.stopping.set()
-            else:
-                await self.stopping.wait()
+            await self.stopping.wait()
             await self._shutdown(tasks)
+        except (RedisError, OSError):
+            if not self.stopping.is_set():
+                raise  # only while stopping does a Redis failure end the start quietly
         finally:
+            if follower is not None:
+                follower.cancel()
             await self.close()
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
@@ -745,8 +771,9 @@ def run_deliverer(
     plan: Plan,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
-) -> None:
-    """The process: deliver until SIGTERM or Ctrl-C (a second signal exits at once)."""
+) -> bool:
+    """The process: deliver until SIGTERM or Ctrl-C (a second signal exits at once). False
+    if it stopped because something failed (logged)."""
     if metrics_port is not None:
         start_http_server(metrics_port, addr=metrics_host)
 
@@ -762,6 +789,8 @@ def run_deliverer(
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
-        await Deliverer(config, plan).run(stop)
+        await deliverer.run(stop)
 
+    deliverer = Deliverer(config, plan)
     asyncio.run(main())
+    return not deliverer.failed

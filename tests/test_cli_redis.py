@@ -243,7 +243,7 @@ def test_run_source_live_serves_metrics_counts_duplicates_and_stops_on_sigterm(
 
 def test_compose_file_uses_only_options_that_exist() -> None:
     compose = yaml.safe_load(COMPOSE.read_text())
-    for name in ("flow", "service"):
+    for name in ("flow", "service", "deliver"):
         command = compose["services"][name]["command"]
         helped = cli(command[0], "--help")
         assert helped.returncode == 0

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from redis_server import free_port
 from webhook_receiver import Receiver
 
 from leadscore.deliverer import DeliverConfig, Deliverer, owner_of, replay_dead
@@ -365,21 +367,12 @@ def test_deliver_refuses_to_start_without_the_secrets_it_needs(receiver: Receive
 
 def spawn(redis_url: str, rules: Path, name: str, *extra: str) -> subprocess.Popen[bytes]:
     """A deliverer process, as an operator starts it."""
-    code = (
-        "import os, sys, logging\n"
-        "from leadscore.deliverer import DeliverConfig, run_deliverer\n"
-        "from leadscore.delivery import RetryPolicy, build_plan\n"
-        "from leadscore.rules import load_rules\n"
-        "logging.basicConfig(level=logging.INFO)\n"
-        "url, rules, name = sys.argv[1:4]\n"
-        "policy = RetryPolicy(max_attempts=6, base=0.02, cap=0.1)\n"
-        "config = DeliverConfig(url, name=name, policy=policy, lease_ttl=1.0, concurrency=4,\n"
-        "                       max_inflight=40, timeout=2.0)\n"
-        "run_deliverer(config, build_plan(load_rules(rules), os.environ))\n"
-    )
     env = {**os.environ, "TEST_SALES_SECRET": SALES.decode(), "LEADSCORE_WEBHOOK_SECRET": "x"}
+    args = ["deliver", "--redis", redis_url, "--rules", str(rules), "--name", name]
+    args += ["--backoff", "0.02s", "--backoff-cap", "0.1s", "--max-attempts", "6"]
+    args += ["--lease-ttl", "1s", "--concurrency", "4", "--max-inflight", "40", "--timeout", "2"]
     return subprocess.Popen(
-        [sys.executable, "-c", code, redis_url, str(rules), name, *extra],
+        [*LEADSCORE, *args, *extra],
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
@@ -406,10 +399,18 @@ def test_kill_9_mid_stream_then_another_deliverer_loses_nothing(
         first.kill()
     in_flight = firer.pending()  # read, not acknowledged: all that may come twice
     assert 0 < in_flight < 300
-    second = spawn(redis_url, rules, "second")  # another consumer: claims first's entries
+    port = free_port()
+    # another consumer: claims first's entries
+    second = spawn(redis_url, rules, "second", "--metrics-port", str(port))
     try:
         receiver.wait(lambda: len({r.key for r in receiver.received(ok=True)}) == 300, 60)
         receiver.wait(lambda: firer.pending() == 0)
+        metrics = _metrics(port)
+        delivered = metrics['leadscore_deliver_delivered_total{channel="sales",status="200"}']
+        assert in_flight <= delivered <= 300  # at least what first left pending
+        assert metrics['leadscore_deliver_latency_seconds_count{channel="sales"}'] == delivered
+        assert metrics["leadscore_deliver_oldest_undelivered_seconds"] == 0.0
+        assert metrics["leadscore_deliver_partitions_owned"] == 4.0
         second.send_signal(signal.SIGTERM)
         assert second.wait(20) == 0
     finally:
@@ -491,6 +492,15 @@ triggers:
         assert r.path == {"mql": "/sales", "warm": "/direct"}[body["trigger"]]
 
 
+def _metrics(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
 def _env() -> dict[str, str]:
     return {"TEST_SALES_SECRET": SALES.decode(), "LEADSCORE_WEBHOOK_SECRET": DIRECT.decode()}
 
@@ -509,3 +519,47 @@ def test_old_firings_a_backlog_replays_expire_to_the_dead_letters_unsent(
     [letter] = firer.undelivered()
     assert letter["record"] == old and letter["attempts"] == 0
     assert letter["error"].startswith("expired")
+
+
+def test_deliver_command_refuses_to_start_without_secrets_and_never_prints_them(
+    redis_url: str, receiver: Receiver, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules_for(receiver.url))
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_SECRET")}
+    done = subprocess.run(
+        [*LEADSCORE, "deliver", "--redis", redis_url, "--rules", str(rules)],
+        env={**env, "LEADSCORE_WEBHOOK_SECRET": "do-not-print-me"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "channels.sales: $TEST_SALES_SECRET is not set" in done.stderr
+    assert "nothing started" in done.stderr and "Traceback" not in done.stderr
+    assert "do-not-print-me" not in done.stderr + done.stdout
+
+
+def test_replay_dead_command_re_sends_and_reports(
+    redis_url: str, receiver: Receiver, deliver: Any, tmp_path: Path
+) -> None:
+    receiver.scripts["/sales"] = [404, 404]
+    firer = Firer(redis_url)
+    firer.fire(record("gil", 1))
+    deliver(plan_for(receiver.url))
+    receiver.wait(lambda: firer.pending() == 0 and len(firer.undelivered()) == 1)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules_for(receiver.url))
+    env = {**os.environ, "TEST_SALES_SECRET": SALES.decode(), "LEADSCORE_WEBHOOK_SECRET": "x"}
+    command = [*LEADSCORE, "deliver", "--redis", redis_url, "-r", str(rules), "--replay-dead"]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert first.returncode == 1 and "0 dead letters; 1 still failing" in first.stderr
+    [letter] = firer.undelivered()
+    assert letter["status"] == 404 and letter["attempts"] == 2
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert second.returncode == 0 and "re-sent 1 dead letters; 0 still failing" in second.stderr
+    got = receiver.received()
+    assert [r.status for r in got] == [404, 404, 200] and len({r.key for r in got}) == 1
+    assert firer.undelivered() == []

@@ -38,6 +38,7 @@ COMMANDS: tuple[str, ...] = (
     "generate",  # generate
     "schema",  # schema
     "serve",  # serve
+    "deliver",  # deliver
 )
 
 STDIO = "-"  # the path that means standard input or output

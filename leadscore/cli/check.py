@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 import typer
@@ -15,6 +16,7 @@ from leadscore.rules import (
     REPEAT_ONCE,
     REPEAT_WINDOW,
     ActionRule,
+    Rules,
     RulesError,
     Trigger,
     load_rules,
@@ -26,11 +28,20 @@ def check(
     rules: Annotated[
         str, typer.Argument(metavar="RULES", help="The rules file (YAML) to validate.")
     ],
+    allow_http: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-http",
+            metavar="HOST",
+            help="As `leadscore deliver --allow-http`: plain http to this host is fine.",
+        ),
+    ] = None,
 ) -> None:
     """Validate a rules file: list every problem (exit 1) or summarise it (exit 0).
 
     Each problem line names the file, the rule, the field and what was expected, so an
-    editor can fix them all in one pass.
+    editor can fix them all in one pass. What would stop `leadscore deliver` here (a
+    channel's variable not set, plain http) is shown as a warning.
     """
     try:
         compiled = load_rules(rules)
@@ -40,6 +51,7 @@ def check(
         n = len(err.problems)
         typer.echo(f"{rules}: {n} problem{'s' if n != 1 else ''}; nothing was scored", err=True)
         raise typer.Exit(1) from None
+    _delivery_warnings(compiled, allow_http or ())
     console = new_console()
     console.print(Text(compiled.summary()))
     if compiled.actions:
@@ -102,3 +114,17 @@ def _trigger_text(t: Trigger) -> str:
     if t.after:
         text += f", after {t.after}"
     return text
+
+
+def _delivery_warnings(compiled: Rules, allow_http: Sequence[str]) -> None:
+    """What `leadscore deliver` would refuse to start with, against this environment: warnings,
+    since the machine running `check` need not hold production secrets."""
+    import os
+
+    from leadscore.channels import delivery_issues
+    from leadscore.delivery import trigger_actions
+
+    for issue in delivery_issues(
+        compiled.channels, trigger_actions(compiled), os.environ, allow_http
+    ):
+        typer.echo(f"{compiled.source}: warning: {issue.where}: {issue.message}", err=True)
