@@ -323,6 +323,7 @@ def population(
     if window <= 0:
         raise OutcomeError(f"--window must be positive, got {window:g}s")
     actions = outcomes.actions
+    given = as_of is not None
     if as_of is None:
         if STDIO in paths:
             raise OutcomeError(
@@ -338,16 +339,15 @@ def population(
     check_intake(intake, outcomes, paths)
     assert intake.first_ts is not None and intake.last_ts is not None
     if not intake.first_ts <= as_of < intake.last_ts:
-        raise OutcomeError(
-            f"--as-of {format_ts(as_of)} is outside the data ({format_ts(intake.first_ts)} to "
-            f"{format_ts(intake.last_ts)}); pick a time in that range, at least --window "
-            "before its end, or leave --as-of out"
-            + (
-                f" (with --window {window / 86400:g}d the default would be before the first event;"
-                " shorten --window)"
-                if intake.last_ts - window < intake.first_ts
-                else ""
+        span = f"({format_ts(intake.first_ts)} to {format_ts(intake.last_ts)})"
+        if not given:
+            raise OutcomeError(
+                f"the default --as-of, the last event minus --window {window / 86400:g}d, is "
+                f"{format_ts(as_of)}, before the data {span}; shorten --window or give --as-of"
             )
+        raise OutcomeError(
+            f"--as-of {format_ts(as_of)} is outside the data {span}; pick a time in that "
+            "range, at least --window before its end, or leave --as-of out"
         )
     if require_both:
         check_population(result)

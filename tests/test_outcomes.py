@@ -233,3 +233,21 @@ def test_intake_counts_match_run(tmp_path: Path) -> None:
     intake = scan(load_rules(rules_path), [str(events)], frozenset(), 0.0)
     assert intake.rejected == summary["rejected_by_reason"]
     assert intake.accepted == summary["scored"] + summary["duplicates"]
+
+
+def test_default_as_of_before_the_data_says_shorten_the_window(tmp_path: Path, rules: Any) -> None:
+    rows = [ev("a", "email.open", T0), ev("a", "purchase", T0 + DAY)]
+    with pytest.raises(OutcomeError) as err:
+        population(rules, [write(tmp_path / "e.jsonl", rows)], conversions(["purchase"]), 30 * DAY)
+    assert "the default --as-of" in str(err.value) and "shorten --window" in str(err.value)
+
+
+def test_as_of_forms() -> None:
+    from leadscore.calibrate import parse_as_of
+
+    assert parse_as_of("2026-06-01") == T0
+    assert parse_as_of("2026-06-01T00:00:00Z") == T0
+    assert parse_as_of(str(int(T0))) == T0
+    assert parse_as_of(str(int(T0 * 1000))) == T0
+    with pytest.raises(OutcomeError, match="--as-of takes an RFC 3339 time"):
+        parse_as_of("next tuesday")
