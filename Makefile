@@ -56,6 +56,8 @@ demo/events.jsonl: | $(VENV)/.installed
 
 demo: $(VENV)/.installed demo/events.jsonl
 	$(BIN)/leadscore run --rules examples/rules.yaml --events demo/events.jsonl --out demo/out
+	$(BIN)/leadscore calibrate --rules examples/rules.yaml --events demo/events.jsonl \
+	  --conversion purchase --html demo/calibration.html
 
 # ---------------------------------------------------------------- test
 

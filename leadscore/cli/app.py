@@ -35,6 +35,8 @@ COMMANDS: tuple[str, ...] = (
     "redis",  # send, show
     "check",  # check
     "explain",  # explain
+    "calibrate",  # calibrate
+    "backtest",  # backtest
     "generate",  # generate
     "schema",  # schema
     "serve",  # serve

@@ -41,6 +41,17 @@ def generate(
         float,
         typer.Option("--days", metavar="DAYS", help="Roughly how many days the stream covers."),
     ] = 56.0,
+    conversions: Annotated[
+        float,
+        typer.Option(
+            "--conversions",
+            metavar="RATE",
+            min=0.0,
+            max=1.0,
+            help="Add deals closed by sales (purchase events weeks after engagement, likelier "
+            "the more engaged the contact) at this rate; 0 adds none.",
+        ),
+    ] = 0.0,
 ) -> None:
     """Write realistic synthetic events (JSON lines) for demos, tests and benchmarks.
 
@@ -55,7 +66,13 @@ def generate(
         Path(out).parent.mkdir(parents=True, exist_ok=True)
     try:
         written = write_events(
-            out, contacts, events, seed, malformed_rate=malformed_rate, days=days
+            out,
+            contacts,
+            events,
+            seed,
+            malformed_rate=malformed_rate,
+            days=days,
+            conversions=conversions,
         )
     except (ValueError, OSError) as err:
         fail(f"cannot generate: {err}")
