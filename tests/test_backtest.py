@@ -146,3 +146,17 @@ def test_outcome_figures_equal_calibrates_population(history: Path, tmp_path: Pa
     assert _side_figures(late["candidate"]) == _figures_from_population(
         EXAMPLE, [str(shuffled)], as_of
     )
+
+
+def test_decay_change_is_named_when_no_rule_points_differ(history: Path, tmp_path: Path) -> None:
+    text = EXAMPLE.read_text()
+    assert "half_life: 14d" in text
+    slower = tmp_path / "slower.yaml"
+    slower.write_text(text.replace("half_life: 14d", "half_life: 60d", 1))
+    result = backtest(str(slower), [str(history)], baseline=str(EXAMPLE), processes=1)
+    changed = result["changed"]
+    assert changed, "a slower decay must keep someone above a threshold"
+    notes = [c for c in changed if any(w.startswith("group engagement:") for w in c["why"])]
+    assert notes
+    # Slower decay only keeps scores higher: nobody drops an at_least trigger they had.
+    assert all(c["delta"] >= 0 for c in changed if "mql" in c["newly_reach"])

@@ -170,3 +170,30 @@ def test_generate_conversions_option(tmp_path: Path) -> None:
     assert deals and all(b'"action":"purchase"' in line for line in deals)
     bad = cli("generate", "-n", "3", "-m", "3", "--conversions", "2")
     assert bad.returncode != 0 and "--conversions" in bad.stderr
+
+
+def test_calibrate_with_outcomes_csv_and_policies(history: Path, tmp_path: Path) -> None:
+    """A CRM export instead of conversion events; --capacity and --min-precision choose."""
+    buys = [
+        orjson.loads(line)
+        for line in history.read_bytes().splitlines()
+        if b'"action":"purchase"' in line
+    ]
+    csv = tmp_path / "won.csv"
+    csv.write_text("contact,converted_at\n" + "".join(f"{b['contact']},{b['ts']}\n" for b in buys))
+    base = ["calibrate", "-r", str(EXAMPLE), "-e", str(history), "--window", "14d", "--json", "-"]
+    by_action = orjson.loads(cli(*base, "--conversion", "purchase").stdout)
+    by_csv = cli(*base, "--outcomes", str(csv))
+    assert by_csv.returncode == 0, by_csv.stderr
+    doc = orjson.loads(by_csv.stdout)
+    # Same conversions, same population and labels: only the purchase events' own points
+    # differ, and those come after as_of for every converter, so nothing differs at all.
+    assert (doc["population"], doc["converted"], doc["bands"]) == (
+        by_action["population"],
+        by_action["converted"],
+        by_action["bands"],
+    )
+    capped = orjson.loads(cli(*base, "--conversion", "purchase", "--capacity", "25").stdout)
+    assert capped["policy"] == "capacity 25" and capped["recommended"]["leads"] <= 25
+    strict = orjson.loads(cli(*base, "--conversion", "purchase", "--min-precision", "0.3").stdout)
+    assert strict["policy"] == "min-precision 0.3" and strict["recommended"]["precision"] >= 0.3
