@@ -432,6 +432,13 @@ def describe(result: dict[str, Any]) -> list[str]:
     cand = result["candidate"]
     base = result.get("baseline")
     lines: list[str] = []
+    if "auc" in cand and cand["auc"] is None:
+        lines.append(
+            f"Note: of the {cand['population']:,} contacts in play at {result['as_of']}, "
+            + ("none" if not cand["converted"] else "all")
+            + " converted in the window, so AUC, precision and recall say nothing; "
+            "pick another --as-of or --window"
+        )
     if base is None:
         fired = ", ".join(f"{t} {n:,}" for t, n in cand["triggers"].items()) or "none"
         lines.append(f"Over {cand['contacts']:,} contacts, triggers fire: {fired}.")

@@ -160,3 +160,21 @@ def test_decay_change_is_named_when_no_rule_points_differ(history: Path, tmp_pat
     assert notes
     # Slower decay only keeps scores higher: nobody drops an at_least trigger they had.
     assert all(c["delta"] >= 0 for c in changed if "mql" in c["newly_reach"])
+
+
+def test_no_converter_in_the_window_is_said_not_hidden(tmp_path: Path) -> None:
+    from leadscore.backtest import describe
+
+    events = tmp_path / "e.jsonl"
+    events.write_text(
+        '{"contact":"a","action":"page.hit","ts":"2026-06-01T00:00:00Z","props":{"url":"/x"}}\n'
+        '{"contact":"a","action":"purchase","ts":"2026-06-01T01:00:00Z"}\n'
+        '{"contact":"b","action":"page.hit","ts":"2026-06-02T00:00:00Z","props":{"url":"/x"}}\n'
+        '{"contact":"c","action":"page.hit","ts":"2026-06-20T00:00:00Z","props":{"url":"/x"}}\n'
+    )
+    result = backtest(
+        str(EXAMPLE), [str(events)], outcomes=conversions(["purchase"]), window=3 * DAY
+    )
+    side = result["candidate"]
+    assert (side["population"], side["converted"], side["auc"]) == (1, 0, None)
+    assert "none converted in the window" in describe(result)[0]
