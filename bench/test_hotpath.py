@@ -8,10 +8,13 @@ keeps them.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
+import yaml
 
+from bench.common import rules_path
 from bench.conftest import BASELINE, HotPath, percentiles
 from flows.scoring import effect_record
 from leadscore.engine import ContactState, Duplicate, Effect
@@ -67,6 +70,40 @@ def test_rule_matching(benchmark: Any, hot: HotPath) -> None:
 
     assert benchmark(loop) > 0
     hot.record(benchmark, "rule_matching", len(events))
+
+
+def _fit_matches(hot: HotPath) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]]]:
+    """The rules' `matches` fit tests (id, trait, pattern) and the traits of the mix's events."""
+    doc = yaml.safe_load(rules_path().read_text())
+    rules = [(r["id"], r["trait"], r["matches"]) for r in doc.get("fit", []) if "matches" in r]
+    return rules, [e.traits for e in hot.events if e.traits]
+
+
+def test_fit_matching(benchmark: Any, hot: HotPath) -> None:
+    """Every `matches` fit test (RE2, as the rules compile them) on every trait it reads."""
+    matches, traits = _fit_matches(hot)
+    ids = {rid for rid, _, _ in matches}
+    tests = [(r.trait, r.test) for r in hot.rules.fit if r.id in ids]
+    cases = [(test, t[trait]) for t in traits for trait, test in tests if trait in t]
+
+    def loop() -> int:
+        return sum(test(value) for test, value in cases)
+
+    assert benchmark(loop) > 0
+    hot.record(benchmark, "fit_matching", len(cases), unit="test")
+
+
+def test_fit_matching_re(benchmark: Any, hot: HotPath) -> None:
+    """The same tests with Python's re (the matcher before RE2): the ratio's reference."""
+    matches, traits = _fit_matches(hot)
+    tests = [(trait, re.compile(pattern).search) for _, trait, pattern in matches]
+    cases = [(search, t[trait]) for t in traits for trait, search in tests if trait in t]
+
+    def loop() -> int:
+        return sum(v is not None and search(str(v)) is not None for search, v in cases)
+
+    assert benchmark(loop) > 0
+    hot.record(benchmark, "fit_matching_re", len(cases), unit="test")
 
 
 def test_parse_event(benchmark: Any, hot: HotPath) -> None:

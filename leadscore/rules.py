@@ -22,6 +22,7 @@ import yaml
 from leadscore.channels import Channel, parse_channels, url_problem
 from leadscore.durations import parse_duration
 from leadscore.events import STANDARD_ACTIONS, parse_ts
+from leadscore.patterns import PatternError, compile_search
 
 TOTAL = "total"
 TRIGGER_ACTION_KINDS = (
@@ -646,11 +647,11 @@ class _Compiler:
                 self.problem(where, "matches", f"expected a regular expression, got {_kind(arg)}")
                 return None
             try:
-                search = re.compile(arg).search
-            except re.error as exc:
-                self.problem(where, "matches", f"invalid regular expression {arg!r}: {exc}")
+                search = compile_search(arg)  # RE2: linear in the input, whatever the pattern
+            except PatternError as exc:
+                self.problem(where, "matches", f"{arg!r}: {exc}")
                 return None
-            return lambda v: v is not None and search(str(v)) is not None
+            return lambda v: v is not None and search(v if type(v) is str else str(v))
         # between
         if (
             not isinstance(arg, list)
