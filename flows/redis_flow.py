@@ -43,7 +43,7 @@ from flows.config import FlowConfig
 from flows.heap import release_heap, settle_heap
 from flows.io import ResultsSink
 from flows.redis_io import IDLE, RedisStreamSource, wake_by
-from flows.shards import DeadLetter, ShardLogic
+from flows.shards import DeadLetter, ShardLogic, wake_time
 from leadscore.engine import Engine
 from leadscore.events import Event, Reject, format_ts, parse_events
 from state.codec import decode, encode
@@ -416,7 +416,7 @@ class PartitionLogic(ShardLogic):
         if due is None:
             return None
         wake_by(due)  # a blocking source read on this thread would delay the notification
-        return datetime.fromtimestamp(due, UTC)
+        return wake_time(due)  # clamped: a timer may be due after the year 9999
 
     def on_notify(self) -> tuple[list[tuple[str, bytes]], bool]:
         self.worker.run()

@@ -42,6 +42,22 @@ def shard_of(contact: str, shards: int) -> int:
 # --------------------------------------------------------------------------- records
 
 
+# The last instant a datetime (and RFC 3339) can hold: 9999-12-31T23:59:59Z.
+LAST_INSTANT = 253402300799.0
+
+
+def wake_time(due: float) -> datetime:
+    """``due`` as the datetime Bytewax's ``notify_at`` takes, for any float.
+
+    A timer due after the year 9999 (an award in 9999 that expires years later) is armed at the
+    last instant instead: fromtimestamp would raise, and the live flow crashed on it at every
+    restart (issue 11). It cannot come sooner than due: the clock never passes 9999 either.
+    """
+    if not due < LAST_INSTANT:  # NaN too
+        due = LAST_INSTANT
+    return datetime.fromtimestamp(max(due, 0.0), UTC)
+
+
 class DeadLetter:
     """A rejected input on its way to the dead-letter output; it is counted, never lost."""
 
@@ -153,7 +169,7 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
             return None
         due = self.timers[0][0]
         if self.live:
-            return datetime.fromtimestamp(due, UTC)
+            return wake_time(due)
         return datetime.now(UTC) if due <= self.clock else None
 
     def on_notify(self) -> tuple[list[tuple[str, bytes]], bool]:

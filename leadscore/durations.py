@@ -6,6 +6,11 @@ import re
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+# The longest duration a rule may give (522 weeks, about 10 years). Why a bound: a timer armed
+# past the year 9999 cannot be written as a date, and nothing meant decades ahead is a lead
+# score. A whole number of every unit, so the JSON Schema can state it exactly.
+MAX_WEEKS = 522
+MAX_DURATION = MAX_WEEKS * _UNITS["w"]
 
 
 def parse_duration(text: object) -> float:
@@ -14,9 +19,19 @@ def parse_duration(text: object) -> float:
         m = _DURATION.match(text)
         if m:
             seconds = float(m.group(1)) * _UNITS[m.group(2)]
+            if seconds > MAX_DURATION:
+                raise ValueError(
+                    f"{text.strip()!r} is too long: durations are at most {MAX_WEEKS}w "
+                    f"({MAX_WEEKS * 7}d, about 10 years)"
+                )
             if seconds > 0:
                 return seconds
     raise ValueError(f"expected a positive duration like 30s, 15m, 2h, 1d or 2w, got {text!r}")
+
+
+def max_in(unit: str) -> int:
+    """The longest duration in ``unit`` (a whole number for every unit)."""
+    return int(MAX_DURATION // _UNITS[unit])
 
 
 def format_duration(seconds: float) -> str:

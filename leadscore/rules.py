@@ -35,6 +35,13 @@ TRIGGER_ACTION_KINDS = (
     "webhook",
 )
 
+# Bounds on the numbers a rules file gives, checked at load (issue 11): a score stays finite
+# (1e6 points a rule can never overflow a float), and per-contact state stays small.
+MAX_POINTS = 1e6  # points of one action or fit rule, either sign
+MAX_SCORE = 1e9  # caps, thresholds, grade bands, the scale's max: either sign
+MAX_HITS = 1_000_000  # a counter per contact and rule
+MAX_REPEAT_MAX = 1000  # {max: N, per: W} keeps up to N award times per contact and rule
+
 # Repeat kinds, as small ints because the engine branches on them per event.
 REPEAT_EVERY, REPEAT_ONCE, REPEAT_WINDOW, REPEAT_COOLDOWN = 0, 1, 2, 3
 
@@ -249,8 +256,49 @@ def load_rules(path: str | Path) -> Rules:
     return load_rules_text(text, source)
 
 
+# Values a rules file may stand for, with every alias counted as a copy of its anchor. Why: a
+# 500-byte file of nested anchors and aliases stands for billions of values, and walking or
+# printing them took gigabytes (issue 11). example/rules.yaml is about 1,000.
+MAX_YAML_VALUES = 100_000
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false. YAML 1.1 would read the key `on:` as True."""
+    """YAML 1.2 booleans: only true/false (YAML 1.1 would read the key `on:` as True), and
+    aliases counted as they compose: a file that expands past MAX_YAML_VALUES is refused."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.sizes: dict[int, int] = {}  # id(node) -> values it stands for, aliases expanded
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        alias = self.peek_event() if self.check_event(yaml.AliasEvent) else None
+        node = super().compose_node(parent, index)
+        size = self.sizes.get(id(node))
+        if alias is not None:
+            if size is None:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"the alias *{alias.anchor} is inside its own anchor",
+                    alias.start_mark,
+                )
+            return node
+        if isinstance(node, yaml.MappingNode):
+            size = 1 + sum(self.sizes[id(k)] + self.sizes[id(v)] for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(self.sizes[id(item)] for item in node.value)
+        else:
+            size = 1
+        if size > MAX_YAML_VALUES:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"this value stands for more than {MAX_YAML_VALUES:,} values once its aliases "
+                "(*name) are expanded; write the rules out or use fewer aliases",
+                node.start_mark,
+            )
+        self.sizes[id(node)] = size
+        return node
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -462,7 +510,7 @@ class _Compiler:
                 self.problem(where, "id", f"duplicate id {rid!r}; ids must be unique")
             seen.add(rid)
             on = self.action_names(where, item.get("on"))
-            points = self.number(where, "points", item.get("points"))
+            points = self.number(where, "points", item.get("points"), limit=MAX_POINTS)
             group = item.get("group", default_group)
             if group not in groups:
                 self.problem(where, "group", f"unknown group {group!r}; declared: {list(groups)}")
@@ -481,11 +529,7 @@ class _Compiler:
             )
             self.repeat(where, item.get("repeat", False), rule)
             if "hits" in item:
-                hits = item["hits"]
-                if isinstance(hits, bool) or not isinstance(hits, int) or hits < 1:
-                    self.problem(where, "hits", f"expected a whole number >= 1, got {hits!r}")
-                else:
-                    rule.hits = hits
+                rule.hits = self.count(where, "hits", item["hits"], MAX_HITS) or 0
             if "returns_within" in item:
                 rule.returns_within = self.duration(where, "returns_within", item["returns_within"])
             if "returns_after" in item:
@@ -508,10 +552,8 @@ class _Compiler:
         elif node is True:
             rule.repeat = REPEAT_EVERY
         elif isinstance(node, dict) and set(node) == {"max", "per"}:
-            n = node["max"]
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                self.problem(where, "repeat.max", f"expected a whole number >= 1, got {n!r}")
-            else:
+            n = self.count(where, "repeat.max", node["max"], MAX_REPEAT_MAX)
+            if n is not None:
                 rule.repeat, rule.repeat_max = REPEAT_WINDOW, n
                 rule.repeat_per = self.duration(where, "repeat.per", node["per"]) or 0.0
         elif isinstance(node, dict) and set(node) == {"cooldown"}:
@@ -618,7 +660,7 @@ class _Compiler:
                 self.problem(where, "", f"expected exactly one of {sorted(tests)}, got {present}")
                 continue
             test = self.fit_test(where, present[0], item[present[0]])
-            points = self.number(where, "points", item.get("points"))
+            points = self.number(where, "points", item.get("points"), limit=MAX_POINTS)
             if test is not None and points is not None:
                 compiled.append(FitRule(rid, trait, test, points, str(group)))
         return compiled
@@ -656,7 +698,10 @@ class _Compiler:
         if (
             not isinstance(arg, list)
             or len(arg) != 2
-            or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in arg)
+            or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+                for x in arg
+            )
         ):
             self.problem(where, "between", f"expected [low, high] numbers, got {arg!r}")
             return None
@@ -889,7 +934,15 @@ class _Compiler:
             return []
         return list(node)
 
-    def number(self, where: str, field: str, value: object, optional: bool = False) -> float | None:
+    def number(
+        self,
+        where: str,
+        field: str,
+        value: object,
+        optional: bool = False,
+        limit: float = MAX_SCORE,
+    ) -> float | None:
+        """A finite number within +/-``limit``: scores stay finite whatever the rules say."""
         if value is None and optional:
             return None
         if (
@@ -899,7 +952,20 @@ class _Compiler:
         ):
             self.problem(where, field, f"expected a number, got {value!r}")
             return None
+        if not -limit <= value <= limit:
+            self.problem(
+                where,
+                field,
+                f"{value:g} is out of range: expected a number from {-limit:g} to {limit:g}",
+            )
+            return None
         return float(value)
+
+    def count(self, where: str, field: str, value: object, limit: int) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+            self.problem(where, field, f"expected a whole number from 1 to {limit}, got {value!r}")
+            return None
+        return value
 
     def duration(self, where: str, field: str, value: object) -> float | None:
         try:

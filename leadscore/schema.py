@@ -1,7 +1,8 @@
 """JSON Schema (draft 2020-12) of the rules file, for editors and CI (`leadscore schema`).
 
 The loader in :mod:`leadscore.rules` is the authority and also checks what a schema cannot
-(unique ids, that a group or stage named somewhere is declared, that regexes compile). The
+(unique ids, that a group or stage named somewhere is declared, that regexes compile and
+run on RE2). The
 schema's job is earlier feedback: with the yaml-language-server modeline
 
     # yaml-language-server: $schema=./rules.schema.json
@@ -16,7 +17,28 @@ import json
 from pathlib import Path
 from typing import Any
 
-DURATION_PATTERN = r"^\d+(\.\d+)?[smhdw]$"
+from leadscore.durations import MAX_WEEKS, max_in
+from leadscore.rules import MAX_HITS, MAX_POINTS, MAX_REPEAT_MAX, MAX_SCORE
+
+
+def _at_most(n: int) -> str:
+    """A regex for decimal numbers (leading zeros and a fraction allowed) of value <= ``n``."""
+    digits = str(n)
+    below = []  # positive integers under n, without leading zeros
+    if len(digits) > 1:
+        below.append(rf"[1-9]\d{{0,{len(digits) - 2}}}")
+    for i, d in enumerate(digits):
+        low = 1 if i == 0 else 0
+        if int(d) > low:
+            rest = len(digits) - i - 1
+            tail = rf"\d{{{rest}}}" if rest else ""
+            below.append(f"{digits[:i]}[{low}-{int(d) - 1}]{tail}")
+    under = "|".join(["0+", *[f"0*{b}" for b in below]])
+    return rf"(?:(?:{under})(?:\.\d+)?|0*{digits}(?:\.0+)?)"
+
+
+# A number and a unit, at most MAX_WEEKS weeks (the loader's bound: leadscore.durations).
+DURATION_PATTERN = "^(?:" + "|".join(f"{_at_most(max_in(unit))}{unit}" for unit in "smhdw") + ")$"
 _ZERO_DURATION = r"^0+(\.0+)?[smhdw]$"
 _INSTANT_PATTERN = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2})?)?$"
 TRIGGER_ACTIONS: dict[str, str] = {
@@ -32,6 +54,11 @@ TRIGGER_ACTIONS: dict[str, str] = {
 }
 
 
+# The loader's bounds on numbers (leadscore.rules), stated for editors too.
+_POINTS = {"minimum": -MAX_POINTS, "maximum": MAX_POINTS}
+_SCORE = {"minimum": -MAX_SCORE, "maximum": MAX_SCORE}
+
+
 def _s(kind: str | list[str], title: str, description: str, **extra: Any) -> dict[str, Any]:
     """A leaf schema with the title and description editors show on hover."""
     return {"type": kind, "title": title, "description": description, **extra}
@@ -41,7 +68,8 @@ def _duration(title: str, description: str) -> dict[str, Any]:
     return _s(
         "string",
         title,
-        description + " A number and a unit: s, m, h, d or w (`30s`, `15m`, `2h`, `1d`, `2w`).",
+        description + " A number and a unit: s, m, h, d or w (`30s`, `15m`, `2h`, `1d`, `2w`); "
+        f"at most {MAX_WEEKS}w ({MAX_WEEKS * 7}d, about 10 years).",
         pattern=DURATION_PATTERN,
         # Zero would mean "no window at all"; the loader refuses it, so refuse it here too.
         **{"not": {"pattern": _ZERO_DURATION}},
@@ -126,8 +154,8 @@ def _group() -> dict[str, Any]:
                     },
                 ],
             },
-            "max": _s("number", "Maximum", "The score never goes above this (a cap)."),
-            "min": _s("number", "Minimum", "The score never goes below this (a floor)."),
+            "max": _s("number", "Maximum", "The score never goes above this (a cap).", **_SCORE),
+            "min": _s("number", "Minimum", "The score never goes below this (a floor).", **_SCORE),
         },
     }
 
@@ -148,7 +176,7 @@ def _point_action() -> dict[str, Any]:
             "category": _s("string", "Category", "Free-form grouping for reports."),
             "on": _action_names("On", "The action(s) that can earn these points."),
             "where": _where(),
-            "points": _s("number", "Points", "Points to add; may be negative or zero."),
+            "points": _s("number", "Points", "Points to add; may be negative or zero.", **_POINTS),
             "group": _s(
                 "string",
                 "Group",
@@ -171,7 +199,13 @@ def _point_action() -> dict[str, Any]:
                         "additionalProperties": False,
                         "required": ["max", "per"],
                         "properties": {
-                            "max": _s("integer", "Max", "Awards allowed per window.", minimum=1),
+                            "max": _s(
+                                "integer",
+                                "Max",
+                                "Awards allowed per window.",
+                                minimum=1,
+                                maximum=MAX_REPEAT_MAX,
+                            ),
                             "per": _duration("Per", "The sliding window."),
                         },
                     },
@@ -191,6 +225,7 @@ def _point_action() -> dict[str, Any]:
                 "Hits",
                 "Award only once the contact has done this N times (this time included).",
                 minimum=1,
+                maximum=MAX_HITS,
             ),
             "returns_within": _duration(
                 "Returns within",
@@ -270,7 +305,9 @@ def _fit_rule() -> dict[str, Any]:
                 "A trait name or dotted path (`company.size`).",
                 minLength=1,
             ),
-            "points": _s("number", "Points", "Points while the test holds; may be negative."),
+            "points": _s(
+                "number", "Points", "Points while the test holds; may be negative.", **_POINTS
+            ),
             "group": _s("string", "Group", "Which score gets the points. Default: `fit`."),
             **matchers,
         },
@@ -314,14 +351,20 @@ def _trigger() -> dict[str, Any]:
                 minLength=1,
                 default="total",
             ),
-            "at_least": _s("number", "At least", "Fire once when the score reaches this."),
+            "at_least": _s(
+                "number", "At least", "Fire once when the score reaches this.", **_SCORE
+            ),
             "below": _s(
-                "number", "Below", "Fire when the score drops under this (events or decay)."
+                "number",
+                "Below",
+                "Fire when the score drops under this (events or decay).",
+                **_SCORE,
             ),
             "rearm_below": _s(
                 "number",
                 "Re-arm below",
                 "With `at_least`: allow firing again once the score fell under this.",
+                **_SCORE,
             ),
             "after": _s(
                 "string",
@@ -449,7 +492,7 @@ def _bands(title: str, default_group: str) -> dict[str, Any]:
                 "title": "Bands",
                 "description": "Grade label to minimum score, e.g. `{A: 40, B: 20}`.",
                 "minProperties": 1,
-                "additionalProperties": {"type": "number"},
+                "additionalProperties": {"type": "number", **_SCORE},
             },
             "otherwise": _s("string", "Otherwise", "The grade when no band is met."),
         },
@@ -539,7 +582,13 @@ def rules_json_schema() -> dict[str, Any]:
                         minLength=1,
                         default="total",
                     ),
-                    "max": _s("number", "Max", "The score that counts as 100.", exclusiveMinimum=0),
+                    "max": _s(
+                        "number",
+                        "Max",
+                        "The score that counts as 100.",
+                        exclusiveMinimum=0,
+                        maximum=MAX_SCORE,
+                    ),
                 },
             },
         },
