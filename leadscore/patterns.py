@@ -16,6 +16,7 @@ each be either kind (``.\\b.``) keeps RE2's ASCII rule (docs/ARCHITECTURE.md).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from re import _constants as sre  # the parse tree's opcodes (stable in 3.11 and 3.12)
@@ -352,19 +353,19 @@ def _klass(items: list[tuple[object, object]], flags: int) -> str:
     return parts[0] if len(parts) == 1 else f"(?:{'|'.join(parts)})"
 
 
-_ALL_TEXT: str | None = None
-
-
 def _enumerated(items: list[tuple[object, object]], flags: int) -> str:
     """The class as explicit ranges of the code points Python's ``re`` matches with it."""
-    global _ALL_TEXT
-    if _ALL_TEXT is None:
-        _ALL_TEXT = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000)
-    compiled = re.compile(
+    return _code_point_ranges(
         _python_class(items), flags & (sre.SRE_FLAG_IGNORECASE | sre.SRE_FLAG_ASCII)
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _code_point_ranges(python_class: str, flags: int) -> str:
+    """Rare (``[^\\W\\d]``) and ~1 s each: every code point is tried once, then remembered."""
+    every = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000)
     ranges: list[tuple[int, int]] = []
-    for m in compiled.finditer(_ALL_TEXT):
+    for m in re.compile(python_class, flags).finditer(every):
         c = ord(m.group())
         if ranges and ranges[-1][1] == c - 1:
             ranges[-1] = (ranges[-1][0], c)
