@@ -31,6 +31,14 @@ class FlowConfig:
     cluster: bool = False  # Redis: the URL names one node of a Redis Cluster
     metrics_port: int | None = None  # Redis: serve Prometheus metrics (prepare_process)
     metrics_host: str = "127.0.0.1"
+    # Redis: the deployment's flow lease (state/lease.py). A second flow waits for it (a hot
+    # standby) unless lease_wait is False, when it is refused at once.
+    lease_ttl: float = 10.0
+    lease_wait: bool = True
+    # Redis: this process's place in its Bytewax cluster (python -m bytewax.run -i/-a).
+    # Process 0 takes the lease before the cluster starts; the others join it.
+    process_id: int = 0
+    processes: int = 1
     # Redis: setting it ends the run cleanly (read input checkpointed); None means
     # flows.redis_flow.STOP, which SIGTERM/SIGINT set once prepare_process installed handlers.
     stop: threading.Event | None = field(default=None, repr=False, compare=False)
@@ -64,6 +72,8 @@ class FlowConfig:
             if env.get("LEADSCORE_METRICS_PORT")
             else None,
             metrics_host=env.get("LEADSCORE_METRICS_HOST", defaults.metrics_host),
+            lease_ttl=float(env.get("LEADSCORE_LEASE_TTL", defaults.lease_ttl)),
+            lease_wait=_flag(env.get("LEADSCORE_LEASE_WAIT"), defaults.lease_wait),
         )
 
 
@@ -77,3 +87,27 @@ def _flag(value: str | None, default: bool) -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"expected an on/off value such as 1 or 0, got {value!r}")
+
+
+def bytewax_process(argv: list[str], env: dict[str, str]) -> tuple[int, int]:
+    """``(process id, processes)`` of ``python -m bytewax.run ... -i N -a "a;b"`` (or its
+    ``BYTEWAX_PROCESS_ID`` / ``BYTEWAX_ADDRESSES`` variables); ``(0, 1)`` for one process.
+
+    The flow module is imported by ``bytewax.run`` before it starts the cluster, and the
+    process's place is only in its command line: the flow lease needs it (process 0 takes the
+    lease, the others join it).
+    """
+    process = env.get("BYTEWAX_PROCESS_ID")
+    addresses = env.get("BYTEWAX_ADDRESSES")
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if i + 1 < len(argv) else None
+        if arg in ("-i", "--process-id") and value is not None:
+            process = value
+        elif arg.startswith("--process-id="):
+            process = arg.split("=", 1)[1]
+        elif arg in ("-a", "--addresses") and value is not None:
+            addresses = value
+        elif arg.startswith("--addresses="):
+            addresses = arg.split("=", 1)[1]
+    count = len([a for a in (addresses or "").split(";") if a.strip()])
+    return (int(process) if process is not None else 0), max(1, count)

@@ -21,14 +21,17 @@ which is safe too: whatever was not checkpointed is replayed by the next run.
 
 from __future__ import annotations
 
+import atexit
 import heapq
 import logging
 import os
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from types import FrameType
+from types import FrameType, TracebackType
 from typing import Any
 
 import bytewax.operators as op
@@ -47,7 +50,9 @@ from flows.shards import DeadLetter, ShardLogic, wake_time
 from leadscore.engine import Engine
 from leadscore.events import Event, Reject, format_ts, parse_events
 from state.codec import decode, encode
-from state.redis_store import Checkpoint, RedisStore
+from state.keys import Keys
+from state.lease import FlowLease
+from state.redis_store import Checkpoint, CheckpointConflict, RedisStore
 
 log = logging.getLogger("leadscore.flow")
 
@@ -101,9 +106,51 @@ def prepare_process(config: FlowConfig) -> None:
     stop = config.stop if config.stop is not None else STOP
     stop.clear()
     install_stop_handlers(stop)
+    atexit.register(release_leases)  # a crash too: a standby need not wait for the TTL
+    if config.processes > 1:
+        install_peer_report(config)
     if config.metrics_port:
         metrics.serve(config.metrics_port, config.metrics_host)
         log.info("metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port)
+
+
+def lost_peers(config: FlowConfig) -> str:
+    """Which peers of this Bytewax cluster look gone, from their lease heartbeats."""
+    lease = next((lease for lease in LEASES if lease.process == config.process_id), None)
+    if lease is None:
+        return "its peers are unknown (no flow lease)"
+    try:
+        info = lease.info()
+        now_s, now_us = lease.r.time()
+    except Exception as err:  # the report must not hide the real failure
+        return f"its peers' heartbeats could not be read ({type(err).__name__}: {err})"
+    now = now_s * 1000 + now_us // 1000
+    peers = [i for i in range(config.processes) if i != config.process_id]
+    described = []
+    for i in peers:
+        who, at = info.heartbeats.get(i, ("never joined the lease", 0))
+        age = f"last heartbeat {(now - at) / 1000:.1f} s ago" if at else "no heartbeat"
+        described.append(f"process {i} ({who}, {age})")
+    return ("lost " if len(peers) == 1 else "lost one of ") + ", ".join(described)
+
+
+def install_peer_report(config: FlowConfig) -> None:
+    """When a peer of this cluster dies, Bytewax's communication threads panic and every
+    other process stops with a bare ``PanicException``: say which peer was lost."""
+    previous = sys.excepthook
+
+    def report(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
+        previous(kind, err, tb)
+        if kind.__name__ == "PanicException":
+            print(
+                f"leadscore: process {config.process_id} of {config.processes} stops: the "
+                f"Bytewax cluster broke; {lost_peers(config)}. Restart the whole cluster: "
+                "nothing is lost, what was not checkpointed is read again.",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    sys.excepthook = report
 
 
 # --------------------------------------------------------------------------- partition logic
@@ -229,7 +276,18 @@ class WorkerLogics:
                 begun.append((logic, *got))
                 size += checkpoint_bytes(got[0])
             if begun and (size >= COMMIT_BYTES or i == len(logics) - 1):
-                self.store.checkpoint_many([batch for _, batch, _ in begun])
+                results = self.store.checkpoint_many([batch for _, batch, _ in begun])
+                refused = [b for (_, b, _), ok in zip(begun, results, strict=True) if not ok]
+                if refused:
+                    # "Already committed" on a first attempt: another writer committed this
+                    # sequence. Dropping the batch would lose its records and acks: stop.
+                    raise CheckpointConflict(
+                        "partition "
+                        + ", ".join(f"{b.p} (seq {b.seq})" for b in refused)
+                        + ": another process committed this checkpoint sequence first, so "
+                        "another flow is writing the same partitions. This flow stops; "
+                        "nothing of the refused batch was written, its input is read again."
+                    )
                 for committer, batch, started in begun:
                     committed = done[committer] = committer.end_flush(batch, started)
                     if keep and committed and committer.config.out:
@@ -241,15 +299,45 @@ class WorkerLogics:
 class WorkerThreads:
     """One :class:`WorkerLogics` (and one Redis connection) per worker thread of a flow."""
 
-    def __init__(self, config: FlowConfig) -> None:
+    def __init__(self, config: FlowConfig, lease: FlowLease | None = None) -> None:
         self.config = config
+        self.lease = lease
         self.local = threading.local()
+        self.lock = threading.Lock()
+        self.running = 0  # logics built and not at their end of input yet
+
+    def build(self, engine: Engine) -> PartitionLogic:
+        """A partition's logic on this worker thread; the lease is released once every
+        logic of this process has checkpointed its end of input (a standby may start then)."""
+        logic = PartitionLogic(engine, self.config, self.get())
+        logic.on_end = self.ended
+        with self.lock:
+            self.running += 1
+        return logic
+
+    def ended(self) -> None:
+        with self.lock:
+            self.running -= 1
+            last = self.running == 0
+        if last and self.lease is not None:
+            self.lease.release()
 
     def get(self) -> WorkerLogics:
         group: WorkerLogics | None = getattr(self.local, "group", None)
         if group is None:
-            group = self.local.group = WorkerLogics(_store(self.config), settle=True)
+            store = _store(self.config)
+            if self.lease is not None:
+                store.fence_token = _guard(self.lease)
+            group = self.local.group = WorkerLogics(store, settle=True)
         return group
+
+
+def _guard(lease: FlowLease) -> int:
+    """The lease token to write with, after checking this process still holds the lease
+    (a process other than 0 joins it here, once the cluster runs); raises LeaseLost."""
+    token = lease.token if lease.token is not None else lease.join()
+    lease.check()
+    return token
 
 
 def _store(config: FlowConfig) -> RedisStore:
@@ -295,6 +383,7 @@ class PartitionLogic(ShardLogic):
         self.stop = config.stop if config.stop is not None else STOP
         self.reported: dict[str, int] = {}  # self.fired as last added to the metrics
         self.ready: list[tuple[str, bytes]] = []  # committed records not yet handed out
+        self.on_end: Callable[[], None] | None = None  # called once its end of input is committed
 
     def bind(self, p: int) -> None:
         """Resume this partition where its last checkpoint left it: sequence, clock, timers.
@@ -433,6 +522,9 @@ class PartitionLogic(ShardLogic):
         if not self.config.tail and not self.stop.is_set():
             self.advance_clock(time.time())
         out = self.flush()
+        if self.on_end is not None:
+            self.on_end()
+            self.on_end = None
         if self.worker.settle:
             self.worker.settle = False
             release_heap()  # the run ends: nothing stays frozen in a longer-lived process
@@ -651,10 +743,44 @@ class DiscardSink(DynamicSink[Any]):
         return _Discard()
 
 
+def take_lease(config: FlowConfig, keys: Keys) -> FlowLease:
+    """This process's share of the deployment's flow lease (``state/lease.py``).
+
+    Process 0 (or the only one) takes it now, before Bytewax connects the cluster: it waits
+    while another flow holds it (or is refused, ``lease_wait=False``) and fences every
+    partition with its new token before anything is read. The other processes of a cluster
+    join it lazily, from inside the running dataflow, when process 0 holds it.
+    """
+    stop = config.stop if config.stop is not None else STOP
+    lease = FlowLease(
+        config.redis_url,
+        prefix=config.prefix,
+        cluster=config.cluster,
+        ttl=config.lease_ttl,
+        process=config.process_id,
+        stop=stop,
+    )
+    if config.process_id == 0:
+        lease.acquire(range(config.partitions), keys.fence, wait=config.lease_wait)
+    LEASES.append(lease)
+    return lease
+
+
+LEASES: list[FlowLease] = []
+"""The leases this process's flows took (``release_leases`` gives them up at exit)."""
+
+
+def release_leases() -> None:
+    """Give up every lease this process holds: a standby flow takes over at once."""
+    while LEASES:
+        LEASES.pop().release()
+
+
 def add_redis_scoring(flow: Dataflow, config: FlowConfig, engine: Engine) -> None:
     """Streams in, checkpoints out; committed records also go to `config.out` when set."""
     with RedisStore(config.redis_url, prefix=config.prefix, cluster=config.cluster) as store:
         keys = store.ensure(config.partitions)
+    lease = take_lease(config, keys)
     stop = config.stop if config.stop is not None else STOP
     source = RedisStreamSource(
         config.redis_url,
@@ -665,16 +791,15 @@ def add_redis_scoring(flow: Dataflow, config: FlowConfig, engine: Engine) -> Non
         stop=stop,
         mark_idle=True,
         count=READ_COUNT,
+        guard=lambda: _guard(lease),
     )
     entries = op.input("read", flow, source)
     # The logic needs its partition number and Bytewax only gives keys to the operator.
     tagged = op.map("tag", entries, lambda kv: (kv[0], (int(kv[0]), *kv[1])))
     started = op.input("start", flow, StartSource(config.partitions))
     values = op.merge("values", started, tagged)
-    workers = WorkerThreads(config)
-    results = op.stateful_batch(
-        "score", values, lambda _resume: PartitionLogic(engine, config, workers.get())
-    )
+    workers = WorkerThreads(config, lease)
+    results = op.stateful_batch("score", values, lambda _resume: workers.build(engine))
     by_kind = op.map("by_kind", results, lambda kv: kv[1])
     sink = ResultsSink(config.out) if config.out else DiscardSink()
     op.output("write", by_kind, sink)

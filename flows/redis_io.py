@@ -21,7 +21,7 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -143,8 +143,10 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
         max_backoff: float,
         stop: threading.Event | None,
         mark_idle: bool = False,
+        guard: Callable[[], object] | None = None,
     ) -> None:
         self._r = client
+        self._guard = guard
         self._p = p
         self._part = str(p)
         self._key = keys.input(p)
@@ -219,6 +221,8 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
     # -- reading ---------------------------------------------------------------------------
 
     def _read(self) -> list[Item]:
+        if self._guard is not None:
+            self._guard()  # raises when this process may no longer read (the flow lease)
         if self._cursor != PENDING_DONE:
             if not self._adopted:
                 self._adopt_legacy()
@@ -403,6 +407,7 @@ class RedisStreamSource(FixedPartitionedSource[Item, None]):
         socket_timeout: float = 10.0,
         stop: threading.Event | None = None,
         mark_idle: bool = False,
+        guard: Callable[[], object] | None = None,
     ) -> None:
         if partitions is None:
             parts = list(range(keys.partitions))
@@ -429,6 +434,7 @@ class RedisStreamSource(FixedPartitionedSource[Item, None]):
         self._max_backoff = max_backoff
         self._stop = stop
         self._mark_idle = mark_idle
+        self._guard = guard
         self._socket_timeout = max(socket_timeout, block_ms / 1000 + 5.0)
         self._lock = threading.Lock()
         self._workers: dict[int, _Worker] = {}
@@ -455,6 +461,7 @@ class RedisStreamSource(FixedPartitionedSource[Item, None]):
             max_backoff=self._max_backoff,
             stop=self._stop,
             mark_idle=self._mark_idle,
+            guard=self._guard,
         )
         worker.parts.add(part)
         return part

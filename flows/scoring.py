@@ -23,6 +23,8 @@ or with ``leadscore run``.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from typing import Any
 from zlib import crc32
@@ -30,7 +32,7 @@ from zlib import crc32
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from flows.config import FlowConfig
+from flows.config import FlowConfig, bytewax_process
 from flows.io import JsonlSource, ResultsSink
 from flows.shards import (
     INF,
@@ -148,9 +150,16 @@ def __getattr__(name: str) -> Any:
     # so importing this module for build_flow needs no environment at all.
     if name == "flow":
         config = FlowConfig.from_env()
+        config.process_id, config.processes = bytewax_process(sys.argv, dict(os.environ))
         if config.source == "redis":  # a live run: SIGTERM/Ctrl-C stop it cleanly, metrics
-            from flows.redis_flow import prepare_process
+            from flows.redis_flow import STOP, prepare_process
+            from state.lease import LeaseHeld
 
             prepare_process(config)
+            try:
+                return build_flow(config)
+            except LeaseHeld as err:
+                print(f"leadscore: {err}", file=sys.stderr, flush=True)
+                raise SystemExit(0 if STOP.is_set() else 1) from None
         return build_flow(config)
     raise AttributeError(name)

@@ -79,6 +79,15 @@ class Keys:
         """Sorted set: contact -> epoch time of its next decay crossing (restarts re-arm it)."""
         return f"{self.prefix}:{{{p}}}:timers"
 
+    def fence(self, p: int) -> str:
+        """String: the flow lease token allowed to checkpoint partition ``p`` (state/lease.py)."""
+        return f"{self.prefix}:{{{p}}}:fence"
+
+    @property
+    def lease(self) -> str:
+        """Hash: the deployment's flow lease (holder, token, expiry, heartbeats)."""
+        return f"{self.prefix}:lease"
+
     @staticmethod
     def consumer(p: int) -> str:
         """The consumer reading partition ``p``'s input: the same name for every stream, so one

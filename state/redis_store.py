@@ -90,6 +90,11 @@ class RedisLostCheckpoints(StoreError):
     must restart and reload from Redis, or replayed input would be applied twice."""
 
 
+class Fenced(StoreError):
+    """The partition's fence names another flow's lease token: this process lost the flow
+    lease (``state/lease.py``) and must stop; nothing of the refused checkpoint was written."""
+
+
 class StoreUnavailable(StoreError):
     """Redis stayed unreachable for the whole retry budget."""
 
@@ -135,8 +140,12 @@ class Checkpoint:
 
 
 CHECKPOINT_LUA = """#!lua
-local ckpt, input, triggers, changes, dead, timers, clock = unpack(KEYS, 1, 7)
+local ckpt, input, triggers, changes, dead, timers, clock, fence = unpack(KEYS, 1, 8)
 local seq, committed = tonumber(ARGV[1]), tonumber(ARGV[2])
+if ARGV[13] ~= '' then
+  local owner = redis.call('GET', fence) or '0'
+  if owner ~= ARGV[13] then return {4, tonumber(owner)} end
+end
 local done = tonumber(redis.call('GET', ckpt) or '0')
 if done < committed then return {3, done} end
 if done == seq then return {1, done} end
@@ -146,12 +155,12 @@ local n_chg, n_dead = tonumber(ARGV[6]), tonumber(ARGV[7])
 local n_due, n_gone = tonumber(ARGV[8]), tonumber(ARGV[9])
 local chg_max, dead_max, group = tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12]
 local CHUNK = 500
--- MSET: KEYS[8..] pair with the values that start at ARGV[13], in the same order
-local n_kv, a = #KEYS - 7, 13
+-- MSET: KEYS[9..] pair with the values that start at ARGV[14], in the same order
+local n_kv, a = #KEYS - 8, 14
 for i = 1, n_kv, CHUNK do
   local args, j = {}, 0
   for k = i, math.min(i + CHUNK - 1, n_kv) do
-    args[j + 1] = KEYS[7 + k]
+    args[j + 1] = KEYS[8 + k]
     args[j + 2] = ARGV[a + k - 1]
     j = j + 2
   end
@@ -185,11 +194,13 @@ attempt that reaches Redis late is a no-op, so no WATCH is needed. The ``#!lua``
 script Redis 7 flags semantics: a script that may write is refused BEFORE it runs when Redis is
 out of memory, so a checkpoint is never half applied for want of memory. Replies:
 ``{0, seq}`` committed, ``{1, done}`` already committed, ``{2, done}`` a newer one is committed,
-``{3, done}`` Redis is behind this process."""
+``{3, done}`` Redis is behind this process, ``{4, fence}`` another flow holds the partition (the
+fencing token in ARGV[13] is not the partition's fence; '' skips the check: see
+``state/lease.py``)."""
 
 CHECKPOINT_SHA = hashlib.sha1(CHECKPOINT_LUA.encode()).hexdigest()
 
-CKPT_COMMITTED, CKPT_ALREADY, CKPT_CONFLICT, CKPT_LOST = 0, 1, 2, 3
+CKPT_COMMITTED, CKPT_ALREADY, CKPT_CONFLICT, CKPT_LOST, CKPT_FENCED = 0, 1, 2, 3, 4
 
 RECORDS_PER_ENTRY = 100
 """Change and dead-letter records packed into one stream entry, joined by ``\\n``: one XADD per
@@ -327,6 +338,9 @@ class RedisStore:
         self._partitions = partitions
         self._keys: Keys | None = None
         self._committed: dict[int, int] = {}  # last seq this process saw committed, per p
+        # The flow lease's token (state/lease.py): every checkpoint must find it in its
+        # partition's fence. None writes without the check (tools and tests, not the flow).
+        self.fence_token: int | None = None
         self.r: Client = connect(url, cluster=cluster, socket_timeout=socket_timeout)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -551,6 +565,14 @@ class RedisStore:
                     )
                     results.append(False)
                     continue
+                if code == CKPT_FENCED:
+                    refused = refused or Fenced(
+                        f"partition {p}: another flow holds it now (its fence is token {done}, "
+                        f"this process writes with token {self.fence_token}): the flow lease "
+                        "was taken over; nothing of this checkpoint was written"
+                    )
+                    results.append(False)
+                    continue
                 if code == CKPT_CONFLICT:
                     refused = refused or CheckpointConflict(
                         f"partition {p}: committed checkpoint is {done}, got seq {seq}; "
@@ -599,6 +621,7 @@ class RedisStore:
             keys.dead(p),
             keys.timers(p),
             keys.clock(p),
+            keys.fence(p),
         ]
         values: list[Any] = []
         if b.states:
@@ -629,6 +652,7 @@ class RedisStore:
             trim_entries(self.changes_maxlen),
             trim_entries(self.dead_maxlen),
             GROUP,
+            "" if self.fence_token is None else self.fence_token,
         ]
         tail = [*values, *b.ack_ids, *b.triggers, *change_entries, *dead_entries, *due, *gone]
         return names, head, tail

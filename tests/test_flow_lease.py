@@ -1,0 +1,242 @@
+"""Several flow processes on one deployment: one flow lease, fenced checkpoints, lost peers.
+
+Real redis-server, real flow processes (``python -m bytewax.run flows.scoring:flow``). Two
+independent flows on one Redis used to read as the same consumer and commit over each other
+(contacts missing, triggers doubled, entries left pending) while both exited 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+from bytewax.testing import cluster_main
+from redis_server import free_port
+from test_redis_flow import (
+    FLOW_CMD,
+    RULES,
+    START,
+    FlowProcess,
+    P,
+    Snapshot,
+    assert_same_results,
+    progress,
+    send,
+    with_db,
+)
+
+from flows.scoring import FlowConfig, build_flow
+from leadscore.generate import generate_events
+from state.keys import Keys
+from state.lease import FlowLease, LeaseHeld, LeaseLost
+from state.redis_store import Fenced, RedisStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def events_20k() -> list[bytes]:
+    return list(generate_events(2000, 20_000, seed=5, start=START, days=30))
+
+
+def wait_for(done: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def test_a_checkpoint_with_a_token_that_is_not_the_fence_writes_nothing(redis_url: str) -> None:
+    keys = Keys("ls", P)
+    old = FlowLease(redis_url, ttl=5)
+    old_token = old.acquire(range(P), keys.fence)
+    old.release()
+    new = FlowLease(redis_url, ttl=5)
+    new_token = new.acquire(range(P), keys.fence)
+    assert new_token == old_token + 1
+    with RedisStore(redis_url) as writer:
+        writer.ensure(P)
+        writer.fence_token = old_token  # a process that lost the lease and does not know it
+        with pytest.raises(Fenced, match="another flow holds it"):
+            writer.checkpoint(3, 1, states={"c": b"stale"}, triggers=[b'{"t":1}'])
+        client = redis.Redis.from_url(redis_url)
+        assert client.get(keys.state(3, "c")) is None
+        assert client.xlen(keys.triggers(3)) == 0
+        assert client.get(keys.checkpoint(3)) is None
+        writer.fence_token = new_token
+        assert writer.checkpoint(3, 1, states={"c": b"fresh"})
+        assert client.get(keys.state(3, "c")) == b"fresh"
+    new.release()
+    old.close()
+    new.close()
+
+
+def test_a_second_lease_is_refused_while_the_first_is_held_and_taken_once_released(
+    redis_url: str,
+) -> None:
+    keys = Keys("ls", P)
+    first = FlowLease(redis_url, ttl=5, holder="box-a pid 1")
+    first.acquire(range(P), keys.fence)
+    second = FlowLease(redis_url, ttl=5, holder="box-b pid 2")
+    with pytest.raises(LeaseHeld, match="box-a pid 1"):
+        second.acquire(range(P), keys.fence, wait=False)
+    first.release()
+    assert second.acquire(range(P), keys.fence, wait=False) == first.token + 1  # type: ignore[operator]
+    assert not first._renew()  # the old holder's next heartbeat finds another token
+    with pytest.raises(LeaseLost, match="taken over"):
+        first.check()
+    second.release()
+    first.close()
+    second.close()
+
+
+def test_a_lease_not_renewed_lapses_after_its_ttl(redis_url: str) -> None:
+    keys = Keys("ls", P)
+    gone = FlowLease(redis_url, ttl=1, holder="box-a pid 1")
+    gone.acquire(range(P), keys.fence)
+    gone._done.set()  # its heartbeat stops, as when the process is killed
+    standby = FlowLease(redis_url, ttl=1, holder="box-b pid 2")
+    started = time.monotonic()
+    standby.acquire(range(P), keys.fence, poll=0.05)
+    assert time.monotonic() - started > 0.3  # it waited for the lapse
+    with pytest.raises(LeaseLost, match="renew"):
+        time.sleep(max(0.0, gone.valid_until - time.monotonic()) + 0.01)
+        gone.check()  # and the old holder knows it may not read any more
+    standby.release()
+    gone.close()
+    standby.close()
+
+
+# --------------------------------------------------------------------------- real processes
+
+
+@pytest.mark.slow
+def test_two_independent_flows_on_one_redis_give_the_single_flow_result(
+    redis_url: str, events_20k: list[bytes], tmp_path: Path
+) -> None:
+    """Both started, then events arrive live: the second flow stands by while the first
+    scores everything, both stop with SIGTERM and exit 0, and Redis holds exactly one flow's
+    result. (Before the lease both read as one consumer and committed over each other.)"""
+    # Without decay the result depends on the events alone, not on when a live clock fired
+    # a timer: a live run and a drained reference must then agree exactly.
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "".join(line for line in RULES.read_text().splitlines(True) if "decay:" not in line)
+    )
+    reference = with_db(redis_url, 1)
+    send(reference, events_20k, batch=5)
+    config = FlowConfig(
+        rules=str(rules),
+        source="redis",
+        redis_url=reference,
+        partitions=P,
+        tail=False,
+        stop=threading.Event(),
+    )
+    cluster_main(build_flow(config), [], 0, worker_count_per_proc=1)
+    expected = Snapshot.read(reference)
+
+    send(redis_url, [])
+    flows = [
+        FlowProcess(
+            tmp_path / f"flow{i}.log",
+            redis_url,
+            LEADSCORE_FLUSH_EVENTS="200",
+            LEADSCORE_RULES=str(rules),
+        )
+        for i in range(2)
+    ]
+    started = time.monotonic()
+    wait_for(
+        lambda: any("standing by" in f.output() for f in flows) or time.monotonic() > started + 8,
+        "both flows up",
+    )
+    entries = 0
+    for i in range(0, len(events_20k), 1000):  # live traffic, while both processes run
+        entries += send(redis_url, events_20k[i : i + 1000], batch=5)
+        time.sleep(0.05)
+    wait_for(
+        lambda: (
+            ((now := progress(redis_url)).acked == entries and now.pending == 0)
+            or any(f.proc.poll() is not None for f in flows)
+        ),
+        "every entry checkpointed",
+        timeout=180,
+    )
+    codes = [f.finish(signal.SIGTERM) for f in flows]
+    logs = [f.output() for f in flows]
+    assert codes == [0, 0], "\n----\n".join(log[-3000:] for log in logs)
+    assert any("standing by" in log for log in logs), logs
+    done = progress(redis_url)
+    assert done.pending == 0 and done.acked == entries
+    assert_same_results(Snapshot.read(redis_url), expected)
+
+
+def test_a_second_flow_told_not_to_wait_is_refused_at_once(redis_url: str, tmp_path: Path) -> None:
+    send(redis_url, [b'{"contact": "a", "action": "page.hit"}'])
+    first = FlowProcess(tmp_path / "first.log", redis_url)
+    client = redis.Redis.from_url(redis_url)
+    first.wait_until(lambda: bool(client.hget("ls:lease", "holder")), "the lease")
+    second = FlowProcess(tmp_path / "second.log", redis_url, LEADSCORE_LEASE_WAIT="0")
+    code = second.finish(timeout=60)
+    assert code != 0
+    assert "another flow holds the lease" in second.output()
+    assert "pid" in second.output()
+    assert first.finish(signal.SIGTERM) == 0, first.output()[-3000:]
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_peer_stops_the_other_process_of_the_cluster_naming_it(
+    redis_url: str, events_20k: list[bytes], tmp_path: Path
+) -> None:
+    send(redis_url, events_20k, batch=5)
+
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(2))
+    env = {
+        "LEADSCORE_RULES": str(RULES),
+        "LEADSCORE_SOURCE": "redis",
+        "LEADSCORE_REDIS_URL": redis_url,
+        "LEADSCORE_PARTITIONS": str(P),
+        "LEADSCORE_LEASE_TTL": "3",
+        "PYTHONUNBUFFERED": "1",
+    }
+    logs = [tmp_path / f"proc{i}.log" for i in range(2)]
+    procs = []
+    for i, log in enumerate(logs):
+        with log.open("wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [*FLOW_CMD, "-i", str(i), "-a", addresses],
+                    cwd=ROOT,
+                    env={**os.environ, **env},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    try:
+        wait_for(lambda: progress(redis_url).acked > 0, "the cluster's first checkpoint", 120)
+        procs[1].kill()
+        procs[1].wait(10)
+        try:
+            code = procs[0].wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("process 0 kept running after its peer died:\n" + logs[0].read_text())
+        output = logs[0].read_text(errors="replace")
+        assert code != 0, output[-3000:]
+        assert "lost process 1" in output, output[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
