@@ -10,6 +10,8 @@ import os
 import threading
 from dataclasses import dataclass, field
 
+from state.retention import parse_retention
+
 
 @dataclass
 class FlowConfig:
@@ -35,6 +37,10 @@ class FlowConfig:
     # standby) unless lease_wait is False, when it is refused at once.
     lease_ttl: float = 10.0
     lease_wait: bool = True
+    # Redis: checkpointed input kept for replays and rules publishing (state/retention.py):
+    # entries younger than retain_seconds or among the retain_entries newest; older ones go.
+    retain_seconds: float = 86_400.0
+    retain_entries: int = 0
     # Redis: this process's place in its Bytewax cluster (python -m bytewax.run -i/-a).
     # Process 0 takes the lease before the cluster starts; the others join it.
     process_id: int = 0
@@ -74,6 +80,10 @@ class FlowConfig:
             metrics_host=env.get("LEADSCORE_METRICS_HOST", defaults.metrics_host),
             lease_ttl=float(env.get("LEADSCORE_LEASE_TTL", defaults.lease_ttl)),
             lease_wait=_flag(env.get("LEADSCORE_LEASE_WAIT"), defaults.lease_wait),
+            retain_seconds=parse_retention(env["LEADSCORE_RETAIN"])
+            if env.get("LEADSCORE_RETAIN")
+            else defaults.retain_seconds,
+            retain_entries=int(env.get("LEADSCORE_RETAIN_ENTRIES", defaults.retain_entries)),
         )
 
 

@@ -27,6 +27,22 @@ CONTACTS_IN_MEMORY = Gauge(
     "leadscore_flow_contacts_in_memory", "Contacts held in memory", ["partition"]
 )
 
+INPUT_TRIMMED = Counter(
+    "leadscore_flow_input_trimmed_total",
+    "Checkpointed input entries trimmed from the input streams (beyond the retention)",
+)
+STREAM_ENTRIES = Gauge(
+    "leadscore_stream_length",
+    "Entries (XLEN) of a partition stream (in, triggers, changes, dead); the service exports "
+    "the same gauge",
+    ["stream", "partition"],
+)
+STREAM_BYTES = Gauge(
+    "leadscore_stream_memory_bytes",
+    "Redis MEMORY USAGE of a partition stream, sampled (SAMPLES 5): an estimate",
+    ["stream", "partition"],
+)
+
 
 def serve(port: int, host: str = "127.0.0.1") -> None:
     """Expose /metrics on ``host:port`` from a background thread."""

@@ -53,6 +53,7 @@ from state.codec import decode, encode
 from state.keys import Keys
 from state.lease import FlowLease
 from state.redis_store import Checkpoint, CheckpointConflict, RedisStore
+from state.retention import InputRetention, RetentionPolicy, StreamId, format_id
 
 log = logging.getLogger("leadscore.flow")
 
@@ -158,6 +159,12 @@ def install_peer_report(config: FlowConfig) -> None:
 
 GROUP_BYTES = 1 << 20
 """Queued input (payload bytes) applied between two checkpoint rounds (see WorkerLogics.run)."""
+
+TRIM_EVERY = 1.0
+"""Seconds between two trims of one partition's input stream (each is one XTRIM or a few)."""
+
+SIZES_EVERY = 10.0
+"""Seconds between two readings of one partition's stream sizes for the metrics."""
 
 COMMIT_BYTES = 8 << 20
 """About how many bytes of checkpoints share one socket write (see WorkerLogics.commit)."""
@@ -293,7 +300,29 @@ class WorkerLogics:
                     if keep and committed and committer.config.out:
                         committer.ready += committed
                 begun, size = [], 0
+        self.maintain(list(done))
         return [done.get(logic, []) for logic in logics]
+
+    def maintain(self, logics: list[PartitionLogic], *, force: bool = False) -> None:
+        """After their checkpoints: trim what ``logics`` acknowledged beyond the retention
+        (at most every TRIM_EVERY s each) and read their streams' sizes for the metrics (every
+        SIZES_EVERY s)."""
+        now = time.monotonic()
+        for logic in logics:
+            if logic.p < 0:
+                continue  # never bound: it has no stream yet
+            if force or now - logic.maintained >= TRIM_EVERY:
+                logic.maintained = now
+                cut = logic.retention.cut(int(time.time() * 1000))
+                if cut is not None and cut != logic.trimmed:
+                    metrics.INPUT_TRIMMED.inc(self.store.trim_input(logic.p, format_id(cut)))
+                    logic.trimmed = cut
+            if force or now - logic.measured >= SIZES_EVERY:
+                logic.measured = now
+                part = str(logic.p)
+                for kind, (entries, size) in self.store.stream_sizes(logic.p).items():
+                    metrics.STREAM_ENTRIES.labels(kind, part).set(entries)
+                    metrics.STREAM_BYTES.labels(kind, part).set(size)
 
 
 class WorkerThreads:
@@ -384,6 +413,11 @@ class PartitionLogic(ShardLogic):
         self.reported: dict[str, int] = {}  # self.fired as last added to the metrics
         self.ready: list[tuple[str, bytes]] = []  # committed records not yet handed out
         self.on_end: Callable[[], None] | None = None  # called once its end of input is committed
+        policy = RetentionPolicy(config.retain_seconds, config.retain_entries)
+        self.retention = InputRetention(policy)  # where its input stream may be trimmed
+        self.trimmed: StreamId | None = None  # the last cut made
+        self.maintained = -INF  # time.monotonic() of the last trim
+        self.measured = -INF  # time.monotonic() of the last stream size reading
 
     def bind(self, p: int) -> None:
         """Resume this partition where its last checkpoint left it: sequence, clock, timers.
@@ -522,6 +556,7 @@ class PartitionLogic(ShardLogic):
         if not self.config.tail and not self.stop.is_set():
             self.advance_clock(time.time())
         out = self.flush()
+        self.worker.maintain([self], force=True)  # the run ends: trim what it acknowledged
         if self.on_end is not None:
             self.on_end()
             self.on_end = None
@@ -684,6 +719,7 @@ class PartitionLogic(ShardLogic):
                 metrics.TRIGGERS.labels(trigger).inc(n - reported.get(trigger, 0))
                 reported[trigger] = n
         metrics.CHECKPOINT_BYTES.observe(size)
+        self.retention.acked(self.acks)
         self.dirty.clear()
         self.acks = []
         self.pending = 0

@@ -211,6 +211,10 @@ ENTRY_BYTES = 64 * 1024
 """Soft byte cap of a packed entry (dead letters carry raw input of up to 64 KiB each)."""
 
 RECORD_FIELDS = {"triggers": b"t", "changes": b"c", "dead": b"d"}
+STREAM_KINDS = ("in", "triggers", "changes", "dead")
+TRIM_LIMIT = 10_000
+"""Entries one approximate XTRIM may remove (its LIMIT): bounds how long Redis is held."""
+"""A partition's streams, as ``RedisStore.stream_sizes`` and the metrics name them."""
 PACKED_KINDS = frozenset({"changes", "dead"})
 
 
@@ -872,6 +876,52 @@ class RedisStore:
     def read_dead(self) -> list[Any]:
         """All dead letters still kept (the streams are MAXLEN-trimmed)."""
         return [rec for _, _, rec in self.iter_records("dead")]
+
+    def trim_input(self, p: int, minid: str) -> int:
+        """``XTRIM MINID`` partition ``p``'s input stream: entries below ``minid`` go (the
+        flow passes a bound at or below its last acknowledged entry, ``state/retention.py``);
+        returns how many went."""
+        key = self.keys.input(p)
+        removed = 0
+        while True:
+            # Whole macro nodes first, a bounded number per call: one exact XTRIM of millions
+            # of entries (the first trim of an old stream) would hold Redis for seconds.
+            step = int(
+                self._call(
+                    f"trim input p={p}",
+                    lambda: self.r.xtrim(key, minid=minid, approximate=True, limit=TRIM_LIMIT),
+                )
+            )
+            removed += step
+            if step < TRIM_LIMIT:
+                break
+        # then the rest below minid exactly (at most one node's worth)
+        return removed + int(
+            self._call(
+                f"trim input p={p}", lambda: self.r.xtrim(key, minid=minid, approximate=False)
+            )
+        )
+
+    def stream_sizes(self, p: int, *, samples: int = 5) -> dict[str, tuple[int, int]]:
+        """``kind -> (entries, bytes)`` of partition ``p``'s streams (input, triggers, changes,
+        dead letters). Bytes are ``MEMORY USAGE ... SAMPLES samples``: exact for the stream's
+        structure, an estimate from ``samples`` macro nodes for its entries (O(samples), not
+        O(entries))."""
+        keys = self.keys
+        names = [keys.input(p), keys.triggers(p), keys.changes(p), keys.dead(p)]
+
+        def read() -> list[Any]:
+            pipe = self.r.pipeline(transaction=False)
+            for name in names:
+                pipe.xlen(name)
+                pipe.execute_command("MEMORY USAGE", name, "SAMPLES", samples)
+            return pipe.execute()
+
+        replies = self._call(f"stream sizes p={p}", read)
+        return {
+            kind: (int(replies[2 * i] or 0), int(replies[2 * i + 1] or 0))
+            for i, kind in enumerate(STREAM_KINDS)
+        }
 
     def pending(self, p: int) -> int:
         """Entries of partition ``p`` delivered to the flow but not yet checkpointed."""

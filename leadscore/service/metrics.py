@@ -26,6 +26,9 @@ from leadscore.service.errors import StorageUnavailable
 from state.keys import GROUP, Keys
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+STREAMS = ("input", "triggers", "changes", "dead")
+"""The ``Keys`` methods naming a partition's streams, as ``/metrics`` reports them."""
+STREAM_LABELS = {"input": "in", "triggers": "triggers", "changes": "changes", "dead": "dead"}
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -80,8 +83,14 @@ class Metrics:
         )
         self.stream_length = Gauge(
             "leadscore_stream_length",
-            "Entries (XLEN) of a partition stream: in = input, dead = dead letters; an entry "
-            "holds one or more events or dead letters.",
+            "Entries (XLEN) of a partition stream: in = input, triggers, changes, dead = dead "
+            "letters; an in, changes or dead entry holds one or more events or records.",
+            ["stream", "partition"],
+            registry=r,
+        )
+        self.stream_bytes = Gauge(
+            "leadscore_stream_memory_bytes",
+            "Redis MEMORY USAGE of a partition stream, sampled (SAMPLES 5): an estimate.",
             ["stream", "partition"],
             registry=r,
         )
@@ -161,19 +170,29 @@ async def _stream_metrics(
         assert redis is not None
         pipe = redis.pipeline(transaction=False)
         for p in range(keys.partitions):
-            pipe.xlen(keys.input(p))
             pipe.xinfo_groups(keys.input(p))
-            pipe.xlen(keys.dead(p))
+            for stream in STREAMS:
+                name = getattr(keys, stream)(p)
+                pipe.xlen(name)
+                # O(samples), not O(entries): a sampled estimate of the stream's memory
+                pipe.execute_command("MEMORY USAGE", name, "SAMPLES", 5)
         replies = await asyncio.wait_for(pipe.execute(raise_on_error=False), 2.0)
     except (StorageUnavailable, RedisError, OSError, TimeoutError):
         m.redis_up.set(0)
         return
     m.redis_up.set(1)
+    width = 1 + 2 * len(STREAMS)
     for p in range(keys.partitions):
-        length, groups, dead = replies[3 * p : 3 * p + 3]
-        length = length if isinstance(length, int) else 0
-        m.stream_length.labels("in", str(p)).set(length)
-        m.stream_length.labels("dead", str(p)).set(dead if isinstance(dead, int) else 0)
+        groups, *sizes = replies[width * p : width * (p + 1)]
+        length = 0
+        for i, stream in enumerate(STREAMS):
+            entries, memory = sizes[2 * i], sizes[2 * i + 1]
+            entries = entries if isinstance(entries, int) else 0
+            label = STREAM_LABELS[stream]
+            m.stream_length.labels(label, str(p)).set(entries)
+            m.stream_bytes.labels(label, str(p)).set(memory if isinstance(memory, int) else 0)
+            if stream == "input":
+                length = entries
         lag, pending = length, 0
         for group in groups if isinstance(groups, list) else []:
             name = group.get("name")
