@@ -20,8 +20,9 @@ other's states. The lease makes exactly one flow the writer:
 
 A flow that finds the lease held waits (a hot standby: a rolling deploy's new process, or a
 restarted container) until it is released or lapses, logging who holds it and for how long;
-with ``wait=False`` it is refused at once. A holder on this host whose process is gone
-(a restarted container, a killed process) is taken over at once instead of after the TTL.
+with ``wait=False`` it is refused at once. A holder in this host's PID namespace whose process
+is gone (a killed process restarted by a supervisor) is taken over at once instead of after
+the TTL.
 """
 
 from __future__ import annotations
@@ -111,13 +112,21 @@ class LeaseInfo:
     heartbeats: dict[int, tuple[str, int]]  # process -> (who, server ms of its heartbeat)
 
 
+def _pid_namespace() -> str:
+    """This process's PID namespace (Linux), so that a pid is only judged in its own one."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "?"
+
+
 def default_holder() -> str:
-    return f"{socket.gethostname()} pid {os.getpid()}"
+    return f"{socket.gethostname()} pid {os.getpid()} ns {_pid_namespace()}"
 
 
 def _pid_gone(pid: int) -> bool:
     if pid == os.getpid():
-        return True  # our own pid in the lease: an earlier life of this container
+        return True  # our own pid in the lease: a flow this process ran before
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -128,9 +137,14 @@ def _pid_gone(pid: int) -> bool:
 
 
 def dead_local_holder(holder: str) -> str:
-    """``holder`` if it names a process on this host that no longer runs, else ``""``."""
-    host, sep, pid = holder.rpartition(" pid ")
-    if not sep or host != socket.gethostname() or not pid.isdigit():
+    """``holder`` if it names a process of this host and PID namespace that no longer runs,
+    else ``""``. Another namespace (a restarted container, a sibling container on the host
+    network) cannot be checked: its lease is left to lapse."""
+    parts = holder.rsplit(" ", 4)
+    if len(parts) != 5 or parts[1] != "pid" or parts[3] != "ns" or not parts[2].isdigit():
+        return ""
+    host, _, pid, _, namespace = parts
+    if host != socket.gethostname() or namespace != _pid_namespace():
         return ""
     return holder if _pid_gone(int(pid)) else ""
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pytest
 import redis
 from bytewax.testing import cluster_main
@@ -32,11 +33,14 @@ from test_redis_flow import (
     with_db,
 )
 
+from flows.redis_flow import PartitionLogic
 from flows.scoring import FlowConfig, build_flow
+from leadscore.engine import Engine
 from leadscore.generate import generate_events
-from state.keys import Keys
+from leadscore.rules import load_rules
+from state.keys import GROUP, Keys, partition_of
 from state.lease import FlowLease, LeaseHeld, LeaseLost
-from state.redis_store import Fenced, RedisStore
+from state.redis_store import CheckpointConflict, Fenced, RedisStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -240,3 +244,43 @@ def test_kill_9_of_a_peer_stops_the_other_process_of_the_cluster_naming_it(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_a_checkpoint_another_writer_committed_first_stops_the_flow_instead_of_dropping(
+    redis_url: str,
+) -> None:
+    """Its batch (states, records, acknowledgements) used to be logged as 'already committed'
+    and thrown away; now the flow stops, and its input is still pending for the next run."""
+    store = RedisStore(redis_url)
+    store.ensure(P)
+    store.send_events([orjson.dumps({"contact": "x@acme.com", "action": "email.click"})])
+    p = partition_of("x@acme.com", P)
+    config = FlowConfig(
+        rules=str(RULES), source="redis", redis_url=redis_url, partitions=P, flush_ms=600_000
+    )
+    logic = PartitionLogic(Engine(load_rules(RULES)), config)
+    reply = store.r.xreadgroup(GROUP, Keys.consumer(p), {store.keys.input(p): ">"})
+    logic.on_batch([(p, eid.decode(), f[b"e"]) for eid, f in reply[0][1]])
+    logic.worker.run()  # applied, not yet committed (flush_ms is long)
+    assert store.checkpoint(p, 1)  # another writer commits sequence 1 first
+    with pytest.raises(CheckpointConflict, match="another process committed"):
+        logic.flush()
+    assert store.pending(p) == 1  # nothing acknowledged: the entry is read again
+    store.close()
+
+
+def test_a_standby_flow_stopped_with_sigterm_exits_0_having_read_nothing(
+    redis_url: str, tmp_path: Path
+) -> None:
+    send(redis_url, [b'{"contact": "a", "action": "page.hit"}'])
+    client = redis.Redis.from_url(redis_url)
+    first = FlowProcess(tmp_path / "first.log", redis_url)
+    first.wait_until(lambda: bool(client.hget("ls:lease", "holder")), "the lease")
+    holder = client.hget("ls:lease", "holder")
+    second = FlowProcess(tmp_path / "second.log", redis_url)
+    second.wait_until(lambda: "standing by" in second.output(), "the standby")
+    assert holder.decode() in second.output()  # it says who holds the lease
+    assert second.finish(signal.SIGTERM) == 0, second.output()[-3000:]
+    assert client.hget("ls:lease", "holder") == holder
+    assert first.finish(signal.SIGTERM) == 0, first.output()[-3000:]
+    assert client.hget("ls:lease", "holder") == b""  # released on a clean stop
