@@ -132,6 +132,9 @@ def build(spec: dict[str, Any]) -> Any:
             partitions=spec.get("partitions", 16),
             tail=spec.get("tail", False),
             out=spec.get("out"),
+            # a cluster's process 0 takes the flow lease, the others join it (state/lease.py)
+            process_id=spec.get("proc_id", 0),
+            processes=len(spec.get("addresses") or [None]),
         )
     else:
         raise ValueError(f"unknown mode {mode!r}")
