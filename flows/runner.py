@@ -347,12 +347,26 @@ class LiveRun:
     _handlers: dict[int, Any] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.flow = build_flow(self.config, self.rules)
+        from flows.redis_flow import STOP, install_stop_handlers
+
+        # SIGTERM / Ctrl-C while standing by for the flow lease end the wait (LeaseHeld)
+        self._handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        stop = self.config.stop if self.config.stop is not None else STOP
+        stop.clear()
+        install_stop_handlers(stop)
+        try:
+            self.flow = build_flow(self.config, self.rules)
+        except BaseException:
+            self._restore()
+            raise
+
+    def _restore(self) -> None:
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler)
 
     def prepare(self) -> None:
         from flows.redis_flow import prepare_process
 
-        self._handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         prepare_process(self.config)
 
     def run(self, workers: int) -> LiveReport:
@@ -370,8 +384,7 @@ class LiveRun:
                 raise RunFailed(cause) from err
             raise
         finally:
-            for sig, handler in self._handlers.items():
-                signal.signal(sig, handler)
+            self._restore()
         seconds = time.perf_counter() - started
         after = flow_counts()
         return LiveReport(seconds, {k: int(after[k] - before[k]) for k in after})

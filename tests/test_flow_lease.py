@@ -284,3 +284,42 @@ def test_a_standby_flow_stopped_with_sigterm_exits_0_having_read_nothing(
     assert client.hget("ls:lease", "holder") == holder
     assert first.finish(signal.SIGTERM) == 0, first.output()[-3000:]
     assert client.hget("ls:lease", "holder") == b""  # released on a clean stop
+
+
+def test_leadscore_run_source_stands_by_or_refuses_and_trims_by_its_options(
+    redis_url: str, events_20k: list[bytes], tmp_path: Path
+) -> None:
+    """The command line: --no-standby refuses while a flow holds the lease (exit 1, naming
+    it); a standby stopped by SIGTERM exits 0; --retain 0 --retain-entries N keeps N."""
+    from test_cli_redis import LEADSCORE, cli
+
+    send(redis_url, events_20k[:2000], batch=5)
+    client = redis.Redis.from_url(redis_url)
+    first = FlowProcess(tmp_path / "first.log", redis_url)
+    first.wait_until(lambda: bool(client.hget("ls:lease", "holder")), "the lease")
+    holder = client.hget("ls:lease", "holder").decode()
+    refused = cli("run", "-r", str(RULES), "--source", redis_url, "--no-standby", timeout=60)
+    assert refused.returncode == 1, refused.stderr
+    assert "another flow holds the lease" in refused.stderr and holder in refused.stderr
+    with (tmp_path / "standby.log").open("wb") as out:
+        standby = subprocess.Popen(
+            [*LEADSCORE, "run", "-r", str(RULES), "--source", redis_url],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    wait_for(lambda: "standing by" in (tmp_path / "standby.log").read_text(), "the standby")
+    standby.send_signal(signal.SIGTERM)
+    assert standby.wait(60) == 0, (tmp_path / "standby.log").read_text()
+    assert "nothing was read" in (tmp_path / "standby.log").read_text()
+    assert first.finish(signal.SIGTERM) == 0, first.output()[-3000:]
+
+    send(redis_url, events_20k[2000:4000], batch=5)
+    bad = cli("run", "-r", str(RULES), "--source", redis_url, "--drain", "--retain", "soon")
+    assert bad.returncode == 1 and "--retain" in bad.stderr
+    done = cli(
+        "run", "-r", str(RULES), "--source", redis_url, "--drain",
+        "--retain", "0", "--retain-entries", "3",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [client.xlen(Keys("ls", P).input(p)) for p in range(P)] == [3] * P

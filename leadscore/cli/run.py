@@ -203,6 +203,49 @@ def run(
             rich_help_panel=_LIVE,
         ),
     ] = "127.0.0.1",
+    retain: Annotated[
+        str,
+        typer.Option(
+            "--retain",
+            metavar="DURATION",
+            envvar="LEADSCORE_RETAIN",
+            help="Checkpointed input kept in the streams for replays (12h, 7d, ...; 0: none); "
+            "older entries are trimmed.",
+            rich_help_panel=_LIVE,
+        ),
+    ] = "1d",
+    retain_entries: Annotated[
+        int,
+        typer.Option(
+            "--retain-entries",
+            min=0,
+            metavar="N",
+            envvar="LEADSCORE_RETAIN_ENTRIES",
+            help="Also keep the N newest checkpointed entries of each input stream.",
+            rich_help_panel=_LIVE,
+        ),
+    ] = 0,
+    standby: Annotated[
+        bool,
+        typer.Option(
+            "--standby/--no-standby",
+            envvar="LEADSCORE_LEASE_WAIT",
+            help="While another flow holds this deployment's lease: wait and take over when "
+            "it is released or lapses (default), or refuse to start.",
+            rich_help_panel=_LIVE,
+        ),
+    ] = True,
+    lease_ttl: Annotated[
+        float,
+        typer.Option(
+            "--lease-ttl",
+            min=0.5,
+            metavar="SECONDS",
+            envvar="LEADSCORE_LEASE_TTL",
+            help="How long the lease outlives a flow that stopped renewing it (a crash).",
+            rich_help_panel=_LIVE,
+        ),
+    ] = 10.0,
 ) -> None:
     """Score events files with the Bytewax flow and print a summary, or score live from Redis
     with --source.
@@ -223,8 +266,10 @@ def run(
     if source is not None:
         if processes > 1:
             fail(
-                "--processes is for file runs; run one `leadscore run --source` per machine "
-                "or container instead: they share the partitions through Redis"
+                "--processes is for file runs; a live run scales with --workers, or as the "
+                "processes of one Bytewax cluster (python -m bytewax.run flows.scoring:flow "
+                "-i N -a ADDRESSES, docs/redis.md). A second `leadscore run --source` on the "
+                "same Redis stands by until the first stops."
             )
         if events or ctx.args:
             fail("--events and --source exclude each other: score files or a Redis source")
@@ -246,6 +291,10 @@ def run(
             cluster=cluster,
             metrics_port=metrics_port,
             metrics_host=metrics_host,
+            retain_seconds=_retention(retain),
+            retain_entries=retain_entries,
+            lease_wait=standby,
+            lease_ttl=lease_ttl,
         )
         _run_live(live, workers)
         return
@@ -379,11 +428,22 @@ def _report(console: Console, report: FileRunReport, out: str) -> None:
         console.print(Text(f"results in {out}/: {', '.join(OUTPUTS)}"))
 
 
+def _retention(text: str) -> float:
+    from state.retention import parse_retention
+
+    try:
+        return parse_retention(text)
+    except ValueError as err:
+        fail(f"--retain: {err}")
+
+
 def _run_live(config: FlowConfig, workers: int) -> None:
     """``leadscore run --source``: score from Redis until stopped; exit 0 on a clean stop."""
     from redis.exceptions import RedisError
 
+    from flows.redis_flow import STOP
     from flows.runner import LiveRun, RunFailed
+    from state.lease import LeaseHeld
     from state.redis_store import StoreError
 
     redis_url_arg(config.redis_url, "--source")
@@ -391,7 +451,14 @@ def _run_live(config: FlowConfig, workers: int) -> None:
     _log_to_stderr()
     where = masked_url(config.redis_url)
     try:
-        live = LiveRun(config, compiled)  # checks the meta; waits (~30 s) for Redis to answer
+        # checks the meta (waits ~30 s for Redis to answer) and takes the flow lease, standing
+        # by while another flow holds it
+        live = LiveRun(config, compiled)
+    except LeaseHeld as err:
+        if STOP.is_set():  # SIGTERM / Ctrl-C while standing by
+            typer.echo("leadscore: stopped while standing by; nothing was read", err=True)
+            raise typer.Exit(0) from None
+        fail(f"cannot start on {where}: {err}")
     except (StoreError, RedisError, ValueError) as err:
         fail(f"cannot start on {where}: {err}")
     except KeyboardInterrupt:
