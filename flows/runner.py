@@ -330,6 +330,126 @@ def _last_line(path: Path) -> str:
 # --------------------------------------------------------------------------- live
 
 
+_LIVE_PEER = "import sys; from flows.runner import run_live_peer; run_live_peer(sys.argv[1])"
+
+
+def run_live_processes(config: FlowConfig, processes: int, workers: int) -> None:
+    """Score live from Redis as ``processes`` local processes of ONE Bytewax cluster.
+
+    Process 0 takes the deployment's flow lease (standing by while another flow holds it);
+    the others join it. SIGTERM and Ctrl-C are passed on to every process, which each
+    checkpoint what they read and exit 0. When one process exits otherwise (a crash, kill -9)
+    the others are stopped at once and ``PeerFailed`` names it: a cluster with a process
+    missing cannot go on. Each process logs to this one's stderr and serves its own metrics
+    on ``metrics_port + i``.
+    """
+    addresses = [f"127.0.0.1:{port}" for port in _free_ports(processes)]
+    fields = {
+        name: value
+        for name, value in vars(config).items()
+        if name not in ("stop", "process_id", "processes")
+    }
+    peers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _LIVE_PEER,
+                orjson.dumps(
+                    {"config": fields, "addresses": addresses, "proc_id": i, "workers": workers}
+                ).decode(),
+            ],
+            # its own session: a terminal's Ctrl-C reaches this process only, which passes it
+            # on once (a second signal makes a flow exit without its last checkpoint)
+            start_new_session=True,
+        )
+        for i in range(processes)
+    ]
+
+    def forward(signum: int, frame: object) -> None:
+        for peer in peers:
+            if peer.poll() is None:
+                peer.send_signal(signum)
+
+    handlers = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    grace = None
+    try:
+        while any(peer.poll() is None for peer in peers):
+            if grace is None and any(peer.returncode for peer in peers):
+                # The others panic on the broken cluster within a second or so: let them, so
+                # that the one that died first (by a signal, or with its own error) is named.
+                grace = time.monotonic() + 3.0
+            if grace is not None and time.monotonic() > grace:
+                break
+            time.sleep(0.05)
+    finally:
+        stopped = set()
+        for i, peer in enumerate(peers):  # the others panic on the broken cluster anyway
+            if peer.poll() is None:
+                peer.terminate()
+                stopped.add(i)
+        for peer in peers:
+            try:
+                peer.wait(30)
+            except subprocess.TimeoutExpired:
+                peer.kill()
+                peer.wait()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    codes = [(i, p.returncode) for i, p in enumerate(peers) if p.returncode and i not in stopped]
+    if codes:
+        # a signal (kill -9, the OOM killer) is a cause; exit code 1 is usually a lost peer
+        index, code = min(codes, key=lambda ic: (ic[1] > 0, ic[0]))
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        raise PeerFailed(index, processes, how, True)
+
+
+def run_live_peer(spec: str) -> None:
+    """One process of ``run_live_processes``."""
+    import logging
+
+    from flows.redis_flow import STOP, prepare_process
+    from state.lease import LeaseHeld
+
+    args = orjson.loads(spec)
+    processes = len(args["addresses"])
+    config = FlowConfig(**args["config"], process_id=args["proc_id"], processes=processes)
+    if config.metrics_port:
+        config.metrics_port += config.process_id
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter(
+            f"%(asctime)s %(levelname)s %(name)s [process {config.process_id}]: %(message)s"
+        )
+    )
+    logging.getLogger("leadscore").addHandler(handler)
+    logging.getLogger("leadscore").setLevel(logging.INFO)
+    prepare_process(config)
+    try:
+        flow = build_flow(config)
+    except LeaseHeld as err:
+        print(f"leadscore: {err}", file=sys.stderr, flush=True)
+        sys.exit(0 if STOP.is_set() else 1)
+    try:
+        cluster_main(
+            flow, args["addresses"], config.process_id, worker_count_per_proc=args["workers"]
+        )
+    except BaseException as err:
+        from redis.exceptions import RedisError
+
+        from state.redis_store import StoreError
+
+        cause = first_cause(err, (StoreError, RedisError, OSError))
+        if cause is None:
+            raise
+        print(
+            f"leadscore: process {config.process_id} of {processes}: the run stopped: {cause}",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(1)
+
+
 @dataclass
 class LiveRun:
     """A live run from Redis in three steps, so the caller can speak between them.

@@ -262,13 +262,31 @@ class FlowLease:
         self.token = int(token)
         self.valid_until = sent + self.ttl * 0.75
         keys = [fence_key(p) for p in partitions]
-        for key in keys:  # per partition: each fence is in its partition's slot
-            self._call(
-                "raise a fence", lambda key=key: self._script(FENCE_LUA, [key], [self.token])
+        ahead = max(self._fence(keys), default=0)
+        if ahead >= self.token:
+            # A fence above the counter: the lease hash was deleted or restored from an older
+            # backup. Move the counter past every fence, or no checkpoint would ever pass.
+            log.warning(
+                "partition fences at token %d, ahead of %s: moving past them", ahead, self.key
             )
+            self.token = ahead + 1
+            self._call("move the lease token", lambda: self.r.hset(self.key, "token", self.token))
+            self._fence(keys)
         log.info("holding the flow lease %s as %s (token %d)", self.key, self.holder, self.token)
         self._start()
         return self.token
+
+    def _fence(self, keys: list[str]) -> list[int]:
+        """Raise every fence to this lease's token (one call each: each fence is in its
+        partition's slot); the fences found before."""
+        return [
+            int(
+                self._call(
+                    "raise a fence", lambda key=key: self._script(FENCE_LUA, [key], [self.token])
+                )
+            )
+            for key in keys
+        ]
 
     def join(self) -> int:
         """A process of the cluster that process 0 leads: adopt its token (the lease must be

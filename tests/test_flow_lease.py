@@ -323,3 +323,64 @@ def test_leadscore_run_source_stands_by_or_refuses_and_trims_by_its_options(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert [client.xlen(Keys("ls", P).input(p)) for p in range(P)] == [3] * P
+
+
+@pytest.mark.slow
+def test_leadscore_run_source_with_processes_is_one_supervised_cluster(
+    redis_url: str, events_20k: list[bytes], tmp_path: Path
+) -> None:
+    """`run --source -p 2 --drain` scores everything as one cluster (one lease) and exits 0;
+    live, kill -9 of one of its processes stops the other and the command exits 1 naming it."""
+    from test_cli_redis import LEADSCORE, cli
+
+    entries = send(redis_url, events_20k[:5000], batch=5)
+    done = cli("run", "-r", str(RULES), "--source", redis_url, "-p", "2", "--drain", timeout=180)
+    assert done.returncode == 0, done.stderr
+    now = progress(redis_url)
+    assert now.acked == entries and now.pending == 0
+    assert "2 processes x 1 worker" in done.stderr
+
+    log = tmp_path / "cluster.log"
+    with log.open("wb") as out:
+        supervisor = subprocess.Popen(
+            [*LEADSCORE, "run", "-r", str(RULES), "--source", redis_url, "-p", "2"],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    client = redis.Redis.from_url(redis_url)
+    drained = client.hget("ls:lease", "proc:1")  # the drain run's process 1, gone
+    try:
+        wait_for(
+            lambda: (
+                bool(client.hget("ls:lease", "proc:0"))
+                and client.hget("ls:lease", "proc:1") not in (None, drained)
+            ),
+            "both processes' heartbeats",
+        )
+        child = int(client.hget("ls:lease", "proc:1").split(b" pid ")[1].split()[0])
+        os.kill(child, signal.SIGKILL)
+        code = supervisor.wait(60)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+    output = log.read_text(errors="replace")
+    assert code == 1, output[-3000:]
+    assert "process 1 of 2 failed: killed by signal 9" in output, output[-3000:]
+
+
+def test_a_lease_hash_deleted_by_hand_does_not_leave_the_fences_ahead(redis_url: str) -> None:
+    keys = Keys("ls", P)
+    first = FlowLease(redis_url, ttl=5)
+    first.acquire(range(P), keys.fence)
+    first.release()
+    client = redis.Redis.from_url(redis_url)
+    client.delete("ls:lease")  # the counter restarts at 1, below the fences
+    second = FlowLease(redis_url, ttl=5)
+    token = second.acquire(range(P), keys.fence)
+    assert token > first.token  # type: ignore[operator]
+    with RedisStore(redis_url) as writer:
+        writer.ensure(P)
+        writer.fence_token = token
+        assert writer.checkpoint(0, 1, states={"c": b"x"})
+    second.release()

@@ -84,7 +84,8 @@ def run(
             min=1,
             metavar="P",
             help="Processes on this machine, joined into one Bytewax cluster. Threads share "
-            "one core (Python's GIL); processes use several. File runs only.",
+            "one core (Python's GIL); processes use several. Live runs (--source) too: one "
+            "cluster, supervised (one process dying stops the others).",
         ),
     ] = 1,
     shards: Annotated[
@@ -264,13 +265,6 @@ def run(
     from flows.config import FlowConfig
 
     if source is not None:
-        if processes > 1:
-            fail(
-                "--processes is for file runs; a live run scales with --workers, or as the "
-                "processes of one Bytewax cluster (python -m bytewax.run flows.scoring:flow "
-                "-i N -a ADDRESSES, docs/redis.md). A second `leadscore run --source` on the "
-                "same Redis stands by until the first stops."
-            )
         if events or ctx.args:
             fail("--events and --source exclude each other: score files or a Redis source")
         if out is not None:
@@ -296,7 +290,10 @@ def run(
             lease_wait=standby,
             lease_ttl=lease_ttl,
         )
-        _run_live(live, workers)
+        if processes > 1:
+            _run_live_processes(live, processes, workers)
+        else:
+            _run_live(live, workers)
         return
     if not events:
         fail(
@@ -426,6 +423,29 @@ def _report(console: Console, report: FileRunReport, out: str) -> None:
         console.print(table)
     if out != STDIO:
         console.print(Text(f"results in {out}/: {', '.join(OUTPUTS)}"))
+
+
+def _run_live_processes(config: FlowConfig, processes: int, workers: int) -> None:
+    """``leadscore run --source -p N``: one Bytewax cluster of N local processes, supervised."""
+    from flows.runner import PeerFailed, run_live_processes
+
+    redis_url_arg(config.redis_url, "--source")
+    load_rules_or_exit(config.rules)  # a bad rules file fails here, once, not in every process
+    typer.echo(
+        f"leadscore: scoring {masked_url(config.redis_url)} (prefix {config.prefix!r}, "
+        f"{config.partitions} partitions) with {processes} processes x {workers} worker"
+        f"{'s' if workers != 1 else ''}, "
+        + ("until every stream is read" if not config.tail else "until SIGTERM or Ctrl-C"),
+        err=True,
+    )
+    try:
+        run_live_processes(config, processes, workers)
+    except PeerFailed as err:
+        fail(
+            f"{err}; the other processes were stopped. Nothing is lost: what was not "
+            "checkpointed is read again by the next run."
+        )
+    typer.echo("leadscore: stopped; everything read is checkpointed", err=True)
 
 
 def _retention(text: str) -> float:
