@@ -425,20 +425,23 @@ def run_live_peer(spec: str) -> None:
     logging.getLogger("leadscore").addHandler(handler)
     logging.getLogger("leadscore").setLevel(logging.INFO)
     prepare_process(config)
+    from redis.exceptions import RedisError
+
+    from state.redis_store import StoreError
+
     try:
         flow = build_flow(config)
     except LeaseHeld as err:
         print(f"leadscore: {err}", file=sys.stderr, flush=True)
         sys.exit(0 if STOP.is_set() else 1)
+    except (StoreError, RedisError, ValueError) as err:
+        print(f"leadscore: process {config.process_id}: cannot start: {err}", file=sys.stderr)
+        sys.exit(1)
     try:
         cluster_main(
             flow, args["addresses"], config.process_id, worker_count_per_proc=args["workers"]
         )
     except BaseException as err:
-        from redis.exceptions import RedisError
-
-        from state.redis_store import StoreError
-
         cause = first_cause(err, (StoreError, RedisError, OSError))
         if cause is None:
             raise

@@ -254,9 +254,7 @@ def test_processes_need_files_in_and_out(rules: Path, events: Path, tmp_path: Pa
     done = cli("run", "-r", str(rules), "-e", "-", "-o", str(tmp_path / "o"), "-p", "2", input=b"")
     assert done.returncode == 1
     assert "--processes needs events files and an --out directory" in done.stderr
-    done = cli("run", "-r", str(rules), "--source", "redis://127.0.0.1:1/0", "-p", "2")
-    assert done.returncode == 1
-    assert "--processes is for file runs" in done.stderr
+    # (--source -p N is one supervised cluster now: tests/test_flow_lease.py)
 
 
 def test_a_failing_process_fails_the_run_with_its_reason(rules: Path, tmp_path: Path) -> None:
