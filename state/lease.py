@@ -249,8 +249,9 @@ class FlowLease:
             if not wait:
                 raise LeaseHeld(
                     f"{message}. One live flow per deployment: scale it with workers (-w) or "
-                    "the processes of one Bytewax cluster, stop the other flow, or start this "
-                    "one without --no-wait to stand by until the lease is free."
+                    "the processes of one Bytewax cluster (-p), stop the other flow, or start "
+                    "this one with --standby (LEADSCORE_LEASE_WAIT=1) to wait until the lease "
+                    "is free."
                 )
             if holder != announced:
                 log.warning("%s: standing by until it is released or lapses", message)
