@@ -379,6 +379,10 @@ def run_live_processes(config: FlowConfig, processes: int, workers: int) -> None
                 # The others panic on the broken cluster within a second or so: let them, so
                 # that the one that died first (by a signal, or with its own error) is named.
                 grace = time.monotonic() + 3.0
+            elif grace is None and any(peer.returncode == 0 for peer in peers):
+                # One stopped cleanly (SIGTERM): the others finish their last checkpoint, or,
+                # if the cluster never formed (a standby stopped), are stopped themselves.
+                grace = time.monotonic() + 10.0
             if grace is not None and time.monotonic() > grace:
                 break
             time.sleep(0.05)
@@ -390,8 +394,10 @@ def run_live_processes(config: FlowConfig, processes: int, workers: int) -> None
                 stopped.add(i)
         for peer in peers:
             try:
-                peer.wait(30)
+                peer.wait(5)
             except subprocess.TimeoutExpired:
+                # e.g. still connecting to a peer that is gone: Bytewax's connect loop does not
+                # run Python's signal handlers. Nothing is lost: whatever it read is pending.
                 peer.kill()
                 peer.wait()
         for sig, handler in handlers.items():

@@ -384,3 +384,26 @@ def test_a_lease_hash_deleted_by_hand_does_not_leave_the_fences_ahead(redis_url:
         writer.fence_token = token
         assert writer.checkpoint(0, 1, states={"c": b"x"})
     second.release()
+
+
+def test_a_standby_cluster_stopped_with_sigterm_exits_0(redis_url: str, tmp_path: Path) -> None:
+    """`run --source -p 2` while another flow holds the lease: process 0 stands by, process 1
+    waits for it; SIGTERM stops both and the command exits 0."""
+    from test_cli_redis import LEADSCORE
+
+    send(redis_url, [b'{"contact": "a", "action": "page.hit"}'])
+    client = redis.Redis.from_url(redis_url)
+    first = FlowProcess(tmp_path / "first.log", redis_url)
+    first.wait_until(lambda: bool(client.hget("ls:lease", "holder")), "the lease")
+    log = tmp_path / "standby.log"
+    with log.open("wb") as out:
+        standby = subprocess.Popen(
+            [*LEADSCORE, "run", "-r", str(RULES), "--source", redis_url, "-p", "2"],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    wait_for(lambda: "standing by" in log.read_text(), "the standby")
+    standby.send_signal(signal.SIGTERM)
+    assert standby.wait(60) == 0, log.read_text()
+    assert first.finish(signal.SIGTERM) == 0, first.output()[-3000:]
