@@ -6,16 +6,24 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
+from redis_server import free_port
 from test_service import KEYS, events_in, metric
 
 from leadscore.service import GIF, ServiceConfig, pixel_event
 
+ROOT = Path(__file__).resolve().parent.parent
 SECRET = "pixel-secret-for-tests-0123456789"
 REJECTED = "leadscore_http_events_rejected_total"
 
@@ -130,3 +138,45 @@ def test_pixel_settings_from_the_environment() -> None:
     assert SECRET not in repr(config)
     with pytest.raises(ValueError, match="at least 16 characters"):
         ServiceConfig.from_env({"LEADSCORE_PIXEL_SECRET": "short"})
+
+
+def test_leadscore_serve_takes_the_pixel_and_slow_client_options(
+    redis_url: str, r: redis.Redis
+) -> None:
+    """The options as an operator passes them, in the real process `leadscore serve` runs."""
+    port = free_port()
+    command = [sys.executable, "-m", "leadscore.cli", "serve", "--port", str(port)]
+    command += ["--redis", redis_url, "--partitions", "16", "--write-key", "k"]
+    command += ["--pixel-action", "asset.download", "--body-timeout", "0.5"]
+    command += ["--max-connections", "50"]
+    env = {**os.environ, "LEADSCORE_PIXEL_SECRET": SECRET}
+    server = subprocess.Popen(
+        command, cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.1)
+        signed = {"contact": "ana", "sig": sign("ana")}
+        httpx.get(f"{url}/t.gif", params={**signed, "action": "asset.download"})
+        httpx.get(f"{url}/t.gif", params={**signed, "action": "purchase"})
+        httpx.get(f"{url}/t.gif", params={"contact": "victim"})
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
+            slow.sendall(
+                b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n"
+                b"Content-Length: 1000\r\n\r\n["
+            )
+            assert slow.recv(100).startswith(b"HTTP/1.1 408 ")
+    finally:
+        server.terminate()
+        _out, err = server.communicate(timeout=30)
+    assert "pixel records page.hit, asset.download, signed contact ids only" in err
+    assert [(e["contact"], e["action"]) for e in events_in(r)] == [("ana", "asset.download")]
+    assert sorted(d["code"] for d in dead(r)) == ["bad_signature", "pixel_action_refused"]

@@ -101,6 +101,34 @@ def serve(
             help="How long writes wait to share a Redis round trip. [default: 2]",
         ),
     ] = None,
+    pixel_actions: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pixel-action",
+            metavar="ACTION",
+            help="Action the pixel may record besides page.hit (asset.download); repeatable. "
+            "Others are refused: anyone can load the pixel for any contact id.",
+        ),
+    ] = None,
+    body_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--body-timeout",
+            min=0.001,
+            max=3600.0,
+            metavar="SECONDS",
+            help="Time a request body may take to arrive, then 408. [default: 5]",
+        ),
+    ] = None,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            "--max-connections",
+            min=1,
+            metavar="N",
+            help="Connections served at once; past that new requests get 503. [default: 1000]",
+        ),
+    ] = None,
     pixel_only: Annotated[
         bool,
         typer.Option(
@@ -119,7 +147,9 @@ def serve(
     Environment (options win): LEADSCORE_REDIS_URL, LEADSCORE_PREFIX, LEADSCORE_PARTITIONS,
     LEADSCORE_WRITE_KEYS, LEADSCORE_READ_KEYS, LEADSCORE_CORS_ORIGINS (comma-separated),
     LEADSCORE_ACTION_MAP, LEADSCORE_COOKIE_DOMAIN, LEADSCORE_COOKIE_SECURE,
-    LEADSCORE_FLUSH_INTERVAL_MS.
+    LEADSCORE_FLUSH_INTERVAL_MS, LEADSCORE_PIXEL_ACTIONS, LEADSCORE_BODY_TIMEOUT,
+    LEADSCORE_MAX_CONNECTIONS. LEADSCORE_PIXEL_SECRET (environment only) makes the pixel
+    count a contact id only with sig=HMAC-SHA256(secret, id) in hex.
     """
     from leadscore.service import ServiceConfig, run_server
 
@@ -134,6 +164,9 @@ def serve(
         "cookie_domain": cookie_domain,
         "cookie_secure": True if cookie_secure else None,  # absent: the environment decides
         "flush_interval_ms": flush_ms,
+        "pixel_actions": tuple(pixel_actions) if pixel_actions else None,
+        "body_timeout": body_timeout,
+        "max_connections": max_connections,
     }
     try:
         config = ServiceConfig.from_env(**overrides)
@@ -165,7 +198,9 @@ def serve(
         f"leadscore: serving http://{host}:{port}{where}; Redis "
         f"{masked_url(config.redis_url)}, prefix {config.prefix!r}, partitions "
         f"{config.partitions or 'from ' + config.prefix + ':meta (else 16)'}; "
-        f"{n} write key{'s' if n != 1 else ''}, {reads}",
+        f"{n} write key{'s' if n != 1 else ''}, {reads}; pixel records "
+        f"{', '.join(('page.hit', *config.pixel_actions))}"
+        f"{', signed contact ids only' if config.pixel_secret else ''}",
         err=True,
     )
     run_server(config, host, port)
