@@ -16,10 +16,12 @@ import orjson
 
 MAX_EVENT_BYTES = 64 * 1024
 MAX_CONTACT_CHARS = 256
-MAX_DEPTH = 32
+MAX_DEPTH = 200
 """How deeply an event's JSON may nest, the event object being level 1: deeper is
-``too_deep``. Real props are a few levels; every writer downstream can re-encode what passes
-(orjson stops at 254 levels) and nothing walks it recursively."""
+``too_deep``, and so is JSON the decoder refuses for its depth (1024 levels). Far beyond real
+props, yet every step downstream can handle what passes: orjson writes 254 levels at most
+and pickling (events cross Bytewax processes) recurses. A line of at most ``2 * MAX_DEPTH``
+bytes cannot nest that deep, so the usual line is never measured."""
 _MS_THRESHOLD = 1e11  # epoch seconds this large are year 5138: treat as milliseconds
 _MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z, the last instant RFC 3339 can write
 
@@ -217,23 +219,38 @@ def round4(x: float) -> float:
 def deeper_than(value: object, limit: int) -> bool:
     """Whether JSON containers nest more than ``limit`` levels (``value`` is level 1).
 
-    A loop over a stack, not recursion, so any depth a decoder hands us is safe to measure."""
+    Level by level, not recursion, so any depth a decoder hands us is safe to measure; and a
+    shallow nest, the usual case, costs a comprehension per level."""
     if type(value) is not dict and type(value) is not list:
         return False
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    pop, push = stack.pop, stack.append
-    while stack:
-        node, depth = pop()
+    return _levels_below([value], 1, limit)
+
+
+def _levels_below(level: list[Any], depth: int, limit: int) -> bool:
+    # ``level`` holds the containers at ``depth``: is any container deeper than ``limit``?
+    while level:
         if depth > limit:
             return True
-        for child in node.values() if type(node) is dict else node:
-            if type(child) is dict or type(child) is list:
-                push((child, depth + 1))
+        level = [
+            child
+            for node in level
+            for child in (node.values() if type(node) is dict else node)
+            if type(child) is dict or type(child) is list
+        ]
+        depth += 1
     return False
 
 
 def _too_deep() -> Reject:
     return Reject("too_deep", f"the event nests more than {MAX_DEPTH} levels deep")
+
+
+_SHALLOW_BYTES = 2 * MAX_DEPTH  # nesting past MAX_DEPTH takes more brackets than this
+
+
+def _too_deep_line(raw: bytes, obj: object) -> bool:
+    """deeper_than(obj, MAX_DEPTH) for a long line, counting its brackets (in C) first."""
+    return raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and deeper_than(obj, MAX_DEPTH)
 
 
 def _undecodable(exc: orjson.JSONDecodeError) -> Reject:
@@ -317,11 +334,7 @@ def parse_event(raw: bytes | str, now: float) -> Event | Reject:
                 and (props is None or type(props) is dict)
                 and (traits is None or type(traits) is dict)
                 and type(ts := parse_ts(value, now)) is float
-                # depth is only worth measuring with more brackets than levels allowed
-                and (
-                    raw.count(b"{") + raw.count(b"[") <= MAX_DEPTH
-                    or not deeper_than(obj, MAX_DEPTH)
-                )
+                and (len(raw) <= _SHALLOW_BYTES or not _too_deep_line(raw, obj))
             ):
                 event = _new(Event)
                 event.contact = contact
@@ -365,7 +378,7 @@ def parse_events(lines: Iterable[bytes | str], now: float) -> list[Event | Rejec
     event_type = Event
     utc = UTC
     max_ts = _MAX_TS
-    max_depth = MAX_DEPTH
+    shallow_bytes = _SHALLOW_BYTES
     for raw in lines:
         if type(raw) is not bytes or len(raw) > MAX_EVENT_BYTES:
             append(_parse_event_checked(raw, now))
@@ -410,9 +423,9 @@ def parse_events(lines: Iterable[bytes | str], now: float) -> list[Event | Rejec
                                 ts = None
                 else:
                     ts = parse_ts(value, now)
+                # A line too short to nest past MAX_DEPTH is not measured (the usual case).
                 if type(ts) is float and (
-                    raw.count(b"{") + raw.count(b"[") <= max_depth
-                    or not deeper_than(obj, max_depth)
+                    len(raw) <= shallow_bytes or not _too_deep_line(raw, obj)
                 ):
                     event = new(event_type)
                     event.contact = contact
