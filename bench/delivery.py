@@ -191,7 +191,14 @@ def latency(redis_url: str, tmp: Path, rate: float, seconds: float, contacts: in
     }
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(redis_url: str, tmp: Path, firings: int, contacts: int, conc: int) -> dict:
+    """Rates swing with the box's load; CPU per delivery is the steadier figure."""
     store = RedisStore(redis_url)
     store.r.flushall()
     keys = store.ensure(16)
@@ -202,13 +209,15 @@ def throughput(redis_url: str, tmp: Path, firings: int, contacts: int, conc: int
         record = _record(n, contact, time.time())
         per[partition_of(contact, keys.partitions)].append(record)
         bodies.append(record)
-    for p, records in per.items():
-        for i in range(0, len(records), 1000):
-            store.checkpoint(p, i // 1000 + 1, triggers=records[i : i + 1000])
 
     receiver = Receiver(tmp, "throughput")
     proc = _deliverer(redis_url, _rules(tmp, receiver.url), conc)
     try:
+        time.sleep(3.0)  # imports, leases: not what a delivery costs
+        cpu0 = _cpu(proc.pid)
+        for p, records in per.items():
+            for i in range(0, len(records), 1000):
+                store.checkpoint(p, i // 1000 + 1, triggers=records[i : i + 1000])
         deadline = time.time() + 600
         while time.time() < deadline:
             groups = [
@@ -221,6 +230,7 @@ def throughput(redis_url: str, tmp: Path, firings: int, contacts: int, conc: int
             if len(groups) == keys.partitions and left == 0:
                 break
             time.sleep(0.2)
+        cpu = _cpu(proc.pid) - cpu0
     finally:
         proc.terminate()
         proc.wait(30)
@@ -229,7 +239,9 @@ def throughput(redis_url: str, tmp: Path, firings: int, contacts: int, conc: int
     rate = (len(times) - 1) / (times[-1] - times[0])
 
     base = Receiver(tmp, "baseline")
+    base_cpu0 = time.process_time()
     asyncio.run(_baseline(base.url + "/hook", bodies, conc))
+    base_cpu = time.process_time() - base_cpu0
     base_times = sorted(t for _, t in base.finish())
     base_rate = (len(base_times) - 1) / (base_times[-1] - base_times[0])
     return {
@@ -240,6 +252,9 @@ def throughput(redis_url: str, tmp: Path, firings: int, contacts: int, conc: int
         "deliveries_per_s": round(rate),
         "baseline_posts_per_s": round(base_rate),
         "ratio": round(rate / base_rate, 3),
+        "cpu_us_per_delivery": round(cpu / firings * 1e6),
+        "baseline_cpu_us_per_post": round(base_cpu / firings * 1e6),
+        "cpu_ratio": round(cpu / base_cpu, 3),
     }
 
 
