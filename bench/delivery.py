@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="seconds: a smoke run")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seconds, args.firings, args.rate = 2.0, 500, 100.0
+        args.seconds, args.firings, args.rate = 1.0, 200, 50.0
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         server = load_redis_server().RedisServer(tmp / "redis").start()

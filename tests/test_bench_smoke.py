@@ -110,3 +110,23 @@ def test_null_engine_runs_score_nothing_and_still_read_every_event(tmp_path: Pat
     assert scored["triggers"] > 0 and len(scored_changes) > 1000
     assert stubbed["triggers"] == 0 and stubbed_changes == []
     assert stubbed["contacts"] == scored["contacts"] > 200  # the same events read and parsed
+
+
+@pytest.mark.timeout(180)
+def test_delivery_bench_runs_end_to_end_in_quick_mode(tmp_path: Path) -> None:
+    out = tmp_path / "delivery.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.delivery", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = orjson.loads(out.read_bytes())
+    latency, throughput = report["latency"], report["throughput"]
+    assert latency["arrived"] == latency["firings"] > 0
+    assert 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    assert throughput["arrived"] == throughput["firings"]
+    assert throughput["deliveries_per_s"] > 0 and throughput["cpu_us_per_delivery"] > 0

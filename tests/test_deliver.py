@@ -319,25 +319,37 @@ def test_a_notify_to_a_channel_the_rules_no_longer_have_is_dead_lettered(
     assert letter["index"] == 0 and "unknown channel 'gone'" in letter["error"]
 
 
-def test_two_deliverers_share_the_partitions_and_deliver_everything(
+def test_a_second_deliverer_takes_over_its_share_and_nothing_is_lost(
     redis_url: str, receiver: Receiver, deliver: Any
 ) -> None:
+    """alpha starts alone and owns everything; beta joins mid-stream: alpha finishes what it
+    holds of beta's partitions, hands them over, and every firing arrives."""
     firer = Firer(redis_url, partitions=8)
     plan = plan_for(receiver.url)
-    a, b = deliver(plan, name="alpha"), deliver(plan, name="beta")
-    for n in range(60):
+    receiver.delay = 0.005
+    a = deliver(plan, name="alpha")
+    for n in range(40):
         firer.fire(record(f"c-{n}", n))
-    receiver.wait(lambda: len({r.key for r in receiver.received(ok=True)}) == 60)
+    receiver.wait(lambda: len(a.deliverer.owned) == 8 and len(receiver.received()) >= 10)
+    b = deliver(plan, name="beta")
+    for n in range(40, 80):
+        firer.fire(record(f"c-{n % 50}", n))
+    receiver.wait(lambda: len({r.key for r in receiver.received(ok=True)}) == 80)
     receiver.wait(lambda: firer.pending() == 0)
     expected = {p: owner_of(p, ["alpha", "beta"]) for p in range(8)}
     assert set(expected.values()) == {"alpha", "beta"}
     leases = redis.Redis.from_url(redis_url)
     receiver.wait(
         lambda: all(
-            leases.get(Keys("ls", 8).deliver_lease(p)) == n.encode() for p, n in expected.items()
+            leases.get(Keys("ls", 8).deliver_lease(p)) == who.encode()
+            for p, who in expected.items()
         )
     )
-    assert a.deliverer.owned.keys() | b.deliverer.owned.keys() == set(range(8))
+    assert set(a.deliverer.owned) == {p for p, who in expected.items() if who == "alpha"}
+    assert set(b.deliverer.owned) == {p for p, who in expected.items() if who == "beta"}
+    assert {r.key for r in receiver.received(ok=True)} == {
+        f"ls:{p}:{eid}:0" for p, eid, _ in firer.entries()
+    }
 
 
 def test_deliver_refuses_to_start_without_the_secrets_it_needs(receiver: Receiver) -> None:
