@@ -281,3 +281,36 @@ def test_bodies_that_never_finish_get_408_and_slow_clients_are_bounded(
     assert (ok.status_code, ok.json()["accepted"]) == (200, 1)
     assert [e["contact"] for e in events_in(r)] == ["on-time"]
     assert dead_letters(r) == []
+
+
+@pytest.mark.slow
+def test_headers_that_never_finish_close_the_connection(
+    uvicorn_service: Callable[..., Server], r: redis.Redis
+) -> None:
+    server = uvicorn_service(body_timeout=0.5, max_connections=10)
+    silent = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    dribble = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    stop = threading.Event()
+
+    def drip() -> None:  # a header line a byte at a time, never the blank line
+        try:
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 10_000:
+                if stop.wait(0.05):
+                    return
+                dribble.sendall(bytes([byte]))
+        except OSError:
+            pass  # the server hung up on it
+
+    dripper = threading.Thread(target=drip, daemon=True)
+    dripper.start()
+    # A client that keeps its connection and pauses between requests is served throughout.
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", auth=AUTH) as http:
+        for i in range(4):
+            answer = http.post("/v1/events", content=good_event(f"k-{i}"))
+            assert answer.status_code == 200
+            time.sleep(0.3)
+    assert answer_of(silent) == b""  # closed without a word
+    assert answer_of(dribble) == b""
+    stop.set()
+    dripper.join(5)
+    assert sorted(e["contact"] for e in events_in(r)) == ["k-0", "k-1", "k-2", "k-3"]

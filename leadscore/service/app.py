@@ -5,9 +5,12 @@ and serves it under uvicorn (``leadscore serve``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
+import h11
 import uvicorn
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -16,6 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from leadscore.service.backend import Service
 from leadscore.service.body import CloseUnreadBodies
@@ -108,15 +112,58 @@ def create_app(config: ServiceConfig) -> Starlette:
     return app
 
 
+class _HeaderDeadline(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, plus a deadline for request headers: uvicorn waits
+    forever on a connection that sends nothing, or its headers a byte at a time, and each
+    such connection holds one of ``max_connections``. Once a connection is open, or idle
+    between requests with data coming in, its next request's headers must arrive within
+    ``timeout`` seconds, else it is closed."""
+
+    timeout: float = 5.0
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE:  # still waiting for a request's headers
+            if self._deadline is None:
+                self._arm()
+        else:
+            self._disarm()
+
+    def _arm(self) -> None:
+        self._deadline = self.loop.call_later(self.timeout, self._overdue)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _overdue(self) -> None:
+        self._deadline = None
+        idle = self.cycle is None or self.cycle.response_complete
+        if self.conn.their_state is h11.IDLE and idle and not self.transport.is_closing():
+            self.transport.close()
+
+
 def uvicorn_config(config: ServiceConfig, host: str, port: int) -> uvicorn.Config:
     """How `leadscore serve` runs the app. ``limit_concurrency`` answers 503 past
-    ``max_connections`` open connections, so slow clients cannot pile up without bound (each
-    is let go after ``body_timeout`` by the endpoints, or ``timeout_keep_alive`` when idle
-    between requests)."""
+    ``max_connections`` open connections, so slow clients cannot pile up without bound: a
+    request's headers must arrive within ``body_timeout`` (else the connection closes), then
+    its body (else 408), and an idle kept-alive connection closes after 5 s."""
+    protocol = type("HeaderDeadline", (_HeaderDeadline,), {"timeout": config.body_timeout})
     return uvicorn.Config(
         create_app(config),
         host=host,
         port=port,
+        http=protocol,
         lifespan="on",
         access_log=False,
         server_header=False,
