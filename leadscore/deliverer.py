@@ -140,6 +140,8 @@ class Owned:
     alive: bool = True
     unacked: dict[str, Firing] = field(default_factory=dict)  # stream order
     renewed: float = 0.0
+    posting: int = 0  # requests under way for this partition
+    gone: asyncio.Event = field(default_factory=asyncio.Event)  # wakes back-offs when let go
 
 
 @dataclass(eq=False, slots=True)
@@ -385,11 +387,14 @@ class Deliverer:
             owned.renewed = time.monotonic()
             if not wanted:
                 owned.draining = True
-            if owned.draining and not owned.unacked:
+            # Hand over once no request is under way: what waits (queued, or backing off
+            # from a failing receiver) stays pending, and the next holder re-sends it in
+            # order instead of waiting for our back-offs.
+            if owned.draining and not owned.posting:
                 await self.r.eval(_RELEASE_LUA, 1, keys.deliver_lease(p), cfg.name)
-                owned.alive = False
-                del self.owned[p]
-                log.info("partition %d handed over", p)
+                left = len(owned.unacked)
+                self._let_go(owned)
+                log.info("partition %d handed over (%d unfinished firings left pending)", p, left)
         OWNED.set(len(self.owned))
 
     async def _acquire(self, p: int) -> None:
@@ -415,7 +420,12 @@ class Deliverer:
 
     def _lose(self, owned: Owned, why: str) -> None:
         log.warning("partition %d lost: %s; its unfinished firings stay pending", owned.p, why)
+        self._let_go(owned)
+
+    def _let_go(self, owned: Owned) -> None:
+        """Forget a partition: its unacknowledged firings stay pending in the group."""
         owned.alive = False
+        owned.gone.set()
         self.inflight -= len(owned.unacked)
         owned.unacked.clear()
         self.owned.pop(owned.p, None)
@@ -594,9 +604,16 @@ class Deliverer:
             if not job.replay and time.time() - job.firing.fired_at > policy.max_age:
                 self._give_up(job, f"expired: the firing is older than {policy.max_age:g}s")
                 return True
-            job.attempts += 1
+            owner = job.firing.owner
             async with self.sem:
-                status, error, wait = await self._post(job)
+                if not (job.replay or owner.alive):
+                    return False  # let go while waiting for a slot
+                job.attempts += 1
+                owner.posting += 1
+                try:
+                    status, error, wait = await self._post(job)
+                finally:
+                    owner.posting -= 1
             job.status, job.error = status, error
             verdict = classify(status)
             label = _status_label(status, error)
@@ -616,7 +633,19 @@ class Deliverer:
                 self._give_up(job, f"{error or f'HTTP {status}'}; next try past max age")
                 return True
             RETRIED.labels(name, label).inc()
-            await self._pause(delay)
+            await self._back_off(delay, owner)
+
+    async def _back_off(self, seconds: float, owner: Owned) -> None:
+        """Sleep before a retry; wake early when stopping or when the partition is let go."""
+        waits = [
+            asyncio.ensure_future(self.stopping.wait()),
+            asyncio.ensure_future(owner.gone.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def _post(self, job: Job) -> tuple[int | None, str, float | None]:
         """One POST: ``(status, error text, Retry-After seconds)``."""

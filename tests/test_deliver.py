@@ -575,3 +575,30 @@ def test_replay_dead_command_re_sends_and_reports(
     got = receiver.received()
     assert [r.status for r in got] == [404, 404, 200] and len({r.key for r in got}) == 1
     assert firer.undelivered() == []
+
+
+def test_a_handover_does_not_wait_for_a_failing_receiver_s_back_off(
+    redis_url: str, receiver: Receiver, deliver: Any
+) -> None:
+    """alpha backs off for minutes from a 503; when beta joins, alpha hands the partition
+    over at once (the firing stays pending) and beta, whose back-off is short, delivers it."""
+    firer = Firer(redis_url, partitions=8)
+    plan = plan_for(receiver.url)
+    contact = next(
+        f"c-{i}"
+        for i in range(100)
+        if owner_of(partition_of(f"c-{i}", 8), ["alpha", "beta"]) == "beta"
+    )
+    receiver.scripts["/sales"] = [503]
+    slow = RetryPolicy(max_attempts=5, base=600.0, cap=600.0)
+    a = deliver(plan, name="alpha", policy=slow)
+    firer.fire(record(contact, 1))
+    firer.fire(record(contact, 2))  # waits behind the first: same contact, same channel
+    receiver.wait(lambda: len(receiver.received()) == 1 and len(a.deliverer.owned) == 8)
+    deliver(plan, name="beta")
+    receiver.wait(lambda: len(receiver.received(ok=True)) == 2)
+    receiver.wait(lambda: firer.pending() == 0)
+    got = receiver.received()
+    assert [r.status for r in got] == [503, 200, 200]
+    assert got[0].key == got[1].key and got[1].json["cause"].endswith("e-1: demo +10")
+    assert got[2].json["cause"].endswith("e-2: demo +10")  # still in firing order
