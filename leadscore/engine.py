@@ -411,9 +411,17 @@ class Engine:
             return sum(self._group_score(state, g, t) for g in self._group_names)
         return self._group_score(state, name, t)
 
-    def view(self, contact: str, state: ContactState) -> dict[str, Any]:
-        """The read model: what personalization and sales need, decayed to the last update."""
-        t = state.last_ts
+    def view(self, contact: str, state: ContactState, at: float | None = None) -> dict[str, Any]:
+        """The read model: what personalization and sales need, with scores as of ``at``.
+
+        ``at`` defaults to the contact's last update; a time before it counts as that update
+        (scores never un-decay). Decay and expiry are closed form, so this neither changes
+        ``state`` nor fires anything: triggers a later ``at`` would cross fire only through
+        :meth:`advance`. Normalized score and grade follow the decayed scores.
+        ``leadscore.readmodel.view_at`` computes the same bits from the stored read model.
+        """
+        last = state.last_ts
+        t = last if at is None or at < last else at
         # round4 is round(x, 4) to the bit, without its decimal round trip: a view is built
         # for every dirty contact at every flush.
         scores = {name: round4(self._group_score(state, name, t)) for name in self._group_names}
@@ -440,7 +448,8 @@ class Engine:
             "stage": self._stage_order[state.stage] if state.stage >= 0 else None,
             "segments": list(state.segments),
             "tags": list(state.tags),
-            "updated_at": format_ts(t) if t else None,
+            "updated_at": format_ts(last) if last else None,
+            "as_of": format_ts(t) if t else None,
         }
 
     # ---- scores and decay

@@ -24,6 +24,11 @@ and pickling (events cross Bytewax processes) recurses. A line of at most ``2 * 
 bytes cannot nest that deep, so the usual line is never measured."""
 _MS_THRESHOLD = 1e11  # epoch seconds this large are year 5138: treat as milliseconds
 _MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z, the last instant RFC 3339 can write
+MAX_TS = _MAX_TS
+DEFAULT_MAX_FUTURE = 300.0  # seconds an event may be dated past the clock (clock skew)
+# Passed as ``now`` by replays: an event without ``ts`` gets this time (a float, so it takes the
+# fast path), and the replay gives it its partition's clock, never the wall clock.
+NO_TS = -1.0
 
 STANDARD_ACTIONS = frozenset(
     {
@@ -111,8 +116,18 @@ class Reject:
         return f"{self.code}: {self.detail}"
 
 
-def parse_ts(value: object, now: float) -> float | Reject:
-    """Epoch seconds from RFC 3339 text, epoch seconds or epoch milliseconds."""
+def latest_ts(now: float, max_future: float = DEFAULT_MAX_FUTURE) -> float:
+    """The latest event time accepted at wall-clock ``now``: ``now`` plus the tolerance."""
+    return min(now + max_future, _MAX_TS)
+
+
+def parse_ts(value: object, now: float, latest: float = _MAX_TS) -> float | Reject:
+    """Epoch seconds from RFC 3339 text, epoch seconds or epoch milliseconds.
+
+    A missing ``ts`` is ``now``. A time after ``latest`` (see :func:`latest_ts`) is refused as
+    in the future: one event dated 2099 must not move a replay's clock for every contact.
+    Text without a time zone is refused rather than guessed to be UTC.
+    """
     kind = type(value)  # exact types, cheapest first: this runs once per event
     if kind is str:
         try:
@@ -120,13 +135,17 @@ def parse_ts(value: object, now: float) -> float | Reject:
         except ValueError:
             return Reject("bad_ts", f"field 'ts' is not RFC 3339: {value[:64]!r}")  # type: ignore[index]
         if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
+            return Reject(
+                "bad_ts",
+                f"field 'ts' has no time zone: {value[:64]!r}; add Z for UTC or an offset "  # type: ignore[index]
+                "such as +01:00 (2026-03-02T09:00:00Z)",
+            )
         try:
             ts = dt.timestamp()
         except (OverflowError, ValueError, OSError):
             return Reject("bad_ts", f"field 'ts' is out of range: {value[:64]!r}")  # type: ignore[index]
-        if not 0 <= ts <= _MAX_TS:
-            return Reject("bad_ts", f"field 'ts' is before 1970 or after 9999: {value[:64]!r}")  # type: ignore[index]
+        if not 0 <= ts <= latest:
+            return _out_of_range(value[:64], ts, latest)  # type: ignore[index]
         return ts
     if kind is float or kind is int:
         try:
@@ -138,14 +157,26 @@ def parse_ts(value: object, now: float) -> float | Reject:
         if ts < 0:
             return Reject("bad_ts", f"field 'ts' is negative: {value!r}")
         ts = ts / 1000.0 if ts >= _MS_THRESHOLD else ts
-        if ts > _MAX_TS:
-            return Reject("bad_ts", f"field 'ts' is after the year 9999: {value!r}")
+        if ts > latest:
+            return _out_of_range(value, ts, latest)
         return ts
     if value is None:
         return now
     if kind is bool:
         return Reject("wrong_type", "field 'ts' must be RFC 3339 text or an epoch number")
     return Reject("wrong_type", f"field 'ts' must be text or a number, got {_json_type(value)}")
+
+
+def _out_of_range(value: object, ts: float, latest: float) -> Reject:
+    if ts < 0:
+        return Reject("bad_ts", f"field 'ts' is before 1970: {value!r}")
+    if ts > _MAX_TS:
+        return Reject("bad_ts", f"field 'ts' is after the year 9999: {value!r}")
+    return Reject(
+        "bad_ts",
+        f"field 'ts' is in the future: {value!r} is after {format_ts(latest)}, the clock plus "
+        "the allowed skew (max_future); check the sender's clock and time zone",
+    )
 
 
 def _format_ts_slow(ts: float) -> str:
@@ -259,8 +290,14 @@ def _undecodable(exc: orjson.JSONDecodeError) -> Reject:
     return _too_deep() if text.startswith("depth limit") else Reject("invalid_json", text)
 
 
-def validate_event(obj: object, now: float, size: int = 0) -> Event | Reject:
-    """Check an already-decoded object against the contract; ``size`` is its raw byte size."""
+def validate_event(
+    obj: object, now: float, size: int = 0, *, latest: float = _MAX_TS
+) -> Event | Reject:
+    """Check an already-decoded object against the contract; ``size`` is its raw byte size.
+
+    ``now`` stands in for a missing ``ts``; ``latest`` is the latest time accepted (see
+    :func:`latest_ts`; the default refuses only what RFC 3339 cannot write).
+    """
     if size > MAX_EVENT_BYTES:
         return Reject("too_large", f"event is {size} bytes, the limit is {MAX_EVENT_BYTES}")
     if not isinstance(obj, dict):
@@ -279,7 +316,7 @@ def validate_event(obj: object, now: float, size: int = 0) -> Event | Reject:
         return Reject("missing_field", "field 'action' is required")
     if not isinstance(action, str) or not action:
         return Reject("wrong_type", "field 'action' must be a non-empty string")
-    ts = parse_ts(obj.get("ts"), now)
+    ts = parse_ts(obj.get("ts"), now, latest)
     if type(ts) is Reject:
         return ts
     event_id = obj.get("id")
@@ -307,7 +344,7 @@ def validate_event(obj: object, now: float, size: int = 0) -> Event | Reject:
     return event
 
 
-def parse_event(raw: bytes | str, now: float) -> Event | Reject:
+def parse_event(raw: bytes | str, now: float, latest: float = _MAX_TS) -> Event | Reject:
     """Decode one JSON event. orjson refuses NaN and Infinity, which the contract forbids.
 
     parse_events' inlined common case for one line (a one-item parse_events call would cost
@@ -333,7 +370,7 @@ def parse_event(raw: bytes | str, now: float) -> Event | Reject:
                 and (event_id is None or type(event_id) is str)
                 and (props is None or type(props) is dict)
                 and (traits is None or type(traits) is dict)
-                and type(ts := parse_ts(value, now)) is float
+                and type(ts := parse_ts(value, now, latest)) is float
                 and (len(raw) <= _SHALLOW_BYTES or not _too_deep_line(raw, obj))
             ):
                 event = _new(Event)
@@ -344,11 +381,11 @@ def parse_event(raw: bytes | str, now: float) -> Event | Reject:
                 event.props = {} if props is None else props
                 event.traits = traits
                 return event
-        return validate_event(obj, now)
-    return _parse_event_checked(raw, now)
+        return validate_event(obj, now, latest=latest)
+    return _parse_event_checked(raw, now, latest)
 
 
-def _parse_event_checked(raw: bytes | str, now: float) -> Event | Reject:
+def _parse_event_checked(raw: bytes | str, now: float, latest: float = _MAX_TS) -> Event | Reject:
     # Size, JSON, then every check of validate_event: what parse_events must agree with.
     size = len(raw) if type(raw) is bytes else len(raw.encode("utf-8", "surrogatepass"))
     if size > MAX_EVENT_BYTES:
@@ -357,11 +394,13 @@ def _parse_event_checked(raw: bytes | str, now: float) -> Event | Reject:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return _undecodable(exc)
-    return validate_event(obj, now)
+    return validate_event(obj, now, latest=latest)
 
 
-def parse_events(lines: Iterable[bytes | str], now: float) -> list[Event | Reject]:
-    """``[parse_event(raw, now) for raw in lines]``, for a chunk of lines at a time.
+def parse_events(
+    lines: Iterable[bytes | str], now: float, latest: float = _MAX_TS
+) -> list[Event | Reject]:
+    """``[parse_event(raw, now, latest) for raw in lines]``, for a chunk of lines at a time.
 
     The checks of the common case (bytes, a JSON object, text contact and action, text or
     numeric ts, the optional fields of the usual types) are inlined here with local names,
@@ -376,12 +415,11 @@ def parse_events(lines: Iterable[bytes | str], now: float) -> list[Event | Rejec
     fromisoformat = datetime.fromisoformat
     new = _new
     event_type = Event
-    utc = UTC
-    max_ts = _MAX_TS
+    max_ts = latest
     shallow_bytes = _SHALLOW_BYTES
     for raw in lines:
         if type(raw) is not bytes or len(raw) > MAX_EVENT_BYTES:
-            append(_parse_event_checked(raw, now))
+            append(_parse_event_checked(raw, now, latest))
             continue
         try:
             obj = loads(raw)
@@ -411,9 +449,8 @@ def parse_events(lines: Iterable[bytes | str], now: float) -> list[Event | Rejec
                         dt = fromisoformat(value)
                     except ValueError:
                         dt = None
-                    if dt is not None:
-                        if dt.tzinfo is None:
-                            dt = dt.replace(tzinfo=utc)
+                    # No time zone: validate_event below rejects it with its reason.
+                    if dt is not None and dt.tzinfo is not None:
                         try:
                             ts = dt.timestamp()
                         except (OverflowError, ValueError, OSError):
@@ -422,7 +459,7 @@ def parse_events(lines: Iterable[bytes | str], now: float) -> list[Event | Rejec
                             if not 0 <= ts <= max_ts:
                                 ts = None
                 else:
-                    ts = parse_ts(value, now)
+                    ts = parse_ts(value, now, latest)
                 # A line too short to nest past MAX_DEPTH is not measured (the usual case).
                 if type(ts) is float and (
                     len(raw) <= shallow_bytes or not _too_deep_line(raw, obj)
@@ -436,7 +473,7 @@ def parse_events(lines: Iterable[bytes | str], now: float) -> list[Event | Rejec
                     event.traits = traits
                     append(event)
                     continue
-        append(validate_event(obj, now))
+        append(validate_event(obj, now, latest=latest))
     return out
 
 

@@ -10,7 +10,7 @@ matches what ``leadscore run`` wrote.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,7 +24,16 @@ from leadscore.engine import (
     TagChanged,
     TriggerFired,
 )
-from leadscore.events import Event, format_ts, parse_event, round4
+from leadscore.events import (
+    DEFAULT_MAX_FUTURE,
+    NO_TS,
+    Event,
+    format_ts,
+    latest_ts,
+    parse_event,
+    round4,
+)
+from leadscore.reasons import Reason, event_reasons, pending_reasons
 from leadscore.rules import Rules
 
 
@@ -68,6 +77,18 @@ class RuleTotal:
 
 
 @dataclass(slots=True)
+class EventLine:
+    """One accepted event of the contact: what it earned, or every reason it earned nothing."""
+
+    at: str
+    action: str
+    event_id: str | None
+    earned: float  # the sum of the points it applied (0.0: nothing)
+    rules: list[str]  # the rules that awarded it points
+    reasons: list[Reason]  # empty when it earned points
+
+
+@dataclass(slots=True)
 class Explanation:
     """Everything that moved one contact, in the order it happened, and where it ended."""
 
@@ -80,6 +101,7 @@ class Explanation:
     tags: list[dict[str, Any]] = field(default_factory=list)
     applied: dict[str, float] = field(default_factory=dict)  # per group, sum of applied points
     applied_total: float = 0.0
+    events: list[EventLine] = field(default_factory=list)  # every event, when replayed
     final: dict[str, Any] | None = None  # the read model (Engine.view), when known
     decay: dict[str, float] | None = None  # per group: final score minus applied points
     decay_total: float | None = None
@@ -99,6 +121,28 @@ class Replay:
     duplicates: int
     lines: int  # every non-blank line read, for any contact
     end: float | None  # the replay clock: the latest accepted event time of any contact
+    events_seen: list[EventLine] = field(default_factory=list)  # the contact's, in order
+    as_of: float | None = None  # the time the final view is brought to (end, or later)
+
+
+class AsOfTooEarly(ValueError):
+    """An --as-of time before the replay's clock: the scores there are not the final ones."""
+
+
+def resolve_as_of(requested: float | None, clock: float | None) -> float | None:
+    """The time a replay's final scores are brought to: its clock, or ``requested`` if later.
+
+    Raises :class:`AsOfTooEarly` for a time before the clock (the largest accepted event
+    time): events after it were already applied, so scores "as of" then would be wrong.
+    """
+    if requested is None or clock is None:
+        return clock if requested is None else requested
+    if requested < clock:
+        raise AsOfTooEarly(
+            f"--as-of {format_ts(requested)} is before the replay's clock {format_ts(clock)} "
+            "(its latest accepted event): pick a time at or after it, or leave --as-of out"
+        )
+    return requested
 
 
 def rule_catalog(rules: Rules) -> dict[str, RuleInfo]:
@@ -182,6 +226,7 @@ def explain(
     records: Iterable[Mapping[str, Any]],
     view: Mapping[str, Any] | None = None,
     rules: Rules | None = None,
+    events: Sequence[EventLine] = (),
 ) -> Explanation:
     """Turn a contact's change and trigger records (oldest first) into an explanation.
 
@@ -190,7 +235,7 @@ def explain(
     reported as decay (or expiry): the part of the score no single event explains.
     """
     catalog = rule_catalog(rules) if rules is not None else {}
-    out = Explanation(contact)
+    out = Explanation(contact, events=list(events))
     totals: dict[str, RuleTotal] = {}
     for rec in records:
         if rec.get("contact", contact) != contact:
@@ -246,43 +291,81 @@ def explain(
     return out
 
 
-def replay(rules: Rules, lines: Iterable[bytes | str], contact: str, now: float) -> Replay:
+def replay(
+    rules: Rules,
+    parts: Iterable[Iterable[bytes | str]],
+    contact: str,
+    now: float,
+    *,
+    max_future: float = DEFAULT_MAX_FUTURE,
+    as_of: float | None = None,
+) -> Replay:
     """Run the engine over raw event lines, keeping one contact's records and final view.
 
-    Mirrors the flow: blank lines are skipped, invalid lines and actions the rules do not
-    know are rejected, and at the end every decay timer due by the latest accepted event time
-    (of any contact) fires, as the flow's end-of-input does. ``now`` stands in for a missing
-    ``ts``, as the flow's clock does.
+    Mirrors the flow: ``parts`` are its input partitions (one per file, read in order),
+    blank lines are skipped, invalid lines, actions the rules do not know and times more
+    than ``max_future`` past ``now`` (the wall clock) are rejected, and an event without
+    ``ts`` takes its partition's clock (the latest accepted time so far in it). At the end
+    every decay timer due by the latest accepted event time (of any contact) fires, as the
+    flow's end-of-input does, and the view is brought to that time, or to ``as_of`` (see
+    :func:`resolve_as_of`). Each of the contact's events is listed with what it earned or
+    why it earned nothing (leadscore.reasons): the engine itself never pays for that.
     """
     engine = Engine(rules)
     known = rules.known_actions
+    latest = latest_ts(now, max_future)
     state = None
     records: list[dict[str, Any]] = []
+    lines_out: list[EventLine] = []
+    awarded_at: dict[str, float] = {}
     events = duplicates = count = 0
     end: float | None = None
-    for raw in lines:
-        if not raw.strip():
-            continue
-        count += 1
-        event = parse_event(raw, now)
-        if type(event) is not Event or event.action not in known:
-            continue
-        if end is None or event.ts > end:
-            end = event.ts
-        if event.contact != contact:
-            continue
-        if state is None:
-            state = engine.new_state()
-        events += 1
-        effects = engine.apply(state, event)
-        if effects and type(effects[0]) is Duplicate:
-            duplicates += 1
-            continue
-        for effect in effects:
-            rec = effect_record(contact, effect, event.action)
-            if rec is not None:
-                records.append(rec)
+    for part in parts:
+        clock: float | None = None  # this partition's replay clock
+        for raw in part:
+            if not raw.strip():
+                continue
+            count += 1
+            event = parse_event(raw, NO_TS, latest)
+            if type(event) is not Event or event.action not in known:
+                continue
+            if event.ts == NO_TS:
+                if clock is None:
+                    continue  # no earlier event to date it by: the flow dead-letters it
+                event.ts = clock
+            elif clock is None or event.ts > clock:
+                clock = event.ts
+            if end is None or event.ts > end:
+                end = event.ts
+            if event.contact != contact:
+                continue
+            if state is None:
+                state = engine.new_state()
+            events += 1
+            pending = pending_reasons(engine, state, event, awarded_at)
+            effects = engine.apply(state, event)
+            earned = [e for e in effects if type(e) is PointChange]
+            lines_out.append(
+                EventLine(
+                    at=format_ts(event.ts),
+                    action=event.action,
+                    event_id=event.id,
+                    earned=round4(sum(e.applied for e in earned)),
+                    rules=[e.rule for e in earned if e.applied],
+                    reasons=event_reasons(engine, pending, event, effects),
+                )
+            )
+            if effects and type(effects[0]) is Duplicate:
+                duplicates += 1
+                continue
+            for e in earned:
+                awarded_at[e.rule] = e.at
+            for effect in effects:
+                rec = effect_record(contact, effect, event.action)
+                if rec is not None:
+                    records.append(rec)
     view = None
+    at = resolve_as_of(as_of, end)
     if state is not None:
         # The flow's end of input: timers due by its clock fire at their own due times.
         while end is not None and (due := engine.next_due(state)) is not None and due <= end:
@@ -290,8 +373,8 @@ def replay(rules: Rules, lines: Iterable[bytes | str], contact: str, now: float)
                 rec = effect_record(contact, effect)
                 if rec is not None:
                     records.append(rec)
-        view = engine.view(contact, state)
-    return Replay(contact, records, view, events, duplicates, count, end)
+        view = engine.view(contact, state, at)
+    return Replay(contact, records, view, events, duplicates, count, end, lines_out, at)
 
 
 def _pick(rec: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:

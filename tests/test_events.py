@@ -13,11 +13,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from leadscore.events import (
+    DEFAULT_MAX_FUTURE,
     MAX_DEPTH,
     MAX_EVENT_BYTES,
+    MAX_TS,
     Event,
     Reject,
     format_ts,
+    latest_ts,
     parse_event,
     parse_events,
     round4,
@@ -129,9 +132,58 @@ def test_milliseconds_threshold_is_1e11() -> None:
     assert isinstance(at, Event) and at.ts == 100_000_000
 
 
-def test_naive_text_timestamp_is_utc() -> None:
-    e = validate_event(good(ts="2026-11-22T10:00:00"), NOW)
+@pytest.mark.parametrize("ts", ["2026-11-22T10:00:00", "2026-03-02 09:00:00", "2026-11-22"])
+def test_text_timestamp_without_a_time_zone_is_refused_with_what_to_add(ts: str) -> None:
+    for result in (
+        validate_event(good(ts=ts), NOW),
+        parse_event(orjson.dumps(good(ts=ts)), NOW),
+        parse_events([orjson.dumps(good(ts=ts))], NOW)[0],
+    ):
+        assert isinstance(result, Reject) and result.code == "bad_ts"
+        assert "no time zone" in result.detail and "add Z" in result.detail
+        assert "offset" in result.detail
+
+
+@pytest.mark.parametrize("ts", ["2026-11-22T10:00:00Z", "2026-11-22T11:00:00+01:00"])
+def test_text_timestamp_with_a_time_zone_is_read_in_it(ts: str) -> None:
+    e = parse_events([orjson.dumps(good(ts=ts))], NOW)[0]
     assert isinstance(e, Event) and e.ts == TS
+
+
+@pytest.mark.parametrize(
+    "ts", ["2099-01-01T00:00:00Z", 4070908800, 4070908800000, "2026-11-22T12:05:00.001Z"]
+)
+def test_a_time_past_the_tolerance_is_in_the_future(ts: object) -> None:
+    latest = latest_ts(NOW)  # 5 minutes past NOW by default
+    assert latest == NOW + DEFAULT_MAX_FUTURE == NOW + 300
+    for result in (
+        validate_event(good(ts=ts), NOW, latest=latest),
+        parse_event(orjson.dumps(good(ts=ts)), NOW, latest),
+        parse_events([orjson.dumps(good(ts=ts))], NOW, latest)[0],
+    ):
+        assert isinstance(result, Reject) and result.code == "bad_ts", result
+        assert "in the future" in result.detail
+        assert format_ts(latest) in result.detail
+
+
+@pytest.mark.parametrize("ts", ["2026-11-22T12:05:00Z", NOW + 300, (NOW - 86400) * 1000])
+def test_a_time_within_the_tolerance_is_accepted(ts: object) -> None:
+    latest = latest_ts(NOW)
+    for result in (
+        validate_event(good(ts=ts), NOW, latest=latest),
+        parse_event(orjson.dumps(good(ts=ts)), NOW, latest),
+        parse_events([orjson.dumps(good(ts=ts))], NOW, latest)[0],
+    ):
+        assert isinstance(result, Event), result
+
+
+def test_without_a_limit_the_future_is_accepted() -> None:
+    e = parse_events([orjson.dumps(good(ts="2099-01-01T00:00:00Z"))], NOW)[0]
+    assert isinstance(e, Event) and e.ts == datetime(2099, 1, 1, tzinfo=UTC).timestamp()
+
+
+def test_latest_ts_never_passes_what_rfc3339_can_write() -> None:
+    assert latest_ts(MAX_TS, 1e9) == MAX_TS
 
 
 def test_zero_epoch_is_valid() -> None:
@@ -323,8 +375,6 @@ def test_huge_integer_timestamp_is_a_reject_not_an_exception() -> None:
 
 # --- format_ts: the cached fast path renders exactly what datetime does -----------------------
 
-MAX_TS = 253402300799.0
-
 
 def reference_format_ts(ts: float) -> str:
     """format_ts as it was: one datetime per call (the fast path must match it to the byte)."""
@@ -468,7 +518,7 @@ def event_line(fields: dict[str, object], drop: list[str], form: int) -> bytes |
     return raw
 
 
-def reference_parse_event(raw: bytes | str, now: float) -> Event | Reject:
+def reference_parse_event(raw: bytes | str, now: float, latest: float = MAX_TS) -> Event | Reject:
     """parse_event as it was: size, orjson, then validate_event's checks one by one."""
     size = len(raw) if type(raw) is bytes else len(raw.encode("utf-8", "surrogatepass"))
     if size > MAX_EVENT_BYTES:
@@ -479,7 +529,7 @@ def reference_parse_event(raw: bytes | str, now: float) -> Event | Reject:
         if str(exc).startswith("depth limit"):
             return Reject("too_deep", f"the event nests more than {MAX_DEPTH} levels deep")
         return Reject("invalid_json", str(exc))
-    return validate_event(obj, now)
+    return validate_event(obj, now, latest=latest)
 
 
 def same(a: Event | Reject, b: Event | Reject) -> bool:
@@ -505,15 +555,16 @@ def same(a: Event | Reject, b: Event | Reject) -> bool:
             st.sampled_from([0, 0, 0, 0, 1, 2, 3, 4]),
         ),
         max_size=6,
-    )
+    ),
+    st.sampled_from([MAX_TS, TS, NOW + 300]),
 )
-def test_parse_events_matches_parse_event(lines: list[bytes | str]) -> None:
-    batch = parse_events(lines, NOW)
+def test_parse_events_matches_parse_event(lines: list[bytes | str], latest: float) -> None:
+    batch = parse_events(lines, NOW, latest)
     assert len(batch) == len(lines)
     for raw, got in zip(lines, batch, strict=True):
-        expected = reference_parse_event(raw, NOW)
+        expected = reference_parse_event(raw, NOW, latest)
         assert same(got, expected), raw[:200]
-        assert same(parse_event(raw, NOW), expected), raw[:200]
+        assert same(parse_event(raw, NOW, latest), expected), raw[:200]
 
 
 def test_parse_events_reads_generated_lines_like_parse_event() -> None:

@@ -1,0 +1,162 @@
+"""The live read model: what a reader needs to answer a contact's scores as of any moment.
+
+The flow writes one JSON document per contact (``{prefix}:{p}:c:{contact}`` in Redis) when
+the contact changes, not every time its scores decay: decay and expiry are closed form, so a
+reader brings the stored scores to the moment of the read itself. :func:`document` builds
+what the flow stores; :func:`view_at` is THE function every reader calls (the HTTP service,
+``leadscore show``, or any program that reads Redis directly), so they all answer the same
+bits ``Engine.view(contact, state, at)`` would. The layout is in docs/redis.md.
+
+A document is the view at the contact's last update (``engine.view``, readable as it is),
+plus ``decay``::
+
+    "decay": {
+      "t": 1764500000.0,                       # the contact's clock (last event or trigger)
+      "groups": {                              # each group's stored score and its time,
+        "engagement": [12.5, 1764400000.0],    # as the engine keeps it ([score, at]),
+        "product": [30.0, 1764300000.0, [[1772000000.0, 30.0]]]   # + expiries: [when, points]
+      },
+      "params": {                              # the rules a reader needs (no rules file):
+        "groups": [["engagement", 1209600.0, null], ["fit", null, null],
+                   ["product", null, 7776000.0]],                # name, half-life, expire_after
+        "scale": ["total", 100.0],             # or null: normalized = clamp(score/max*100)
+        "grades": [["fit", [["A", 40.0], ["B", 20.0]], "D"]]      # group, bands, otherwise
+      }
+    }
+
+A document without ``decay`` (written before it existed) is answered as it is, as of its
+``updated_at``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from math import exp2
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from leadscore.events import format_ts, round4
+from leadscore.rules import TOTAL, Rules
+
+if TYPE_CHECKING:
+    from leadscore.engine import ContactState, Engine
+
+# The fields of a view, in order: what view_at answers (``decay`` is the reader's input only).
+VIEW_FIELDS = (
+    "contact",
+    "scores",
+    "total",
+    "normalized",
+    "grade",
+    "stage",
+    "segments",
+    "tags",
+    "updated_at",
+    "as_of",
+)
+
+
+def params(rules: Rules) -> dict[str, Any]:
+    """The part of the rules a reader needs to decay, normalize and grade stored scores."""
+    return {
+        "groups": [[name, g.half_life, g.expire_after] for name, g in rules.groups.items()],
+        "scale": [rules.scale_score or TOTAL, rules.scale_max] if rules.scale_max else None,
+        "grades": [
+            [b.group, [[label, minimum] for label, minimum in b.bands], b.otherwise]
+            for b in (rules.fit_grade, rules.engagement_grade)
+            if b is not None
+        ],
+    }
+
+
+class DocumentWriter:
+    """Builds the stored read model for an engine's contacts; its params are encoded once."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        # One pre-encoded fragment: a document is built per dirty contact per checkpoint.
+        self._params = orjson.Fragment(orjson.dumps(params(engine.rules)))
+
+    def document(self, contact: str, state: ContactState) -> dict[str, Any]:
+        """The view at the contact's last update, plus what :func:`view_at` needs."""
+        doc = self.engine.view(contact, state)
+        doc["decay"] = {"t": state.last_ts, "groups": state.groups, "params": self._params}
+        return doc
+
+    def encode(self, contact: str, state: ContactState) -> bytes:
+        """:meth:`document` as the JSON bytes the flow stores."""
+        return orjson.dumps(self.document(contact, state))
+
+
+def view_at(doc: Mapping[str, Any], at: float) -> dict[str, Any]:
+    """A stored read model's view with scores as of ``at`` (epoch seconds).
+
+    Decay (half-life) and expiry are applied in closed form from each group's stored score
+    and time, with the engine's own arithmetic, so the answer equals ``Engine.view(contact,
+    state, at)`` to the bit. A time before the contact's last update counts as that update
+    (an event may be dated up to the flow's ``--max-future`` ahead of a reader's clock).
+    ``as_of`` in the answer says which time it is. Nothing is written.
+    """
+    decay = doc.get("decay")
+    if not isinstance(decay, Mapping):  # an older document: its scores as they were stored
+        out = {name: doc.get(name) for name in VIEW_FIELDS}
+        out["as_of"] = doc.get("as_of") or doc.get("updated_at")
+        return out
+    last = float(decay.get("t") or 0.0)
+    t = last if at < last else at
+    stored: Mapping[str, list[Any]] = decay.get("groups") or {}
+    p = decay.get("params") or {}
+    scores: dict[str, float] = {}
+    for name, half_life, expire_after in p.get("groups") or ():
+        g = stored.get(name)
+        if g is None:
+            scores[name] = 0.0
+            continue
+        # Engine._group_score, operation for operation: the same bits.
+        score = g[0]
+        if half_life is not None:
+            if t > g[1]:
+                score *= exp2((g[1] - t) / half_life)
+        elif expire_after is not None:
+            for expires, points in g[2]:
+                if expires > t:
+                    break
+                score -= points
+        scores[name] = round4(score)
+    total = round4(sum(scores.values()))
+    normalized = None
+    scale = p.get("scale")
+    if scale:
+        name, maximum = scale
+        value = total if name == TOTAL else scores.get(name, 0.0)
+        normalized = round(min(100.0, max(0.0, value * 100.0 / maximum)), 1)
+    grade = None
+    grades = p.get("grades")
+    if grades:
+        grade = ""
+        for group, bands, otherwise in grades:
+            value = total if group == TOTAL else scores.get(group, 0.0)
+            for label, minimum in bands:
+                if value >= minimum:
+                    grade += label
+                    break
+            else:
+                grade += otherwise
+    return {
+        "contact": doc.get("contact"),
+        "scores": scores,
+        "total": total,
+        "normalized": normalized,
+        "grade": grade,
+        "stage": doc.get("stage"),
+        "segments": doc.get("segments") or [],
+        "tags": doc.get("tags") or [],
+        "updated_at": doc.get("updated_at"),
+        "as_of": format_ts(t) if t else None,
+    }
+
+
+def view_at_bytes(raw: bytes, at: float) -> bytes:
+    """:func:`view_at` from and to JSON bytes: what a reader of Redis does per read."""
+    return orjson.dumps(view_at(orjson.loads(raw), at))
