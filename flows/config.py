@@ -10,6 +10,8 @@ import os
 import threading
 from dataclasses import dataclass, field
 
+from leadscore.durations import parse_seconds
+from leadscore.events import DEFAULT_MAX_FUTURE, Reject, parse_ts
 from state.retention import parse_retention
 
 
@@ -45,6 +47,11 @@ class FlowConfig:
     # Process 0 takes the lease before the cluster starts; the others join it.
     process_id: int = 0
     processes: int = 1
+    # Seconds an event's ts may be past the wall clock before it is rejected (bad_ts).
+    max_future: float = DEFAULT_MAX_FUTURE
+    # Files: the time the contacts' scores are brought to at the end (epoch seconds); None is
+    # the run's clock (the latest accepted event time). An earlier time is refused.
+    as_of: float | None = None
     # Redis: setting it ends the run cleanly (read input checkpointed); None means
     # flows.redis_flow.STOP, which SIGTERM/SIGINT set once prepare_process installed handlers.
     stop: threading.Event | None = field(default=None, repr=False, compare=False)
@@ -84,6 +91,8 @@ class FlowConfig:
             if env.get("LEADSCORE_RETAIN")
             else defaults.retain_seconds,
             retain_entries=int(env.get("LEADSCORE_RETAIN_ENTRIES", defaults.retain_entries)),
+            max_future=_seconds(env.get("LEADSCORE_MAX_FUTURE"), defaults.max_future),
+            as_of=_time(env.get("LEADSCORE_AS_OF")),
         )
 
 
@@ -121,3 +130,25 @@ def bytewax_process(argv: list[str], env: dict[str, str]) -> tuple[int, int]:
             addresses = arg.split("=", 1)[1]
     count = len([a for a in (addresses or "").split(";") if a.strip()])
     return (int(process) if process is not None else 0), max(1, count)
+
+
+def _seconds(value: str | None, default: float) -> float:
+    """A duration variable: ``5m``, ``30s`` or plain seconds (unset: default)."""
+    if value is None or not value.strip():
+        return default
+    return parse_seconds(value.strip())
+
+
+def _time(value: str | None) -> float | None:
+    """A time variable: RFC 3339 with Z or an offset, or epoch seconds (unset: None)."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        given: float | str = float(text)
+    except ValueError:
+        given = text
+    ts = parse_ts(given, 0.0)
+    if type(ts) is Reject:
+        raise ValueError(f"expected a time such as 2026-03-31T00:00:00Z: {ts.detail}")
+    return ts

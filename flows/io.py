@@ -155,6 +155,8 @@ def merge_summary(totals: dict[str, Any], part: dict[str, Any]) -> None:
             counter = Counter(totals.get(key, {}))
             counter.update(value)
             totals[key] = dict(counter)
+        elif isinstance(value, str):  # a time (as_of): every shard's is the same, or the latest
+            totals[key] = max(totals.get(key, value), value)
         else:
             totals[key] = totals.get(key, 0) + value
 

@@ -35,7 +35,6 @@ from types import FrameType, TracebackType
 from typing import Any
 
 import bytewax.operators as op
-import orjson
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.operators import StatefulBatchLogic
@@ -48,7 +47,8 @@ from flows.io import ResultsSink
 from flows.redis_io import IDLE, RedisStreamSource, wake_by
 from flows.shards import DeadLetter, ShardLogic, wake_time
 from leadscore.engine import Engine
-from leadscore.events import Event, Reject, format_ts, parse_events
+from leadscore.events import Event, Reject, format_ts, latest_ts, parse_events
+from leadscore.readmodel import DocumentWriter
 from state.codec import decode, encode
 from state.keys import Keys
 from state.lease import FlowLease
@@ -405,6 +405,7 @@ class PartitionLogic(ShardLogic):
         self.deadline: float | None = None
         self.flushed_at = -INF  # time.time() of the last checkpoint (see plan_flush)
         self.known = engine.rules.known_actions
+        self.documents = DocumentWriter(engine)  # the read model readers decay (readmodel.py)
         self.durable: dict[str, float] = {}  # the timers Redis holds for this partition
         self.clock = -INF  # timers due by this time have fired (event time, see module doc)
         self.committed_clock = -INF
@@ -580,7 +581,10 @@ class PartitionLogic(ShardLogic):
         lines = payload.split(b"\n")
         items: list[Any] = []
         known = self.known
-        for i, event in enumerate(parse_events(lines, now)):
+        # Live, a missing ts is the time the entry was read; one past the wall clock by more
+        # than max_future is rejected, so no sender's clock can move a partition's timers.
+        latest = latest_ts(now, self.config.max_future)
+        for i, event in enumerate(parse_events(lines, now, latest)):
             if type(event) is Event:
                 if event.action in known:
                     items.append(event)
@@ -673,7 +677,7 @@ class PartitionLogic(ShardLogic):
             return None
         self.flushed_at = time.time()
         started = time.perf_counter()
-        view, dumps = self.engine.view, orjson.dumps
+        document = self.documents.encode
         contacts, due_of, durable = self.contacts, self.due_of, self.durable
         # One pass per dirty contact: its state, its read model and, if it moved, its timer.
         states: dict[str, bytes] = {}
@@ -682,7 +686,7 @@ class PartitionLogic(ShardLogic):
         for c in self.dirty:
             state = contacts[c]
             states[c] = encode(state)
-            read_models[c] = dumps(view(c, state))
+            read_models[c] = document(c, state)
             due = due_of.get(c)
             if durable.get(c) != due:
                 timers[c] = due

@@ -43,7 +43,7 @@ from flows.shards import (
     shard_of,
 )
 from leadscore.engine import Engine
-from leadscore.events import Event, Reject, parse_events
+from leadscore.events import DEFAULT_MAX_FUTURE, NO_TS, Event, Reject, latest_ts, parse_events
 from leadscore.rules import Rules, load_rules
 
 __all__ = [
@@ -63,14 +63,23 @@ re-exported here for code that has always imported them from the flow."""
 
 
 _SHARD_CACHE_MAX = 1 << 17
+_UNDATED = Reject(
+    "bad_ts",
+    "field 'ts' is missing and no earlier event in this file gives the time to take: add a ts "
+    "(RFC 3339 with Z or an offset, or epoch seconds)",
+)
 
 
 class Parser:
     """Turns a source chunk into keyed events, keyed dead letters and clock ticks."""
 
-    def __init__(self, rules: Rules, shards: int) -> None:
+    def __init__(self, rules: Rules, shards: int, max_future: float = DEFAULT_MAX_FUTURE) -> None:
         self.rules = rules
         self.shards = shards
+        self.max_future = max_future
+        # Each input partition's replay clock: its latest accepted event time so far. An event
+        # without ts takes it; the wall clock would move every contact's decay to today.
+        self.clocks: dict[int, float] = {}
         self.keys = [str(s) for s in range(shards)]
         # contact -> shard: a dict probe instead of encode + crc32 per event; bounded.
         self.shard_of_contact: dict[str, int] = {}
@@ -85,14 +94,28 @@ class Parser:
         shards = self.shards
         if lines is None:  # the partition is done: it will send nothing older than anything
             return [(key, Tick(part, INF, -INF)) for key in self.keys]
-        now = time.time()
+        # An event dated more than max_future past the wall clock is rejected: one line dated
+        # 2099 would otherwise become every shard's clock and fire everyone's decay.
+        latest = latest_ts(time.time(), self.max_future)
         known = self.rules.known_actions
         by_shard: list[list[Any]] = [[] for _ in range(shards)]
         shard_of_contact = self.shard_of_contact
-        high = -INF
-        for offset, event in enumerate(parse_events(lines, now)):
+        clock = self.clocks.get(part, -INF)
+        accepted = False
+        for offset, event in enumerate(parse_events(lines, NO_TS, latest)):
             if type(event) is Event:
                 if event.action in known:
+                    ts = event.ts
+                    if ts > clock:
+                        if ts < 0.0:  # NO_TS, and nothing earlier in the file to date it by
+                            position = f"{path}:{first_line + offset}"
+                            dead = DeadLetter(position, lines[offset], _UNDATED)
+                            by_shard[crc32(position.encode()) % shards].append(dead)
+                            continue
+                        clock = ts
+                    elif ts < 0.0:  # NO_TS: the partition's replay clock
+                        event.ts = clock
+                    accepted = True
                     contact = event.contact
                     shard = shard_of_contact.get(contact)
                     if shard is None:
@@ -100,8 +123,6 @@ class Parser:
                             shard_of_contact.clear()
                         shard = shard_of_contact[contact] = crc32(contact.encode()) % shards
                     by_shard[shard].append(event)
-                    if event.ts > high:
-                        high = event.ts
                     continue
                 event = Reject(
                     "unknown_action",
@@ -111,8 +132,9 @@ class Parser:
             position = f"{path}:{first_line + offset}"
             dead = DeadLetter(position, lines[offset], event)
             by_shard[crc32(position.encode()) % shards].append(dead)
-        if high > -INF:
-            tick = Tick(part, high, high)
+        if accepted:
+            self.clocks[part] = clock
+            tick = Tick(part, clock, clock)
             for items in by_shard:
                 items.append(tick)
         return [(key, items) for key, items in zip(self.keys, by_shard, strict=True) if items]
@@ -135,10 +157,12 @@ def build_flow(config: FlowConfig, rules: Rules | None = None) -> Dataflow:
         raise ValueError(f"unknown source {config.source!r}; expected 'files' or 'redis'")
     source = JsonlSource(config.events)
     chunks = op.input("read", flow, source)
-    keyed = op.flat_map("parse", chunks, Parser(rules, config.shards))
+    keyed = op.flat_map("parse", chunks, Parser(rules, config.shards, config.max_future))
     parts = len(config.events)
     results = op.stateful_batch(
-        "score", keyed, lambda _resume: ShardLogic(engine, parts, live=False, settle=True)
+        "score",
+        keyed,
+        lambda _resume: ShardLogic(engine, parts, live=False, settle=True, as_of=config.as_of),
     )
     by_kind = op.map("by_kind", results, lambda kv: kv[1])
     op.output("write", by_kind, ResultsSink(config.out))

@@ -28,7 +28,7 @@ from leadscore.engine import (
     Engine,
     TriggerFired,
 )
-from leadscore.events import Event, Reject
+from leadscore.events import Event, Reject, format_ts
 from leadscore.explain import effect_record as record_of
 
 log = logging.getLogger("leadscore.flow")
@@ -115,9 +115,18 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
     per batch rather than per effect.
     """
 
-    def __init__(self, engine: Engine, parts: int, live: bool, *, settle: bool = False) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        parts: int,
+        live: bool,
+        *,
+        settle: bool = False,
+        as_of: float | None = None,
+    ) -> None:
         self.engine = engine
         self.live = live
+        self.as_of = as_of  # files: the time the final views are brought to (see on_eof)
         # A file flow's logics manage the garbage collector (settle_heap) until on_eof;
         # logics driven by hand (tests) and the Redis flow's leave it alone.
         self.settle = settle
@@ -182,10 +191,23 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
             release_heap()  # the run ends: nothing stays frozen in a longer-lived process
         if not self.live:
             self.fire_due(self.clock)
+            # Every contact's scores at one time: the run's clock (at the end of input, the
+            # latest accepted event time, the same in every shard), or a later --as-of. Each
+            # view's updated_at stays its own last event or trigger.
+            clock = self.clock if self.clock > -INF else None
+            at = clock
+            summary = self.summary()
+            if self.as_of is not None:
+                if clock is None or self.as_of >= clock:
+                    at = self.as_of
+                else:  # refused: the outputs stay at the clock, and the summary says why
+                    summary["as_of_refused"] = format_ts(self.as_of)
+            if at is not None:
+                summary["as_of"] = format_ts(at)
             view = self.engine.view
             for contact, state in self.contacts.items():
-                self.emit("contacts", orjson.dumps(view(contact, state)))
-            self.emit("summary", orjson.dumps(self.summary()))
+                self.emit("contacts", orjson.dumps(view(contact, state, at)))
+            self.emit("summary", orjson.dumps(summary))
             chunks = self.drain()
             # An empty chunk for every output: each file is opened (and so truncated) even when
             # this run has nothing for it, so no stale file from an earlier run survives.

@@ -29,7 +29,11 @@ from typing import IO, Any
 
 import orjson
 
-DEFAULT_START = datetime(2026, 11, 1, tzinfo=UTC).timestamp()
+# A Sunday, and far enough back that the default 56 days end in the past: events dated past
+# the wall clock (plus max_future) are rejected, so generated data must not be in the future.
+# 2025-11-02 is 52 weeks before the 2026-11-01 used until 2026-12: same weekdays, same
+# Black Friday campaign dates.
+DEFAULT_START = datetime(2025, 11, 2, tzinfo=UTC).timestamp()
 DEFAULT_DAYS = 56.0
 SITE = "https://www.acme.com"
 
@@ -756,7 +760,7 @@ def generate_events(
     """Yield exactly ``events`` JSONL lines (bytes, no newline) for ``contacts`` contacts.
 
     Deterministic for given arguments. ``start`` is the epoch time of the first activity
-    (default 2026-11-01T00:00:00Z) and ``days`` roughly how long the stream covers.
+    (default 2025-11-02T00:00:00Z) and ``days`` roughly how long the stream covers.
     ``round(events * malformed_rate)`` lines are malformed on purpose (truncated JSON, an
     array, no contact, a numeric contact, a bad timestamp, in turn) to exercise dead letters.
     ``conversions`` (0 to 1) adds deals closed by sales: ``purchase`` events some weeks after

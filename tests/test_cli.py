@@ -189,11 +189,12 @@ def test_run_writes_every_output_and_reports_what_happened(
     assert report_value(report, "duplicates") == "1"
     assert report_value(report, "contacts") == "3"
     assert report_value(report, "triggers fired") == "1  hot 1"
-    # The top leads, highest total first. alice: 20 (decayed for an hour, 7d half-life) + 30
-    # + 15 fit = 64.92; engagement 49.92 is under band 1 (50), so grade A2.
+    # The top leads, highest total first, all as of the run's clock (carol's open, T0 + 3h).
+    # alice: 20 (decayed for 3 h, 7d half-life) + 30 (for 2 h) + 15 fit = 64.51; engagement
+    # 49.51 is under band 1 (50), so grade A2.
     rows = re.findall(r"^\W+(alice|bob|carol)\W+([\d.,]+)\W+([\d.,]+)\W+(\w+)", report, re.M)
     assert [r[0] for r in rows] == ["alice", "bob", "carol"]
-    assert rows[0][1:] == ("64.92", "64.9", "A2")
+    assert rows[0][1:] == ("64.51", "64.5", "A2")
     assert "hot" in next(line for line in report.splitlines() if "alice" in line)
 
     dead = read_jsonl(out / "dead_letter.jsonl")
@@ -425,7 +426,8 @@ def test_explain_shows_each_point_with_its_rule(rules: Path, events: Path) -> No
     hot = next(line for line in text.splitlines() if re.search(r"\bhot\b", line))
     assert "2026-06-01T01:00:00.000Z" in hot  # the form pushed alice over 50
     assert "segment +hot" in text and "stage (none) -> decision" in text
-    assert re.search(r"^ total\s+64\.92\s+65\s+-0\.08", text, re.M)  # an hour of decay
+    # As of the run's clock (carol's open, T0 + 3h): two to three hours of decay.
+    assert re.search(r"^ total\s+64\.51\s+65\s+-0\.49", text, re.M)
     assert "grade: A2" in text
 
 

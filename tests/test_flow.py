@@ -280,7 +280,11 @@ def test_every_kind_of_bad_line_is_dead_lettered_and_nothing_is_lost(tmp_path: P
     assert accounted(summary) == nonblank_lines(events) == len(lines) - 2
     contacts = {c["contact"]: c for c in read_jsonl(out / "contacts.jsonl")}
     assert set(contacts) == {"c-1", "c-2"}
-    assert contacts["c-1"]["scores"]["engagement"] == 30.0  # the duplicate added nothing
+    # The duplicate added nothing; every contact is brought to the run's clock (c-2's T0 + 60).
+    assert contacts["c-1"]["scores"]["engagement"] == round(30.0 * 2 ** (-60 / 86400), 4)
+    assert contacts["c-1"]["updated_at"] == format_ts(T0)
+    assert contacts["c-1"]["as_of"] == contacts["c-2"]["as_of"] == format_ts(T0 + 60)
+    assert summary["as_of"] == format_ts(T0 + 60)
 
 
 def test_a_rerun_into_the_same_directory_leaves_no_stale_output(tmp_path: Path) -> None:
@@ -327,6 +331,7 @@ def test_a_bad_line_never_stops_the_run(tmp_path: Path) -> None:
         "rejected_by_reason": {"invalid_json": 30},
         "contacts": 50,
         "triggers": {},
+        "as_of": format_ts(T0 + 2999),
     }
 
 
@@ -432,7 +437,8 @@ def test_several_files_are_read_as_one_stream(tmp_path: Path) -> None:
     )
     out = run_flow(rules, [first, second], tmp_path / "out")
     contacts = {c["contact"]: c["total"] for c in read_jsonl(out / "contacts.jsonl")}
-    assert contacts == {"x": 25.0, "y": 40.0}
+    # Both at the run's clock, T0 + 5: x's engagement (half-life 1d) has decayed a little.
+    assert contacts == {"x": round(25.0 * 2 ** (-5 / 86400), 4), "y": 40.0}
     positions = {d["position"] for d in read_jsonl(out / "dead_letter.jsonl")}
     assert positions == {f"{first}:2", f"{second}:2"}
 

@@ -56,7 +56,7 @@ def explain(
     paths = events_arg(events, ctx.args)
     events_exist(paths)
     compiled = load_rules_or_exit(rules)
-    result = replay(compiled, read_lines(paths), contact, time.time())
+    result = replay(compiled, [read_lines([path]) for path in paths], contact, time.time())
     if result.view is None:
         fail(
             f"no accepted events for contact {contact!r} in {', '.join(paths)} "
