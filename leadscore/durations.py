@@ -34,6 +34,17 @@ def max_in(unit: str) -> int:
     return int(MAX_DURATION // _UNITS[unit])
 
 
+def parse_seconds(text: str) -> float:
+    """A tolerance or interval option: a duration (``5m``) or plain seconds (``300``, ``0``)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        return parse_duration(text)
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(f"expected a duration like 5m or a number of seconds, got {text!r}")
+    return seconds
+
+
 def format_duration(seconds: float) -> str:
     """The shortest exact spelling, for summaries and error messages."""
     for unit in ("w", "d", "h", "m"):

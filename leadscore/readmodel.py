@@ -100,7 +100,7 @@ def view_at(doc: Mapping[str, Any], at: float) -> dict[str, Any]:
     """
     decay = doc.get("decay")
     if not isinstance(decay, Mapping):  # an older document: its scores as they were stored
-        out = {name: doc.get(name) for name in VIEW_FIELDS}
+        out = dict(doc)
         out["as_of"] = doc.get("as_of") or doc.get("updated_at")
         return out
     last = float(decay.get("t") or 0.0)

@@ -156,13 +156,17 @@ def event_time(timestamp: float | None, sent_at: float | None, received_at: floa
 
     A device whose clock is an hour fast sends both fields an hour ahead; the difference is
     the true age of the event, measured on one clock. A correction that lands outside the
-    representable years (absurd sentAt) is not one: the timestamp is kept as sent."""
+    representable years (absurd sentAt) is not one: the timestamp is kept as sent. An event
+    "sent before it happened" (timestamp after sentAt) is dated at receipt: no correction may
+    date an event after it arrived, which would move the flow's clock into the future."""
     if timestamp is None:
         return received_at
     if sent_at is None:
         return timestamp
     corrected = received_at - (sent_at - timestamp)
-    return corrected if MIN_TS <= corrected <= MAX_TS else timestamp
+    if not MIN_TS <= corrected <= MAX_TS:
+        return timestamp
+    return min(corrected, received_at)
 
 
 def _identifier(value: object, where: str, key: str) -> str | Invalid | None:

@@ -159,6 +159,9 @@ def test_clock_skew_is_corrected_with_sent_at() -> None:
     assert mapped(track(timestamp="2026-01-01T00:00:00Z")).ts == epoch("2026-01-01T00:00:00+00:00")
     assert mapped(track(sentAt="2026-01-01T00:00:00Z")).ts == NOW
     assert event_time(None, None, NOW) == NOW
+    # An event stamped after it was sent cannot be newer than its receipt.
+    late = track(timestamp="2018-10-30T22:45:02Z", sentAt="1980-06-30T09:07:44Z")
+    assert mapped(late).ts == NOW
     # An absurd sentAt would push the corrected time past year 9999: keep the timestamp.
     far = track(timestamp="9999-01-01T00:00:00Z", sentAt="1970-01-01T00:00:00Z")
     assert mapped(far).ts == epoch("9999-01-01T00:00:00+00:00")

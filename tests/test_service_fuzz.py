@@ -70,8 +70,16 @@ def test_openapi_contract_holds_under_fuzzing(
         "20",
         "--no-color",
     ]
+    # Dates in the past only (tests/fuzz_hooks.py): future ones are refused by design.
+    env = {
+        **os.environ,
+        "SCHEMATHESIS_HOOKS": "fuzz_hooks",
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+        ),
+    }
     done = subprocess.run(
-        command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False, env=env
     )
     report = done.stdout[-8000:] + done.stderr[-2000:]
     assert done.returncode == 0, report

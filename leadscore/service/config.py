@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+from leadscore.durations import parse_seconds
+from leadscore.events import DEFAULT_MAX_FUTURE
 from leadscore.segment import build_action_map
 
 DEFAULT_PARTITIONS = 16
@@ -69,6 +71,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "LEADSCORE_MAX_CONNECTIONS": ("max_connections", int),
     "LEADSCORE_PIXEL_ACTIONS": ("pixel_actions", _split),
     "LEADSCORE_PIXEL_SECRET": ("pixel_secret", lambda v: v or None),
+    "LEADSCORE_MAX_FUTURE": ("max_future", parse_seconds),
 }
 
 
@@ -107,6 +110,8 @@ class ServiceConfig:
     max_connections: int = 1000
     pixel_actions: tuple[str, ...] = ()
     pixel_secret: str | None = field(default=None, repr=False)
+    # Seconds an event's time may be past the service's clock before it is rejected (bad_ts).
+    max_future: float = DEFAULT_MAX_FUTURE
 
     def __post_init__(self) -> None:
         problems = []
@@ -118,6 +123,8 @@ class ServiceConfig:
             problems.append("flush_interval_ms must not be negative")
         if self.flush_max_events < 1:
             problems.append("flush_max_events must be at least 1")
+        if not self.max_future >= 0:
+            problems.append("max_future must not be negative")
         if self.max_body_bytes < 1024:
             problems.append("max_body_bytes must be at least 1024")
         if not self.cookie_name or not self.cookie_name.replace("_", "").isalnum():

@@ -26,6 +26,8 @@ from leadscore.events import (
     MAX_EVENT_BYTES,
     Event,
     Reject,
+    format_ts,
+    latest_ts,
     parse_event,
     validate_event,
 )
@@ -198,6 +200,19 @@ def _in_range(result: Event | Reject) -> Event | Reject:
     return result
 
 
+def _not_future(result: Event | Invalid, latest: float, where: str = "") -> Event | Invalid:
+    """A Segment message dated past the service's clock plus max_future (after Segment's
+    clock-skew correction) is refused, as native events are: it would move the flow's clock."""
+    if isinstance(result, Event) and result.ts > latest:
+        return Invalid(
+            "bad_ts",
+            f"{where}timestamp",
+            f"field '{where}timestamp' is in the future: {format_ts(result.ts)} is after "
+            f"{format_ts(latest)}, the clock plus the allowed skew (max_future)",
+        )
+    return result
+
+
 def _cookie(header: str | None, name: str) -> str | None:
     """One cookie's value, without parsing every other cookie of the site."""
     if not header:
@@ -320,6 +335,7 @@ class Ingest:
             body_key = obj.get("writeKey")
             authorize_write(self.config.write_keys, body_key if isinstance(body_key, str) else None)
         now = time.time()
+        latest = latest_ts(now, self.config.max_future)
         if kind == "batch":
             messages = obj.get("batch")
             if messages is None:
@@ -339,19 +355,19 @@ class Ingest:
                         )
                     )
                     continue
-                results.append(
-                    map_message(
-                        msg,
-                        None,
-                        received_at=now,
-                        action_map=self.action_map,
-                        batch_sent_at=sent_at,
-                        where=f"batch[{i}].",
-                    )
+                result = map_message(
+                    msg,
+                    None,
+                    received_at=now,
+                    action_map=self.action_map,
+                    batch_sent_at=sent_at,
+                    where=f"batch[{i}].",
                 )
+                results.append(_not_future(result, latest, f"batch[{i}]."))
         else:
             messages = [obj]
-            results = [map_message(obj, kind, received_at=now, action_map=self.action_map)]
+            result = map_message(obj, kind, received_at=now, action_map=self.action_map)
+            results = [_not_future(result, latest)]
         events = [r for r in results if isinstance(r, Event)]
         bad = [(i, r) for i, r in enumerate(results) if isinstance(r, Invalid)]
         dead = [_dead_record(_raw_json(messages[i]), r.reject(), "segment") for i, r in bad]
@@ -373,6 +389,7 @@ class Ingest:
         cfg = self.config
         body = await read_body(request, cfg.max_body_bytes, status=413, timeout=cfg.body_timeout)
         now = time.time()
+        latest = latest_ts(now, self.config.max_future)
         stripped = body.lstrip()
         if not stripped:
             raise ApiError(
@@ -381,7 +398,7 @@ class Ingest:
         items = await _native_items(body, stripped)
         if items is None:  # JSON lines
             lines = [line for line in body.split(b"\n") if line.strip()]
-            results = [_in_range(parse_event(line, now)) for line in lines]
+            results = [_in_range(parse_event(line, now, latest)) for line in lines]
             raws: list[bytes] | list[object] = lines
         else:
             check_size = len(body) > MAX_EVENT_BYTES
@@ -391,7 +408,7 @@ class Ingest:
                     reject = Reject("too_large", f"event is over the {MAX_EVENT_BYTES} byte limit")
                     results.append(reject)
                 else:
-                    results.append(_in_range(validate_event(item, now)))
+                    results.append(_in_range(validate_event(item, now, latest=latest)))
             raws = items
         events = [r for r in results if isinstance(r, Event)]
         bad = [(i, r) for i, r in enumerate(results) if isinstance(r, Reject)]

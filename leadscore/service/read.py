@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from leadscore.events import MAX_CONTACT_CHARS
+from leadscore.readmodel import view_at
 from leadscore.service.auth import authorize_read
 from leadscore.service.backend import Service
 from leadscore.service.config import FALSE_WORDS, TRUE_WORDS
@@ -44,7 +46,9 @@ class Reads:
         self.config = service.config
 
     async def contact(self, request: Request) -> Response:
-        """The read model the flow maintains; ``?explain=1`` adds its recent change records."""
+        """The contact's scores as of this read (``as_of``), from the read model the flow
+        maintains (leadscore.readmodel.view_at); ``?explain=1`` adds its recent change records.
+        """
         cfg = self.config
         authorize_read(cfg.read_keys, cfg.write_keys, request)
         contact = request.path_params["id"]
@@ -62,9 +66,10 @@ class Reads:
             raw = await self.service.redis.get(keys.contact_read_model(contact))
             if raw is None:
                 raise ApiError(404, "not_found", f"no contact {contact[:64]!r} yet", "id")
+            # Decayed to now: the flow rewrites a contact only when it changes, not as it cools.
+            view = view_at(orjson.loads(raw), time.time())
             if not explain:
-                return Response(raw, 200, media_type="application/json")
-            view = orjson.loads(raw)
+                return Response(orjson.dumps(view), 200, media_type="application/json")
             view["changes"] = await self._changes(keys, contact, int(limit_text))
         except (StorageUnavailable, RedisError, OSError) as exc:
             raise ApiError(
