@@ -160,7 +160,7 @@ def replay_side(
         # The flow's end of input: timers due by its clock fire at their own due times.
         while end is not None and (due := engine.next_due(state)) is not None and due <= end:
             record(contact, engine.advance(state, due))
-        views[contact] = engine.view(contact, state)
+        views[contact] = engine.view(contact, state, end)  # as of the clock, as `run` writes
 
     stages: Counter[str] = Counter()
     grades: Counter[str] = Counter()
