@@ -130,3 +130,16 @@ def test_delivery_bench_runs_end_to_end_in_quick_mode(tmp_path: Path) -> None:
     assert 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
     assert throughput["arrived"] == throughput["firings"]
     assert throughput["deliveries_per_s"] > 0 and throughput["cpu_us_per_delivery"] > 0
+
+
+def test_read_api_bench_measures_the_read_against_its_baselines(tmp_path: Path) -> None:
+    """bench/read_api.py --quick: real service and Redis; every figure is there (no timing
+    is asserted, only that the read answered as of the read and was measured)."""
+    from bench import read_api
+
+    out = tmp_path / "read_api.json"
+    assert read_api.main(["--quick", "--json", str(out)]) == 0
+    figures = orjson.loads(out.read_bytes())
+    assert figures["function"]["documents"] > 50 and figures["function"]["view_at_us"] > 0
+    for name in ("read", "stored", "baseline"):
+        assert figures["http"][name]["n"] == 400 and figures["http"][name]["p50_ms"] > 0
