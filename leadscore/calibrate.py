@@ -61,6 +61,8 @@ class CalibrationRun:
 def parse_as_of(text: str) -> float:
     """``--as-of``: RFC 3339 (``2026-12-01``, ``2026-12-01T12:00:00Z``) or epoch s/ms."""
     t = text.strip()
+    if len(t) == 10 and t[4] == "-" and t[7] == "-":  # a bare date: its 00:00 UTC (parse_ts
+        t += "T00:00:00Z"  # refuses text without a time zone)
     ts = parse_ts(float(t) if t.replace(".", "", 1).isdigit() else t, 0.0)
     if type(ts) is not float:
         raise OutcomeError(
