@@ -248,6 +248,8 @@ def run_processes(config: FlowConfig, processes: int, workers: int) -> None:
         "events": config.events,
         "out": config.out,
         "shards": config.shards,
+        "max_future": config.max_future,
+        "as_of": config.as_of,
         "addresses": addresses,
         "workers": workers,
     }
@@ -295,7 +297,12 @@ def run_peer(spec: str) -> None:
     """One process of ``run_processes``: the same flow, joined to its peers over loopback."""
     args = orjson.loads(spec)
     config = FlowConfig(
-        rules=args["rules"], events=args["events"], out=args["out"], shards=args["shards"]
+        rules=args["rules"],
+        events=args["events"],
+        out=args["out"],
+        shards=args["shards"],
+        max_future=args["max_future"],
+        as_of=args["as_of"],
     )
     try:
         cluster_main(

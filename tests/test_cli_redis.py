@@ -18,6 +18,7 @@ import yaml
 from redis_server import free_port
 from terminal import run_with_terminal_stderr
 
+from leadscore.readmodel import view_at
 from state.keys import Keys, partition_of
 from state.redis_store import RedisStore
 
@@ -147,16 +148,25 @@ def test_run_source_drain_then_show(redis_url: str, events: tuple[Path, list[byt
     assert done.returncode == 0, done.stderr
     assert "60 events scored" in done.stderr and "1 dead letters" in done.stderr
 
+    before = time.time()
     shown = cli("show", "--redis", redis_url, "c-3", "--json")
+    after = time.time()
     assert shown.returncode == 0, shown.stderr
     stored = redis.Redis.from_url(redis_url).get(
         Keys("ls", 16).read_model(partition_of("c-3", 16), "c-3")
     )
-    assert shown.stdout.encode() == stored + b"\n"
-    view = orjson.loads(stored)
+    # The scores as of the read: between what view_at gives for just before and just after it.
+    doc = orjson.loads(stored)
+    view = orjson.loads(shown.stdout)
+    early, late = view_at(doc, before), view_at(doc, after)
+    assert early["as_of"] <= view["as_of"] <= late["as_of"]
+    assert view["updated_at"] == doc["updated_at"] < view["as_of"]
+    for group, score in view["scores"].items():
+        assert late["scores"][group] <= score <= early["scores"][group]
+    assert view["total"] < doc["total"]  # it has cooled since the flow wrote it
     table = cli("show", "--redis", redis_url, "c-3")
     assert table.returncode == 0
-    assert f"{view['total']:,.4g}" in table.stdout and view["updated_at"] in table.stdout
+    assert doc["updated_at"] in table.stdout and "as of" in table.stdout
     unknown = cli("show", "--redis", redis_url, "c-99")
     assert unknown.returncode == 1
     assert "no score for contact 'c-99'" in unknown.stderr and unknown.stdout == ""

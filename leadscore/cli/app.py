@@ -158,3 +158,34 @@ def masked_url(url: str) -> str:
         return url
     user, colon, _password = userinfo.partition(":")
     return f"{scheme}://{user}{':***' if colon else ''}@{host}"
+
+
+def time_arg(text: str | None, option: str) -> float | None:
+    """A time option (``--as-of``): RFC 3339 with Z or an offset, epoch seconds, or ``now``."""
+    if text is None:
+        return None
+    from leadscore.events import Reject, parse_ts
+
+    value = text.strip()
+    if value.lower() == "now":
+        import time
+
+        return time.time()
+    try:
+        given: float | str = float(value)
+    except ValueError:
+        given = value
+    ts = parse_ts(given, 0.0)
+    if type(ts) is Reject:
+        fail(f"{option} {text!r}: {ts.detail.replace(chr(39) + 'ts' + chr(39), 'the time')}")
+    return ts  # type: ignore[return-value]
+
+
+def seconds_arg(text: str, option: str) -> float:
+    """A tolerance option (``--max-future``): a duration such as 5m, or seconds."""
+    from leadscore.durations import parse_seconds
+
+    try:
+        return parse_seconds(text)
+    except ValueError as err:
+        fail(f"{option}: {err}")

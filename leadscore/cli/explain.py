@@ -3,6 +3,7 @@ replay and the explanation; this module renders them)."""
 
 from __future__ import annotations
 
+import io
 import sys
 import time
 from typing import Annotated
@@ -22,8 +23,10 @@ from leadscore.cli.app import (
     load_rules_or_exit,
     new_console,
     num,
+    seconds_arg,
+    time_arg,
 )
-from leadscore.explain import Explanation, Replay, replay
+from leadscore.explain import AsOfTooEarly, Explanation, Replay, replay
 from leadscore.explain import explain as explain_records
 from leadscore.inputs import read_lines
 
@@ -47,26 +50,63 @@ def explain(
         str, typer.Option("--contact", "-c", metavar="ID", help="The contact id to explain.")
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the explanation as JSON.")] = False,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            metavar="TIME",
+            help="Final scores as of TIME (RFC 3339 with Z or an offset, epoch seconds, or "
+            "now), at or after the replay's clock (its latest accepted event), as `run --as-of`.",
+        ),
+    ] = None,
+    max_future: Annotated[
+        str,
+        typer.Option(
+            "--max-future",
+            metavar="DURATION",
+            envvar="LEADSCORE_MAX_FUTURE",
+            help="Reject events dated more than this past the wall clock, as `run` does.",
+        ),
+    ] = "5m",
 ) -> None:
-    """Explain one contact's score: every point with its rule, triggers, stages, decay.
+    """Explain one contact's score: every event with what it earned or why it earned
+    nothing, every point with its rule, triggers, stages, decay.
 
     Replays the events through the engine (no Bytewax, no Redis) with the same rejections
-    and end-of-input timers as `leadscore run`, so the final score matches its output.
+    and end-of-input timers as `leadscore run`, so the final score matches its output: as of
+    the replay's clock, or --as-of. An event that earned nothing says why: no rule scores its
+    action, a `where` condition did not match, once-ever already awarded, cooldown, window
+    full, hits not reached, returns_within/returns_after not met, rule inactive, cap reached,
+    duplicate id.
     """
     paths = events_arg(events, ctx.args)
     events_exist(paths)
     compiled = load_rules_or_exit(rules)
-    result = replay(compiled, [read_lines([path]) for path in paths], contact, time.time())
+    tolerance = seconds_arg(max_future, "--max-future")
+    at = time_arg(as_of, "--as-of")
+    parts = [read_lines([path]) for path in paths]
+    try:
+        result = replay(compiled, parts, contact, time.time(), max_future=tolerance, as_of=at)
+    except AsOfTooEarly as err:
+        fail(str(err))
     if result.view is None:
         fail(
             f"no accepted events for contact {contact!r} in {', '.join(paths)} "
             f"({result.lines:,} lines read); check the id with: grep '\"{contact}\"' FILE"
         )
-    story = explain_records(contact, result.records, result.view, compiled)
+    story = explain_records(contact, result.records, result.view, compiled, result.events_seen)
     if as_json:
         sys.stdout.buffer.write(orjson.dumps(story.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
         return
-    _render_explanation(new_console(), story, result)
+    console = new_console()
+    if console.is_terminal:
+        _render_explanation(console, story, result)
+        return
+    # Piped: one table row per line, never wrapped mid-word (grep, less -S, files), and no
+    # padding after the last column.
+    buffer = io.StringIO()
+    _render_explanation(Console(file=buffer, highlight=False, width=1 << 16), story, result)
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
 
 
 def _table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Table:
@@ -85,6 +125,8 @@ def _table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Table:
 
 def _render_explanation(console: Console, story: Explanation, result: Replay) -> None:
     final = story.final or {}
+    # On a terminal a cell's parts go on lines of their own; piped, a row stays on one line.
+    nl = "\n" if console.is_terminal else "  "
     console.print(
         Text.assemble(
             ("contact ", "bold"),
@@ -92,6 +134,18 @@ def _render_explanation(console: Console, story: Explanation, result: Replay) ->
             f": {result.events:,} events, duplicates dropped: {result.duplicates:,}",
         )
     )
+    if story.events:
+        table = _table("Events", "at", "event", "points", "rules, or why no points", right=("points",))
+        for e in story.events:
+            event = Text(e.action)
+            if e.event_id:
+                event.append(f"{nl}{e.event_id}", style="dim")
+            earned = f"{e.earned:+.4g}" if e.rules else ""
+            why = Text(nl.join(r.text for r in e.reasons), style="yellow" if e.reasons else "")
+            if e.rules:
+                why = Text(", ".join(e.rules), style="dim")
+            table.add_row(Text(e.at), event, earned, why)
+        console.print(table)
     if story.points:
         table = _table(
             "Points", "at", "event", "rule", "group", "points", "score after",
@@ -100,15 +154,15 @@ def _render_explanation(console: Console, story: Explanation, result: Replay) ->
         for p in story.points:
             event = Text(p.action or "")
             if p.event_id:
-                event.append(f"\n{p.event_id}", style="dim")
+                event.append(f"{nl}{p.event_id}", style="dim")
             rule = Text(p.rule, style="bold")
             if p.name:
-                rule.append(f"\n{p.name}")
+                rule.append(f"{nl}{p.name}")
             if p.description:
-                rule.append(f"\n{p.description}", style="dim")
+                rule.append(f"{nl}{p.description}", style="dim")
             points = f"{p.applied:+.4g}"
             if p.capped:
-                points += f"\n(capped from {p.delta:+g})"
+                points += f"{nl}(capped from {p.delta:+g})"
             table.add_row(Text(p.at), event, rule, Text(p.group), points, num(p.score_after))
         console.print(table)
     if story.triggers:
@@ -117,7 +171,7 @@ def _render_explanation(console: Console, story: Explanation, result: Replay) ->
             actions = ", ".join(f"{k} {v}" for a in t["actions"] or [] for k, v in a.items())
             cause = Text(t["cause"] or "")
             if actions:
-                cause.append(f"\n-> {actions}", style="dim")
+                cause.append(f"{nl}-> {actions}", style="dim")
             table.add_row(Text(t["at"]), Text(t["trigger"]), num(t["score"]), cause)
         console.print(table)
     moves = [
@@ -162,5 +216,6 @@ def _render_explanation(console: Console, story: Explanation, result: Replay) ->
         ("segments", ", ".join(final.get("segments") or [])),
         ("tags", ", ".join(final.get("tags") or [])),
         ("updated at", final.get("updated_at") or ""),
+        ("as of", final.get("as_of") or ""),
     ]
     console.print(Text("  ".join(f"{k}: {v}" for k, v in facts if v)))

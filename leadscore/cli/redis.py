@@ -32,6 +32,7 @@ from leadscore.cli.app import (
     redis_url_arg,
 )
 from leadscore.inputs import input_size
+from leadscore.readmodel import view_at
 
 
 @app.command(context_settings={"allow_extra_args": True})
@@ -178,14 +179,16 @@ def show(
         bool, typer.Option("--cluster", help="The URL names a node of a Redis Cluster.")
     ] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print the read model exactly as stored (JSON).")
+        bool,
+        typer.Option("--json", help="Print the answer as JSON (what the HTTP service answers)."),
     ] = False,
 ) -> None:
-    """Print a contact's current score as the live flow stored it (its read model).
+    """Print a contact's score as of now, from the read model the live flow stores.
 
-    The same JSON the HTTP service answers and personalization reads from Redis. Scores are
-    as of `updated_at` (the contact's last event or decay crossing). Exit 1 when the contact
-    has never been scored.
+    The scores, total, normalized score and grade are decayed to the moment of the read
+    (`as of`), exactly as the HTTP service answers them (leadscore.readmodel.view_at);
+    `updated at` is the contact's last event or trigger. Exit 1 when the contact has never
+    been scored.
     """
     from redis.exceptions import RedisError
 
@@ -197,18 +200,19 @@ def show(
         with RedisStore(
             redis_url, prefix=prefix, cluster=cluster, retry=RetryPolicy(attempts=3)
         ) as store:
-            view = store.read_model(contact)
+            doc = store.read_model(contact)
             keys = store.keys
     except (StoreError, RedisError, ValueError) as err:
         fail(f"cannot read from {where}: {err}")
     p = keys.partition(contact)
-    if view is None:
+    if doc is None:
         fail(
             f"no score for contact {contact!r} in {where} (prefix {prefix!r}, partition {p} of "
             f"{keys.partitions}): the flow has not scored it. Check the id (case and spaces "
             "count) and the prefix, and that `leadscore run --source` has run since its "
             "events were sent."
         )
+    view = view_at(doc, time.time())  # decayed to now: the flow writes on change only
     if as_json:
         sys.stdout.buffer.write(orjson.dumps(view) + b"\n")
         return
@@ -228,4 +232,5 @@ def show(
         if view.get(name):
             grid.add_row(name, Text(", ".join(view[name])))
     grid.add_row("updated at", Text(view.get("updated_at") or "", style="dim"))
+    grid.add_row("as of", Text(view.get("as_of") or "", style="dim"))
     new_console().print(grid)

@@ -35,6 +35,8 @@ from leadscore.cli.app import (
     new_console,
     num,
     redis_url_arg,
+    seconds_arg,
+    time_arg,
 )
 from leadscore.inputs import input_size
 
@@ -100,6 +102,26 @@ def run(
     top: Annotated[
         int, typer.Option("--top", min=0, metavar="N", help="Leads to list in the report.")
     ] = 10,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            metavar="TIME",
+            help="Bring every contact's scores to TIME (RFC 3339 with Z or an offset, epoch "
+            "seconds, or now) instead of the run's clock (its latest accepted event). Must "
+            "be at or after the clock. Reads scores there; fires nothing. File runs only.",
+        ),
+    ] = None,
+    max_future: Annotated[
+        str,
+        typer.Option(
+            "--max-future",
+            metavar="DURATION",
+            envvar="LEADSCORE_MAX_FUTURE",
+            help="Reject events dated more than this past the wall clock (bad_ts: in the "
+            "future), so no sender's clock moves the run's.",
+        ),
+    ] = "5m",
     progress: Annotated[
         bool | None,
         typer.Option(
@@ -264,7 +286,10 @@ def run(
     """
     from flows.config import FlowConfig
 
+    tolerance = seconds_arg(max_future, "--max-future")
     if source is not None:
+        if as_of is not None:
+            fail("--as-of is for file runs: live reads are as of the moment they are made")
         if events or ctx.args:
             fail("--events and --source exclude each other: score files or a Redis source")
         if out is not None:
@@ -289,6 +314,7 @@ def run(
             retain_entries=retain_entries,
             lease_wait=standby,
             lease_ttl=lease_ttl,
+            max_future=tolerance,
         )
         if processes > 1:
             _run_live_processes(live, processes, workers)
@@ -302,7 +328,14 @@ def run(
         )
     out = out or "out"
     paths = events_arg(events, ctx.args)
-    config = FlowConfig(rules=rules, events=paths, out=out, shards=shards)
+    config = FlowConfig(
+        rules=rules,
+        events=paths,
+        out=out,
+        shards=shards,
+        max_future=tolerance,
+        as_of=time_arg(as_of, "--as-of"),
+    )
     show = new_console(stderr=True).is_terminal if progress is None else progress
     show = show and STDIO not in paths
     _run_files(config, workers, processes, top, show)
@@ -339,6 +372,13 @@ def _run_files(config: FlowConfig, workers: int, processes: int, top: int, show:
     except PeerFailed as err:
         fail(f"{err}{'' if err.own else '; rerun with --processes 1 to see why'}")
     _report(new_console(stderr=out == STDIO), report, out)
+    refused = report.summary.get("as_of_refused")
+    if refused is not None:
+        fail(
+            f"--as-of {refused} is before the run's clock {report.summary.get('as_of')} (its "
+            "latest accepted event), so the outputs are as of the clock: pick a time at or "
+            "after it, or leave --as-of out"
+        )
 
 
 @contextmanager
@@ -399,6 +439,8 @@ def _report(console: Console, report: FileRunReport, out: str) -> None:
         f"{sum(triggers.values()):,}",
         Text(", ".join(f"{k} {v:,}" for k, v in sorted(triggers.items()))),
     )
+    if summary.get("as_of"):
+        grid.add_row("scores as of", summary["as_of"], "")
     console.print(grid)
     if report.top:
         table = Table(title=f"Top {len(report.top)} leads", title_justify="left")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from leadscore.cli.app import app, fail, masked_url
+from leadscore.cli.app import app, fail, masked_url, seconds_arg
 
 
 def _action_map_arg(pairs: list[str]) -> dict[str, str] | None:
@@ -129,6 +129,15 @@ def serve(
             help="Connections served at once; past that new requests get 503. [default: 1000]",
         ),
     ] = None,
+    max_future: Annotated[
+        str | None,
+        typer.Option(
+            "--max-future",
+            metavar="DURATION",
+            help="Reject events dated more than this past the service's clock (bad_ts: in "
+            "the future). [default: 5m]",
+        ),
+    ] = None,
     pixel_only: Annotated[
         bool,
         typer.Option(
@@ -148,8 +157,8 @@ def serve(
     LEADSCORE_WRITE_KEYS, LEADSCORE_READ_KEYS, LEADSCORE_CORS_ORIGINS (comma-separated),
     LEADSCORE_ACTION_MAP, LEADSCORE_COOKIE_DOMAIN, LEADSCORE_COOKIE_SECURE,
     LEADSCORE_FLUSH_INTERVAL_MS, LEADSCORE_PIXEL_ACTIONS, LEADSCORE_BODY_TIMEOUT,
-    LEADSCORE_MAX_CONNECTIONS. LEADSCORE_PIXEL_SECRET (environment only) makes the pixel
-    count a contact id only with sig=HMAC-SHA256(secret, id) in hex.
+    LEADSCORE_MAX_CONNECTIONS, LEADSCORE_MAX_FUTURE. LEADSCORE_PIXEL_SECRET (environment
+    only) makes the pixel count a contact id only with sig=HMAC-SHA256(secret, id) in hex.
     """
     from leadscore.service import ServiceConfig, run_server
 
@@ -167,6 +176,7 @@ def serve(
         "pixel_actions": tuple(pixel_actions) if pixel_actions else None,
         "body_timeout": body_timeout,
         "max_connections": max_connections,
+        "max_future": seconds_arg(max_future, "--max-future") if max_future else None,
     }
     try:
         config = ServiceConfig.from_env(**overrides)
