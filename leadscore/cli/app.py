@@ -161,12 +161,15 @@ def masked_url(url: str) -> str:
 
 
 def time_arg(text: str | None, option: str) -> float | None:
-    """A time option (``--as-of``): RFC 3339 with Z or an offset, epoch seconds, or ``now``."""
+    """A time option (``--as-of``): RFC 3339 with Z or an offset, a bare date (its 00:00
+    UTC), epoch seconds, or ``now``."""
     if text is None:
         return None
     from leadscore.events import Reject, parse_ts
 
     value = text.strip()
+    if len(value) == 10 and value[4] == "-" and value[7] == "-":
+        value += "T00:00:00Z"
     if value.lower() == "now":
         import time
 

@@ -135,7 +135,8 @@ def _render_explanation(console: Console, story: Explanation, result: Replay) ->
         )
     )
     if story.events:
-        table = _table("Events", "at", "event", "points", "rules, or why no points", right=("points",))
+        header = "rules, or why no points"
+        table = _table("Events", "at", "event", "points", header, right=("points",))
         for e in story.events:
             event = Text(e.action)
             if e.event_id:
