@@ -51,7 +51,11 @@ class Receiver:
                 pass
 
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                size = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(size)
+                if len(body) < size:  # the sender died mid-request: no server acts on half a body
+                    self.close_connection = True
+                    return
                 receiver.answer(self, body)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
