@@ -47,8 +47,9 @@ from flows.io import ResultsSink
 from flows.redis_io import IDLE, RedisStreamSource, wake_by
 from flows.shards import DeadLetter, ShardLogic, wake_time
 from leadscore.engine import Engine
-from leadscore.events import Event, Reject, format_ts, latest_ts, parse_events
+from leadscore.events import Event, Reject, format_ts, latest_ts
 from leadscore.readmodel import DocumentWriter
+from leadscore.typed import parse_events
 from state.codec import decode, encode
 from state.keys import Keys
 from state.lease import FlowLease

@@ -43,8 +43,9 @@ from flows.shards import (
     shard_of,
 )
 from leadscore.engine import Engine
-from leadscore.events import DEFAULT_MAX_FUTURE, NO_TS, Event, Reject, latest_ts, parse_events
+from leadscore.events import DEFAULT_MAX_FUTURE, NO_TS, Event, Reject, latest_ts
 from leadscore.rules import Rules, load_rules
+from leadscore.typed import parse_events
 
 __all__ = [
     "DeadLetter",
