@@ -19,6 +19,7 @@ from bench.conftest import BASELINE, HotPath, percentiles
 from flows.scoring import effect_record
 from leadscore.engine import ContactState, Duplicate, Effect
 from leadscore.events import Event, parse_event, parse_events
+from leadscore.typed import parse_events as parse_events_typed
 from state.codec import decode, encode
 
 
@@ -127,6 +128,18 @@ def test_parse_events(benchmark: Any, hot: HotPath) -> None:
 
     assert benchmark(loop) == len(lines)
     hot.record(benchmark, "parse_events", len(lines))
+
+
+def test_parse_events_typed(benchmark: Any, hot: HotPath) -> None:
+    """leadscore.typed.parse_events (msgspec) over the same chunks: ratio to parse_events."""
+    lines = hot.lines
+    chunks = [lines[i : i + 2048] for i in range(0, len(lines), 2048)]
+
+    def loop() -> int:
+        return sum(len(parse_events_typed(chunk, 0.0)) for chunk in chunks)
+
+    assert benchmark(loop) == len(lines)
+    hot.record(benchmark, "parse_events_typed", len(lines))
 
 
 def test_records(benchmark: Any, hot: HotPath) -> None:
