@@ -20,6 +20,7 @@ from typing import Any
 from zlib import crc32
 
 from leadscore.events import Event, format_ts, round4
+from leadscore.model import Explanation
 from leadscore.rules import (
     REPEAT_COOLDOWN,
     REPEAT_ONCE,
@@ -200,7 +201,15 @@ class Engine:
         self._stage_order = rules.stage_order
         self._allow_backward = rules.allow_backward
         self._fit = rules.fit
-        self._fit_paths = tuple(dict.fromkeys(r.trait for r in rules.fit))
+        # The traits a contact's state keeps: those fit rules test and those the model reads.
+        predict = rules.predict
+        self._model = predict.model if predict is not None else None
+        self._predict_as = predict.name if predict is not None else ""
+        model = self._model
+        model_traits = [f.key for f in model.features if f.source == "trait"] if model else []
+        self._fit_paths = tuple(dict.fromkeys([*(r.trait for r in rules.fit), *model_traits]))
+        # A trait change re-evaluates triggers when one watches the likelihood.
+        self._watch_predict = any(t.score == self._predict_as for t in rules.triggers)
         self._grade_bands = tuple(
             b for b in (rules.fit_grade, rules.engagement_grade) if b is not None
         )
@@ -237,7 +246,14 @@ class Engine:
             (name, spec.half_life, spec.expire_after) for name, spec in rules.groups.items()
         )
         self._trigger_plan = tuple(
-            (t, len(self._group_names) if t.score == TOTAL else self._group_names.index(t.score))
+            (
+                t,
+                len(self._group_names)
+                if t.score == TOTAL
+                else len(self._group_names) + 1
+                if t.score == self._predict_as
+                else self._group_names.index(t.score),
+            )
             for t in rules.triggers
         )
         # A new contact's derived timer fields, worked out once: every new state is alike, and
@@ -439,7 +455,7 @@ class Engine:
             for bands in self._grade_bands:
                 value = total if bands.group == TOTAL else scores.get(bands.group, 0.0)
                 grade += bands.grade(value)
-        return {
+        view = {
             "contact": contact,
             "scores": scores,
             "total": total,
@@ -451,6 +467,39 @@ class Engine:
             "updated_at": format_ts(last) if last else None,
             "as_of": format_ts(t) if t else None,
         }
+        if self._model is not None:  # once per view: per dirty contact per flush, not per event
+            view[self._predict_as] = self.likelihood(state, t)
+        return view
+
+    # ---- prediction (rules' `predict`)
+
+    def predict_values(self, state: ContactState, t: float) -> list[Any]:
+        """The model's inputs for this contact at time ``t``, in the model's feature order."""
+        assert self._model is not None
+        traits = state.traits
+        values: list[Any] = []
+        for f in self._model.features:
+            source = f.source
+            if source == "trait":
+                values.append(traits.get(f.key))
+            elif source == "score":
+                values.append(self._group_score(state, f.key, t))
+            else:  # rule_hits: the rules loader checked the rule keeps a tracker
+                tracked = state.tracked
+                values.append(state.tracks[tracked.index(f.key) * 3] if f.key in tracked else 0.0)
+        return values
+
+    def likelihood(self, state: ContactState, t: float | None = None) -> float | None:
+        """The model's calibrated likelihood to convert, in percent (None without a model)."""
+        if self._model is None:
+            return None
+        return self._model.percent(self.predict_values(state, state.last_ts if t is None else t))
+
+    def explain_likelihood(self, state: ContactState) -> Explanation | None:
+        """Each feature's contribution to this contact's likelihood (None without a model)."""
+        if self._model is None:
+            return None
+        return self._model.explain(self.predict_values(state, state.last_ts))
 
     # ---- scores and decay
 
@@ -664,6 +713,8 @@ class Engine:
                     score -= points
             values.append(score)
         values.append(sum(values))  # TOTAL, summed in the order score() sums it
+        if self._watch_predict:
+            values.append(self.likelihood(state, t))  # type: ignore[arg-type]
         for trigger, index in self._trigger_plan:
             s = values[index]
             fired = state.triggers.get(trigger.id)  # not cached: _set_trigger may replace it
@@ -774,10 +825,10 @@ class Engine:
         if not changed:
             return False
         state.traits = known
+        moved = self._watch_predict  # the likelihood may have moved: triggers watch it
         before = set(state.fit)
         matched = tuple(r.id for r in self._fit if r.test(known.get(r.trait)))
         now = set(matched)
-        moved = False
         for r in self._fit:
             if (r.id in now) != (r.id in before):
                 points = r.points if r.id in now else -r.points

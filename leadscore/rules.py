@@ -22,9 +22,14 @@ import yaml
 from leadscore.channels import Channel, parse_channels, url_problem
 from leadscore.durations import parse_duration
 from leadscore.events import STANDARD_ACTIONS, parse_ts
+from leadscore.model import Model, ModelError, load_model
 from leadscore.patterns import PatternError, compile_search
 
 TOTAL = "total"
+# Keys of a contact's read model (Engine.view): a prediction's `as` name must not shadow one.
+VIEW_FIELDS = frozenset(
+    {"contact", "scores", "total", "normalized", "grade", "stage", "segments", "tags", "updated_at"}
+)
 TRIGGER_ACTION_KINDS = (
     "notify",
     "add_segment",
@@ -207,6 +212,14 @@ class GradeBands:
 
 
 @dataclass(slots=True)
+class Prediction:
+    """`predict: {model: FILE, as: NAME}`: every contact carries the model's likelihood."""
+
+    model: Model
+    name: str  # the read model's field and the score triggers name, e.g. "likelihood"
+
+
+@dataclass(slots=True)
 class Rules:
     source: str
     groups: dict[str, GroupSpec]
@@ -226,6 +239,7 @@ class Rules:
     # Per action name, all of its action and stage rules' `where` as one generated function.
     matchers: dict[str, Matcher] = field(default_factory=dict)
     channels: dict[str, Channel] = field(default_factory=dict)  # `notify:` targets
+    predict: Prediction | None = None
 
     def is_known(self, action: str) -> bool:
         return action in self.known_actions
@@ -336,6 +350,7 @@ class _Compiler:
         self.problems: list[Problem] = []
         self.channels: dict[str, Channel] = {}
         self.declared = False  # a `channels:` section exists: every notify must name one
+        self.predicted: str | None = None  # predict's `as` name: a score triggers may watch
 
     def problem(self, where: str, field: str, message: str) -> None:
         self.problems.append(Problem(self.source, where, field, message))
@@ -365,6 +380,7 @@ class _Compiler:
                 "grades",
                 "scale",
                 "channels",
+                "predict",
             },
             {"version"},
         )
@@ -379,6 +395,8 @@ class _Compiler:
         fit = self.fit_rules(doc.get("fit"), groups, {a.id for a in actions})
         self.channels = parse_channels(doc.get("channels"), self.problem)
         self.declared = "channels" in doc
+        predict = self.predict(doc.get("predict"), groups, actions)
+        self.predicted = predict.name if predict is not None else None
         triggers = self.triggers(doc.get("triggers"), groups, stage_order)
         fit_grade, engagement_grade = self.grades(doc.get("grades"), groups)
         scale_score, scale_max = self.scale(doc.get("scale"), groups)
@@ -419,6 +437,7 @@ class _Compiler:
                 for name in {**by_action, **stages_by_action}
             },
             channels=self.channels,
+            predict=predict,
         )
 
     # ---- groups
@@ -710,6 +729,59 @@ class _Compiler:
             self.problem(where, "between", f"low {lo:g} is above high {hi:g}")
         return lambda v: (n := _as_number(v)) is not None and lo <= n <= hi
 
+    # ---- predict
+
+    def predict(
+        self, node: object, groups: dict[str, GroupSpec], actions: list[ActionRule]
+    ) -> Prediction | None:
+        """Load the model a rules file names; its path is relative to the rules file."""
+        if node is None:
+            return None
+        if not isinstance(node, dict):
+            self.problem("predict", "", f"expected {{model, as}}, got {_kind(node)}")
+            return None
+        self.keys("predict", node, {"model", "as"}, {"model"})
+        name = node.get("as", "likelihood")
+        if not isinstance(name, str) or not name:
+            self.problem("predict", "as", "expected a non-empty name, e.g. likelihood")
+            return None
+        if name in VIEW_FIELDS or name in groups or name == TOTAL:
+            self.problem("predict", "as", f"{name!r} is already a contact field or a group")
+            return None
+        file = node.get("model")
+        if not isinstance(file, str) or not file:
+            self.problem("predict", "model", "expected the path of a model file")
+            return None
+        base = Path(self.source).parent if self.source and not self.source.startswith("<") else None
+        path = base / file if base is not None and not Path(file).is_absolute() else Path(file)
+        try:
+            model = load_model(path)
+        except ModelError as exc:
+            self.problem("predict", "model", str(exc))
+            return None
+        tracked = {a.id for a in actions if a.tracked}
+        known = {a.id for a in actions}
+        for feature in model.features:
+            why = None
+            if feature.source == "score" and feature.key not in groups:
+                why = f"it reads the score of group {feature.key!r}, which these rules lack"
+            elif feature.source == "rule_hits" and feature.key not in tracked:
+                why = (
+                    f"it counts hits of rule {feature.key!r}, which these rules lack"
+                    if feature.key not in known
+                    else f"it counts hits of rule {feature.key!r}, which keeps no counter "
+                    "(repeat: true and no hits/returns_*)"
+                )
+            elif feature.source == "action_count":
+                why = "it counts events by action, which a contact's live state does not keep"
+            if why:
+                self.problem(
+                    "predict",
+                    "model",
+                    f"{path}: feature {feature.name!r}: these rules cannot provide it: {why}",
+                )
+        return Prediction(model, name)
+
     # ---- triggers
 
     def triggers(
@@ -740,7 +812,7 @@ class _Compiler:
                 self.problem(where, "id", f"duplicate id {tid!r}; ids must be unique")
             seen.add(tid)
             score = item.get("score", TOTAL)
-            if score != TOTAL and score not in groups:
+            if score != TOTAL and score not in groups and score != self.predicted:
                 self.problem(
                     where, "score", f"unknown score {score!r}; expected 'total' or a group"
                 )
