@@ -72,6 +72,11 @@ def make_table(path: Path, rows: int = 1200, seed: int = 3) -> Path:
     return path
 
 
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 @pytest.fixture(scope="module")
 def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_table(tmp_path_factory.mktemp("crm") / "leads.csv")
@@ -161,14 +166,14 @@ def test_model_file_round_trips_and_predicts_as_the_trainer_did(
     trained: Any, model_file: Path, table: Path
 ) -> None:
     model = load_model(model_file)
-    rows = list(csv.DictReader(open(table, newline="")))
+    rows = read_rows(table)
     for index, batch in zip(trained.holdout_rows, trained.holdout_probabilities, strict=True):
         assert model.probability(model.values_of(rows[index])) == pytest.approx(batch, abs=1e-9)
 
 
 def test_top_factors_sum_with_the_intercept_to_the_logit(model_file: Path, table: Path) -> None:
     model = load_model(model_file)
-    for row in list(csv.DictReader(open(table, newline="")))[:50]:
+    for row in read_rows(table)[:50]:
         values = model.values_of(row)
         explanation = model.explain(values)
         total = explanation.base + math.fsum(f.contribution for f in explanation.factors)
@@ -286,11 +291,10 @@ def test_live_likelihood_equals_the_batch_prediction(
     rules = rules_with_model(tmp_path, model_file)
     out = tmp_path / "out"
     run_main(build_flow(FlowConfig(rules=str(rules), events=[str(events)], out=str(out))))
-    contacts = {
-        c["contact"]: c for c in map(orjson.loads, (out / "contacts.jsonl").read_bytes().splitlines())
-    }
+    lines = (out / "contacts.jsonl").read_bytes().splitlines()
+    contacts = {c["contact"]: c for c in map(orjson.loads, lines)}
     assert len(contacts) == 1200
-    ids = [row["Lead Id"] for row in csv.DictReader(open(table, newline=""))]
+    ids = [row["Lead Id"] for row in read_rows(table)]
     for index, batch in zip(trained.holdout_rows, trained.holdout_probabilities, strict=True):
         line = contacts[ids[index]]
         assert line["likelihood"] == pytest.approx(batch * 100.0, abs=0.0051)
