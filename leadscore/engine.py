@@ -208,6 +208,12 @@ class Engine:
         model = self._model
         model_traits = [f.key for f in model.features if f.source == "trait"] if model else []
         self._fit_paths = tuple(dict.fromkeys([*(r.trait for r in rules.fit), *model_traits]))
+        sources = {"trait": 0, "score": 1, "rule_hits": 2}
+        self._predict_plan = tuple(
+            (sources[f.source], f.key) for f in (model.features if model else ())
+        )
+        self._predict_keys = tuple(key for _, key in self._predict_plan)
+        self._predict_traits_only = all(source == 0 for source, _ in self._predict_plan)
         # A trait change re-evaluates triggers when one watches the likelihood.
         self._watch_predict = any(t.score == self._predict_as for t in rules.triggers)
         self._grade_bands = tuple(
@@ -475,18 +481,18 @@ class Engine:
 
     def predict_values(self, state: ContactState, t: float) -> list[Any]:
         """The model's inputs for this contact at time ``t``, in the model's feature order."""
-        assert self._model is not None
         traits = state.traits
+        if self._predict_traits_only:
+            return [traits.get(key) for key in self._predict_keys]
         values: list[Any] = []
-        for f in self._model.features:
-            source = f.source
-            if source == "trait":
-                values.append(traits.get(f.key))
-            elif source == "score":
-                values.append(self._group_score(state, f.key, t))
-            else:  # rule_hits: the rules loader checked the rule keeps a tracker
+        for source, key in self._predict_plan:
+            if source == 0:
+                values.append(traits.get(key))
+            elif source == 1:
+                values.append(self._group_score(state, key, t))
+            else:  # rule hits: the rules loader checked the rule keeps a tracker
                 tracked = state.tracked
-                values.append(state.tracks[tracked.index(f.key) * 3] if f.key in tracked else 0.0)
+                values.append(state.tracks[tracked.index(key) * 3] if key in tracked else 0.0)
         return values
 
     def likelihood(self, state: ContactState, t: float | None = None) -> float | None:

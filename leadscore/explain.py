@@ -123,6 +123,8 @@ class Replay:
     end: float | None  # the replay clock: the latest accepted event time of any contact
     events_seen: list[EventLine] = field(default_factory=list)  # the contact's, in order
     as_of: float | None = None  # the time the final view is brought to (end, or later)
+    # With `predict` in the rules: the likelihood's top factors (Explanation.to_json).
+    likelihood: dict[str, Any] | None = None
 
 
 class AsOfTooEarly(ValueError):
@@ -374,6 +376,11 @@ def replay(
                 if rec is not None:
                     records.append(rec)
         view = engine.view(contact, state, at)
+        factors = engine.explain_likelihood(state, at)
+        likelihood = factors.to_json(5) if factors is not None else None
+        return Replay(
+            contact, records, view, events, duplicates, count, end, lines_out, at, likelihood
+        )
     return Replay(contact, records, view, events, duplicates, count, end, lines_out, at)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -37,6 +37,7 @@ MAX_CATEGORY_CHARS = 256  # what a contact's state keeps of a trait (engine.MAX_
 # Values that mean "not filled in" in CRM exports, compared after strip() and lower().
 DEFAULT_MISSING = ("", "select", "none", "null", "nan", "n/a", "na", "-")
 MAX_MODEL_BYTES = 16 * 1024 * 1024
+_MEMO_LIMIT = 4096  # distinct text values remembered per category feature
 
 
 class ModelError(Exception):
@@ -206,7 +207,7 @@ class Explanation:
 # --------------------------------------------------------------------------- the model
 
 
-@dataclass(slots=True)
+@dataclass
 class Model:
     """A loaded model: evaluate with :meth:`probability`, explain with :meth:`explain`."""
 
@@ -218,12 +219,15 @@ class Model:
     missing_values: frozenset[str]
     doc: dict[str, Any]  # the whole file as loaded: label, training, quality
 
+    def __post_init__(self) -> None:
+        # One closure per feature: the live path calls them once per read model.
+        self._scorers = tuple(_scorer(f, self.missing_values) for f in self.features)
+
     def logit(self, values: Sequence[Any]) -> float:
         """The calibrated logit for raw values given in ``features`` order."""
-        missing = self.missing_values
         raw = self.intercept
-        for feature, value in zip(self.features, values, strict=True):
-            raw += feature.contribution(value, missing)
+        for scorer, value in zip(self._scorers, values, strict=True):
+            raw += scorer(value)
         return self.calibration_a * raw + self.calibration_b
 
     def probability(self, values: Sequence[Any]) -> float:
@@ -253,6 +257,61 @@ class Model:
     @property
     def quality(self) -> dict[str, Any]:
         return dict(self.doc.get("quality") or {})
+
+
+def _scorer(feature: Feature, missing: frozenset[str]) -> Callable[[Any], float]:
+    """``feature.contribution`` as a closure with the common cases first: same results.
+
+    Text values are memoized per feature (a category has few levels; the memo is bounded so
+    free text such as e-mail addresses cannot grow it).
+    """
+    absent = feature.missing
+    if feature.kind == "category":
+        levels, other = feature.levels, feature.other
+        memo: dict[str, float] = {}
+
+        def category(value: Any) -> float:
+            if value is None:
+                return absent
+            if type(value) is str:
+                c = memo.get(value)
+                if c is None:
+                    c = feature.contribution(value, missing)
+                    if len(memo) < _MEMO_LIMIT:
+                        memo[value] = c
+                return c
+            key = category_key(value, missing)
+            return absent if key is None else levels.get(key, other)
+
+        return category
+
+    log = feature.transform == "log1p"
+    low, high, mean, scale, weight = (
+        feature.low,
+        feature.high,
+        feature.mean,
+        feature.scale,
+        feature.weight,
+    )
+    edges, bins = feature.edges, feature.bins
+
+    def number(value: Any) -> float:
+        kind = type(value)
+        if kind is float or kind is int:
+            x = float(value)
+            if not math.isfinite(x):
+                return absent
+        else:
+            parsed = number_value(value, missing)
+            if parsed is None:
+                return absent
+            x = parsed
+        if log:
+            x = math.copysign(math.log1p(abs(x)), x)
+        x = low if x < low else high if x > high else x
+        return weight * (x - mean) / scale + bins[bisect_right(edges, x)]
+
+    return number
 
 
 def _sigmoid(z: float) -> float:

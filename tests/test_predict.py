@@ -379,3 +379,68 @@ def test_xeducation_guard_names_tags_and_the_honest_model_is_good() -> None:
     )
     assert not honest.leaky
     assert honest.quality["holdout"]["auc"] >= 0.88
+
+
+# --------------------------------------------------------------------------- Redis and HTTP
+
+
+def test_redis_read_model_and_http_api_carry_and_explain_the_likelihood(
+    tmp_path: Path, table: Path, trained: Any, model_file: Path, redis_url: str, serve: Any
+) -> None:
+    import httpx
+
+    from state.redis_store import RedisStore
+
+    prefix, partitions = "predict", 4
+    imported = import_table(table, "Lead Id", at=T0, exclude=["Won"])
+    rows = read_rows(table)
+    batch = dict(zip(trained.holdout_rows, trained.holdout_probabilities, strict=True))
+    chosen = sorted(batch)[:40]
+    wanted = {rows[i]["Lead Id"]: batch[i] for i in chosen}
+    lines = [orjson.dumps(e) for e in imported.events if e["contact"] in wanted]
+    with RedisStore(redis_url, prefix=prefix, partitions=partitions) as store:
+        store.send_events(lines)
+    rules = rules_with_model(tmp_path, model_file)
+    config = FlowConfig(
+        rules=str(rules),
+        source="redis",
+        redis_url=redis_url,
+        partitions=partitions,
+        prefix=prefix,
+        tail=False,
+    )
+    run_main(build_flow(config))
+    live = serve(prefix=prefix, partitions=partitions, rules=str(rules))
+    for contact, probability in list(wanted.items())[:10]:
+        plain = httpx.get(f"{live.url}/v1/contacts/{contact}", timeout=10).json()
+        assert plain["likelihood"] == pytest.approx(probability * 100.0, abs=0.0051)
+        assert "likelihood_factors" not in plain
+        explained = httpx.get(f"{live.url}/v1/contacts/{contact}?explain=1", timeout=10).json()
+        factors = explained["likelihood_factors"]
+        assert factors["likelihood"] == plain["likelihood"]
+        assert factors["raising"] or factors["lowering"]
+        named = {f["feature"] for f in factors["raising"] + factors["lowering"]}
+        assert named <= {"Source", "Role", "Visits", "Minutes", "Country"}
+        contributions = [f["contribution"] for f in factors["raising"]]
+        assert contributions == sorted(contributions, reverse=True)
+        assert all(c > 0 for c in contributions)
+        assert all(f["contribution"] < 0 for f in factors["lowering"])
+
+
+def test_explain_replay_shows_the_likelihoods_top_factors(
+    tmp_path: Path, table: Path, model_file: Path
+) -> None:
+    from leadscore.explain import replay
+
+    imported = import_table(table, "Lead Id", at=T0, exclude=["Won"])
+    rules = load_rules(rules_with_model(tmp_path, model_file))
+    lines = [orjson.dumps(e) for e in imported.events[:30]]
+    contact = imported.events[7]["contact"]
+    result = replay(rules, lines, contact, T0)
+    assert result.view is not None and result.likelihood is not None
+    assert result.likelihood["likelihood"] == result.view["likelihood"]
+    model = load_model(model_file)
+    expected = model.explain(model.values_of(imported.events[7]["traits"]))
+    up, down = expected.top(5)
+    assert [f["feature"] for f in result.likelihood["raising"]] == [f.feature for f in up]
+    assert [f["feature"] for f in result.likelihood["lowering"]] == [f.feature for f in down]

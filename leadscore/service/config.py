@@ -53,6 +53,7 @@ def _env_bool(text: str) -> bool:
 
 _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "LEADSCORE_REDIS_URL": ("redis_url", str),
+    "LEADSCORE_RULES": ("rules", lambda v: v or None),
     "LEADSCORE_PREFIX": ("prefix", str),
     "LEADSCORE_PARTITIONS": ("partitions", int),
     "LEADSCORE_WRITE_KEYS": ("write_keys", _split),
@@ -112,6 +113,7 @@ class ServiceConfig:
     pixel_secret: str | None = field(default=None, repr=False)
     # Seconds an event's time may be past the service's clock before it is rejected (bad_ts).
     max_future: float = DEFAULT_MAX_FUTURE
+    rules: str | None = None  # the flow's rules: with `predict`, ?explain=1 explains likelihood
 
     def __post_init__(self) -> None:
         problems = []

@@ -251,7 +251,9 @@ def openapi_document(config: ServiceConfig) -> dict[str, Any]:
                             "required": False,
                             "schema": {"type": "boolean"},
                             "description": "also return the newest change records (points, stage, "
-                            "segment, tag), oldest first",
+                            "segment, tag), oldest first, and, when the service has the rules "
+                            "and they `predict`, the likelihood's top factors "
+                            "(`likelihood_factors`)",
                         },
                         {
                             "name": "limit",
@@ -402,7 +404,7 @@ def openapi_document(config: ServiceConfig) -> dict[str, Any]:
                 "Contact": {
                     "type": "object",
                     "description": "The flow's read model (engine view); `changes` only with "
-                    "explain.",
+                    "explain. With `predict` in the rules, a top-level `likelihood` (0-100).",
                     "properties": {
                         "score": {"type": "number"},
                         "scores": {"type": "object", "additionalProperties": {"type": "number"}},

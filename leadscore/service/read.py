@@ -14,17 +14,21 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from leadscore.engine import Engine
 from leadscore.events import MAX_CONTACT_CHARS
 from leadscore.readmodel import view_at
+from leadscore.rules import load_rules
 from leadscore.service.auth import authorize_read
 from leadscore.service.backend import Service
 from leadscore.service.config import FALSE_WORDS, TRUE_WORDS
 from leadscore.service.errors import ApiError, StorageUnavailable, json_response
+from state.codec import StateFormatError, decode
 from state.keys import Keys
 
 EXPLAIN_SCAN = 5000  # change records looked at per explain request, newest first
 EXPLAIN_PAGE = 50  # stream entries per XREVRANGE (an entry packs up to 100 records)
 EXPLAIN_MAX = 200
+EXPLAIN_FACTORS = 5  # features shown raising and lowering a likelihood
 
 
 def _flag(value: str | None, name: str) -> bool:
@@ -44,6 +48,13 @@ class Reads:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.config = service.config
+        # With the flow's rules and their `predict` model, ?explain=1 also explains the
+        # likelihood from the contact's stored state (the state the read model was built from).
+        self.engine: Engine | None = None
+        if self.config.rules:
+            engine = Engine(load_rules(self.config.rules))  # RulesError: a bad file stops start
+            if engine.rules.predict is not None:
+                self.engine = engine
 
     async def contact(self, request: Request) -> Response:
         """The contact's scores as of this read (``as_of``), from the read model the flow
@@ -71,11 +82,29 @@ class Reads:
             if not explain:
                 return Response(orjson.dumps(view), 200, media_type="application/json")
             view["changes"] = await self._changes(keys, contact, int(limit_text))
+            if self.engine is not None:
+                await self._explain_likelihood(keys, contact, view)
         except (StorageUnavailable, RedisError, OSError) as exc:
             raise ApiError(
                 503, "unavailable", f"read model unavailable: {exc}", None, {"Retry-After": "1"}
             ) from None
         return json_response(view)
+
+    async def _explain_likelihood(self, keys: Keys, contact: str, view: dict[str, Any]) -> None:
+        """Add ``{as}_factors``: the features raising and lowering the likelihood most."""
+        assert self.engine is not None and self.service.redis is not None
+        prediction = self.engine.rules.predict
+        assert prediction is not None
+        packed = await self.service.redis.get(keys.state(keys.partition(contact), contact))
+        if packed is None:
+            return
+        try:
+            state = decode(packed)
+        except StateFormatError:
+            return  # the read model still answers; the flow dead-letters damaged state
+        explanation = self.engine.explain_likelihood(state)
+        if explanation is not None:
+            view[f"{prediction.name}_factors"] = explanation.to_json(EXPLAIN_FACTORS)
 
     async def _changes(self, keys: Keys, contact: str, limit: int) -> list[Any]:
         """The newest ``limit`` change records of one contact, oldest first.
