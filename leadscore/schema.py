@@ -347,7 +347,8 @@ def _trigger() -> dict[str, Any]:
             "score": _s(
                 "string",
                 "Score",
-                "`total` (default) or a group name.",
+                "`total` (default), a group name, or the name `predict` gives the likelihood "
+                "(0-100).",
                 minLength=1,
                 default="total",
             ),
@@ -566,6 +567,31 @@ def rules_json_schema() -> dict[str, Any]:
                 "properties": {
                     "fit": _bands("Fit grade", "fit"),
                     "engagement": _bands("Engagement grade", "engagement"),
+                },
+            },
+            "predict": {
+                "type": "object",
+                "title": "Predict",
+                "description": "Give every contact a likelihood to convert (0-100, a calibrated "
+                "probability in percent) from a model trained by `leadscore train`. It is a "
+                "top-level field of the contact, not a group: it is not added to `total`.",
+                "additionalProperties": False,
+                "required": ["model"],
+                "properties": {
+                    "model": _s(
+                        "string",
+                        "Model",
+                        "The model file (JSON), relative to this rules file.",
+                        minLength=1,
+                    ),
+                    "as": _s(
+                        "string",
+                        "As",
+                        "The contact field holding the likelihood; triggers watch it with "
+                        "`score: <as>`.",
+                        minLength=1,
+                        default="likelihood",
+                    ),
                 },
             },
             "scale": {

@@ -444,3 +444,20 @@ def test_explain_replay_shows_the_likelihoods_top_factors(
     up, down = expected.top(5)
     assert [f["feature"] for f in result.likelihood["raising"]] == [f.feature for f in up]
     assert [f["feature"] for f in result.likelihood["lowering"]] == [f.feature for f in down]
+
+
+def test_the_xeducation_example_validates_and_loads() -> None:
+    import jsonschema
+    import yaml
+
+    from leadscore.schema import rules_json_schema
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "xeducation" / "rules.yaml"
+    jsonschema.validate(yaml.safe_load(path.read_text(encoding="utf-8")), rules_json_schema())
+    rules = load_rules(path)
+    assert rules.predict is not None and rules.predict.name == "likelihood"
+    quality = rules.predict.model.quality["holdout"]
+    assert quality["auc"] >= 0.88
+    assert not rules.predict.model.doc["training"]["refused_as_leaky"]
+    excluded = {"Tags", "Lead Quality", "Lead Profile"}
+    assert not excluded & {f.key for f in rules.predict.model.features}
