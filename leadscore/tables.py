@@ -33,7 +33,12 @@ class Column:
 
     name: str
     kind: str  # "number" | "category"
-    source: str = "trait"
+    source: str = "trait"  # a model feature source: trait, score, rule_hits
+    key: str = ""  # the trait path, group or rule id; "" means the same as name
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = self.name
 
 
 # --------------------------------------------------------------------------- tables

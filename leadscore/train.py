@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from leadscore.events import format_ts
 from leadscore.model import (
     DEFAULT_MISSING,
     Feature,
@@ -35,6 +36,8 @@ from leadscore.model import (
     parse_model,
     transform,
 )
+from leadscore.outcomes import Conversions
+from leadscore.rules import Rules
 from leadscore.tables import Column, TableError, infer_columns, parse_label, read_table
 
 MIN_LEVEL_ROWS = 10  # a category level seen fewer times in training falls into "other"
@@ -106,6 +109,75 @@ def train_table(path: str | Path, options: TrainOptions) -> TrainResult:
     columns, dropped = infer_columns(table, skip, missing)
     rows = [[row.get(c.name) for c in columns] for row in table.rows]
     source = {"table": Path(table.path).name, "label": options.label, "id": options.id}
+    return fit(columns, rows, labels, options, source, dropped)
+
+
+def train_events(
+    rules: Rules,
+    paths: Sequence[str],
+    outcomes: Conversions,
+    window: float,
+    options: TrainOptions,
+    as_of: float | None = None,
+    now: float = 0.0,
+) -> TrainResult:
+    """Train from event history with the population and label of `leadscore calibrate`.
+
+    Contacts in play at ``as_of`` (events by then, no conversion by then) are replayed through
+    the engine with no look-ahead; the label is a conversion in ``(as_of, as_of + window]``.
+    Features are what the live flow can give the model later: the traits the rules keep
+    (those their fit rules read), every group's score at ``as_of`` and the hits of every rule
+    that keeps a counter. Counts per action are not features: a contact's live state does
+    not keep them, so the rules would refuse the model.
+    """
+    from leadscore.outcomes import OutcomeError, population
+
+    try:
+        pop = population(rules, paths, outcomes, window, as_of, now)
+    except OutcomeError as err:
+        raise TrainError(str(err)) from None
+    traits = list(dict.fromkeys(r.trait for r in rules.fit))
+    groups = list(rules.groups)
+    tracked = [r.id for r in rules.actions if r.tracked]
+    rows: list[list[Any]] = []
+    labels: list[int] = []
+    for member in pop.members:
+        state = member.state
+        scores = member.view["scores"]
+        hits = []
+        for rule in tracked:
+            i = state.tracked.index(rule) * 3 if rule in state.tracked else -1
+            hits.append(state.tracks[i] if i >= 0 else 0.0)
+        rows.append(
+            [state.traits.get(t) for t in traits] + [scores.get(g, 0.0) for g in groups] + hits
+        )
+        labels.append(int(member.label))
+    missing = frozenset(m.strip().lower() for m in options.missing_values)
+    columns: list[Column] = []
+    for j, trait in enumerate(traits):
+        present = [v for row in rows if (v := row[j]) is not None]
+        numeric = present and all(number_value(v, missing) is not None for v in present)
+        columns.append(
+            Column(f"trait {trait}", "number" if numeric else "category", "trait", trait)
+        )
+    columns += [Column(f"score {g}", "number", "score", g) for g in groups]
+    columns += [Column(f"hits {r}", "number", "rule_hits", r) for r in tracked]
+    # A column with one value (e.g. a group no rule of this history reached) teaches nothing.
+    keep = [j for j in range(len(columns)) if len({repr(row[j]) for row in rows}) > 1]
+    dropped = [(columns[j].name, "one value only") for j in range(len(columns)) if j not in keep]
+    columns = [columns[j] for j in keep]
+    rows = [[row[j] for j in keep] for row in rows]
+    if not columns:
+        raise TrainError("the rules give the model nothing to learn from (no varying feature)")
+    source = {
+        "rules": str(rules.source),
+        "events": [str(p) for p in paths],
+        "conversion": sorted(outcomes.actions),
+        "outcomes": outcomes.source,
+        "as_of": format_ts(pop.as_of),
+        "window": _duration(window),
+        "excluded_already_converted": pop.excluded,
+    }
     return fit(columns, rows, labels, options, source, dropped)
 
 
@@ -252,6 +324,14 @@ def _fit(
     )
 
 
+def _duration(seconds: float) -> str:
+    """Seconds in the rules file's notation: 1814400 -> 21d."""
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
 def _sklearn() -> tuple[Any, Any, Any, Any]:
     try:
         import numpy
@@ -334,7 +414,7 @@ class _Encoder:
             return Feature(
                 col.name,
                 col.source,
-                col.name,
+                col.key,
                 "category",
                 w[n + 1],
                 dict(zip(self.levels, w[:n], strict=True)),
@@ -343,7 +423,7 @@ class _Encoder:
         return Feature(
             col.name,
             col.source,
-            col.name,
+            col.key,
             "number",
             w[-1],
             {},

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from flows.scoring import FlowConfig, build_flow
 from leadscore.engine import Engine
-from leadscore.events import Event
+from leadscore.events import Event, parse_event, parse_ts
 from leadscore.model import ModelError, load_model, parse_model, save_model
 from leadscore.rules import RulesError, load_rules
 from leadscore.tables import TableError, import_table
@@ -44,6 +44,12 @@ SALES_SIDE = (
     "Asymmetrique Profile Score",
 )
 T0 = 1_780_000_000.0
+
+
+def parse_ts_text(text: str) -> float:
+    ts = parse_ts(text, 0.0)
+    assert isinstance(ts, float)
+    return ts
 
 
 # --------------------------------------------------------------------------- a generated CRM
@@ -461,3 +467,56 @@ def test_the_xeducation_example_validates_and_loads() -> None:
     assert not rules.predict.model.doc["training"]["refused_as_leaky"]
     excluded = {"Tags", "Lead Quality", "Lead Profile"}
     assert not excluded & {f.key for f in rules.predict.model.features}
+
+
+# --------------------------------------------------------------------------- event history
+
+
+@pytest.mark.slow
+def test_train_from_event_history_and_score_live_the_same(tmp_path: Path) -> None:
+    """The calibrate population at as_of; the live engine at as_of gives the same likelihood."""
+    from leadscore.generate import write_events
+    from leadscore.outcomes import conversions
+    from leadscore.train import train_events
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "rules.yaml"
+    events = tmp_path / "events.jsonl"
+    write_events(events, contacts=1500, events=40_000, seed=5, conversions=0.6)
+    rules = load_rules(example)
+    window = 21 * 86400.0
+    result = train_events(
+        rules,
+        [str(events)],
+        conversions(["purchase"]),
+        window,
+        TrainOptions("purchase", min_class=30),
+    )
+    doc = result.doc
+    assert doc["label"]["conversion"] == ["purchase"] and doc["label"]["window"] == "3w"
+    sources = {f.source for f in result.model.features}
+    assert sources <= {"trait", "score", "rule_hits"} and "score" in sources
+    assert result.quality["holdout"]["auc"] > 0.6
+    # The model works in the rules it was trained with.
+    save_model(doc, tmp_path / "model.json")
+    with_model = tmp_path / "rules.yaml"
+    with_model.write_text(
+        example.read_text(encoding="utf-8") + "\npredict: {model: model.json, as: likelihood}\n"
+    )
+    engine = Engine(load_rules(with_model))
+    as_of = parse_ts_text(doc["label"]["as_of"])
+    states: dict[str, Any] = {}
+    for line in events.read_bytes().splitlines():
+        event = parse_event(line, 0.0)
+        if type(event) is not Event or event.ts > as_of or not engine.rules.is_known(event.action):
+            continue
+        state = states.setdefault(event.contact, engine.new_state())
+        engine.apply(state, event)
+    from leadscore.outcomes import population
+
+    members = population(rules, [str(events)], conversions(["purchase"]), window).members
+    for index, batch in list(zip(result.holdout_rows, result.holdout_probabilities, strict=True))[
+        :200
+    ]:
+        state = states[members[index].contact]
+        engine.advance(state, as_of)
+        assert engine.likelihood(state, as_of) == pytest.approx(batch * 100.0, abs=0.0051)
