@@ -78,7 +78,10 @@ def number_value(value: Any, missing: frozenset[str] = frozenset()) -> float | N
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):
-        x = float(value)
+        try:
+            x = float(value)
+        except OverflowError:  # an int beyond any float
+            return None
     elif isinstance(value, str):
         text = value.strip()
         if text.lower() in missing:
@@ -220,15 +223,15 @@ class Model:
     doc: dict[str, Any]  # the whole file as loaded: label, training, quality
 
     def __post_init__(self) -> None:
-        # One closure per feature: the live path calls them once per read model.
-        self._scorers = tuple(_scorer(f, self.missing_values) for f in self.features)
+        # The live path evaluates a model once per read model: one generated function with
+        # every feature inlined (see _compile) instead of a call per feature.
+        self._raw = _compile(self.features, self.missing_values)
 
     def logit(self, values: Sequence[Any]) -> float:
         """The calibrated logit for raw values given in ``features`` order."""
-        raw = self.intercept
-        for scorer, value in zip(self._scorers, values, strict=True):
-            raw += scorer(value)
-        return self.calibration_a * raw + self.calibration_b
+        if len(values) != len(self.features):
+            raise ValueError(f"expected {len(self.features)} values, got {len(values)}")
+        return self.calibration_a * (self.intercept + self._raw(values)) + self.calibration_b
 
     def probability(self, values: Sequence[Any]) -> float:
         return _sigmoid(self.logit(values))
@@ -259,59 +262,60 @@ class Model:
         return dict(self.doc.get("quality") or {})
 
 
-def _scorer(feature: Feature, missing: frozenset[str]) -> Callable[[Any], float]:
-    """``feature.contribution`` as a closure with the common cases first: same results.
+def _compile(features: Sequence[Feature], missing: frozenset[str]) -> Callable[[Any], float]:
+    """Sum of every feature's ``contribution``, as one generated function: same results.
 
-    Text values are memoized per feature (a category has few levels; the memo is bounded so
-    free text such as e-mail addresses cannot grow it).
+    The source holds only indices and float literals (``repr`` of validated finite numbers),
+    never text from the model file, so a model file cannot put code in it. Text values of a
+    category are memoized per feature (bounded, so free text cannot grow the memo); anything
+    unusual (numbers for a category, text for a number) falls back to ``contribution``.
     """
-    absent = feature.missing
-    if feature.kind == "category":
-        levels, other = feature.levels, feature.other
-        memo: dict[str, float] = {}
-
-        def category(value: Any) -> float:
-            if value is None:
-                return absent
-            if type(value) is str:
-                c = memo.get(value)
-                if c is None:
-                    c = feature.contribution(value, missing)
-                    if len(memo) < _MEMO_LIMIT:
-                        memo[value] = c
-                return c
-            key = category_key(value, missing)
-            return absent if key is None else levels.get(key, other)
-
-        return category
-
-    log = feature.transform == "log1p"
-    low, high, mean, scale, weight = (
-        feature.low,
-        feature.high,
-        feature.mean,
-        feature.scale,
-        feature.weight,
-    )
-    edges, bins = feature.edges, feature.bins
-
-    def number(value: Any) -> float:
-        kind = type(value)
-        if kind is float or kind is int:
-            x = float(value)
-            if not math.isfinite(x):
-                return absent
+    namespace: dict[str, Any] = {"bisect_right": bisect_right, "copysign": math.copysign}
+    namespace["log1p"] = math.log1p
+    lines = ["def raw(values):", "    total = 0.0"]
+    for i, f in enumerate(features):
+        namespace[f"contribution_{i}"] = f.contribution
+        namespace["missing_set"] = missing
+        lines.append(f"    v = values[{i}]")
+        lines.append("    if v is None:")
+        lines.append(f"        total += {f.missing!r}")
+        if f.kind == "category":
+            namespace[f"memo_{i}"] = memo = {}
+            lines += [
+                "    elif v.__class__ is str:",
+                f"        c = memo_{i}.get(v)",
+                "        if c is None:",
+                f"            c = contribution_{i}(v, missing_set)",
+                f"            if len(memo_{i}) < {_MEMO_LIMIT}:",
+                f"                memo_{i}[v] = c",
+                "        total += c",
+            ]
+            del memo
         else:
-            parsed = number_value(value, missing)
-            if parsed is None:
-                return absent
-            x = parsed
-        if log:
-            x = math.copysign(math.log1p(abs(x)), x)
-        x = low if x < low else high if x > high else x
-        return weight * (x - mean) / scale + bins[bisect_right(edges, x)]
-
-    return number
+            namespace[f"edges_{i}"] = f.edges
+            namespace[f"bins_{i}"] = f.bins
+            lines += [
+                "    elif v.__class__ is float or (v.__class__ is int and -1e300 < v < 1e300):",
+                "        x = float(v)",
+                "        if x - x != 0.0:  # inf or nan: missing",
+                f"            total += {f.missing!r}",
+                "        else:",
+            ]
+            if f.transform == "log1p":
+                lines.append("            x = copysign(log1p(abs(x)), x)")
+            lines += [
+                f"            if x < {f.low!r}:",
+                f"                x = {f.low!r}",
+                f"            elif x > {f.high!r}:",
+                f"                x = {f.high!r}",
+                f"            total += {f.weight!r} * (x - {f.mean!r}) / {f.scale!r}"
+                f" + bins_{i}[bisect_right(edges_{i}, x)]",
+            ]
+        lines += ["    else:", f"        total += contribution_{i}(v, missing_set)"]
+    lines.append("    return total")
+    exec(compile("\n".join(lines), "<leadscore model>", "exec"), namespace)
+    raw: Callable[[Any], float] = namespace["raw"]
+    return raw
 
 
 def _sigmoid(z: float) -> float:
