@@ -484,15 +484,18 @@ class Engine:
         traits = state.traits
         if self._predict_traits_only:
             return [traits.get(key) for key in self._predict_keys]
+        tracked, tracks, group_score = state.tracked, state.tracks, self._group_score
         values: list[Any] = []
+        append = values.append
         for source, key in self._predict_plan:
             if source == 0:
-                values.append(traits.get(key))
+                append(traits.get(key))
             elif source == 1:
-                values.append(self._group_score(state, key, t))
-            else:  # rule hits: the rules loader checked the rule keeps a tracker
-                tracked = state.tracked
-                values.append(state.tracks[tracked.index(key) * 3] if key in tracked else 0.0)
+                append(group_score(state, key, t))
+            elif key in tracked:  # rule hits: the rules loader checked the rule keeps a tracker
+                append(tracks[tracked.index(key) * 3])
+            else:
+                append(0.0)
         return values
 
     def likelihood(self, state: ContactState, t: float | None = None) -> float | None:

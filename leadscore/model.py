@@ -199,7 +199,7 @@ class Explanation:
     def to_json(self, n: int = 3) -> dict[str, Any]:
         up, down = self.top(n)
         return {
-            "likelihood": round(self.probability * 100.0, 2),
+            "likelihood": percent(self.probability),
             "logit": round(self.logit, 4),
             "base": round(self.base, 4),
             "raising": [f.to_json() for f in up],
@@ -238,7 +238,7 @@ class Model:
 
     def percent(self, values: Sequence[Any]) -> float:
         """The likelihood as contacts carry it: calibrated probability in percent, 2 decimals."""
-        return round(_sigmoid(self.logit(values)) * 100.0, 2)
+        return percent(_sigmoid(self.logit(values)))
 
     def values_of(self, row: Mapping[str, Any]) -> list[Any]:
         """Raw values in ``features`` order from a mapping of feature key -> value (a table row)."""
@@ -316,6 +316,12 @@ def _compile(features: Sequence[Feature], missing: frozenset[str]) -> Callable[[
     exec(compile("\n".join(lines), "<leadscore model>", "exec"), namespace)
     raw: Callable[[Any], float] = namespace["raw"]
     return raw
+
+
+def percent(probability: float) -> float:
+    """A probability in percent with 2 decimals: round() to an int is ~5x cheaper than
+    round(x, 2), and this runs once per read model."""
+    return round(probability * 10000.0) / 100.0
 
 
 def _sigmoid(z: float) -> float:
