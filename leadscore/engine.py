@@ -474,7 +474,9 @@ class Engine:
             "as_of": format_ts(t) if t else None,
         }
         if self._model is not None:  # once per view: per dirty contact per flush, not per event
-            view[self._predict_as] = self.likelihood(state, t)
+            view[self._predict_as] = self._model.percent_of_state(
+                state.traits, scores, state.tracked, state.tracks
+            )
         return view
 
     # ---- prediction (rules' `predict`)
@@ -490,8 +492,8 @@ class Engine:
         for source, key in self._predict_plan:
             if source == 0:
                 append(traits.get(key))
-            elif source == 1:
-                append(group_score(state, key, t))
+            elif source == 1:  # as the view shows it (round4), which history training reads
+                append(round4(group_score(state, key, t)))
             elif key in tracked:  # rule hits: the rules loader checked the rule keeps a tracker
                 append(tracks[tracked.index(key) * 3])
             else:

@@ -225,13 +225,27 @@ class Model:
     def __post_init__(self) -> None:
         # The live path evaluates a model once per read model: one generated function with
         # every feature inlined (see _compile) instead of a call per feature.
-        self._raw = _compile(self.features, self.missing_values)
+        self._raw = _compile(self.features, self.missing_values, from_state=False)
+        self._raw_state = _compile(self.features, self.missing_values, from_state=True)
 
     def logit(self, values: Sequence[Any]) -> float:
         """The calibrated logit for raw values given in ``features`` order."""
         if len(values) != len(self.features):
             raise ValueError(f"expected {len(self.features)} values, got {len(values)}")
         return self.calibration_a * (self.intercept + self._raw(values)) + self.calibration_b
+
+    def percent_of_state(
+        self,
+        traits: Mapping[str, Any],
+        scores: Mapping[str, float],
+        tracked: Sequence[str],
+        tracks: Sequence[float],
+    ) -> float:
+        """:meth:`percent` reading a contact's state directly: a trait from ``traits``, a score
+        from ``scores`` (group -> score), a rule's hits from the flat trackers (``tracked``
+        names the rules, ``tracks`` holds three numbers per rule, hits first)."""
+        raw = self._raw_state(traits, scores, tracked, tracks)
+        return percent(_sigmoid(self.calibration_a * (self.intercept + raw) + self.calibration_b))
 
     def probability(self, values: Sequence[Any]) -> float:
         return _sigmoid(self.logit(values))
@@ -262,8 +276,14 @@ class Model:
         return dict(self.doc.get("quality") or {})
 
 
-def _compile(features: Sequence[Feature], missing: frozenset[str]) -> Callable[[Any], float]:
+def _compile(
+    features: Sequence[Feature], missing: frozenset[str], from_state: bool
+) -> Callable[..., float]:
     """Sum of every feature's ``contribution``, as one generated function: same results.
+
+    ``raw(values)`` takes the values in feature order; with ``from_state``,
+    ``raw(traits, scores, tracked, tracks)`` fetches each from a contact's state itself
+    (keys are passed as variables, never written into the source).
 
     The source holds only indices and float literals (``repr`` of validated finite numbers),
     never text from the model file, so a model file cannot put code in it. Text values of a
@@ -272,15 +292,38 @@ def _compile(features: Sequence[Feature], missing: frozenset[str]) -> Callable[[
     """
     namespace: dict[str, Any] = {"bisect_right": bisect_right, "copysign": math.copysign}
     namespace["log1p"] = math.log1p
-    lines = ["def raw(values):", "    total = 0.0"]
+    head = "def raw(traits, scores, tracked, tracks):" if from_state else "def raw(values):"
+    lines = [head, "    total = 0.0"]
+    namespace["missing_set"] = missing
     for i, f in enumerate(features):
         namespace[f"contribution_{i}"] = f.contribution
-        namespace["missing_set"] = missing
-        lines.append(f"    v = values[{i}]")
+        namespace[f"key_{i}"] = f.key
+        namespace[f"edges_{i}"] = f.edges
+        namespace[f"bins_{i}"] = f.bins
+        if from_state and f.kind == "number" and f.source in ("score", "rule_hits"):
+            # Always a finite float here (a view's score, a tracker's count): no checks.
+            if f.source == "score":
+                lines.append(f"    x = scores.get(key_{i}, 0.0)")
+            else:  # the rules loader checked the rule keeps a tracker
+                lines.append(
+                    f"    x = tracks[tracked.index(key_{i}) * 3] if key_{i} in tracked else 0.0"
+                )
+            lines += _number_lines(i, f, "    ")
+            continue
+        if not from_state:
+            lines.append(f"    v = values[{i}]")
+        elif f.source == "trait":
+            lines.append(f"    v = traits.get(key_{i})")
+        elif f.source == "score":  # declared a category: the general path below
+            lines.append(f"    v = scores.get(key_{i}, 0.0)")
+        else:
+            lines.append(
+                f"    v = tracks[tracked.index(key_{i}) * 3] if key_{i} in tracked else 0.0"
+            )
         lines.append("    if v is None:")
         lines.append(f"        total += {f.missing!r}")
         if f.kind == "category":
-            namespace[f"memo_{i}"] = memo = {}
+            namespace[f"memo_{i}"] = {}
             lines += [
                 "    elif v.__class__ is str:",
                 f"        c = memo_{i}.get(v)",
@@ -290,32 +333,34 @@ def _compile(features: Sequence[Feature], missing: frozenset[str]) -> Callable[[
                 f"                memo_{i}[v] = c",
                 "        total += c",
             ]
-            del memo
         else:
-            namespace[f"edges_{i}"] = f.edges
-            namespace[f"bins_{i}"] = f.bins
             lines += [
                 "    elif v.__class__ is float or (v.__class__ is int and -1e300 < v < 1e300):",
                 "        x = float(v)",
                 "        if x - x != 0.0:  # inf or nan: missing",
                 f"            total += {f.missing!r}",
                 "        else:",
-            ]
-            if f.transform == "log1p":
-                lines.append("            x = copysign(log1p(abs(x)), x)")
-            lines += [
-                f"            if x < {f.low!r}:",
-                f"                x = {f.low!r}",
-                f"            elif x > {f.high!r}:",
-                f"                x = {f.high!r}",
-                f"            total += {f.weight!r} * (x - {f.mean!r}) / {f.scale!r}"
-                f" + bins_{i}[bisect_right(edges_{i}, x)]",
+                *_number_lines(i, f, "            "),
             ]
         lines += ["    else:", f"        total += contribution_{i}(v, missing_set)"]
     lines.append("    return total")
     exec(compile("\n".join(lines), "<leadscore model>", "exec"), namespace)
-    raw: Callable[[Any], float] = namespace["raw"]
+    raw: Callable[..., float] = namespace["raw"]
     return raw
+
+
+def _number_lines(i: int, f: Feature, indent: str) -> list[str]:
+    """Source lines adding number feature ``i``'s contribution for a finite float ``x``."""
+    lines = ["x = copysign(log1p(abs(x)), x)"] if f.transform == "log1p" else []
+    lines += [
+        f"if x < {f.low!r}:",
+        f"    x = {f.low!r}",
+        f"elif x > {f.high!r}:",
+        f"    x = {f.high!r}",
+        f"total += {f.weight!r} * (x - {f.mean!r}) / {f.scale!r}"
+        f" + bins_{i}[bisect_right(edges_{i}, x)]",
+    ]
+    return [indent + line for line in lines]
 
 
 def percent(probability: float) -> float:
