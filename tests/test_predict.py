@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import pickle
-import random
+import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ import pytest
 from bytewax.testing import run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from predict_helpers import make_table
 
 from flows.scoring import FlowConfig, build_flow
 from leadscore.engine import Engine
@@ -53,29 +57,6 @@ def parse_ts_text(text: str) -> float:
 
 
 # --------------------------------------------------------------------------- a generated CRM
-
-
-def make_table(path: Path, rows: int = 1200, seed: int = 3) -> Path:
-    """A small CRM export with signal, noise, blanks, placeholders and one leaky column."""
-    rng = random.Random(seed)
-    header = ["Lead Id", "Source", "Role", "Visits", "Minutes", "Country", "Status", "Won"]
-    with open(path, "w", newline="") as fh:
-        out = csv.writer(fh)
-        out.writerow(header)
-        for i in range(rows):
-            source = rng.choice(["Google", "Referral", "Direct", "Chat", "Partner"])
-            role = rng.choice(["Student", "Manager", "Engineer", "Select", ""])
-            visits = rng.choice([0, 1, 2, 3, 5, 8, 13, 30]) if rng.random() > 0.05 else ""
-            minutes = round(rng.expovariate(1 / 300), 1)
-            country = rng.choice(["ES", "FR", "DE", "IN", "US", "", "Select"])
-            logit = -1.2 + {"Referral": 1.2, "Partner": 0.8, "Chat": -0.6}.get(source, 0.0)
-            logit += {"Manager": 0.9, "Student": -0.7}.get(role, 0.0)
-            logit += 0.9 * math.log1p(minutes) - 4.5 + (0.15 * visits if visits != "" else -0.5)
-            won = int(rng.random() < 1 / (1 + math.exp(-logit)))
-            # Filled in by sales after the outcome: almost the label itself.
-            status = ("Closed won" if won else "Lost") if rng.random() > 0.03 else "Open"
-            out.writerow([f"L-{i:05d}", source, role, visits, minutes, country, status, won])
-    return path
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -416,6 +397,16 @@ def test_redis_read_model_and_http_api_carry_and_explain_the_likelihood(
         tail=False,
     )
     run_main(build_flow(config))
+    first = next(iter(wanted))
+    shown = subprocess.run(
+        [sys.executable, "-m", "leadscore.cli", "show", "--redis", redis_url, "--prefix", prefix,
+         first],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    row = re.search(r"likelihood\s+([0-9.]+)", shown.stdout)
+    assert row is not None, shown.stdout
+    assert float(row.group(1)) == pytest.approx(wanted[first] * 100.0, abs=0.01)
     live = serve(prefix=prefix, partitions=partitions, rules=str(rules))
     for contact, probability in list(wanted.items())[:10]:
         plain = httpx.get(f"{live.url}/v1/contacts/{contact}", timeout=10).json()

@@ -41,6 +41,8 @@ COMMANDS: tuple[str, ...] = (
     "schema",  # schema
     "serve",  # serve
     "deliver",  # deliver
+    "train",  # train
+    "importer",  # import
 )
 
 STDIO = "-"  # the path that means standard input or output

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import sys
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -96,16 +96,24 @@ def explain(
         )
     story = explain_records(contact, result.records, result.view, compiled, result.events_seen)
     if as_json:
-        sys.stdout.buffer.write(orjson.dumps(story.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+        data = story.to_dict()
+        if result.likelihood is not None:
+            data["likelihood_factors"] = result.likelihood
+        sys.stdout.buffer.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
         return
     console = new_console()
     if console.is_terminal:
         _render_explanation(console, story, result)
+        if result.likelihood is not None and compiled.predict is not None:
+            _render_likelihood(console, compiled.predict.name, result.likelihood)
         return
     # Piped: one table row per line, never wrapped mid-word (grep, less -S, files), and no
     # padding after the last column.
     buffer = io.StringIO()
-    _render_explanation(Console(file=buffer, highlight=False, width=1 << 16), story, result)
+    wide = Console(file=buffer, highlight=False, width=1 << 16)
+    _render_explanation(wide, story, result)
+    if result.likelihood is not None and compiled.predict is not None:
+        _render_likelihood(wide, compiled.predict.name, result.likelihood)
     sys.stdout.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
 
 
@@ -220,3 +228,17 @@ def _render_explanation(console: Console, story: Explanation, result: Replay) ->
         ("as of", final.get("as_of") or ""),
     ]
     console.print(Text("  ".join(f"{k}: {v}" for k, v in facts if v)))
+
+
+def _render_likelihood(console: Console, name: str, factors: dict[str, Any]) -> None:
+    """The model's likelihood and the features raising and lowering it most."""
+    table = _table(
+        f"{name} {factors['likelihood']:g}%: top factors (contributions to the logit "
+        f"{factors['logit']:+.3f}, from a base of {factors['base']:+.3f})",
+        "feature", "value", "contribution",
+        right=("contribution",),
+    )  # fmt: skip
+    for f in [*factors["raising"], *factors["lowering"]]:
+        value = "(missing)" if f["value"] is None else str(f["value"])
+        table.add_row(Text(f["feature"]), Text(value), f"{f['contribution']:+.3f}")
+    console.print(table)

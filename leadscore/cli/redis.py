@@ -33,6 +33,7 @@ from leadscore.cli.app import (
 )
 from leadscore.inputs import input_size
 from leadscore.readmodel import view_at
+from leadscore.rules import VIEW_FIELDS
 
 
 @app.command(context_settings={"allow_extra_args": True})
@@ -231,6 +232,9 @@ def show(
     for name in ("segments", "tags"):
         if view.get(name):
             grid.add_row(name, Text(", ".join(view[name])))
+    for name, value in view.items():  # e.g. `likelihood`, when the rules `predict`
+        if name not in VIEW_FIELDS and isinstance(value, int | float):
+            grid.add_row(name, num(value))
     grid.add_row("updated at", Text(view.get("updated_at") or "", style="dim"))
     grid.add_row("as of", Text(view.get("as_of") or "", style="dim"))
     new_console().print(grid)

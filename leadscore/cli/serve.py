@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from leadscore.cli.app import app, fail, masked_url, seconds_arg
+from leadscore.cli.app import app, fail, load_rules_or_exit, masked_url, seconds_arg
 
 
 def _action_map_arg(pairs: list[str]) -> dict[str, str] | None:
@@ -46,6 +46,14 @@ def serve(
     prefix: Annotated[
         str | None,
         typer.Option("--prefix", metavar="PREFIX", help="Key prefix, as the flow's. [default: ls]"),
+    ] = None,
+    rules: Annotated[
+        str | None,
+        typer.Option(
+            "--rules",
+            metavar="RULES",
+            help="The flow's rules: with `predict`, ?explain=1 adds the likelihood's factors.",
+        ),
     ] = None,
     write_keys: Annotated[
         list[str] | None,
@@ -157,8 +165,9 @@ def serve(
     LEADSCORE_WRITE_KEYS, LEADSCORE_READ_KEYS, LEADSCORE_CORS_ORIGINS (comma-separated),
     LEADSCORE_ACTION_MAP, LEADSCORE_COOKIE_DOMAIN, LEADSCORE_COOKIE_SECURE,
     LEADSCORE_FLUSH_INTERVAL_MS, LEADSCORE_PIXEL_ACTIONS, LEADSCORE_BODY_TIMEOUT,
-    LEADSCORE_MAX_CONNECTIONS, LEADSCORE_MAX_FUTURE. LEADSCORE_PIXEL_SECRET (environment
-    only) makes the pixel count a contact id only with sig=HMAC-SHA256(secret, id) in hex.
+    LEADSCORE_MAX_CONNECTIONS, LEADSCORE_MAX_FUTURE, LEADSCORE_RULES. LEADSCORE_PIXEL_SECRET
+    (environment only) makes the pixel count a contact id only with sig=HMAC-SHA256(secret,
+    id) in hex.
     """
     from leadscore.service import ServiceConfig, run_server
 
@@ -166,6 +175,7 @@ def serve(
         "redis_url": redis_url,
         "partitions": partitions,
         "prefix": prefix,
+        "rules": rules,
         "write_keys": tuple(write_keys) if write_keys else None,
         "read_keys": tuple(read_keys) if read_keys else None,
         "cors_origins": tuple(cors_origins) if cors_origins else None,
@@ -182,6 +192,8 @@ def serve(
         config = ServiceConfig.from_env(**overrides)
     except ValueError as err:
         fail(f"bad service configuration: {err}")
+    if config.rules:
+        load_rules_or_exit(config.rules)  # every problem listed, as `check` does
     if not config.write_keys and not pixel_only:
         fail(
             "no write key configured, so the Segment and /v1/events endpoints would refuse "
