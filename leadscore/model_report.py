@@ -60,8 +60,8 @@ def _lift_svg(deciles: list[dict[str, Any]]) -> str:
         f'<svg width="{_W}" height="{_H}" role="img" aria-label="lift by decile">'
         f'<line x1="{_PAD}" y1="{base_y:.1f}" x2="{_W - _PAD}" y2="{base_y:.1f}" '
         f'stroke="#999" stroke-dasharray="4"/>{"".join(bars)}'
-        f'<text x="{_W / 2}" y="{_H - 8}" text-anchor="middle">decile (highest likelihood '
-        f"first); dashed: the base rate</text></svg>"
+        f'<text x="{_W / 2}" y="{_H - 8}" text-anchor="middle">deciles, likeliest first; '
+        f"dashed: base rate</text></svg>"
     )
 
 
