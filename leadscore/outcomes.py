@@ -234,10 +234,13 @@ def scan(
 
 
 def score_names(rules: Rules) -> list[str]:
-    """What ``--score`` may name: total, normalized (with a ``scale``), or a group."""
+    """What ``--score`` may name: total, normalized (with a ``scale``), the likelihood (with
+    ``predict``), or a group."""
     names = [TOTAL]
     if rules.scale_max:
         names.append(NORMALIZED)
+    if rules.predict is not None:
+        names.append(rules.predict.name)
     return names + [g for g in rules.groups if g not in (TOTAL, NORMALIZED)]
 
 
@@ -254,6 +257,9 @@ def score_of(view: dict[str, Any], score: str) -> float:
         return float(view["total"])
     if score == NORMALIZED:
         return float(view["normalized"] or 0.0)
+    direct = view.get(score)  # the likelihood, a top-level field (rules' `predict`)
+    if type(direct) is float or type(direct) is int:
+        return float(direct)
     return float(view["scores"].get(score, 0.0))
 
 

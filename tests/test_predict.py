@@ -502,9 +502,17 @@ def test_train_from_event_history_and_score_live_the_same(tmp_path: Path) -> Non
             continue
         state = states.setdefault(event.contact, engine.new_state())
         engine.apply(state, event)
-    from leadscore.outcomes import population
+    from leadscore.calibration import calibrate
+    from leadscore.outcomes import check_score, population, score_of
 
     members = population(rules, [str(events)], conversions(["purchase"]), window).members
+    # Calibrate (and backtest) can evaluate the likelihood like any score.
+    check_score(engine.rules, "likelihood")
+    scored = population(engine.rules, [str(events)], conversions(["purchase"]), window).members
+    assert [m.contact for m in scored] == [m.contact for m in members]
+    likelihoods = [score_of(m.view, "likelihood") for m in scored]
+    assert all(0.0 < x < 100.0 for x in likelihoods)
+    assert calibrate(likelihoods, [m.label for m in scored]).auc > 0.6
     for index, batch in list(zip(result.holdout_rows, result.holdout_probabilities, strict=True))[
         :200
     ]:
