@@ -474,8 +474,13 @@ class Engine:
             "as_of": format_ts(t) if t else None,
         }
         if self._model is not None:  # once per view: per dirty contact per flush, not per event
+            # As of the contact's last update, whatever ``at``: it moves when its features
+            # change (events), and readers without the model (readmodel.view_at) pass it on.
+            at_last = scores
+            if t != last:
+                at_last = {n: round4(self._group_score(state, n, last)) for n in self._group_names}
             view[self._predict_as] = self._model.percent_of_state(
-                state.traits, scores, state.tracked, state.tracks
+                state.traits, at_last, state.tracked, state.tracks
             )
         return view
 

@@ -376,7 +376,7 @@ def replay(
                 if rec is not None:
                     records.append(rec)
         view = engine.view(contact, state, at)
-        factors = engine.explain_likelihood(state, at)
+        factors = engine.explain_likelihood(state)  # as of its last update, as the view
         likelihood = factors.to_json(5) if factors is not None else None
         return Replay(
             contact, records, view, events, duplicates, count, end, lines_out, at, likelihood

@@ -143,7 +143,7 @@ def view_at(doc: Mapping[str, Any], at: float) -> dict[str, Any]:
                     break
             else:
                 grade += otherwise
-    return {
+    out = {
         "contact": doc.get("contact"),
         "scores": scores,
         "total": total,
@@ -155,6 +155,12 @@ def view_at(doc: Mapping[str, Any], at: float) -> dict[str, Any]:
         "updated_at": doc.get("updated_at"),
         "as_of": format_ts(t) if t else None,
     }
+    # Fields a reader cannot recompute pass on as stored: the rules' `predict` likelihood,
+    # which the engine gives as of the contact's last update too.
+    for name, value in doc.items():
+        if name not in out and name != "decay":
+            out[name] = value
+    return out
 
 
 def view_at_bytes(raw: bytes, at: float) -> bytes:

@@ -28,7 +28,19 @@ from leadscore.patterns import PatternError, compile_search
 TOTAL = "total"
 # Keys of a contact's read model (Engine.view): a prediction's `as` name must not shadow one.
 VIEW_FIELDS = frozenset(
-    {"contact", "scores", "total", "normalized", "grade", "stage", "segments", "tags", "updated_at"}
+    {
+        "contact",
+        "scores",
+        "total",
+        "normalized",
+        "grade",
+        "stage",
+        "segments",
+        "tags",
+        "updated_at",
+        "as_of",
+        "decay",
+    }
 )
 TRIGGER_ACTION_KINDS = (
     "notify",

@@ -433,7 +433,7 @@ def test_explain_replay_shows_the_likelihoods_top_factors(
     rules = load_rules(rules_with_model(tmp_path, model_file))
     lines = [orjson.dumps(e) for e in imported.events[:30]]
     contact = imported.events[7]["contact"]
-    result = replay(rules, lines, contact, T0)
+    result = replay(rules, [lines], contact, T0)
     assert result.view is not None and result.likelihood is not None
     assert result.likelihood["likelihood"] == result.view["likelihood"]
     model = load_model(model_file)
