@@ -43,6 +43,9 @@ class FlowConfig:
     # entries younger than retain_seconds or among the retain_entries newest; older ones go.
     retain_seconds: float = 86_400.0
     retain_entries: int = 0
+    # Redis: record these rules as v1 of a deployment that has state but no rules recorded
+    # (state/versions.py); never replaces rules already published.
+    publish: bool = False
     # Redis: this process's place in its Bytewax cluster (python -m bytewax.run -i/-a).
     # Process 0 takes the lease before the cluster starts; the others join it.
     process_id: int = 0
@@ -93,6 +96,7 @@ class FlowConfig:
             retain_entries=int(env.get("LEADSCORE_RETAIN_ENTRIES", defaults.retain_entries)),
             max_future=_seconds(env.get("LEADSCORE_MAX_FUTURE"), defaults.max_future),
             as_of=_time(env.get("LEADSCORE_AS_OF")),
+            publish=_flag(env.get("LEADSCORE_PUBLISH"), defaults.publish),
         )
 
 

@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -55,6 +56,7 @@ from state.keys import Keys
 from state.lease import FlowLease
 from state.redis_store import Checkpoint, CheckpointConflict, RedisStore
 from state.retention import InputRetention, RetentionPolicy, StreamId, format_id
+from state.versions import check_rules
 
 log = logging.getLogger("leadscore.flow")
 
@@ -821,6 +823,8 @@ def add_redis_scoring(flow: Dataflow, config: FlowConfig, engine: Engine) -> Non
     """Streams in, checkpoints out; committed records also go to `config.out` when set."""
     with RedisStore(config.redis_url, prefix=config.prefix, cluster=config.cluster) as store:
         keys = store.ensure(config.partitions)
+        text = Path(config.rules).read_bytes()
+        check_rules(store.r, keys, text, config.rules, publish=config.publish)
     lease = take_lease(config, keys)
     stop = config.stop if config.stop is not None else STOP
     source = RedisStreamSource(

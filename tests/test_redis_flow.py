@@ -545,7 +545,8 @@ def test_timers_committed_before_a_restart_fire_without_new_events(
     assert store.pending(p) == 0
 
     # The next process gets no input at all for that partition: it fires the timer anyway.
-    flow = FlowProcess(tmp_path / "flow.log", redis_url)
+    # (The hand-driven logic recorded no rules: the flow adopts its own as v1.)
+    flow = FlowProcess(tmp_path / "flow.log", redis_url, LEADSCORE_PUBLISH="1")
     flow.wait_until(lambda: len(store.read_triggers()) == 2, "the cooled trigger")
     assert flow.finish(signal.SIGTERM) == 0
     assert_same_results(Snapshot.read(redis_url), expected)

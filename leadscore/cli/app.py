@@ -33,6 +33,7 @@ from leadscore.rules import Rules, RulesError, load_rules
 COMMANDS: tuple[str, ...] = (
     "run",  # run
     "redis",  # send, show
+    "rules",  # rules
     "check",  # check
     "explain",  # explain
     "calibrate",  # calibrate

@@ -269,6 +269,17 @@ def run(
             rich_help_panel=_LIVE,
         ),
     ] = 10.0,
+    publish: Annotated[
+        bool,
+        typer.Option(
+            "--publish",
+            envvar="LEADSCORE_PUBLISH",
+            help="Record these rules as v1 of a deployment that has state but no rules "
+            "recorded (it ran before versions). Never replaces published rules: change them "
+            "with `leadscore publish`.",
+            rich_help_panel=_LIVE,
+        ),
+    ] = False,
 ) -> None:
     """Score events files with the Bytewax flow and print a summary, or score live from Redis
     with --source.
@@ -315,6 +326,7 @@ def run(
             lease_wait=standby,
             lease_ttl=lease_ttl,
             max_future=tolerance,
+            publish=publish,
         )
         if processes > 1:
             _run_live_processes(live, processes, workers)
