@@ -46,6 +46,8 @@ class FlowConfig:
     # Redis: record these rules as v1 of a deployment that has state but no rules recorded
     # (state/versions.py); never replaces rules already published.
     publish: bool = False
+    # Redis: append accepted input to DIR/YYYY-MM-DD.jsonl.gz at every checkpoint (flows/archive.py)
+    archive: str | None = None
     # Redis: this process's place in its Bytewax cluster (python -m bytewax.run -i/-a).
     # Process 0 takes the lease before the cluster starts; the others join it.
     process_id: int = 0
@@ -97,6 +99,7 @@ class FlowConfig:
             max_future=_seconds(env.get("LEADSCORE_MAX_FUTURE"), defaults.max_future),
             as_of=_time(env.get("LEADSCORE_AS_OF")),
             publish=_flag(env.get("LEADSCORE_PUBLISH"), defaults.publish),
+            archive=env.get("LEADSCORE_ARCHIVE") or None,
         )
 
 

@@ -31,6 +31,12 @@ INPUT_TRIMMED = Counter(
     "leadscore_flow_input_trimmed_total",
     "Checkpointed input entries trimmed from the input streams (beyond the retention)",
 )
+ARCHIVED_EVENTS = Counter(
+    "leadscore_flow_archived_events_total", "Accepted events appended to the --archive files"
+)
+ARCHIVED_BYTES = Counter(
+    "leadscore_flow_archived_bytes_total", "Compressed bytes appended to the --archive files"
+)
 STREAM_ENTRIES = Gauge(
     "leadscore_stream_length",
     "Entries (XLEN) of a partition stream (in, triggers, changes, dead); the service exports "

@@ -42,6 +42,7 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows import metrics
+from flows.archive import InputArchive, archive_line
 from flows.config import FlowConfig
 from flows.heap import release_heap, settle_heap
 from flows.io import ResultsSink
@@ -196,8 +197,11 @@ class WorkerLogics:
     about GROUP_BYTES of input instead, to bound memory.
     """
 
-    def __init__(self, store: RedisStore, *, settle: bool = False) -> None:
+    def __init__(
+        self, store: RedisStore, *, settle: bool = False, archive: InputArchive | None = None
+    ) -> None:
         self.store = store
+        self.archive = archive  # --archive: accepted input appended before each commit
         self.logics: list[PartitionLogic] = []
         self.queued: dict[PartitionLogic, list[Value]] = {}
         # A flow's workers manage the garbage collector (settle_heap) until on_eof; logics
@@ -286,6 +290,9 @@ class WorkerLogics:
                 begun.append((logic, *got))
                 size += checkpoint_bytes(got[0])
             if begun and (size >= COMMIT_BYTES or i == len(logics) - 1):
+                if self.archive is not None:  # before the commit: at least once (archive.py)
+                    lines = [line for logic, _, _ in begun for line in logic.take_archived()]
+                    self.archive.append(lines, time.time())
                 results = self.store.checkpoint_many([batch for _, batch, _ in begun])
                 refused = [b for (_, b, _), ok in zip(begun, results, strict=True) if not ok]
                 if refused:
@@ -360,7 +367,8 @@ class WorkerThreads:
             store = _store(self.config)
             if self.lease is not None:
                 store.fence_token = _guard(self.lease)
-            group = self.local.group = WorkerLogics(store, settle=True)
+            archive = InputArchive(self.config.archive) if self.config.archive else None
+            group = self.local.group = WorkerLogics(store, settle=True, archive=archive)
         return group
 
 
@@ -396,7 +404,11 @@ class PartitionLogic(ShardLogic):
     ) -> None:
         super().__init__(engine, parts=1, live=True)
         self.config = config
-        self.worker = worker if worker is not None else WorkerLogics(_store(config))
+        if worker is None:
+            archive = InputArchive(config.archive) if config.archive else None
+            worker = WorkerLogics(_store(config), archive=archive)
+        self.worker = worker
+        self.archived: list[bytes] | None = [] if self.worker.archive is not None else None
         self.worker.logics.append(self)
         self.store = self.worker.store
         self.p = -1  # learnt from the first value: Bytewax does not hand the key to builders
@@ -586,11 +598,14 @@ class PartitionLogic(ShardLogic):
         known = self.known
         # Live, a missing ts is the time the entry was read; one past the wall clock by more
         # than max_future is rejected, so no sender's clock can move a partition's timers.
+        archived = self.archived
         latest = latest_ts(now, self.config.max_future)
         for i, event in enumerate(parse_events(lines, now, latest)):
             if type(event) is Event:
                 if event.action in known:
                     items.append(event)
+                    if archived is not None:
+                        archived.append(archive_line(lines[i], event))
                     continue
                 event = Reject(
                     "unknown_action",
@@ -601,6 +616,13 @@ class PartitionLogic(ShardLogic):
             if raw.strip():
                 items.append(DeadLetter(f"{self.stream}/{entry_id}/{i}", raw, event))
         return items
+
+    def take_archived(self) -> list[bytes]:
+        """The accepted input lines parsed since the last checkpoint (for ``--archive``)."""
+        if not self.archived:
+            return []
+        taken, self.archived = self.archived, []
+        return taken
 
     def load(self, contacts: set[str]) -> None:
         """MGET the states of contacts not in memory, in one round trip per batch."""

@@ -27,6 +27,19 @@ def open_input(path: str) -> IO[bytes]:
     return open(path, "rb")
 
 
+def expand_inputs(paths: list[str]) -> list[str]:
+    """``paths`` with each directory replaced by its ``*.jsonl`` and ``*.jsonl.gz`` files in
+    name order: an ``--archive`` directory (``YYYY-MM-DD.jsonl.gz``) reads oldest first."""
+    out: list[str] = []
+    for path in paths:
+        if path != "-" and Path(path).is_dir():
+            found = [p for p in Path(path).iterdir() if p.name.endswith((".jsonl", ".jsonl.gz"))]
+            out += sorted(str(p) for p in found if p.is_file())
+        else:
+            out.append(path)
+    return out
+
+
 def close_input(stream: IO[bytes]) -> None:
     """Close what ``open_input`` opened; standard input stays open for whoever reads next."""
     if stream is not sys.stdin.buffer:

@@ -15,7 +15,9 @@ from state.redis_store import RedisStore
 
 
 def live_run(url: str, rules: Path, *extra: str) -> tuple[int, str]:
-    done = cli("run", "--rules", str(rules), "--source", url, "--drain", "--partitions", "4", *extra)
+    done = cli(
+        "run", "--rules", str(rules), "--source", url, "--drain", "--partitions", "4", *extra
+    )
     return done.returncode, done.stderr
 
 

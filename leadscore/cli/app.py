@@ -127,11 +127,19 @@ def num(value: float | None) -> str:
 
 
 def events_arg(events: list[str], extra: list[str]) -> list[str]:
-    """``--events a b c`` as well as ``--events a --events b``; stdin at most once."""
+    """``--events a b c`` as well as ``--events a --events b``; stdin at most once; a
+    directory (an ``--archive``) stands for its JSONL files, oldest first."""
+    from pathlib import Path
+
+    from leadscore.inputs import expand_inputs
+
     paths = [*events, *extra]
     if paths.count(STDIO) > 1:
         fail("standard input (-) can be given only once in --events")
-    return paths
+    for path in paths:
+        if path != STDIO and Path(path).is_dir() and not expand_inputs([path]):
+            fail(f"no .jsonl or .jsonl.gz files in the events directory {path}")
+    return expand_inputs(paths)
 
 
 def events_exist(paths: list[str]) -> None:

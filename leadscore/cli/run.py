@@ -280,6 +280,17 @@ def run(
             rich_help_panel=_LIVE,
         ),
     ] = False,
+    archive: Annotated[
+        str | None,
+        typer.Option(
+            "--archive",
+            metavar="DIR",
+            envvar="LEADSCORE_ARCHIVE",
+            help="Also append accepted input to DIR/YYYY-MM-DD.jsonl.gz at every checkpoint: "
+            "history beyond --retain for run, backtest, calibrate and publish (--events DIR).",
+            rich_help_panel=_LIVE,
+        ),
+    ] = None,
 ) -> None:
     """Score events files with the Bytewax flow and print a summary, or score live from Redis
     with --source.
@@ -327,6 +338,7 @@ def run(
             lease_ttl=lease_ttl,
             max_future=tolerance,
             publish=publish,
+            archive=archive,
         )
         if processes > 1:
             _run_live_processes(live, processes, workers)

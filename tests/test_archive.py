@@ -1,0 +1,119 @@
+"""``--archive DIR``: the live flow's accepted input on disk by day, readable by the file flow
+(flows/archive.py), against a real redis-server and the real CLI."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from test_cli_redis import RULES, cli
+
+from flows.archive import archive_files, gzip_member
+from state.redis_store import RedisStore
+
+T0 = time.time() - 3600  # recent: no decay crossing is due while the test runs
+
+
+def ev(contact: str, n: int, action: str = "page.hit", url: str = "/pricing") -> bytes:
+    return orjson.dumps(
+        {
+            "contact": contact,
+            "action": action,
+            "id": f"{contact}-{n}",
+            "ts": T0 + n,
+            "props": {"url": f"https://acme.com{url}"},
+        }
+    )
+
+
+def canonical_triggers(records: list[dict]) -> list[tuple[str, str, str]]:
+    return sorted((r["contact"], r["trigger"], str(r.get("at"))) for r in records)
+
+
+def test_archive_holds_accepted_input_and_replays_to_the_live_result(
+    redis_url: str, tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive"
+    good = [
+        ev(f"c-{i % 9}", i % 60, url=["/pricing", "/demo", "/blog/x"][i % 3]) for i in range(120)
+    ] + [ev(f"c-{i % 3}", 30 + i // 3, action="email.click") for i in range(60)]
+    bad = [b"not json", orjson.dumps({"contact": "x", "action": "never.used", "id": "u"})]
+    rounds = [good[:100] + bad[:1], good[100:] + bad[1:]]
+    for n, lines in enumerate(rounds):  # two live runs: two checkpoints' members at least
+        path = tmp_path / f"round{n}.jsonl"
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        assert cli("send", "--redis", redis_url, "--events", str(path)).returncode == 0
+        done = cli(
+            "run", "--rules", str(RULES), "--source", redis_url, "--drain",
+            "--archive", str(archive),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    files = archive_files(archive)
+    assert len(files) == 1 and Path(files[0]).name.endswith(".jsonl.gz")
+    with gzip.open(files[0]) as fh:
+        archived = fh.read().splitlines()
+    # every accepted event once, dead letters not at all; per contact in the order sent
+    assert sorted(archived) == sorted(good)
+    for contact in {orjson.loads(line)["contact"] for line in good}:
+        sent = [line for line in good if orjson.loads(line)["contact"] == contact]
+        assert [line for line in archived if orjson.loads(line)["contact"] == contact] == sent
+
+    # the file flow reads the archive directory (every gzip member) to the live result
+    out = tmp_path / "out"
+    done = cli("run", "--rules", str(RULES), "--events", str(archive), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    replayed = [json.loads(line) for line in (out / "triggers.jsonl").read_text().splitlines()]
+    live = RedisStore(redis_url).read_triggers()
+    assert replayed and canonical_triggers(replayed) == canonical_triggers(live)
+    contacts = {
+        c["contact"]: c for c in map(json.loads, (out / "contacts.jsonl").read_text().splitlines())
+    }
+    store = RedisStore(redis_url)
+    for contact, view in contacts.items():
+        model = store.read_model(contact)
+        assert model is not None, contact
+        # both views decay to the moment each was taken (seconds apart): equal up to that
+        assert model["stage"] == view["stage"], contact
+        assert model["scores"].keys() == view["scores"].keys()
+        for name, value in view["scores"].items():
+            assert model["scores"][name] == pytest.approx(value, rel=1e-3, abs=1e-3), contact
+
+
+def test_an_event_without_ts_is_archived_with_the_time_it_was_scored_at(
+    redis_url: str, tmp_path: Path
+) -> None:
+    stamped = {"contact": "c-1", "action": "page.hit", "id": "no-ts", "props": {"url": "/demo"}}
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(orjson.dumps(stamped) + b"\n")
+    assert cli("send", "--redis", redis_url, "--events", str(path)).returncode == 0
+    before = time.time()
+    done = cli(
+        "run", "--rules", str(RULES), "--source", redis_url, "--drain",
+        "--archive", str(tmp_path / "a"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with gzip.open(archive_files(tmp_path / "a")[0]) as fh:
+        (line,) = fh.read().splitlines()
+    archived = orjson.loads(line)
+    ts = datetime.fromisoformat(archived.pop("ts").replace("Z", "+00:00")).timestamp()
+    assert archived == stamped and before - 1 <= ts <= time.time()
+
+
+def test_an_empty_archive_directory_is_refused_with_a_message(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    done = cli("run", "--rules", str(RULES), "--events", str(tmp_path / "empty"))
+    assert done.returncode == 1 and "no .jsonl or .jsonl.gz files" in done.stderr
+
+
+@given(st.lists(st.binary(max_size=300), max_size=8))
+def test_appended_members_read_back_as_their_concatenation(chunks: list[bytes]) -> None:
+    data = b"".join(gzip_member(c) for c in chunks)
+    assert gzip.decompress(data) == b"".join(chunks) if data else True
