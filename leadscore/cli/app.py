@@ -34,6 +34,7 @@ COMMANDS: tuple[str, ...] = (
     "run",  # run
     "redis",  # send, show
     "rules",  # rules
+    "publish",  # publish
     "check",  # check
     "explain",  # explain
     "calibrate",  # calibrate

@@ -1,0 +1,124 @@
+"""``leadscore publish --rules NEW --redis URL``: preview a rules change on the live history.
+
+Implemented so far (issue 17, step 3 in part): NEW is validated, the kind of change is
+decided (cheap or rescoring, and why: ``leadscore/publish.py``), and a backtest of NEW against
+the live rules runs on the deployment's history (the retained input streams, or ``--history
+DIR``, an ``--archive`` directory). Rebuilding the new generation of state and the live
+switch are not implemented: without ``--dry-run`` the command says so and changes nothing.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from leadscore.cli.app import (
+    app,
+    events_arg,
+    fail,
+    load_rules_or_exit,
+    masked_url,
+    new_console,
+    redis_url_arg,
+)
+
+
+@app.command()
+def publish(
+    rules: Annotated[
+        str, typer.Option("--rules", "-r", metavar="NEW", help="The new rules file (YAML).")
+    ],
+    redis_url: Annotated[
+        str,
+        typer.Option(
+            "--redis",
+            metavar="URL",
+            envvar="LEADSCORE_REDIS_URL",
+            help="The live deployment's Redis URL.",
+        ),
+    ] = "redis://127.0.0.1:6379/0",
+    prefix: Annotated[
+        str,
+        typer.Option(
+            "--prefix", metavar="PREFIX", envvar="LEADSCORE_PREFIX", help="Redis key prefix."
+        ),
+    ] = "ls",
+    history: Annotated[
+        str | None,
+        typer.Option(
+            "--history",
+            metavar="DIR",
+            help="Replay an --archive directory instead of the retained input streams.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Validate, classify the change and print the backtest; change nothing.",
+        ),
+    ] = False,
+) -> None:
+    """Preview new rules against the live ones on the deployment's history (--dry-run)."""
+    from redis.exceptions import RedisError
+
+    from leadscore.backtest import backtest
+    from leadscore.cli.backtest import _render
+    from leadscore.publish import RESCORE, UNCHANGED, archive_actions, classify, export_history
+    from leadscore.rules import RulesError
+    from state.redis_store import RedisStore, RetryPolicy, StoreError
+    from state.versions import live_rules
+
+    redis_url_arg(redis_url, "--redis")
+    load_rules_or_exit(rules)
+    new_text = Path(rules).read_bytes()
+    console = new_console()
+    where = masked_url(redis_url)
+    with tempfile.TemporaryDirectory(prefix="leadscore-publish-") as tmp:
+        try:
+            with RedisStore(redis_url, prefix=prefix, retry=RetryPolicy(attempts=3)) as store:
+                keys = store.keys
+                live = live_rules(store.r, keys)
+                if live is None:
+                    fail(
+                        f"{keys.meta} at {where} records no rules: start the live flow once "
+                        "(it records its rules as v1), then publish"
+                    )
+                if history is not None:
+                    paths = events_arg([history], [])
+                    seen = archive_actions(paths)
+                    source = f"the archive {history} ({len(paths)} files)"
+                else:
+                    exported = export_history(
+                        store.r, keys.input, keys.partitions, Path(tmp) / "history.jsonl.gz"
+                    )
+                    paths, seen = [str(exported.path)], exported.actions
+                    source = (
+                        f"the retained input streams ({exported.events:,} events in "
+                        f"{exported.entries:,} entries)"
+                    )
+        except (StoreError, RedisError) as err:
+            fail(f"cannot read the deployment at {where}: {err}")
+        try:
+            change = classify(live.text, new_text, seen, new_source=rules)
+        except RulesError as err:  # the live text no longer loads (an older leadscore's)
+            fail(f"the live rules v{live.version} do not load with this leadscore: {err}")
+        console.print(f"live: rules {live.describe()}; new: {rules}")
+        console.print(change.describe())
+        if change.kind == UNCHANGED:
+            return
+        live_path = Path(tmp) / "live.yaml"
+        live_path.write_bytes(live.text)
+        if change.kind == RESCORE:
+            console.print(f"backtest of {rules} against the live rules on {source}:")
+            result = backtest(rules, paths, str(live_path), now=time.time())
+            _render(console, result)
+    if not dry_run:
+        fail(
+            "rebuilding the new generation and switching the live flow to it are not "
+            "implemented yet (issue 17); nothing was changed. Use --dry-run to preview."
+        )
