@@ -392,9 +392,7 @@ class RedisStore:
             return None
         try:
             # rules_* (state/versions.py) are not numbers; the layout's own fields are
-            return {
-                k.decode(): int(v) for k, v in raw.items() if not k.startswith(b"rules_")
-            }
+            return {k.decode(): int(v) for k, v in raw.items() if not k.startswith(b"rules_")}
         except ValueError as err:
             raise MetaMismatch(f"{self.prefix}:meta is not leadscore's: {raw!r}") from err
 
