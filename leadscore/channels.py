@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from leadscore.suggest import did_you_mean
+
 FORMATS = ("json", "slack")
 #: The variable whose value signs `webhook: URL` actions that name no channel.
 WEBHOOK_SECRET_ENV = "LEADSCORE_WEBHOOK_SECRET"
@@ -109,7 +111,11 @@ def parse_channels(node: object, problem: Callable[[str, str, str], None]) -> di
                     "variable and name the variable with secret_env",
                 )
             elif key not in _KEYS:
-                problem(where, str(key), f"unknown key; expected one of {sorted(_KEYS)}")
+                problem(
+                    where,
+                    str(key),
+                    f"unknown key; {did_you_mean(key, _KEYS)}expected one of {sorted(_KEYS)}",
+                )
         fmt = spec.get("format", "json")
         if fmt not in FORMATS:
             problem(where, "format", f"expected one of {list(FORMATS)}, got {fmt!r}")

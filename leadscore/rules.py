@@ -24,6 +24,7 @@ from leadscore.durations import parse_duration
 from leadscore.events import STANDARD_ACTIONS, parse_ts
 from leadscore.model import Model, ModelError, load_model
 from leadscore.patterns import PatternError, compile_search
+from leadscore.suggest import did_you_mean
 
 TOTAL = "total"
 # Keys of a contact's read model (Engine.view): a prediction's `as` name must not shadow one.
@@ -71,15 +72,19 @@ Matcher = Callable[[dict[str, Any]], "tuple[tuple[ActionRule, ...], tuple[int, .
 
 @dataclass(frozen=True, slots=True)
 class Problem:
+    """One finding in a rules file. ``level`` "warning": the file loads, but looks mistaken."""
+
     file: str
     where: str
     field: str
     message: str
+    level: str = "error"
 
     def __str__(self) -> str:
+        level = "warning: " if self.level == "warning" else ""
         place = f"{self.where}: " if self.where else ""
         field = f"field '{self.field}': " if self.field else ""
-        return f"{self.file}: {place}{field}{self.message}"
+        return f"{self.file}: {level}{place}{field}{self.message}"
 
 
 class RulesError(Exception):
@@ -252,6 +257,8 @@ class Rules:
     matchers: dict[str, Matcher] = field(default_factory=dict)
     channels: dict[str, Channel] = field(default_factory=dict)  # `notify:` targets
     predict: Prediction | None = None
+    # What loads but looks mistaken (an `on:` outside the vocabulary): `leadscore check` shows it.
+    warnings: tuple[Problem, ...] = ()
 
     def is_known(self, action: str) -> bool:
         return action in self.known_actions
@@ -363,6 +370,9 @@ class _Compiler:
         self.channels: dict[str, Channel] = {}
         self.declared = False  # a `channels:` section exists: every notify must name one
         self.predicted: str | None = None  # predict's `as` name: a score triggers may watch
+        # (where, action name) of every `on:`, checked against the vocabulary at the end.
+        self.action_refs: list[tuple[str, str]] = []
+        self.stage_refs: list[tuple[str, str]] = []
 
     def problem(self, where: str, field: str, message: str) -> None:
         self.problems.append(Problem(self.source, where, field, message))
@@ -370,7 +380,11 @@ class _Compiler:
     def keys(self, where: str, node: dict[str, Any], allowed: set[str], required: set[str]) -> None:
         for key in node:
             if key not in allowed:
-                self.problem(where, str(key), f"unknown key; expected one of {sorted(allowed)}")
+                self.problem(
+                    where,
+                    str(key),
+                    f"unknown key; {did_you_mean(key, allowed)}expected one of {sorted(allowed)}",
+                )
         for key in sorted(required - node.keys()):
             self.problem(where, key, "is required")
 
@@ -415,6 +429,7 @@ class _Compiler:
         extra = self.string_list("", "known_actions", doc.get("known_actions", []))
         if self.problems:
             raise RulesError(self.problems)
+        warnings = self.vocabulary_warnings(STANDARD_ACTIONS | set(extra))
 
         by_action: dict[str, list[ActionRule]] = {}
         for rule in actions:
@@ -450,7 +465,28 @@ class _Compiler:
             },
             channels=self.channels,
             predict=predict,
+            warnings=tuple(warnings),
         )
+
+    def vocabulary_warnings(self, vocabulary: frozenset[str] | set[str]) -> list[Problem]:
+        """An `on:` naming neither a standard action nor one of `known_actions` is most likely
+        a typo: its rule would wait for events that never come, silently."""
+        out = []
+        for where, name in [*self.action_refs, *self.stage_refs]:
+            if name in vocabulary:
+                continue
+            guess = did_you_mean(name, vocabulary).rstrip()
+            out.append(
+                Problem(
+                    self.source,
+                    where,
+                    "on",
+                    f"{name!r} is not a standard action nor in known_actions"
+                    f"{'; ' + guess if guess else ''} (if it is yours, add it to known_actions)",
+                    "warning",
+                )
+            )
+        return out
 
     # ---- groups
 
@@ -493,10 +529,12 @@ class _Compiler:
                         where, "decay.expire_after", decay["expire_after"]
                     )
                 else:
+                    key = next(iter(decay))
+                    guess = did_you_mean(key, {"half_life", "expire_after"})
                     self.problem(
                         where,
-                        "decay",
-                        f"unknown key {next(iter(decay))!r}; expected half_life or expire_after",
+                        f"decay.{key}",
+                        f"unknown key; {guess}expected half_life or expire_after",
                     )
             group.max = self.number(where, "max", spec.get("max"), optional=True)
             group.min = self.number(where, "min", spec.get("min"), optional=True)
@@ -541,10 +579,10 @@ class _Compiler:
                 self.problem(where, "id", f"duplicate id {rid!r}; ids must be unique")
             seen.add(rid)
             on = self.action_names(where, item.get("on"))
+            self.action_refs.extend((where, name) for name in on)
             points = self.number(where, "points", item.get("points"), limit=MAX_POINTS)
             group = item.get("group", default_group)
-            if group not in groups:
-                self.problem(where, "group", f"unknown group {group!r}; declared: {list(groups)}")
+            self.group_ref(where, "group", group, groups)
             enabled = item.get("enabled", True)
             if not isinstance(enabled, bool):
                 self.problem(where, "enabled", f"expected true or false, got {enabled!r}")
@@ -578,6 +616,13 @@ class _Compiler:
 
     def repeat(self, where: str, node: object, rule: ActionRule) -> None:
         expected = "expected false, true, {max: N, per: 1d} or {cooldown: 30m}"
+        allowed = {"max", "per", "cooldown"}
+        if isinstance(node, dict) and not set(node) <= allowed:
+            for key in node:
+                if key not in allowed:
+                    guess = did_you_mean(key, allowed)
+                    self.problem(where, f"repeat.{key}", f"unknown key; {guess}{expected}")
+            return
         if node is False:
             rule.repeat = REPEAT_ONCE
         elif node is True:
@@ -684,8 +729,7 @@ class _Compiler:
                 self.problem(where, "trait", f"expected a trait name, got {trait!r}")
                 continue
             group = item.get("group", "fit")
-            if group not in groups:
-                self.problem(where, "group", f"unknown group {group!r}; declared: {list(groups)}")
+            self.group_ref(where, "group", group, groups)
             present = [k for k in item if k in tests]
             if len(present) != 1:
                 self.problem(where, "", f"expected exactly one of {sorted(tests)}, got {present}")
@@ -825,8 +869,13 @@ class _Compiler:
             seen.add(tid)
             score = item.get("score", TOTAL)
             if score != TOTAL and score not in groups and score != self.predicted:
+                scores = [TOTAL, *groups, *([self.predicted] if self.predicted else [])]
                 self.problem(
-                    where, "score", f"unknown score {score!r}; expected 'total' or a group"
+                    where,
+                    "score",
+                    f"unknown score {score!r}; {did_you_mean(score, scores)}"
+                    f"expected 'total' or a group: {list(groups)}"
+                    + (f", or the prediction {self.predicted!r}" if self.predicted else ""),
                 )
             if ("at_least" in item) == ("below" in item):
                 self.problem(where, "", "expected exactly one of 'at_least' or 'below'")
@@ -873,7 +922,8 @@ class _Compiler:
                 self.problem(
                     where,
                     field,
-                    f"unknown action {kind!r}; expected one of {list(TRIGGER_ACTION_KINDS)}",
+                    f"unknown action {kind!r}; {did_you_mean(kind, TRIGGER_ACTION_KINDS)}"
+                    f"expected one of {list(TRIGGER_ACTION_KINDS)}",
                 )
                 continue
             if not isinstance(arg, str) or not arg:
@@ -883,13 +933,15 @@ class _Compiler:
                 self.problem(
                     where,
                     f"{field}.set_stage",
-                    f"unknown stage {arg!r}; stages are {list(stage_order)}",
+                    f"unknown stage {arg!r}; {did_you_mean(arg, stage_order)}"
+                    f"stages are {list(stage_order)}",
                 )
             elif kind == "notify" and self.declared and arg not in self.channels:
                 self.problem(
                     where,
                     f"{field}.notify",
-                    f"unknown channel {arg!r}; channels are {sorted(self.channels)}",
+                    f"unknown channel {arg!r}; {did_you_mean(arg, self.channels)}"
+                    f"channels are {sorted(self.channels)}",
                 )
             elif kind == "webhook" and (why := url_problem(arg)):
                 self.problem(where, f"{field}.webhook", why)
@@ -921,10 +973,14 @@ class _Compiler:
             stage = item.get("stage")
             if stage not in order:
                 self.problem(
-                    where, "stage", f"unknown stage {stage!r}; stages.order is {list(order)}"
+                    where,
+                    "stage",
+                    f"unknown stage {stage!r}; {did_you_mean(stage, order)}"
+                    f"stages.order is {list(order)}",
                 )
                 continue
             on = self.action_names(where, item.get("on"))
+            self.stage_refs.extend((where, name) for name in on)
             conditions = self.where(where, item.get("where"))
             rank = order.index(stage)
             rules.append(
@@ -956,8 +1012,8 @@ class _Compiler:
             return None
         self.keys(where, node, {"group", "bands", "otherwise"}, {"bands", "otherwise"})
         group = node.get("group", default)
-        if group != TOTAL and group not in groups:
-            self.problem(where, "group", f"unknown group {group!r}; declared: {list(groups)}")
+        if group != TOTAL:
+            self.group_ref(where, "group", group, groups)
         bands = node.get("bands")
         if not isinstance(bands, dict) or not bands:
             self.problem(where, "bands", "expected a mapping of grade to minimum score")
@@ -979,13 +1035,28 @@ class _Compiler:
         self.keys("scale", node, {"score", "max"}, {"max"})
         score = node.get("score", TOTAL)
         if score != TOTAL and score not in groups:
-            self.problem("scale", "score", f"unknown score {score!r}; expected 'total' or a group")
+            self.problem(
+                "scale",
+                "score",
+                f"unknown score {score!r}; {did_you_mean(score, {TOTAL, *groups})}"
+                f"expected 'total' or a group: {list(groups)}",
+            )
         maximum = self.number("scale", "max", node.get("max"))
         if maximum is not None and maximum <= 0:
             self.problem("scale", "max", f"expected a positive number, got {maximum:g}")
         return str(score), maximum
 
     # ---- scalar helpers
+
+    def group_ref(
+        self, where: str, field: str, group: object, groups: dict[str, GroupSpec]
+    ) -> None:
+        if group not in groups:
+            self.problem(
+                where,
+                field,
+                f"unknown group {group!r}; {did_you_mean(group, groups)}declared: {list(groups)}",
+            )
 
     def list_of_maps(self, where: str, node: object) -> list[tuple[int, dict[str, Any]]]:
         if node is None:

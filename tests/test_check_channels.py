@@ -46,5 +46,6 @@ def test_check_fails_on_an_unknown_channel(tmp_path: Path) -> None:
     done = check(path)
     assert done.returncode == 1
     assert (
-        "field 'actions[0].notify': unknown channel 'slaes'; channels are ['sales']" in done.stderr
+        "field 'actions[0].notify': unknown channel 'slaes'; did you mean 'sales'? "
+        "channels are ['sales']" in done.stderr
     )

@@ -409,7 +409,26 @@ def test_check_lists_every_problem(tmp_path: Path) -> None:
     assert len(lines) == 3
     assert lines[0].startswith(f"{bad}: actions[0] (pricing): field 'points': ")
     assert lines[1].startswith(f"{bad}: triggers[0] (hot): ")
-    assert lines[2] == f"{bad}: 2 problems; nothing was scored"
+    assert lines[2] == f"{bad}: 2 problems; fix them and check again"
+    assert "nothing was scored" not in done.stderr
+
+
+def test_check_warns_of_an_action_outside_the_vocabulary(tmp_path: Path) -> None:
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(
+        RULES.replace("on: email.open", "on: emial.open").replace("{notify: sales}", "{add_tag: x}")
+    )
+    done = cli("check", str(typo))
+    assert done.returncode == 0, done.stderr
+    assert "3 point actions" in done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith(f"{typo}: warning: actions[2] (open): field 'on': 'emial.open'")
+    assert "did you mean 'email.open'?" in lines[0]
+    assert lines[-1] == f"{typo}: valid, 1 warning"
+    strict = cli("check", "--strict", str(typo))
+    assert strict.returncode == 1
+    assert strict.stderr == done.stderr
+    assert cli("check", "--strict", str(EXAMPLE_RULES)).returncode == 0
 
 
 # --------------------------------------------------------------------------- explain

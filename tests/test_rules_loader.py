@@ -418,3 +418,98 @@ def test_stage_rule_actions_are_known() -> None:
         "version: 1\nstages:\n  order: [x]\n  rules:\n    - {on: chat.start, stage: x}\n"
     )
     assert r.is_known("chat.start")
+
+
+# --- typos: "did you mean" -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "needles", "meant"),
+    [
+        ("grups", {}, ("grups",), "groups"),
+        ("known_action", ["x"], ("known_action",), "known_actions"),
+        ("groups.engagement.decya", {"half_life": "1d"}, ("engagement", "decya"), "decay"),
+        ("groups.engagement.decay", {"halflife": "14d"}, ("engagement", "halflife"), "half_life"),
+        ("actions.0.poins", 5, ("actions[0]", "pricing-page", "poins"), "points"),
+        ("actions.0.repeat", {"cooldwn": "1h"}, ("actions[0]", "cooldwn"), "cooldown"),
+        ("actions.1.repeat", {"max": 3, "pre": "1d"}, ("actions[1]", "opens", "pre"), "per"),
+        ("actions.0.active", {"form": "2026-01-01"}, ("actions[0]", "form"), "from"),
+        ("fit.2.trate", "x", ("fit[2]", "country", "trate"), "trait"),
+        ("triggers.0.at_leats", 5, ("triggers[0]", "mql", "at_leats"), "at_least"),
+        ("triggers.0.actions", [{"add_segmnt": "x"}], ("triggers[0]", "add_segmnt"), "add_segment"),
+        ("stages.alow_backward", True, ("stages", "alow_backward"), "allow_backward"),
+        ("stages.rules.0.stag", "awareness", ("stages.rules[0]", "stag"), "stage"),
+        ("grades.engagment", {"bands": {"A": 1}, "otherwise": "B"}, ("grades",), "engagement"),
+        ("grades.fit.otherwse", "D", ("grades.fit", "otherwse"), "otherwise"),
+        ("scale.maxx", 5, ("scale", "maxx"), "max"),
+        ("actions.4.group", "produce", ("actions[4]", "cart", "produce"), "product"),
+        ("triggers.0.score", "engagment", ("triggers[0]", "engagment"), "engagement"),
+        (
+            "channels",
+            {"sales": {"webhook": "https://x.example/h", "formt": "json"}},
+            ("formt",),
+            "format",
+        ),
+    ],
+)
+def test_unknown_keys_suggest_the_nearest_valid_one(
+    path: str, value: object, needles: tuple[str, ...], meant: str
+) -> None:
+    err = errors_of(mutate(path, value))
+    assert_names(err, *needles, f"did you mean {meant!r}?")
+
+
+def test_a_notify_to_a_misspelt_channel_names_the_nearest() -> None:
+    doc = mutate("channels", {"sales": {"webhook": "https://x.example/h"}})
+    doc["triggers"][0]["actions"] = [{"notify": "slaes"}]
+    assert_names(errors_of(doc), "triggers[0]", "slaes", "did you mean 'sales'?")
+
+
+def test_a_key_like_no_valid_one_gets_no_guess() -> None:
+    err = errors_of(mutate("colour", "blue"))
+    assert "did you mean" not in str(err)
+    assert_names(err, "colour", "expected one of")
+
+
+def warnings_of(text: str) -> list[str]:
+    return [str(w) for w in load_rules_text(textwrap.dedent(text), "rules.yaml").warnings]
+
+
+def test_an_action_outside_the_vocabulary_is_a_warning_with_a_guess() -> None:
+    lines = warnings_of(
+        """
+        version: 1
+        known_actions: [chat.start]
+        actions:
+          - {id: pricing, on: page.hti, points: 5}
+          - {id: opens, on: [email.open, emial.click], points: 1}
+          - {id: chat, on: chat.strat, points: 2, enabled: false}
+          - {id: fine, on: [chat.start, form.submit], points: 2}
+          - {id: odd, on: zzz, points: 2}
+        stages:
+          order: [x]
+          rules:
+            - {on: cart.ad, stage: x}
+        """
+    )
+    assert lines == [
+        "rules.yaml: warning: actions[0] (pricing): field 'on': 'page.hti' is not a standard "
+        "action nor in known_actions; did you mean 'page.hit'? (if it is yours, add it to "
+        "known_actions)",
+        "rules.yaml: warning: actions[1] (opens): field 'on': 'emial.click' is not a standard "
+        "action nor in known_actions; did you mean 'email.click'? (if it is yours, add it to "
+        "known_actions)",
+        "rules.yaml: warning: actions[2] (chat): field 'on': 'chat.strat' is not a standard "
+        "action nor in known_actions; did you mean 'chat.start'? (if it is yours, add it to "
+        "known_actions)",
+        "rules.yaml: warning: actions[4] (odd): field 'on': 'zzz' is not a standard "
+        "action nor in known_actions (if it is yours, add it to known_actions)",
+        "rules.yaml: warning: stages.rules[0]: field 'on': 'cart.ad' is not a standard "
+        "action nor in known_actions; did you mean 'cart.add'? (if it is yours, add it to "
+        "known_actions)",
+    ]
+
+
+def test_the_good_file_and_the_example_have_no_warnings(example_rules_path: Path) -> None:
+    assert load_rules_text(GOOD).warnings == ()
+    assert load_rules(example_rules_path).warnings == ()

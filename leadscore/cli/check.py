@@ -36,12 +36,22 @@ def check(
             help="As `leadscore deliver --allow-http`: plain http to this host is fine.",
         ),
     ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Exit 1 on warnings about the file too (for CI); warnings about this "
+            "machine's environment (delivery secrets not set) never fail.",
+        ),
+    ] = False,
 ) -> None:
     """Validate a rules file: list every problem (exit 1) or summarise it (exit 0).
 
     Each problem line names the file, the rule, the field and what was expected, so an
-    editor can fix them all in one pass. What would stop `leadscore deliver` here (a
-    channel's variable not set, plain http) is shown as a warning.
+    editor can fix them all in one pass. Warnings do not stop the file from loading: an `on:`
+    action that is neither standard nor in `known_actions` (most likely a typo; with --strict,
+    exit 1), and what would stop `leadscore deliver` here (a channel's variable not set,
+    plain http).
     """
     try:
         compiled = load_rules(rules)
@@ -49,9 +59,11 @@ def check(
         for problem in err.problems:
             typer.echo(str(problem), err=True)
         n = len(err.problems)
-        typer.echo(f"{rules}: {n} problem{'s' if n != 1 else ''}; nothing was scored", err=True)
+        typer.echo(
+            f"{rules}: {n} problem{'s' if n != 1 else ''}; fix them and check again", err=True
+        )
         raise typer.Exit(1) from None
-    _delivery_warnings(compiled, allow_http or ())
+    warned = _delivery_warnings(compiled, allow_http or ())
     console = new_console()
     console.print(Text(compiled.summary()))
     if compiled.actions:
@@ -83,6 +95,13 @@ def check(
             actions = ", ".join(f"{k} {v}" for a in t.actions for k, v in a.items())
             table.add_row(Text(t.id), Text(_trigger_text(t)), Text(actions))
         console.print(table)
+    for warning in compiled.warnings:
+        typer.echo(str(warning), err=True)
+    n = warned + len(compiled.warnings)
+    if n:
+        typer.echo(f"{rules}: valid, {n} warning{'s' if n != 1 else ''}", err=True)
+    if strict and compiled.warnings:
+        raise typer.Exit(1)
 
 
 def _repeat_text(r: ActionRule) -> str:
@@ -116,15 +135,15 @@ def _trigger_text(t: Trigger) -> str:
     return text
 
 
-def _delivery_warnings(compiled: Rules, allow_http: Sequence[str]) -> None:
+def _delivery_warnings(compiled: Rules, allow_http: Sequence[str]) -> int:
     """What `leadscore deliver` would refuse to start with, against this environment: warnings,
-    since the machine running `check` need not hold production secrets."""
+    since the machine running `check` need not hold production secrets. Returns how many."""
     import os
 
     from leadscore.channels import delivery_issues
     from leadscore.delivery import trigger_actions
 
-    for issue in delivery_issues(
-        compiled.channels, trigger_actions(compiled), os.environ, allow_http
-    ):
+    issues = delivery_issues(compiled.channels, trigger_actions(compiled), os.environ, allow_http)
+    for issue in issues:
         typer.echo(f"{compiled.source}: warning: {issue.where}: {issue.message}", err=True)
+    return len(issues)
