@@ -23,6 +23,12 @@ CHECKPOINT_BYTES = Histogram(
     "Bytes of state and records written by one checkpoint",
     buckets=(1e3, 1e4, 1e5, 1e6, 1e7),
 )
+REDIS_RETRIES = Counter(
+    "leadscore_flow_redis_retries_total",
+    "Redis calls retried after a connection failure (of: store, the flow's reads and "
+    "checkpoints; input, the stream reads). The log has one line per back-off step only.",
+    ["of"],
+)
 CONTACTS_IN_MEMORY = Gauge(
     "leadscore_flow_contacts_in_memory", "Contacts held in memory", ["partition"]
 )

@@ -387,7 +387,12 @@ def _store(config: FlowConfig) -> RedisStore:
         partitions=config.partitions,
         cluster=config.cluster,
         changes_maxlen=config.changes_maxlen,
+        on_retry=_count_store_retry,
     )
+
+
+def _count_store_retry(what: str) -> None:
+    metrics.REDIS_RETRIES.labels("store").inc()
 
 
 class PartitionLogic(ShardLogic):

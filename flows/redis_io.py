@@ -29,6 +29,7 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from redis.exceptions import ResponseError
 
+from flows import metrics
 from state.keys import GROUP, Keys
 from state.redis_store import FATAL, RETRYABLE, Client, connect
 
@@ -351,15 +352,22 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
 
     def _failed(self, err: BaseException) -> None:
         self._failures += 1
+        metrics.REDIS_RETRIES.labels("input").inc()
         delay = min(self._max_backoff, 0.05 * 2 ** (self._failures - 1))
         self._awake = datetime.now(UTC) + timedelta(seconds=delay)
+        previous = min(self._max_backoff, 0.05 * 2 ** (self._failures - 2))
+        if self._failures > 1 and delay == previous:
+            return  # one warning per back-off step, not per attempt
+        at_cap = delay >= self._max_backoff
         log.warning(
-            "input %s: read failed (%s: %s); retrying in %.2fs (failure %d)",
+            "input %s: read failed (%s: %s); retrying %s %.3gs (failure %d)%s",
             self._key,
             type(err).__name__,
             err,
+            "every" if at_cap else "in",
             delay,
             self._failures,
+            " until Redis answers; further failures are not logged" if at_cap else "",
         )
 
     def _create_group(self) -> None:

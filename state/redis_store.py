@@ -99,6 +99,17 @@ class StoreUnavailable(StoreError):
     """Redis stayed unreachable for the whole retry budget."""
 
 
+class StoreUnreachable(StoreError):
+    """The first connection check found no Redis answering (``check_reachable``).
+
+    ``refused_credentials``: Redis answered but refused the password or user."""
+
+    def __init__(self, reason: str, *, refused_credentials: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.refused_credentials = refused_credentials
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Bounded exponential backoff: ``base * 2**n`` capped at ``cap``, ``attempts`` tries."""
@@ -280,8 +291,58 @@ def connect(url: str, *, cluster: bool = False, socket_timeout: float = 10.0) ->
     return redis.Redis.from_url(url, **kwargs)
 
 
-def call_with_retry(what: str, fn: Callable[[], T], policy: RetryPolicy) -> T:
-    """Run ``fn``, retrying RETRYABLE failures with backoff; log every retry and the recovery."""
+def check_reachable(url: str, *, timeout: float = 3.0) -> None:
+    """PING ``url`` within about ``timeout`` seconds, or raise :class:`StoreUnreachable`.
+
+    Commands call it before any work so that a Redis that is down, or a wrong URL, is one
+    clear line within seconds instead of the full retry budget (meant for a Redis that goes
+    away *during* a run). A refused connection is tried again until ``timeout`` (Redis may be
+    starting); a refused password is final. Works on a Cluster node's URL too.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        left = max(0.1, deadline - time.monotonic())
+        client = redis.Redis.from_url(
+            url,
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=left,
+            socket_connect_timeout=left,
+        )
+        try:
+            client.ping()
+            return
+        except redis.exceptions.BusyLoadingError:
+            return  # up, loading its data: the retry policy waits for that
+        except FATAL as err:
+            raise StoreUnreachable(_reason(err), refused_credentials=True) from None
+        except redis.exceptions.ResponseError as err:
+            if "NOAUTH" in str(err) or "WRONGPASS" in str(err):
+                raise StoreUnreachable(_reason(err), refused_credentials=True) from None
+            return  # it answered: whatever this is, the command's own calls will report it
+        except RETRYABLE as err:
+            if time.monotonic() + 0.25 >= deadline:
+                raise StoreUnreachable(_reason(err)) from None
+            time.sleep(0.25)
+        finally:
+            client.close()
+
+
+def _reason(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}".rstrip(".")
+
+
+def call_with_retry(
+    what: str,
+    fn: Callable[[], T],
+    policy: RetryPolicy,
+    on_retry: Callable[[str], object] | None = None,
+) -> T:
+    """Run ``fn``, retrying RETRYABLE failures with backoff.
+
+    Logs one warning per back-off step (each time the delay grows, and once when it reaches
+    the cap), not per attempt, and the recovery; ``on_retry(what)`` runs on every retry (the
+    live flow counts them in a Prometheus metric).
+    """
     failures = 0
     while True:
         try:
@@ -296,15 +357,21 @@ def call_with_retry(what: str, fn: Callable[[], T], policy: RetryPolicy) -> T:
                     f"({type(err).__name__}: {err})"
                 ) from err
             delay = policy.delay(failures)
-            log.warning(
-                "%s failed (%s: %s); retrying in %.2fs (attempt %d of %d)",
-                what,
-                type(err).__name__,
-                err,
-                delay,
-                failures + 1,
-                policy.attempts,
-            )
+            if on_retry is not None:
+                on_retry(what)
+            if failures == 1 or delay != policy.delay(failures - 1):
+                at_cap = delay >= policy.cap
+                log.warning(
+                    "%s failed (%s: %s); retrying %s %.3gs (attempt %d of %d)%s",
+                    what,
+                    type(err).__name__,
+                    err,
+                    "every" if at_cap else "in",
+                    delay,
+                    failures + 1,
+                    policy.attempts,
+                    "; further attempts are not logged" if at_cap else "",
+                )
             time.sleep(delay)
             continue
         if failures:
@@ -331,6 +398,7 @@ class RedisStore:
         retry: RetryPolicy | None = None,
         socket_timeout: float = 10.0,
         mget_batch: int = 1000,
+        on_retry: Callable[[str], object] | None = None,
     ) -> None:
         self.url = url
         self.prefix = prefix
@@ -338,6 +406,7 @@ class RedisStore:
         self.changes_maxlen = changes_maxlen
         self.dead_maxlen = dead_maxlen
         self.retry = retry or RetryPolicy()
+        self.on_retry = on_retry  # called with the operation's name on every retry
         self.mget_batch = mget_batch
         self._partitions = partitions
         self._keys: Keys | None = None
@@ -359,7 +428,7 @@ class RedisStore:
         self.close()
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        return call_with_retry(what, fn, self.retry)
+        return call_with_retry(what, fn, self.retry, self.on_retry)
 
     # -- layout ----------------------------------------------------------------------------
 

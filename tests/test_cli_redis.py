@@ -4,6 +4,7 @@ in subprocesses, as an operator runs them: exit codes and messages matter as muc
 from __future__ import annotations
 
 import gzip
+import os
 import signal
 import subprocess
 import sys
@@ -262,3 +263,40 @@ def test_compose_file_uses_only_options_that_exist() -> None:
                 assert arg in helped.stdout, f"{name}: {arg} is not an option of {command[0]}"
     flow = compose["services"]["flow"]["command"]
     assert flow[flow.index("--metrics-host") + 1] == "0.0.0.0"  # reachable through the port map
+
+
+# --------------------------------------------------------------------------- Redis down
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("send", "-e", "-"),
+        ("show", "c-1"),
+        ("run", "--rules", str(RULES), "--source"),
+        ("serve", "--port", str(free_port())),
+    ],
+    ids=lambda c: c[0],
+)
+def test_a_command_facing_a_closed_port_fails_fast_with_one_line(
+    command: tuple[str, ...], tmp_path: Path
+) -> None:
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    args = [*command, url] if command[0] == "run" else [*command, "--redis", url]
+    env = {**os.environ, "LEADSCORE_WRITE_KEYS": "k"}
+    done = subprocess.run(
+        [*LEADSCORE, *args],
+        input=ev("c-1", 1).decode() + "\n",
+        capture_output=True,
+        text=True,
+        timeout=20,  # the bound: the old retry policy took ~30 s and printed ~20 warnings
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    masked = url.replace(":s3cret@", ":***@")
+    assert masked in lines[0] and "s3cret" not in done.stderr
+    assert "cannot reach Redis" in lines[0] and "check" in lines[0]

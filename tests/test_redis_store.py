@@ -674,3 +674,51 @@ def test_checkpoint_survives_redis_forgetting_the_script(store: RedisStore) -> N
     assert store.checkpoint(3, 3, triggers=[b'{"n": 3}'])
     assert commandstats(store.r).get("eval", 0) == 0  # cached again
     assert [t["n"] for t in store.read_triggers()] == [1, 2, 3]
+
+
+def test_retries_log_one_warning_per_backoff_step_and_count_every_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from redis_server import free_port
+
+    from state.redis_store import StoreUnavailable
+
+    retries: list[str] = []
+    dead = RedisStore(
+        f"redis://127.0.0.1:{free_port()}/0",
+        partitions=2,
+        retry=RetryPolicy(attempts=10, base=0.001, cap=0.004),  # 0.001, 0.002, then 0.004 x 7
+        on_retry=retries.append,
+    )
+    with (
+        caplog.at_level("WARNING", logger="leadscore.redis"),
+        pytest.raises(StoreUnavailable, match="after 10 attempts"),
+    ):
+        dead.checkpoint(0, 1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 3, warnings
+    assert "retrying in 0.00s" in warnings[0] or "0.001" in warnings[0]
+    assert "every" in warnings[-1]  # the last step says it keeps going, quietly
+    assert len(retries) == 9
+
+
+def test_the_live_flow_counts_store_retries_in_a_prometheus_metric() -> None:
+    from prometheus_client import REGISTRY
+    from redis_server import free_port
+
+    from flows.config import FlowConfig
+    from flows.redis_flow import _store
+    from state.redis_store import StoreUnavailable
+
+    def retries() -> float:
+        return REGISTRY.get_sample_value("leadscore_flow_redis_retries_total", {"of": "store"}) or 0
+
+    config = FlowConfig(
+        rules="", source="redis", redis_url=f"redis://127.0.0.1:{free_port()}/0", partitions=2
+    )
+    store = _store(config)
+    store.retry = RetryPolicy(attempts=4, base=0.001, cap=0.001)
+    before = retries()
+    with pytest.raises(StoreUnavailable):
+        store.checkpoint(0, 1)
+    assert retries() - before == 3

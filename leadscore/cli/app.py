@@ -162,6 +162,29 @@ def redis_url_arg(url: str, option: str) -> str:
     return url
 
 
+def require_redis(url: str, option: str) -> None:
+    """Exit with one line within seconds when nothing answers at ``url``.
+
+    Without it a Redis that is down costs the whole retry budget (meant for a Redis lost
+    mid-run): half a minute of warnings before the same conclusion.
+    """
+    from state.redis_store import StoreUnreachable, check_reachable
+
+    try:
+        check_reachable(url)
+    except StoreUnreachable as err:
+        where = masked_url(url)
+        if err.refused_credentials:
+            fail(
+                f"Redis at {where} refused the connection ({err.reason}): check the password "
+                f"(and user) in {option}"
+            )
+        fail(
+            f"cannot reach Redis at {where} ({err.reason}): check that Redis is running there "
+            f"and that {option} names the right host and port"
+        )
+
+
 def masked_url(url: str) -> str:
     """The URL with its password replaced by ``***``, safe to print."""
     scheme, sep, rest = url.partition("://")

@@ -30,6 +30,7 @@ from leadscore.cli.app import (
     new_console,
     num,
     redis_url_arg,
+    require_redis,
 )
 from leadscore.inputs import input_size
 from leadscore.readmodel import view_at
@@ -109,6 +110,7 @@ def send(
     paths = events_arg(events, ctx.args)
     events_exist(paths)
     redis_url_arg(redis_url, "--redis")
+    require_redis(redis_url, "--redis (or LEADSCORE_REDIS_URL)")
     where = masked_url(redis_url)
     show = new_console(stderr=True).is_terminal if progress is None else progress
     show = show and STDIO not in paths
@@ -196,6 +198,7 @@ def show(
     from state.redis_store import RedisStore, RetryPolicy, StoreError
 
     redis_url_arg(redis_url, "--redis")
+    require_redis(redis_url, "--redis (or LEADSCORE_REDIS_URL)")
     where = masked_url(redis_url)
     try:
         with RedisStore(

@@ -35,6 +35,7 @@ from leadscore.cli.app import (
     new_console,
     num,
     redis_url_arg,
+    require_redis,
     seconds_arg,
     time_arg,
 )
@@ -534,6 +535,7 @@ def _run_live(config: FlowConfig, workers: int) -> None:
 
     redis_url_arg(config.redis_url, "--source")
     compiled = load_rules_or_exit(config.rules)
+    require_redis(config.redis_url, "--source")
     _log_to_stderr()
     where = masked_url(config.redis_url)
     try:

@@ -6,7 +6,14 @@ from typing import Annotated
 
 import typer
 
-from leadscore.cli.app import app, fail, load_rules_or_exit, masked_url, seconds_arg
+from leadscore.cli.app import (
+    app,
+    fail,
+    load_rules_or_exit,
+    masked_url,
+    require_redis,
+    seconds_arg,
+)
 
 
 def _action_map_arg(pairs: list[str]) -> dict[str, str] | None:
@@ -203,6 +210,7 @@ def serve(
             "or pass --write-key KEY; or --pixel-only to serve only the pixel and the read API.",
             2,
         )
+    require_redis(config.redis_url, "--redis (or LEADSCORE_REDIS_URL)")
     import logging
 
     from uvicorn.logging import DefaultFormatter
