@@ -132,7 +132,10 @@ class Parser:
                 )
             position = f"{path}:{first_line + offset}"
             dead = DeadLetter(position, lines[offset], event)
-            by_shard[crc32(position.encode()) % shards].append(dead)
+            # Every dead letter of a file goes to one shard, which emits them in the order it
+            # receives them: dead_letter.jsonl keeps each file's line order, whatever the
+            # workers (spread by line, shards would interleave them).
+            by_shard[crc32(path.encode()) % shards].append(dead)
         if accepted:
             self.clocks[part] = clock
             tick = Tick(part, clock, clock)

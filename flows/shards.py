@@ -28,10 +28,11 @@ from leadscore.engine import (
     Engine,
     TriggerFired,
 )
-from leadscore.events import Event, Reject, format_ts
+from leadscore.events import MAX_EVENT_BYTES, Event, Reject, format_ts
 from leadscore.explain import effect_record as record_of
 
 log = logging.getLogger("leadscore.flow")
+RAW_HEAD_BYTES = 1024  # what a dead letter keeps of a line over MAX_EVENT_BYTES
 INF = float("inf")
 
 
@@ -59,27 +60,34 @@ def wake_time(due: float) -> datetime:
 
 
 class DeadLetter:
-    """A rejected input on its way to the dead-letter output; it is counted, never lost."""
+    """A rejected input on its way to the dead-letter output; it is counted, never lost.
 
-    __slots__ = ("position", "raw", "reject")
+    A line over the event size limit keeps only its first ``RAW_HEAD_BYTES`` and its
+    ``size``: enough to find and recognise it, without copying megabytes between workers and
+    into the output (or Redis).
+    """
 
-    def __init__(self, position: str, raw: bytes, reject: Reject) -> None:
+    __slots__ = ("position", "raw", "reject", "size")
+
+    def __init__(self, position: str, raw: bytes, reject: Reject, size: int | None = None) -> None:
         self.position = position
-        self.raw = raw
+        self.size = len(raw) if size is None else size
+        self.raw = raw if self.size <= MAX_EVENT_BYTES else raw[:RAW_HEAD_BYTES]
         self.reject = reject
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return DeadLetter, (self.position, self.raw, self.reject)
+        return DeadLetter, (self.position, self.raw, self.reject, self.size)
 
     def record(self) -> bytes:
-        return orjson.dumps(
-            {
-                "position": self.position,
-                "reason": self.reject.reason,
-                "code": self.reject.code,
-                "raw": self.raw.decode("utf-8", "replace"),
-            }
-        )
+        record: dict[str, Any] = {
+            "position": self.position,
+            "reason": self.reject.reason,
+            "code": self.reject.code,
+            "raw": self.raw.decode("utf-8", "replace"),
+        }
+        if self.size > len(self.raw):
+            record["size"] = self.size  # raw is its first RAW_HEAD_BYTES
+        return orjson.dumps(record)
 
 
 class Tick:

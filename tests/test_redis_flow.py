@@ -813,3 +813,22 @@ def test_an_entry_with_bad_and_blank_lines_scores_the_rest_in_order(redis_url: s
         f"{contact}-4",
     ]
     assert logic.scored == 3
+
+
+def test_an_oversized_line_is_dead_lettered_with_its_first_kib_and_its_size(
+    redis_url: str,
+) -> None:
+    store = RedisStore(redis_url)
+    store.ensure(P)
+    huge = b'{"contact": "c-1", "action": "page.hit", "props": {"pad": "' + b"x" * 200_000 + b'"}}'
+    config = FlowConfig(rules=str(RULES), source="redis", redis_url=redis_url, partitions=P)
+    logic = PartitionLogic(Engine(load_rules(RULES)), config)
+    logic.on_batch([(0, "1-0", b"[1]\n" + huge)])
+    logic.flush()
+    dead = store.read_dead()
+    assert [(d["position"], d["code"]) for d in dead] == [
+        (f"{logic.stream}/1-0/0", "not_an_object"),
+        (f"{logic.stream}/1-0/1", "too_large"),
+    ]
+    assert dead[1]["raw"] == huge[:1024].decode() and dead[1]["size"] == len(huge)
+    assert "size" not in dead[0]
