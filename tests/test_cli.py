@@ -201,6 +201,22 @@ def test_run_writes_every_output_and_reports_what_happened(
     assert [(d["position"], d["code"]) for d in dead] == [(f"{events}:4", "invalid_json")]
 
 
+def test_run_writes_empty_outputs_as_its_help_and_the_readme_say(
+    rules: Path, tmp_path: Path
+) -> None:
+    """No dead letter and no trigger: their files are still written, empty, and `run --help`
+    and the README both say so (a rerun leaves nothing stale)."""
+    events = write_lines(tmp_path / "one.jsonl", [ev("carol", "email.open", T0, "c1")])
+    out = tmp_path / "out"
+    assert cli("run", "-r", str(rules), "-e", str(events), "-o", str(out)).returncode == 0
+    assert (out / "dead_letter.jsonl").read_bytes() == b""
+    assert (out / "triggers.jsonl").read_bytes() == b""
+    help_text = " ".join(cli("run", "--help").stdout.replace("│", " ").split())
+    assert "empty ones included" in help_text and "is not written" not in help_text
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "Every run writes all five files, empty ones included" in readme
+
+
 def test_run_takes_several_files_gzip_and_stdin(rules: Path, tmp_path: Path) -> None:
     first = write_lines(tmp_path / "a.jsonl", EVENTS[:3])
     second = write_lines(tmp_path / "b.jsonl.gz", EVENTS[3:6])

@@ -297,7 +297,7 @@ def run(
     with --source.
 
     Writes contacts.jsonl, triggers.jsonl, changes.jsonl, dead_letter.jsonl and summary.json
-    to --out, replacing those of an earlier run (an output with no records is not written).
+    to --out, all five every run, empty ones included, so a rerun leaves nothing stale.
     Bad lines go to dead_letter.jsonl with their position and reason; they never
     stop the run.
 
