@@ -274,9 +274,10 @@ def test_compose_file_uses_only_options_that_exist() -> None:
         ("send", "-e", "-"),
         ("show", "c-1"),
         ("run", "--rules", str(RULES), "--source"),
+        ("run", "-p", "2", "--rules", str(RULES), "--source"),
         ("serve", "--port", str(free_port())),
     ],
-    ids=lambda c: c[0],
+    ids=lambda c: "-".join(c[:3]) if c[1] == "-p" else c[0],
 )
 def test_a_command_facing_a_closed_port_fails_fast_with_one_line(
     command: tuple[str, ...], tmp_path: Path

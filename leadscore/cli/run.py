@@ -498,6 +498,7 @@ def _run_live_processes(config: FlowConfig, processes: int, workers: int) -> Non
 
     redis_url_arg(config.redis_url, "--source")
     load_rules_or_exit(config.rules)  # a bad rules file fails here, once, not in every process
+    require_redis(config.redis_url, "--source")
     typer.echo(
         f"leadscore: scoring {masked_url(config.redis_url)} (prefix {config.prefix!r}, "
         f"{config.partitions} partitions) with {processes} processes x {workers} worker"
