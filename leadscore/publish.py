@@ -1,24 +1,11 @@
 """Publishing new rules to a live deployment: what kind of change it is, and its preview.
 
-This module is the first part of ``leadscore publish`` (issue 17): it decides whether a new
-rules file can switch without rescoring, exports the deployment's history (the retained input
-streams, or an ``--archive`` directory) to one file in bounded memory, and previews the change
-with ``leadscore backtest``'s comparison on that history. Rebuilding a generation of state and
-the live switch are not implemented yet (see docs/redis.md, "Publishing rules").
-
-Which changes are cheap (no past score can differ, so the states stay as they are):
-
-- ``channels`` (where deliveries go), and the ``notify``/``webhook`` actions of existing
-  triggers: deliveries only, no contact state holds them;
-- names, descriptions and comments;
-- new ``actions`` rules and ``known_actions`` for action names that never occur in the history
-  (no past event matches them).
-
-Everything else (points, conditions, decay, groups, stages, grades, scale, fit rules, trigger
-thresholds, new or removed triggers, trigger actions that change state: ``add_segment``,
-``add_tag``, ``set_stage``, ...) changes what past events did, and needs a rescore. A new
-trigger is deliberately not cheap: whether it has fired is part of each contact's state,
-and only a replay tells which contacts are already past its threshold.
+This module is behind ``leadscore preview`` (the first part of publishing): it decides
+whether a new rules file can switch without rescoring, exports the deployment's history (the
+retained input streams, or an ``--archive`` directory) to one file in bounded memory, and
+previews the change with ``leadscore backtest``'s comparison on that history. Rebuilding a
+generation of state and the live switch are not built yet (docs/redis.md, "Previewing a
+rules change").
 """
 
 from __future__ import annotations

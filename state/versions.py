@@ -4,7 +4,8 @@ Restarting a flow with an edited rules file used to mix old and new scoring sile
 contact scored under "click = +10" kept those points, its next event scored under "+30").
 So the deployment records the rules it runs, any process can tell what is live
 (``leadscore rules --redis URL``), and a flow started with other rules is refused: rules
-change only through ``leadscore publish``, which rescores everyone.
+change only in a new deployment (a new prefix the history is replayed into), so that no
+state mixes two rule sets; ``leadscore preview`` shows what a change would do first.
 
 Fields of ``{prefix}:meta`` (besides ``version`` and ``partitions``, ``state/keys.py``):
 
@@ -97,8 +98,8 @@ def check_rules(r: Any, keys: Keys, text: bytes, path: str, *, publish: bool = F
                 f"{keys.meta} records no rules, but this deployment already has scored "
                 f"state (it ran before rules were versioned): start the flow once with "
                 f"--publish (LEADSCORE_PUBLISH=1) to record {path} as v1 if these are the rules "
-                "it was scored with, or run `leadscore publish --rules "
-                f"{path} --redis URL` to rescore everyone under them"
+                "it was scored with, or score the history under them in a new deployment "
+                "(another --prefix; `leadscore preview` shows what they change)"
             )
         r.eval(_RECORD_FIRST_LUA, 1, keys.meta, digest, text)
         live = live_rules(r, keys)
@@ -108,8 +109,10 @@ def check_rules(r: Any, keys: Keys, text: bytes, path: str, *, publish: bool = F
             f"this deployment runs rules {live.describe()}, published at "
             f"{_when(live.published)}; {path} is different (sha256 {digest[:12]}). "
             "Starting with them would score new events under other rules than the existing "
-            "states: to change the rules, run `leadscore publish --rules "
-            f"{path} --redis URL` (it rescores every contact); to run what is live, "
+            "states. To see what they would change: `leadscore preview --rules "
+            f"{path} --redis URL`; to change the rules, score the history under them in a "
+            "new deployment (another --prefix, fed from --archive or the retained streams); "
+            "to run what is live, "
             "`leadscore rules --redis URL --text > live.yaml` and start with --rules live.yaml"
         )
     return live

@@ -1,5 +1,5 @@
 """``leadscore publish`` so far: which kind of change new rules are, the history export from
-the retained streams (real redis-server), and the --dry-run preview through the real CLI."""
+the retained streams (real redis-server), and the preview through the real CLI."""
 
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def test_export_reads_every_retained_entry_in_stream_order(redis_url: str, tmp_p
         ] == mine
 
 
-def test_dry_run_previews_and_changes_nothing(redis_url: str, tmp_path: Path) -> None:
+def test_preview_shows_the_change_and_changes_nothing(redis_url: str, tmp_path: Path) -> None:
     events = tmp_path / "e.jsonl"
     clicks = [ev(f"c-{i % 3}", i, action="email.click") for i in range(45)]
     events.write_bytes(b"\n".join(clicks) + b"\n")
@@ -136,13 +136,9 @@ def test_dry_run_previews_and_changes_nothing(redis_url: str, tmp_path: Path) ->
     trigger(d, "mql")["at_least"] = 500  # nobody is an MQL any more
     new = tmp_path / "new.yaml"
     new.write_text(dump(d))
-    done = cli("publish", "--rules", str(new), "--redis", redis_url, "--dry-run")
+    done = cli("preview", "--rules", str(new), "--redis", redis_url)
     assert done.returncode == 0, done.stderr
     assert "rescoring change" in done.stdout and "trigger mql" in done.stdout
     assert "retained input streams (45 events" in done.stdout
     assert "mql" in done.stdout and "c-0" in done.stdout  # the movers table
-    assert r.hgetall("ls:meta") == meta
-
-    done = cli("publish", "--rules", str(new), "--redis", redis_url)
-    assert done.returncode == 1 and "not implemented yet" in done.stderr
     assert r.hgetall("ls:meta") == meta

@@ -74,7 +74,7 @@ def test_a_flow_with_other_rules_is_refused_and_reads_nothing(
     code, err = live_run(redis_url, edited(tmp_path))
     assert code == 1
     assert "runs rules v1" in err and "edited.yaml is different" in err
-    assert "leadscore publish --rules" in err and "Traceback" not in err
+    assert "leadscore preview --rules" in err and "Traceback" not in err
     after = {p: store.r.xinfo_groups(store.keys.input(p))[0] for p in range(4)}
     assert after == before  # nothing read, nothing acknowledged
     assert [store.r.xlen(store.keys.input(p)) for p in range(4)] == lengths
@@ -83,7 +83,7 @@ def test_a_flow_with_other_rules_is_refused_and_reads_nothing(
     )
     # --publish never replaces published rules
     code, err = live_run(redis_url, edited(tmp_path), "--publish")
-    assert code == 1 and "leadscore publish" in err
+    assert code == 1 and "leadscore preview" in err
 
 
 def test_state_without_recorded_rules_needs_publish(redis_url: str, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ COMMANDS: tuple[str, ...] = (
     "run",  # run
     "redis",  # send, show
     "rules",  # rules
-    "publish",  # publish
+    "preview",  # preview
     "check",  # check
     "explain",  # explain
     "calibrate",  # calibrate

@@ -1,10 +1,10 @@
-"""``leadscore publish --rules NEW --redis URL``: preview a rules change on the live history.
+"""``leadscore preview --rules NEW --redis URL``: what a rules change would do to a live
+deployment, before anyone changes it.
 
-Implemented so far (issue 17, step 3 in part): NEW is validated, the kind of change is
-decided (cheap or rescoring, and why: ``leadscore/publish.py``), and a backtest of NEW against
-the live rules runs on the deployment's history (the retained input streams, or ``--history
-DIR``, an ``--archive`` directory). Rebuilding the new generation of state and the live
-switch are not implemented: without ``--dry-run`` the command says so and changes nothing.
+NEW is validated, the kind of change is decided (cheap or rescoring, and why:
+``leadscore/publish.py``), and a backtest of NEW against the live rules runs on the
+deployment's history (the retained input streams, or ``--history DIR``, an ``--archive``
+directory). It reads Redis and changes nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from leadscore.cli.app import (
 
 
 @app.command()
-def publish(
+def preview(
     rules: Annotated[
         str, typer.Option("--rules", "-r", metavar="NEW", help="The new rules file (YAML).")
     ],
@@ -55,15 +55,8 @@ def publish(
             help="Replay an --archive directory instead of the retained input streams.",
         ),
     ] = None,
-    dry_run: Annotated[
-        bool,
-        typer.Option(
-            "--dry-run",
-            help="Validate, classify the change and print the backtest; change nothing.",
-        ),
-    ] = False,
 ) -> None:
-    """Preview new rules against the live ones on the deployment's history (--dry-run)."""
+    """Preview new rules against the live ones on the deployment's history; changes nothing."""
     from redis.exceptions import RedisError
 
     from leadscore.backtest import backtest
@@ -86,7 +79,7 @@ def publish(
                 if live is None:
                     fail(
                         f"{keys.meta} at {where} records no rules: start the live flow once "
-                        "(it records its rules as v1), then publish"
+                        "(it records its rules as v1), then preview"
                     )
                 if history is not None:
                     paths = events_arg([history], [])
@@ -117,8 +110,3 @@ def publish(
             console.print(f"backtest of {rules} against the live rules on {source}:")
             result = backtest(rules, paths, str(live_path), now=time.time())
             _render(console, result)
-    if not dry_run:
-        fail(
-            "rebuilding the new generation and switching the live flow to it are not "
-            "implemented yet (issue 17); nothing was changed. Use --dry-run to preview."
-        )
