@@ -63,6 +63,7 @@ class PointChange:
     event_id: str | None
     at: float
     capped: bool = False
+    reason: str | None = None  # why, when no event earned it (a merge's corrections)
 
 
 @dataclass(slots=True)

@@ -181,6 +181,8 @@ def effect_record(contact: str, effect: Effect, action: str | None = None) -> di
         }
         if action is not None:
             rec["action"] = action
+        if effect.reason is not None:
+            rec["reason"] = effect.reason
         return rec
     if t is StageChanged:
         return {
