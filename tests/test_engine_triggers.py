@@ -409,4 +409,5 @@ def test_effects_and_state_are_slotted_and_orjson_serialises_effects() -> None:
         "event_id",
         "at",
         "capped",
+        "reason",
     }
