@@ -38,23 +38,11 @@ import orjson
 
 from leadscore.events import format_ts, round4
 from leadscore.rules import TOTAL, Rules
+from leadscore.rules import VIEW_FIELDS as VIEW_FIELDS  # the fields view_at answers, in order
 
 if TYPE_CHECKING:
     from leadscore.engine import ContactState, Engine
 
-# The fields of a view, in order: what view_at answers (``decay`` is the reader's input only).
-VIEW_FIELDS = (
-    "contact",
-    "scores",
-    "total",
-    "normalized",
-    "grade",
-    "stage",
-    "segments",
-    "tags",
-    "updated_at",
-    "as_of",
-)
 
 
 def params(rules: Rules) -> dict[str, Any]:

@@ -27,22 +27,22 @@ from leadscore.patterns import PatternError, compile_search
 from leadscore.suggest import did_you_mean
 
 TOTAL = "total"
-# Keys of a contact's read model (Engine.view): a prediction's `as` name must not shadow one.
-VIEW_FIELDS = frozenset(
-    {
-        "contact",
-        "scores",
-        "total",
-        "normalized",
-        "grade",
-        "stage",
-        "segments",
-        "tags",
-        "updated_at",
-        "as_of",
-        "decay",
-    }
+# The fields of a contact's view (Engine.view, readmodel.view_at), in order.
+VIEW_FIELDS = (
+    "contact",
+    "scores",
+    "total",
+    "normalized",
+    "grade",
+    "stage",
+    "segments",
+    "tags",
+    "updated_at",
+    "as_of",
 )
+# Keys of a contact's read model: a prediction's `as` name must not shadow one (``decay`` is
+# the stored document's input for readers).
+READ_MODEL_KEYS = frozenset(VIEW_FIELDS) | {"decay"}
 TRIGGER_ACTION_KINDS = (
     "notify",
     "add_segment",
@@ -801,7 +801,7 @@ class _Compiler:
         if not isinstance(name, str) or not name:
             self.problem("predict", "as", "expected a non-empty name, e.g. likelihood")
             return None
-        if name in VIEW_FIELDS or name in groups or name == TOTAL:
+        if name in READ_MODEL_KEYS or name in groups or name == TOTAL:
             self.problem("predict", "as", f"{name!r} is already a contact field or a group")
             return None
         file = node.get("model")

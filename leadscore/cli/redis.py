@@ -34,7 +34,7 @@ from leadscore.cli.app import (
 )
 from leadscore.inputs import input_size
 from leadscore.readmodel import view_at
-from leadscore.rules import VIEW_FIELDS
+from leadscore.rules import READ_MODEL_KEYS
 
 
 @app.command(context_settings={"allow_extra_args": True})
@@ -236,7 +236,7 @@ def show(
         if view.get(name):
             grid.add_row(name, Text(", ".join(view[name])))
     for name, value in view.items():  # e.g. `likelihood`, when the rules `predict`
-        if name not in VIEW_FIELDS and isinstance(value, int | float):
+        if name not in READ_MODEL_KEYS and isinstance(value, int | float):
             grid.add_row(name, num(value))
     grid.add_row("updated at", Text(view.get("updated_at") or "", style="dim"))
     grid.add_row("as of", Text(view.get("as_of") or "", style="dim"))
