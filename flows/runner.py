@@ -340,7 +340,12 @@ def _last_line(path: Path) -> str:
 _LIVE_PEER = "import sys; from flows.runner import run_live_peer; run_live_peer(sys.argv[1])"
 
 
-def run_live_processes(config: FlowConfig, processes: int, workers: int) -> None:
+def run_live_processes(
+    config: FlowConfig,
+    processes: int,
+    workers: int,
+    announce: Callable[[], None] = lambda: None,
+) -> None:
     """Score live from Redis as ``processes`` local processes of ONE Bytewax cluster.
 
     Process 0 takes the deployment's flow lease (standing by while another flow holds it);
@@ -348,7 +353,7 @@ def run_live_processes(config: FlowConfig, processes: int, workers: int) -> None
     checkpoint what they read and exit 0. When one process exits otherwise (a crash, kill -9)
     the others are stopped at once and ``PeerFailed`` names it: a cluster with a process
     missing cannot go on. Each process logs to this one's stderr and serves its own metrics
-    on ``metrics_port + i``.
+    on ``metrics_port + i``. ``announce`` runs once SIGTERM and Ctrl-C are handled.
     """
     addresses = [f"127.0.0.1:{port}" for port in _free_ports(processes)]
     fields = {
@@ -356,29 +361,37 @@ def run_live_processes(config: FlowConfig, processes: int, workers: int) -> None
         for name, value in vars(config).items()
         if name not in ("stop", "process_id", "processes")
     }
-    peers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _LIVE_PEER,
-                orjson.dumps(
-                    {"config": fields, "addresses": addresses, "proc_id": i, "workers": workers}
-                ).decode(),
-            ],
-            # its own session: a terminal's Ctrl-C reaches this process only, which passes it
-            # on once (a second signal makes a flow exit without its last checkpoint)
-            start_new_session=True,
-        )
-        for i in range(processes)
-    ]
+    # Installed before the first process starts: a SIGTERM that arrives while they start
+    # is the stop the user asked for, passed on to those started, and no more are started.
+    peers: list[subprocess.Popen[bytes]] = []
+    requested: set[int] = set()
 
     def forward(signum: int, frame: object) -> None:
+        requested.add(signum)
         for peer in peers:
             if peer.poll() is None:
                 peer.send_signal(signum)
 
     handlers = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    announce()
+    for i in range(processes):
+        if requested:
+            break
+        peers.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _LIVE_PEER,
+                    orjson.dumps(
+                        {"config": fields, "addresses": addresses, "proc_id": i, "workers": workers}
+                    ).decode(),
+                ],
+                # its own session: a terminal's Ctrl-C reaches this process only, which passes
+                # it on once (a second signal makes a flow exit without its last checkpoint)
+                start_new_session=True,
+            )
+        )
     grace = None
     try:
         while any(peer.poll() is None for peer in peers):
@@ -409,7 +422,13 @@ def run_live_processes(config: FlowConfig, processes: int, workers: int) -> None
                 peer.wait()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-    codes = [(i, p.returncode) for i, p in enumerate(peers) if p.returncode and i not in stopped]
+    # A process killed by the very signal passed on to it had not yet installed its handler
+    # (it was still starting, so it had read nothing): that is the requested stop, not a loss.
+    codes = [
+        (i, p.returncode)
+        for i, p in enumerate(peers)
+        if p.returncode and i not in stopped and -p.returncode not in requested
+    ]
     if codes:
         # a signal (kill -9, the OOM killer) is a cause; exit code 1 is usually a lost peer
         index, code = min(codes, key=lambda ic: (ic[1] > 0, ic[0]))

@@ -407,3 +407,28 @@ def test_a_standby_cluster_stopped_with_sigterm_exits_0(redis_url: str, tmp_path
     standby.send_signal(signal.SIGTERM)
     assert standby.wait(60) == 0, log.read_text()
     assert first.finish(signal.SIGTERM) == 0, first.output()[-3000:]
+
+
+@pytest.mark.slow
+def test_a_cluster_stopped_with_sigterm_while_its_processes_start_exits_0(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM right after `run --source -p 2` says it starts: the processes are still
+    importing (no handler yet) and die of the forwarded signal. That is the stop the user
+    asked for, not a lost peer: exit 0. (It used to exit 1, "process 1 of 2 failed: killed by
+    signal 15", whenever a process was slower to start than the signal.)"""
+    from test_cli_redis import LEADSCORE
+
+    send(redis_url, [b'{"contact": "a", "action": "page.hit"}'])
+    for attempt in range(3):
+        log = tmp_path / f"early-{attempt}.log"
+        with log.open("wb") as out:
+            cluster = subprocess.Popen(
+                [*LEADSCORE, "run", "-r", str(RULES), "--source", redis_url, "-p", "2"],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(lambda: "leadscore: scoring" in log.read_text(), "the start")  # noqa: B023
+        cluster.send_signal(signal.SIGTERM)
+        assert cluster.wait(60) == 0, log.read_text()

@@ -499,15 +499,18 @@ def _run_live_processes(config: FlowConfig, processes: int, workers: int) -> Non
     redis_url_arg(config.redis_url, "--source")
     load_rules_or_exit(config.rules)  # a bad rules file fails here, once, not in every process
     require_redis(config.redis_url, "--source")
-    typer.echo(
-        f"leadscore: scoring {masked_url(config.redis_url)} (prefix {config.prefix!r}, "
-        f"{config.partitions} partitions) with {processes} processes x {workers} worker"
-        f"{'s' if workers != 1 else ''}, "
-        + ("until every stream is read" if not config.tail else "until SIGTERM or Ctrl-C"),
-        err=True,
-    )
+
+    def announce() -> None:  # once SIGTERM is passed on: a signal after this is a clean stop
+        typer.echo(
+            f"leadscore: scoring {masked_url(config.redis_url)} (prefix {config.prefix!r}, "
+            f"{config.partitions} partitions) with {processes} processes x {workers} worker"
+            f"{'s' if workers != 1 else ''}, "
+            + ("until every stream is read" if not config.tail else "until SIGTERM or Ctrl-C"),
+            err=True,
+        )
+
     try:
-        run_live_processes(config, processes, workers)
+        run_live_processes(config, processes, workers, announce)
     except PeerFailed as err:
         fail(
             f"{err}; the other processes were stopped. Nothing is lost: what was not "
