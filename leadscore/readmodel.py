@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from leadscore.engine import ContactState, Engine
 
 
-
 def params(rules: Rules) -> dict[str, Any]:
     """The part of the rules a reader needs to decay, normalize and grade stored scores."""
     return {

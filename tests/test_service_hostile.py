@@ -221,6 +221,18 @@ def answer_of(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+def answer_unless_reset(sock: socket.socket) -> bytes | None:
+    """The status line the server sends before hanging up on a client that is still sending,
+    or None: closing with unread input makes TCP reset the connection, which may discard the
+    answer before the client reads it. Either way the client is cut off (a server that never
+    hangs up fails the read's timeout)."""
+    try:
+        return answer_of(sock)[:13]
+    except ConnectionResetError:
+        sock.close()
+        return None
+
+
 HEAD = (
     b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key\r\n"
     b"Content-Type: application/json\r\n"
@@ -264,7 +276,7 @@ def test_bodies_that_never_finish_get_408_and_slow_clients_are_bounded(
         assert reply.startswith(b"HTTP/1.1 408 "), reply[:200]
         body = orjson.loads(reply.partition(b"\r\n\r\n")[2])
         assert (body["code"], body["field"]) == ("request_timeout", "body")
-    assert answer_of(trickle).startswith(b"HTTP/1.1 408 ")
+    assert answer_unless_reset(trickle) in (None, b"HTTP/1.1 408 ")
     stop.set()
     dripper.join(5)
     for sock in crowd:
@@ -310,7 +322,7 @@ def test_headers_that_never_finish_close_the_connection(
             assert answer.status_code == 200
             time.sleep(0.3)
     assert answer_of(silent) == b""  # closed without a word
-    assert answer_of(dribble) == b""
+    assert answer_unless_reset(dribble) in (None, b"")
     stop.set()
     dripper.join(5)
     assert sorted(e["contact"] for e in events_in(r)) == ["k-0", "k-1", "k-2", "k-3"]
