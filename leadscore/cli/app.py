@@ -48,6 +48,26 @@ COMMANDS: tuple[str, ...] = (
 )
 
 STDIO = "-"  # the path that means standard input or output
+
+# The options every command that talks to a live deployment takes, declared once so that
+# they read and behave the same everywhere (`redis_url: RedisUrl = DEFAULT_REDIS`).
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+RedisUrl = Annotated[
+    str,
+    typer.Option(
+        "--redis",
+        metavar="URL",
+        envvar="LEADSCORE_REDIS_URL",
+        help="Redis URL: redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS.",
+    ),
+]
+Prefix = Annotated[
+    str,
+    typer.Option("--prefix", metavar="PREFIX", envvar="LEADSCORE_PREFIX", help="Redis key prefix."),
+]
+Cluster = Annotated[
+    bool, typer.Option("--cluster", help="The URL names a node of a Redis Cluster.")
+]
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 app = typer.Typer(

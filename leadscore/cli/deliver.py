@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from leadscore.cli.app import app, fail, load_rules_or_exit, masked_url, redis_url_arg
+from leadscore.cli.app import Prefix, app, fail, load_rules_or_exit, masked_url, redis_url_arg
 
 _RETRY = "Retries"
 _MANY = "Several deliverers"
@@ -50,9 +50,7 @@ def deliver(
             help="Re-send every dead letter once more (same ids), report, and exit.",
         ),
     ] = False,
-    prefix: Annotated[
-        str, typer.Option("--prefix", metavar="PREFIX", help="Key prefix, as the flow's.")
-    ] = "ls",
+    prefix: Prefix = "ls",
     allow_http: Annotated[
         list[str] | None,
         typer.Option(

@@ -17,6 +17,9 @@ from typing import Annotated
 import typer
 
 from leadscore.cli.app import (
+    DEFAULT_REDIS,
+    Prefix,
+    RedisUrl,
     app,
     events_arg,
     fail,
@@ -32,21 +35,8 @@ def preview(
     rules: Annotated[
         str, typer.Option("--rules", "-r", metavar="NEW", help="The new rules file (YAML).")
     ],
-    redis_url: Annotated[
-        str,
-        typer.Option(
-            "--redis",
-            metavar="URL",
-            envvar="LEADSCORE_REDIS_URL",
-            help="The live deployment's Redis URL.",
-        ),
-    ] = "redis://127.0.0.1:6379/0",
-    prefix: Annotated[
-        str,
-        typer.Option(
-            "--prefix", metavar="PREFIX", envvar="LEADSCORE_PREFIX", help="Redis key prefix."
-        ),
-    ] = "ls",
+    redis_url: RedisUrl = DEFAULT_REDIS,
+    prefix: Prefix = "ls",
     history: Annotated[
         str | None,
         typer.Option(

@@ -21,7 +21,11 @@ from rich.table import Table
 from rich.text import Text
 
 from leadscore.cli.app import (
+    DEFAULT_REDIS,
     STDIO,
+    Cluster,
+    Prefix,
+    RedisUrl,
     app,
     events_arg,
     events_exist,
@@ -50,15 +54,7 @@ def send(
             "Give several after one --events or repeat the option.",
         ),
     ],
-    redis_url: Annotated[
-        str,
-        typer.Option(
-            "--redis",
-            metavar="URL",
-            envvar="LEADSCORE_REDIS_URL",
-            help="Redis URL: redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS.",
-        ),
-    ] = "redis://127.0.0.1:6379/0",
+    redis_url: RedisUrl = DEFAULT_REDIS,
     batch: Annotated[
         int,
         typer.Option(
@@ -77,15 +73,8 @@ def send(
             help="Input streams, as the flow's. [default: from {prefix}:meta, else 16]",
         ),
     ] = None,
-    prefix: Annotated[
-        str,
-        typer.Option(
-            "--prefix", metavar="PREFIX", envvar="LEADSCORE_PREFIX", help="Redis key prefix."
-        ),
-    ] = "ls",
-    cluster: Annotated[
-        bool, typer.Option("--cluster", help="The URL names a node of a Redis Cluster.")
-    ] = False,
+    prefix: Prefix = "ls",
+    cluster: Cluster = False,
     progress: Annotated[
         bool | None,
         typer.Option(
@@ -163,24 +152,9 @@ def send(
 @app.command()
 def show(
     contact: Annotated[str, typer.Argument(metavar="CONTACT", help="The contact id.")],
-    redis_url: Annotated[
-        str,
-        typer.Option(
-            "--redis",
-            metavar="URL",
-            envvar="LEADSCORE_REDIS_URL",
-            help="Redis URL: redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS.",
-        ),
-    ] = "redis://127.0.0.1:6379/0",
-    prefix: Annotated[
-        str,
-        typer.Option(
-            "--prefix", metavar="PREFIX", envvar="LEADSCORE_PREFIX", help="Redis key prefix."
-        ),
-    ] = "ls",
-    cluster: Annotated[
-        bool, typer.Option("--cluster", help="The URL names a node of a Redis Cluster.")
-    ] = False,
+    redis_url: RedisUrl = DEFAULT_REDIS,
+    prefix: Prefix = "ls",
+    cluster: Cluster = False,
     as_json: Annotated[
         bool,
         typer.Option("--json", help="Print the answer as JSON (what the HTTP service answers)."),

@@ -9,29 +9,23 @@ from typing import Annotated
 import orjson
 import typer
 
-from leadscore.cli.app import app, fail, masked_url, redis_url_arg
+from leadscore.cli.app import (
+    DEFAULT_REDIS,
+    Cluster,
+    Prefix,
+    RedisUrl,
+    app,
+    fail,
+    masked_url,
+    redis_url_arg,
+)
 
 
 @app.command()
 def rules(
-    redis_url: Annotated[
-        str,
-        typer.Option(
-            "--redis",
-            metavar="URL",
-            envvar="LEADSCORE_REDIS_URL",
-            help="Redis URL: redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS.",
-        ),
-    ] = "redis://127.0.0.1:6379/0",
-    prefix: Annotated[
-        str,
-        typer.Option(
-            "--prefix", metavar="PREFIX", envvar="LEADSCORE_PREFIX", help="Redis key prefix."
-        ),
-    ] = "ls",
-    cluster: Annotated[
-        bool, typer.Option("--cluster", help="The URL names a node of a Redis Cluster.")
-    ] = False,
+    redis_url: RedisUrl = DEFAULT_REDIS,
+    prefix: Prefix = "ls",
+    cluster: Cluster = False,
     text_only: Annotated[
         bool,
         typer.Option("--text", help="Print only the rules file (e.g. > live.yaml)."),
