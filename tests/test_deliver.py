@@ -554,6 +554,29 @@ def test_deliver_command_refuses_to_start_without_secrets_and_never_prints_them(
     assert "do-not-print-me" not in done.stderr + done.stdout
 
 
+def test_deliver_command_with_no_redis_answering_says_so_at_once(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    """Nothing at --redis: one line naming the URL and the option, exit 1 (it used to spend
+    the retry budget, meant for a Redis lost mid-run, before saying the same)."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules_for(receiver.url))
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    for extra in ([], ["--replay-dead"]):
+        done = subprocess.run(
+            [*LEADSCORE, "deliver", "--redis", url, "--rules", str(rules), *extra],
+            env={**os.environ, "TEST_SALES_SECRET": "s", "LEADSCORE_WEBHOOK_SECRET": "w"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            check=False,
+        )
+        assert done.returncode == 1, done.stderr
+        assert url in done.stderr and "--redis" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and "delivering from" not in done.stderr
+
+
 def test_replay_dead_command_re_sends_and_reports(
     redis_url: str, receiver: Receiver, deliver: Any, tmp_path: Path
 ) -> None:

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from leadscore.cli.app import Prefix, app, fail, load_rules_or_exit, masked_url, redis_url_arg
+from leadscore.cli.app import (
+    Prefix,
+    app,
+    fail,
+    load_rules_or_exit,
+    masked_url,
+    redis_url_arg,
+    require_redis,
+)
 
 _RETRY = "Retries"
 _MANY = "Several deliverers"
@@ -181,6 +189,7 @@ def deliver(
         policy=policy,
         lease_ttl=_seconds(lease_ttl, "--lease-ttl"),
     )
+    require_redis(redis_url, "--redis (or LEADSCORE_REDIS_URL)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if replay_dead:
         result = asyncio.run(deliverer.replay_dead(config, plan))
