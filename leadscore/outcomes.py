@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from leadscore.engine import ContactState, Duplicate, Engine
-from leadscore.events import Event, Reject, format_ts, parse_events, parse_ts
+from leadscore.events import (
+    MAX_TS,
+    Event,
+    Reject,
+    format_ts,
+    latest_ts,
+    parse_events,
+    parse_ts,
+)
 from leadscore.rules import TOTAL, Rules
 
 STDIO = "-"
@@ -195,13 +203,17 @@ def checked_events(
     """Accepted events in file order; every rejection counted in ``intake`` as ``run`` does.
 
     A conversion action is accepted even when no rule scores it: the user named it, so it is
-    an outcome, not a typo (``run`` would dead-letter it as ``unknown_action``).
+    an outcome, not a typo (``run`` would dead-letter it as ``unknown_action``). With a wall
+    clock ``now``, an event dated more than the default max_future past it is rejected as
+    ``run`` rejects it, so one bad line cannot become the history's last event time (``now``
+    0.0, as tests replaying fixed data pass, accepts any date).
     """
     known = rules.known_actions
     rejected = intake.rejected
+    latest = latest_ts(now) if now > 0 else MAX_TS
     for chunk in chunks:
         intake.lines += len(chunk)
-        for event in parse_events(chunk, now):
+        for event in parse_events(chunk, now, latest):
             if type(event) is Event:
                 action = event.action
                 if action in known or action in conversion_actions:

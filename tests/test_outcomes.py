@@ -107,6 +107,27 @@ def test_default_as_of_is_last_event_minus_window(tmp_path: Path, rules: Any) ->
     assert [(m.contact, m.label) for m in pop.members] == [("a", True), ("b", False)]
 
 
+def test_an_event_dated_in_the_future_is_rejected_and_moves_nothing(
+    tmp_path: Path, rules: Any
+) -> None:
+    """One line dated 2099 used to become the last event time, so the default --as-of was
+    in 2099 too; at wall-clock ``now`` it is rejected as ``run`` rejects it (max_future)."""
+    rows = [
+        ev("a", "email.open", T0),
+        ev("b", "email.open", T0 + DAY),
+        ev("z", "email.open", datetime(2099, 1, 1, tzinfo=UTC).timestamp()),
+        ev("a", "purchase", T0 + 5 * DAY),
+        ev("c", "email.open", T0 + 9 * DAY),
+    ]
+    path = write(tmp_path / "e.jsonl", rows)
+    now = T0 + 30 * DAY
+    pop = population(rules, [path], conversions(["purchase"]), 7 * DAY, now=now)
+    assert pop.as_of == T0 + 2 * DAY
+    assert [(m.contact, m.label) for m in pop.members] == [("a", True), ("b", False)]
+    assert pop.intake.rejected == {"bad_ts": 1}
+    assert scan(rules, [path], frozenset(), now).last_ts == T0 + 9 * DAY
+
+
 def test_outcomes_csv(tmp_path: Path, rules: Any) -> None:
     rows = [
         ev("a", "email.open", T0),
