@@ -361,40 +361,40 @@ def run_live_processes(
         for name, value in vars(config).items()
         if name not in ("stop", "process_id", "processes")
     }
-    # Installed before the first process starts: a SIGTERM that arrives while they start
-    # is the stop the user asked for, passed on to those started, and no more are started.
-    peers: list[subprocess.Popen[bytes]] = []
-    requested: set[int] = set()
-
-    def forward(signum: int, frame: object) -> None:
-        requested.add(signum)
-        for peer in peers:
-            if peer.poll() is None:
-                peer.send_signal(signum)
-
-    handlers = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # The handler only notes the signal; the loop below passes each one on, once, to every
+    # process. Noted from before the first process starts, so a SIGTERM that arrives while
+    # they start (even while one is being created) reaches all of them.
+    requested: list[int] = []
+    handlers = {
+        sig: signal.signal(sig, lambda signum, frame: requested.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     announce()
-    for i in range(processes):
-        if requested:
-            break
-        peers.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    _LIVE_PEER,
-                    orjson.dumps(
-                        {"config": fields, "addresses": addresses, "proc_id": i, "workers": workers}
-                    ).decode(),
-                ],
-                # its own session: a terminal's Ctrl-C reaches this process only, which passes
-                # it on once (a second signal makes a flow exit without its last checkpoint)
-                start_new_session=True,
-            )
+    peers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _LIVE_PEER,
+                orjson.dumps(
+                    {"config": fields, "addresses": addresses, "proc_id": i, "workers": workers}
+                ).decode(),
+            ],
+            # its own session: a terminal's Ctrl-C reaches this process only, which passes it
+            # on once (a second signal makes a flow exit without its last checkpoint)
+            start_new_session=True,
         )
+        for i in range(processes)
+    ]
+    forwarded = 0
     grace = None
     try:
         while any(peer.poll() is None for peer in peers):
+            while forwarded < len(requested):
+                for peer in peers:
+                    if peer.poll() is None:
+                        peer.send_signal(requested[forwarded])
+                forwarded += 1
             if grace is None and any(peer.returncode for peer in peers):
                 # The others panic on the broken cluster within a second or so: let them, so
                 # that the one that died first (by a signal, or with its own error) is named.
@@ -427,7 +427,7 @@ def run_live_processes(
     codes = [
         (i, p.returncode)
         for i, p in enumerate(peers)
-        if p.returncode and i not in stopped and -p.returncode not in requested
+        if p.returncode and i not in stopped and -p.returncode not in requested[:forwarded]
     ]
     if codes:
         # a signal (kill -9, the OOM killer) is a cause; exit code 1 is usually a lost peer

@@ -431,4 +431,9 @@ def test_a_cluster_stopped_with_sigterm_while_its_processes_start_exits_0(
             )
         wait_for(lambda: "leadscore: scoring" in log.read_text(), "the start")  # noqa: B023
         cluster.send_signal(signal.SIGTERM)
-        assert cluster.wait(60) == 0, log.read_text()
+        try:
+            code = cluster.wait(90)
+        except subprocess.TimeoutExpired:
+            cluster.kill()
+            pytest.fail(f"still running 90 s after SIGTERM:\n{log.read_text()}")
+        assert code == 0, log.read_text()
