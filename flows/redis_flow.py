@@ -81,6 +81,13 @@ price is in backlogs: up to 25,600 events (~1 s of work) per checkpoint to repla
 crash, and a longer script (tens of ms) that Redis runs while other clients wait."""
 
 
+_LIVE_MERGE = Reject(
+    "merge_unsupported",
+    "the live flow does not merge contacts yet (issue 18): the identify was scored without "
+    "its merge; `leadscore run --events FILES` merges",
+)
+
+
 # --------------------------------------------------------------------------- stopping
 
 
@@ -607,6 +614,9 @@ class PartitionLogic(ShardLogic):
         latest = latest_ts(now, self.config.max_future)
         for i, event in enumerate(parse_events(lines, now, latest)):
             if type(event) is Event:
+                if event.merge is not None:  # scored as a plain identify; the merge refused
+                    items.append(DeadLetter(f"{self.stream}/{entry_id}/{i}", lines[i], _LIVE_MERGE))
+                    event.merge = None
                 if event.action in known:
                     items.append(event)
                     if archived is not None:

@@ -33,7 +33,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
 from flows.config import FlowConfig, bytewax_process
-from flows.io import JsonlSource, ResultsSink
+from flows.io import STDIO, JsonlSource, ResultsSink
 from flows.shards import (
     INF,
     DeadLetter,
@@ -44,6 +44,7 @@ from flows.shards import (
 )
 from leadscore.engine import Engine
 from leadscore.events import DEFAULT_MAX_FUTURE, NO_TS, Event, Reject, latest_ts
+from leadscore.identity import merge_groups, merge_lines
 from leadscore.rules import Rules, load_rules
 from leadscore.typed import parse_events
 
@@ -71,11 +72,29 @@ _UNDATED = Reject(
 )
 
 
+_UNROUTED = Reject(
+    "merge_unsupported",
+    "an identify with 'merge' needs its input read twice (the ids it joins are scored "
+    "together from their first event): give the events as files, not standard input, or "
+    "send them to a live flow (leadscore send, run --source)",
+)
+
+
 class Parser:
     """Turns a source chunk into keyed events, keyed dead letters and clock ticks."""
 
-    def __init__(self, rules: Rules, shards: int, max_future: float = DEFAULT_MAX_FUTURE) -> None:
+    def __init__(
+        self,
+        rules: Rules,
+        shards: int,
+        max_future: float = DEFAULT_MAX_FUTURE,
+        groups: dict[str, str] | None = None,
+    ) -> None:
         self.rules = rules
+        # id -> the representative of the ids merges join (identity.merge_groups): the whole
+        # group is scored in its representative's shard. None: merges cannot be routed (the
+        # input is read once, from standard input) and are dead-lettered.
+        self.groups = groups
         self.shards = shards
         self.max_future = max_future
         # Each input partition's replay clock: its latest accepted event time so far. An event
@@ -116,13 +135,19 @@ class Parser:
                         clock = ts
                     elif ts < 0.0:  # NO_TS: the partition's replay clock
                         event.ts = clock
+                    if event.merge is not None and self.groups is None:
+                        position = f"{path}:{first_line + offset}"
+                        dead = DeadLetter(position, lines[offset], _UNROUTED)
+                        by_shard[crc32(path.encode()) % shards].append(dead)
+                        continue
                     accepted = True
                     contact = event.contact
                     shard = shard_of_contact.get(contact)
                     if shard is None:
                         if len(shard_of_contact) >= _SHARD_CACHE_MAX:
                             shard_of_contact.clear()
-                        shard = shard_of_contact[contact] = crc32(contact.encode()) % shards
+                        routed = self.groups.get(contact, contact) if self.groups else contact
+                        shard = shard_of_contact[contact] = crc32(routed.encode()) % shards
                     by_shard[shard].append(event)
                     continue
                 event = Reject(
@@ -161,7 +186,10 @@ def build_flow(config: FlowConfig, rules: Rules | None = None) -> Dataflow:
         raise ValueError(f"unknown source {config.source!r}; expected 'files' or 'redis'")
     source = JsonlSource(config.events)
     chunks = op.input("read", flow, source)
-    keyed = op.flat_map("parse", chunks, Parser(rules, config.shards, config.max_future))
+    # Merges join ids from their first event on: a first pass finds which (files only).
+    groups = None if STDIO in config.events else merge_groups(merge_lines(config.events))
+    parser = Parser(rules, config.shards, config.max_future, groups)
+    keyed = op.flat_map("parse", chunks, parser)
     parts = len(config.events)
     results = op.stateful_batch(
         "score",

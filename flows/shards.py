@@ -30,6 +30,8 @@ from leadscore.engine import (
 )
 from leadscore.events import MAX_EVENT_BYTES, Event, Reject, format_ts
 from leadscore.explain import effect_record as record_of
+from leadscore.identity import Aliases
+from leadscore.merge import Merged, merge
 
 log = logging.getLogger("leadscore.flow")
 RAW_HEAD_BYTES = 1024  # what a dead letter keeps of a line over MAX_EVENT_BYTES
@@ -150,6 +152,11 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
         self.out: dict[str, list[bytes]] = {}
         self.touched: set[str] = set()  # contacts whose timer may have moved in this batch
         self.due_of: dict[str, float] = {}  # the one live timer of each contact
+        # Ids merged into other contacts (identify with merge): their events go to the root.
+        # The file flow routes every id a merge may join to one shard (flows.scoring), so
+        # each merge finds both states here.
+        self.aliases = Aliases()
+        self.merged = 0
 
     # ---- Bytewax callbacks
 
@@ -231,6 +238,10 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
 
     def score(self, event: Event) -> None:
         contact = event.contact
+        if self.aliases.into:  # an empty dict is false: no cost until the first merge
+            contact = self.aliases.resolve(contact)
+        if event.merge is not None:
+            self.absorb(contact, event)
         state = self.contacts.get(contact)
         if state is None:
             state = self.contacts[contact] = self.engine.new_state()
@@ -242,6 +253,41 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
             self.record(contact, effects)
         self.scored += 1
         self.touched.add(contact)
+
+    def absorb(self, known: str, event: Event) -> None:
+        """Merge the ids of an identify's ``merge`` list into ``known`` (a root), before the
+        event itself is applied: the identify comes after the visitor's history.
+
+        The merge is recorded (kind ``merge``) with its effects; a refused one (the id was
+        merged into another contact before) is a dead letter saying so, counted as
+        ``merge_refused``, while the event itself is still scored."""
+        engine = self.engine
+        contacts = self.contacts
+        for step in self.aliases.plan(known, event.merge or ()):
+            if step.refused is not None:
+                reject = Reject(
+                    "merge_refused", f"{step.refused}; the identify was scored without it"
+                )
+                self.rejected[reject.code] += 1
+                self.emit("dead_letter", self.refusal(event, reject))
+                continue
+            if not step.merge:
+                continue
+            visitor = contacts.pop(step.visitor, None)
+            self.due_of.pop(step.visitor, None)  # its timer finds no state and is skipped
+            self.touched.discard(step.visitor)
+            merged, effects = merge(
+                engine, contacts.get(known), visitor, event.ts, visitor_id=step.visitor
+            )
+            contacts[known] = merged
+            self.record(known, [Merged(step.visitor, event.ts), *effects])  # type: ignore[list-item]
+            self.merged += 1
+            self.touched.add(known)
+
+    def refusal(self, event: Event, reject: Reject) -> bytes:
+        """A dead letter for a merge refused while its event was scored."""
+        raw = _dumps(event.to_dict())
+        return DeadLetter(f"merge:{event.contact}", raw, reject).record()
 
     def record(self, contact: str, effects: list[Effect]) -> None:
         # effect_record and emit inlined: this runs once per output record.
@@ -333,7 +379,7 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
         return chunks
 
     def summary(self) -> dict[str, Any]:
-        return {
+        summary = {
             "scored": self.scored,
             "duplicates": self.duplicates,
             "rejected": sum(self.rejected.values()),
@@ -341,3 +387,6 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
             "contacts": len(self.contacts),
             "triggers": dict(self.fired),
         }
+        if self.merged:  # ids merged into other contacts (absent from contacts.jsonl)
+            summary["merged"] = self.merged
+        return summary

@@ -33,6 +33,7 @@ from leadscore.events import (
     parse_event,
     round4,
 )
+from leadscore.merge import Merged
 from leadscore.reasons import Reason, event_reasons, pending_reasons
 from leadscore.rules import Rules
 
@@ -218,6 +219,13 @@ def effect_record(contact: str, effect: Effect, action: str | None = None) -> di
             "tag": effect.tag,
             "added": effect.added,
             "cause": effect.cause,
+            "at": format_ts(effect.at),
+        }
+    if t is Merged:
+        return {
+            "contact": contact,
+            "kind": "merge",
+            "from": effect.visitor,
             "at": format_ts(effect.at),
         }
     if t is Duplicate:

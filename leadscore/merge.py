@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import insort
+from dataclasses import dataclass
 from math import inf
 
 from leadscore.engine import (
@@ -34,6 +35,18 @@ from leadscore.events import Event
 from leadscore.rules import REPEAT_COOLDOWN, REPEAT_ONCE, REPEAT_WINDOW, GroupSpec
 
 MERGE = "merge"  # the rule of the visitor's points, and the cause of what the merge changes
+
+
+@dataclass(slots=True)
+class Merged:
+    """The record of a merge itself: ``visitor``'s history became the contact's at ``at``.
+
+    The flows record it (kind ``merge``) before the merge's own effects, even when the visitor
+    never existed, so a contact's change log says which ids it absorbed and when: ``explain``
+    follows it to the points each visitor earned under its own id."""
+
+    visitor: str
+    at: float
 
 
 def merge(
@@ -329,4 +342,4 @@ def _copy(state: ContactState) -> ContactState:
     return out
 
 
-__all__ = ["MERGE", "merge"]
+__all__ = ["MERGE", "Merged", "merge"]

@@ -27,7 +27,7 @@ MIN_TS = -62135596800.0
 MAX_TS = 253402300799.0
 """0001-01-01 to 9999-12-31T23:59:59Z: what ``format_ts`` can render as RFC 3339."""
 
-SUPPORTED_TYPES = ("track", "identify", "page", "screen")
+SUPPORTED_TYPES = ("track", "identify", "page", "screen", "alias")
 
 DEFAULT_EVENT_ACTIONS: Mapping[str, str] = {
     "Order Completed": "purchase",
@@ -244,6 +244,21 @@ def map_message(
     anon = _identifier(msg.get("anonymousId"), where, "anonymousId")
     if isinstance(anon, Invalid):
         return anon
+    merge: tuple[str, ...] | None = None
+    if kind == "alias":
+        # Segment's alias: previousId (usually the anonymous id) becomes userId.
+        previous = _identifier(msg.get("previousId"), where, "previousId")
+        if isinstance(previous, Invalid):
+            return previous
+        if user is None:
+            return Invalid("missing_field", where + "userId", f"field '{where}userId' is required")
+        if previous is None:
+            return Invalid(
+                "missing_field", where + "previousId", f"field '{where}previousId' is required"
+            )
+        merge = (previous,) if previous != user else None
+    elif kind == "identify" and user is not None and anon is not None and anon != user:
+        merge = (anon,)  # the anonymous history becomes the user's (issue 18)
     contact = user or anon
     if contact is None:
         return Invalid(
@@ -297,7 +312,7 @@ def map_message(
                 where + "event",
                 f"field '{where}event' must be at most {MAX_ACTION_CHARS} characters",
             )
-    elif kind == "identify":
+    elif kind == "identify" or kind == "alias":
         action = "identify"
         if traits is None:
             traits = {}
@@ -312,4 +327,4 @@ def map_message(
             value = msg.get(key)
             if key not in props and isinstance(value, str) and value:
                 props[key] = value
-    return Event(contact, action, ts, message_id, props, traits)
+    return Event(contact, action, ts, message_id, props, traits, merge)

@@ -90,5 +90,6 @@ def parse_events(
         event.id = line.id
         event.props = {} if props is None else props
         event.traits = line.traits
+        event.merge = None  # a line with merge is an unknown field here: the reference's
         append(event)
     return out

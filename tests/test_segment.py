@@ -226,7 +226,8 @@ def test_parse_time_rejects(value: object, code: str) -> None:
         ({"userId": "u", "event": "x", "sentAt": 1e400}, "track", "non_finite", "sentAt"),
         ({"userId": "u"}, None, "missing_field", "type"),
         ({"userId": "u", "type": 3}, None, "wrong_type", "type"),
-        ({"userId": "u", "type": "alias"}, None, "unknown_action", "type"),
+        ({"userId": "u", "type": "group"}, None, "unknown_action", "type"),
+        ({"userId": "u", "type": "alias"}, None, "missing_field", "previousId"),
         ([1, 2], "track", "not_an_object", "body"),
     ],
 )
@@ -293,3 +294,31 @@ def test_a_message_nested_too_deep_is_invalid_at_any_depth() -> None:
         shallow = {"k": shallow}
     assert mapped(track(properties={"x": shallow})).props == {"x": shallow}
     assert invalid(track(properties={"x": {"k": shallow}})).code == "too_deep"
+
+
+def test_identify_with_an_anonymous_id_merges_it_into_the_user() -> None:
+    event = mapped({"userId": "u-1", "anonymousId": "anon-9", "traits": {"a": 1}}, "identify")
+    assert (event.contact, event.action, event.merge) == ("u-1", "identify", ("anon-9",))
+    assert event.to_dict()["merge"] == ["anon-9"]
+    # Only the anonymous id, or both the same: an identify with nothing to merge.
+    assert mapped({"anonymousId": "anon-9"}, "identify").merge is None
+    assert mapped({"userId": "u-1", "anonymousId": "u-1"}, "identify").merge is None
+    # A track or page with both ids scores the user and merges nothing.
+    assert mapped({"userId": "u-1", "anonymousId": "anon-9", "event": "x"}).merge is None
+
+
+def test_alias_merges_the_previous_id_into_the_user_id() -> None:
+    event = mapped({"userId": "u-1", "previousId": "anon-9"}, "alias")
+    assert (event.contact, event.action, event.merge, event.traits) == (
+        "u-1",
+        "identify",
+        ("anon-9",),
+        {},
+    )
+    assert mapped({"type": "alias", "userId": "u-1", "previousId": "anon-9"}, None).merge == (
+        "anon-9",
+    )
+    assert mapped({"userId": "u-1", "previousId": "u-1"}, "alias").merge is None
+    assert invalid({"userId": "u-1"}, "alias").field == "previousId"
+    assert invalid({"anonymousId": "a", "previousId": "b"}, "alias").field == "userId"
+    assert invalid({"userId": "u-1", "previousId": ["x"]}, "alias").code == "wrong_type"

@@ -290,7 +290,7 @@ def test_batch_partial_acceptance_and_clock_skew(serve: Callable[..., Any], r: r
             {"type": "track", "userId": "u-1", "event": "Order Completed", "messageId": "a",
              "timestamp": "2030-01-01T00:00:00Z"},
             {"type": "track", "userId": "u-2"},
-            {"type": "alias", "userId": "u-3", "previousId": "x"},
+            {"type": "group", "userId": "u-3", "groupId": "x"},
             {"type": "identify", "userId": "u-4", "traits": {"plan": "pro"}},
             "not a message",
         ],

@@ -73,6 +73,7 @@ def create_app(config: ServiceConfig) -> Starlette:
         route("/t.gif", ingest.pixel, "GET"),
         route("/v1/track", ingest.segment, "POST"),
         route("/v1/identify", ingest.segment, "POST"),
+        route("/v1/alias", ingest.segment, "POST"),
         route("/v1/page", ingest.segment, "POST"),
         route("/v1/batch", ingest.segment, "POST"),
         route("/v1/events", ingest.native_events, "POST"),

@@ -178,7 +178,18 @@ def openapi_document(config: ServiceConfig) -> dict[str, Any]:
                 "Segment track",
                 _segment_message({"event": _EVENT_NAME, "properties": _OBJECT}, ["event"]),
             ),
-            "/v1/identify": segment_op("Segment identify", _segment_message({"traits": _OBJECT})),
+            "/v1/identify": segment_op(
+                "Segment identify (with userId and anonymousId: the anonymous history is merged "
+                "into the user)",
+                _segment_message({"traits": _OBJECT}),
+            ),
+            "/v1/alias": segment_op(
+                "Segment alias: previousId's history is merged into userId",
+                {
+                    **_segment_message({"previousId": _ID, "traits": _OBJECT}),
+                    "required": ["userId", "previousId"],
+                },
+            ),
             "/v1/page": segment_op(
                 "Segment page",
                 _segment_message(
@@ -362,8 +373,9 @@ def openapi_document(config: ServiceConfig) -> dict[str, Any]:
                         {
                             "type": {
                                 "type": "string",
-                                "enum": ["track", "identify", "page", "screen"],
+                                "enum": ["track", "identify", "page", "screen", "alias"],
                             },
+                            "previousId": _ID,
                             "event": _EVENT_NAME,
                             "name": {"type": "string"},
                             "category": {"type": "string"},
