@@ -11,8 +11,10 @@ will end up together, so they can be scored in one shard from their first event 
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import IO
 
 from leadscore.events import MAX_EVENT_BYTES, NO_TS, Event, parse_event
 from leadscore.inputs import close_input, open_input
@@ -55,10 +57,14 @@ class Aliases:
         return contact
 
     def chain(self, contact: str) -> list[str]:
-        """``contact`` and every id it was merged into, in order (the last is the root)."""
+        """``contact`` and every id it was merged into, in order (the last is the root); a
+        cycle (two ids merged into each other at once, live) ends before it repeats."""
         out = [contact]
         while out[-1] in self.into and len(out) <= MAX_CHAIN:
-            out.append(self.into[out[-1]])
+            nxt = self.into[out[-1]]
+            if nxt in out:
+                break
+            out.append(nxt)
         return out
 
     def plan(self, known: str, visitors: Iterable[str]) -> list[MergeStep]:
@@ -137,24 +143,35 @@ def merge_lines(paths: Iterable[str]) -> Iterator[bytes]:
     splitting, so the first pass over files without merges is about one read of them."""
     needle = b'"merge"'
     for path in paths:
-        stream = open_input(path)
         try:
-            carry = b""  # the start of a line the last block cut
-            for block in iter(lambda s=stream: s.read(_BLOCK), b""):  # type: ignore[misc]
-                cut = block.rfind(b"\n")
-                if cut < 0:
-                    # A line longer than an event may be is dead-lettered by the flow: only
-                    # its end is still needed, to find where the next line starts.
-                    carry = b"" if len(carry) > MAX_EVENT_BYTES else carry + block
-                    continue
-                head = carry + block[: cut + 1]
-                carry = block[cut + 1 :]
-                if needle in head:
-                    yield from (line for line in head.split(b"\n") if needle in line)
-            if needle in carry:
-                yield carry
+            stream = open_input(path)
+        except OSError:
+            continue  # the flow itself reports a file it cannot open
+        try:
+            yield from _merge_lines(stream, needle)
+        except (OSError, EOFError, zlib.error):
+            # A file that goes bad part way (a truncated .gz) fails the run when the flow
+            # reads it, with the error runs always gave: the groups then no longer matter.
+            continue
         finally:
             close_input(stream)
+
+
+def _merge_lines(stream: IO[bytes], needle: bytes) -> Iterator[bytes]:
+    carry = b""  # the start of a line the last block cut
+    for block in iter(lambda: stream.read(_BLOCK), b""):
+        cut = block.rfind(b"\n")
+        if cut < 0:
+            # A line longer than an event may be is dead-lettered by the flow: only its end
+            # is still needed, to find where the next line starts.
+            carry = b"" if len(carry) > MAX_EVENT_BYTES else carry + block
+            continue
+        head = carry + block[: cut + 1]
+        carry = block[cut + 1 :]
+        if needle in head:
+            yield from (line for line in head.split(b"\n") if needle in line)
+    if needle in carry:
+        yield carry
 
 
 __all__ = ["MAX_CHAIN", "Aliases", "MergeStep", "merge_groups", "merge_lines"]
