@@ -44,6 +44,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from flows import metrics
 from flows.archive import InputArchive, archive_line
 from flows.config import FlowConfig
+from flows.handover import MESSAGE_MARK, Handover, LiveMerges, parse_message
 from flows.heap import release_heap, settle_heap
 from flows.io import ResultsSink
 from flows.redis_io import IDLE, RedisStreamSource, wake_by
@@ -83,8 +84,8 @@ crash, and a longer script (tens of ms) that Redis runs while other clients wait
 
 _LIVE_MERGE = Reject(
     "merge_unsupported",
-    "the live flow does not merge contacts yet (issue 18): the identify was scored without "
-    "its merge; `leadscore run --events FILES` merges",
+    "the live flow does not merge contacts on Redis Cluster (a merge's checkpoint writes two "
+    "partitions' keys): the identify was scored without its merge",
 )
 
 
@@ -402,7 +403,7 @@ def _count_store_retry(what: str) -> None:
     metrics.REDIS_RETRIES.labels("store").inc()
 
 
-class PartitionLogic(ShardLogic):
+class PartitionLogic(LiveMerges, ShardLogic):
     """One Redis partition: lazy state loads, flush policy, checkpoints, bounded memory.
 
     Its input is applied and committed by its thread's :class:`WorkerLogics` (a private one
@@ -446,6 +447,10 @@ class PartitionLogic(ShardLogic):
         self.trimmed: StreamId | None = None  # the last cut made
         self.maintained = -INF  # time.monotonic() of the last trim
         self.measured = -INF  # time.monotonic() of the last stream size reading
+        # Merges travel between partitions as messages (flows/handover.py); a multi-slot
+        # script is refused on Redis Cluster, so there an identify is scored without merging.
+        self.merging = not config.cluster
+        self.init_merges()
 
     def bind(self, p: int) -> None:
         """Resume this partition where its last checkpoint left it: sequence, clock, timers.
@@ -488,6 +493,10 @@ class PartitionLogic(ShardLogic):
         # with 100k contacts in memory).
         contacts = self.contacts
         wanted = {e.contact for _, items in entries for e in items if type(e) is Event}
+        for _, items in entries:
+            for item in items:
+                if type(item) is Handover:  # the visitor taken, the known contact given to
+                    wanted.add(item.visitor if item.kind == "take" else item.into)
         return [c for c in wanted if c not in contacts]
 
     def loaded(self, missing: list[str], blobs: dict[str, bytes]) -> None:
@@ -496,6 +505,18 @@ class PartitionLogic(ShardLogic):
         for contact in missing:
             blob = blobs.get(contact)
             self.contacts[contact] = decode(blob) if blob is not None else new_state()
+        if self.merging:
+            # An id without state here may have been merged into another contact: its
+            # events (and hand-overs) go to that contact, whose state may then be needed.
+            self.learn_aliases([c for c in missing if c not in blobs])
+            resolve = self.aliases.resolve
+            roots = {r for c in missing if (r := resolve(c)) != c and self.home(r) == self.p}
+            for contact in missing:
+                if resolve(contact) != contact:
+                    # Not a contact of its own: an alias (its state, if Redis still has it,
+                    # was handed over by a checkpoint this partition has not committed yet).
+                    del self.contacts[contact]
+            self.load(roots)
 
     def apply(self, entries: list[tuple[str, list[Any]]], now: float) -> None:
         """Apply parsed entries in stream order (their contacts are in memory)."""
@@ -513,6 +534,8 @@ class PartitionLogic(ShardLogic):
                     score(item)
                     if item.ts > high:
                         high = item.ts
+                elif type(item) is Handover:
+                    self.handle(item)
                 else:
                     self.rejected[item.reject.code] += 1
                     metrics.DEAD_LETTERS.labels(item.reject.code).inc()
@@ -612,9 +635,17 @@ class PartitionLogic(ShardLogic):
         # than max_future is rejected, so no sender's clock can move a partition's timers.
         archived = self.archived
         latest = latest_ts(now, self.config.max_future)
+        messages = MESSAGE_MARK in payload  # hand-overs between partitions (flows/handover.py)
         for i, event in enumerate(parse_events(lines, now, latest)):
+            if messages and lines[i].startswith(MESSAGE_MARK):
+                message = parse_message(lines[i])
+                if type(message) is Handover:
+                    items.append(message)
+                    continue
+                event = message
             if type(event) is Event:
-                if event.merge is not None:  # scored as a plain identify; the merge refused
+                if event.merge is not None and not self.merging:
+                    # Redis Cluster: scored as a plain identify, the merge refused.
                     items.append(DeadLetter(f"{self.stream}/{entry_id}/{i}", lines[i], _LIVE_MERGE))
                     event.merge = None
                 if event.action in known:
@@ -713,7 +744,14 @@ class PartitionLogic(ShardLogic):
     def begin_flush(self) -> tuple[Checkpoint, float] | None:
         """The checkpoint of everything applied since the last one (None if nothing is)."""
         self.deadline = None
-        if not self.dirty and not self.acks and not self.out and self.clock == self.committed_clock:
+        merges = self.merge_writes()
+        if (
+            not self.dirty
+            and not self.acks
+            and not self.out
+            and not merges
+            and self.clock == self.committed_clock
+        ):
             return None
         self.flushed_at = time.time()
         started = time.perf_counter()
@@ -730,6 +768,9 @@ class PartitionLogic(ShardLogic):
             due = due_of.get(c)
             if durable.get(c) != due:
                 timers[c] = due
+        for c in self.gone:  # handed over to another contact: its timer goes too
+            if c in durable:
+                timers[c] = None
         self.seq += 1
         batch = Checkpoint(
             self.p,
@@ -742,6 +783,7 @@ class PartitionLogic(ShardLogic):
             ack_ids=self.acks,
             timers=timers,
             clock=self.clock if self.clock != self.committed_clock else None,
+            **merges,
         )
         return batch, started
 
@@ -765,6 +807,7 @@ class PartitionLogic(ShardLogic):
         metrics.CHECKPOINT_BYTES.observe(size)
         self.retention.acked(self.acks)
         self.dirty.clear()
+        self.merges_committed()
         self.acks = []
         self.pending = 0
         committed = self.drain()

@@ -84,6 +84,12 @@ class Keys:
         return f"{self.prefix}:{{{p}}}:fence"
 
     @property
+    def aliases(self) -> str:
+        """Hash: id -> the contact it was merged into (identify with merge; docs/redis.md).
+        Written once per id, by the checkpoint of the id's own partition."""
+        return f"{self.prefix}:aliases"
+
+    @property
     def lease(self) -> str:
         """Hash: the deployment's flow lease (holder, token, expiry, heartbeats)."""
         return f"{self.prefix}:lease"

@@ -148,6 +148,12 @@ class Checkpoint:
     ack_ids: Sequence[str | bytes] = ()
     timers: Mapping[str, float | None] | None = None
     clock: float | None = None
+    # Merges (docs/redis.md, "Merging contacts"): keys of this partition to delete, aliases
+    # (old id -> contact) for {prefix}:aliases, and (input stream, payload) entries for other
+    # partitions. Names outside the partition's slot: single-node Redis only.
+    deletes: Sequence[str] = ()
+    aliases: Mapping[str, str] | None = None
+    sends: Sequence[tuple[str, bytes]] = ()
 
 
 CHECKPOINT_LUA = """#!lua
@@ -194,6 +200,16 @@ append(dead, 'd', n_dead, dead_max)
 each_chunk(2 * n_due, 2 * CHUNK, function(i, j) redis.call('ZADD', timers, unpack(ARGV, i, j)) end)
 each_chunk(n_gone, CHUNK, function(i, j) redis.call('ZREM', timers, unpack(ARGV, i, j)) end)
 if ARGV[3] ~= '' then redis.call('SET', clock, ARGV[3]) end
+if a <= #ARGV then -- merges: DEL keys, HSET aliases, XADD to other partitions' input
+  local n = tonumber(ARGV[a])
+  if n > 0 then redis.call('DEL', unpack(ARGV, a + 1, a + n)) end
+  a = a + 1 + n
+  n = tonumber(ARGV[a])
+  if n > 0 then redis.call('HSET', ARGV[a + 1], unpack(ARGV, a + 2, a + 1 + 2 * n)) end
+  a = a + 2 + 2 * n
+  n = tonumber(ARGV[a])
+  for i = a + 1, a + 2 * n, 2 do redis.call('XADD', ARGV[i], '*', 'e', ARGV[i + 1]) end
+end
 redis.call('SET', ckpt, ARGV[1])
 return {0, seq}
 """
@@ -212,6 +228,8 @@ fencing token in ARGV[13] is not the partition's fence; '' skips the check: see
 CHECKPOINT_SHA = hashlib.sha1(CHECKPOINT_LUA.encode()).hexdigest()
 
 CKPT_COMMITTED, CKPT_ALREADY, CKPT_CONFLICT, CKPT_LOST, CKPT_FENCED = 0, 1, 2, 3, 4
+
+MAX_ALIAS_CHAIN = 64  # as leadscore.identity.MAX_CHAIN: a hand-made cycle cannot loop
 
 RECORDS_PER_ENTRY = 100
 """Change and dead-letter records packed into one stream entry, joined by ``\\n``: one XADD per
@@ -561,6 +579,27 @@ class RedisStore:
                     found[p][contact] = value
         return found
 
+    def load_aliases(self, ids: Iterable[str]) -> dict[str, str]:
+        """Which of ``ids`` were merged into another contact, and into which (one HMGET)."""
+        wanted = list(ids)
+        if not wanted:
+            return {}
+        key = self.keys.aliases
+        values = self._call("load aliases", lambda: self.r.hmget(key, wanted))
+        # "" is an alias removed (a merge cycle broken, flows/handover.py): not merged.
+        return {i: v.decode() for i, v in zip(wanted, values, strict=True) if v}
+
+    def resolve(self, contact: str) -> tuple[str, list[str]]:
+        """The contact ``contact``'s history is in now (itself unless merged), and the ids
+        merged on the way (``[contact, ..., root]``); for readers (show, GET)."""
+        chain = [contact]
+        while len(chain) <= MAX_ALIAS_CHAIN:
+            into = self.load_aliases([chain[-1]]).get(chain[-1])
+            if into is None or into in chain:
+                break
+            chain.append(into)
+        return chain[-1], chain
+
     def last_checkpoint(self, p: int) -> int:
         """The last committed checkpoint sequence of partition ``p`` (0 if none).
 
@@ -729,6 +768,11 @@ class RedisStore:
             "" if self.fence_token is None else self.fence_token,
         ]
         tail = [*values, *b.ack_ids, *b.triggers, *change_entries, *dead_entries, *due, *gone]
+        if b.deletes or b.aliases or b.sends:
+            aliases = b.aliases or {}
+            tail += [len(b.deletes), *b.deletes, len(aliases), keys.aliases]
+            tail += [x for pair in aliases.items() for x in pair]
+            tail += [len(b.sends), *(x for pair in b.sends for x in pair)]
         return names, head, tail
 
     def _run_checkpoints(
@@ -830,10 +874,24 @@ class RedisStore:
     # -- read model ------------------------------------------------------------------------
 
     def read_model(self, contact: str) -> dict[str, Any] | None:
-        """The contact's read model (``engine.view``), or None if never scored."""
+        """The contact's read model (``engine.view``), or None if never scored.
+
+        An id merged into another contact answers with that contact's read model, plus
+        ``merged_into`` (where its history went) and ``requested`` (the id asked for)."""
         key = self.keys.contact_read_model(contact)
         raw = self._call("read model", lambda: self.r.get(key))
-        return None if raw is None else orjson.loads(raw)
+        if raw is not None:
+            return orjson.loads(raw)
+        root, chain = self.resolve(contact)
+        if root == contact:
+            return None
+        key = self.keys.contact_read_model(root)
+        raw = self._call("read model", lambda: self.r.get(key))
+        doc: dict[str, Any] = {} if raw is None else orjson.loads(raw)
+        doc.setdefault("contact", root)
+        doc["requested"] = contact
+        doc["merged_into"] = chain[1:]
+        return doc
 
     # -- producer --------------------------------------------------------------------------
 

@@ -191,6 +191,10 @@ def show(
             "events were sent."
         )
     view = view_at(doc, time.time())  # decayed to now: the flow writes on change only
+    merged = doc.get("merged_into")  # the id was merged into another contact (identify)
+    if merged:
+        view["requested"], view["merged_into"] = contact, merged
+        p = keys.partition(view.get("contact", contact))
     if as_json:
         sys.stdout.buffer.write(orjson.dumps(view) + b"\n")
         return
@@ -199,6 +203,8 @@ def show(
     grid.add_column()
     scores = view.get("scores") or {}
     grid.add_row("contact", Text(f"{view.get('contact', contact)}  (partition {p})"))
+    if merged:
+        grid.add_row("merged", Text(f"{contact} was merged into " + " then ".join(merged)))
     grid.add_row("total", num(view.get("total")))
     if view.get("normalized") is not None:
         grid.add_row("normalized", num(view.get("normalized")))

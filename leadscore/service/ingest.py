@@ -64,6 +64,7 @@ PIXEL_HEADERS = {
 PIXEL_MAX_QUERY = 8 * 1024
 PIXEL_MAX_PROPS = 64
 PIXEL_CONTACT_PARAMS = ("contact", "mtc_id", "ct")
+VISITOR_PREFIX = "v-"  # the ids the pixel mints for anonymous visitors
 PIXEL_PROP_PARAMS = {
     "url": "url",
     "page_url": "url",
@@ -145,7 +146,7 @@ def pixel_event(
             f"contact {contact[:64]!r} came with {problem} signature: sign contact ids "
             "on pixel URLs with the pixel secret (sig=HMAC-SHA256 hex)",
         ), visitor
-    remembered = contact or visitor or f"v-{secrets.token_urlsafe(15)}"
+    remembered = contact or visitor or f"{VISITOR_PREFIX}{secrets.token_urlsafe(15)}"
     props: dict[str, Any] = {}
     for key, prop in PIXEL_PROP_PARAMS.items():
         if first.get(key) and prop not in props:
@@ -165,6 +166,17 @@ def pixel_event(
         "props": props,
     }
     return validate_event(obj, now), remembered
+
+
+def pixel_link(visitor: str | None, event: Event) -> list[Event]:
+    """The identify that links the browser's anonymous visitor id to the contact id a pixel
+    hit names (a signed link in an email, a form's thank-you page), if it learns one.
+
+    Only an id the pixel minted itself (``v-...``) is merged: a cookie that already names a
+    contact (a shared computer, a forwarded email) never merges two known people."""
+    if visitor is None or not visitor.startswith(VISITOR_PREFIX) or visitor == event.contact:
+        return []
+    return [Event(event.contact, "identify", event.ts, None, {}, None, (visitor,))]
 
 
 def _raw_text(raw: object) -> str | bytes:
@@ -311,7 +323,7 @@ class Ingest:
             record = _dead_record(f"{request.scope['path']}?{query}", result, "pixel")
             events, dead = [], [record]
         else:
-            events, dead = [result], []
+            events, dead = [*pixel_link(visitor, result), result], []
         try:
             async with asyncio.timeout(cfg.pixel_timeout):  # no extra task, unlike wait_for
                 await self.service.write(events, dead, "pixel")

@@ -428,6 +428,16 @@ def openapi_document(config: ServiceConfig) -> dict[str, Any]:
                         "tags": {"type": "array", "items": {"type": "string"}},
                         "updated_at": {"type": ["string", "null"]},
                         "changes": {"type": "array", "items": {"type": "object"}},
+                        "requested": {
+                            "type": "string",
+                            "description": "the id asked for, when it was merged into `contact`",
+                        },
+                        "merged_into": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "the contacts the id asked for was merged into, "
+                            "in order (the last is `contact`)",
+                        },
                     },
                     "additionalProperties": True,
                 },

@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from leadscore.engine import Engine
 from leadscore.events import MAX_CONTACT_CHARS
+from leadscore.identity import MAX_CHAIN as MAX_ALIAS_CHAIN
 from leadscore.readmodel import view_at
 from leadscore.rules import load_rules
 from leadscore.service.auth import authorize_read
@@ -75,20 +76,40 @@ class Reads:
             keys = await self.service.keys()
             assert self.service.redis is not None
             raw = await self.service.redis.get(keys.contact_read_model(contact))
+            chain = [contact]
+            if raw is None:  # merged into another contact? (identify with merge)
+                chain = await self._merged_into(keys, contact)
+                if len(chain) > 1:
+                    raw = await self.service.redis.get(keys.contact_read_model(chain[-1]))
             if raw is None:
                 raise ApiError(404, "not_found", f"no contact {contact[:64]!r} yet", "id")
             # Decayed to now: the flow rewrites a contact only when it changes, not as it cools.
             view = view_at(orjson.loads(raw), time.time())
+            if len(chain) > 1:  # the known contact's scores, saying whose they are
+                view["requested"] = contact
+                view["merged_into"] = chain[1:]
             if not explain:
                 return Response(orjson.dumps(view), 200, media_type="application/json")
-            view["changes"] = await self._changes(keys, contact, int(limit_text))
+            view["changes"] = await self._changes(keys, chain[-1], int(limit_text))
             if self.engine is not None:
-                await self._explain_likelihood(keys, contact, view)
+                await self._explain_likelihood(keys, chain[-1], view)
         except (StorageUnavailable, RedisError, OSError) as exc:
             raise ApiError(
                 503, "unavailable", f"read model unavailable: {exc}", None, {"Retry-After": "1"}
             ) from None
         return json_response(view)
+
+    async def _merged_into(self, keys: Keys, contact: str) -> list[str]:
+        """``[contact, ..., root]``: the contacts ``contact`` was merged into, in order
+        (``{prefix}:aliases``, written by the flow); ``[contact]`` if it was not merged."""
+        assert self.service.redis is not None
+        chain = [contact]
+        while len(chain) <= MAX_ALIAS_CHAIN:
+            into = await self.service.redis.hget(keys.aliases, chain[-1])
+            if not into or into.decode() in chain:
+                break
+            chain.append(into.decode())
+        return chain
 
     async def _explain_likelihood(self, keys: Keys, contact: str, view: dict[str, Any]) -> None:
         """Add ``{as}_factors``: the features raising and lowering the likelihood most."""

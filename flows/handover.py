@@ -1,0 +1,242 @@
+"""Merging contacts in the live Redis flow: hand-over messages between partitions.
+
+The two ids of a merge usually live in different partitions, often on different workers,
+and only a partition may write its contacts. So a merge travels as messages through the
+partitions' own input streams, each sent by the checkpoint that consumed its cause
+(docs/redis.md, "Merging contacts"):
+
+1. ``identify`` of K with ``merge: [V]`` is scored in K's partition like any identify; its
+   checkpoint XADDs ``{"$take": V, "into": K, "at": t}`` to V's partition.
+2. V's partition takes V's state out of memory; its checkpoint deletes V's state and read
+   model, writes ``V -> K`` into ``{prefix}:aliases`` and XADDs ``{"$give": V, "into": K,
+   "at": t, "state": <msgpack, base64>}`` to K's partition, with the XACK of the take.
+3. K's partition merges the state (``leadscore.merge.merge``) in the checkpoint that XACKs
+   the give: the merge record, the corrections and any trigger leave exactly once.
+
+A crash before a checkpoint replays its input onto the state before it; after it, the next
+step's message is in the next partition's stream. Events for V that reach V's partition after
+step 2 (or any partition where V has no state) are resolved through the aliases and forwarded
+to the partition of the contact's root, which scores them as its own.
+
+Messages are input lines whose first key starts with ``$``: the service re-encodes every
+event (``Event.to_dict``), so no HTTP client can write one; ``leadscore send`` passes lines
+as they are, so only trusted files may be sent.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+
+from flows.shards import DeadLetter
+from leadscore.engine import ContactState
+from leadscore.events import Event, Reject, format_ts
+from leadscore.identity import MAX_CHAIN
+from leadscore.merge import Merged, merge
+from state.codec import decode, encode
+from state.keys import partition_of
+
+MESSAGE_MARK = b'{"$'
+
+
+class Handover:
+    """A merge message: ``take`` (to the visitor's partition) or ``give`` (to the known's)."""
+
+    __slots__ = ("at", "into", "kind", "raw", "state", "visitor")
+
+    def __init__(
+        self, kind: str, visitor: str, into: str, at: float, state: bytes | None, raw: bytes
+    ) -> None:
+        self.kind = kind
+        self.visitor = visitor
+        self.into = into
+        self.at = at
+        self.state = state
+        self.raw = raw
+
+
+def take_line(visitor: str, into: str, at: float) -> bytes:
+    return orjson.dumps({"$take": visitor, "into": into, "at": at})
+
+
+def give_line(visitor: str, into: str, at: float, state: bytes | None) -> bytes:
+    blob = None if state is None else base64.b64encode(state).decode()
+    return orjson.dumps({"$give": visitor, "into": into, "at": at, "state": blob})
+
+
+def parse_message(raw: bytes) -> Handover | Reject:
+    """A hand-over line, or why it is not one (dead-lettered like any bad line)."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        return Reject("invalid_json", str(err))
+    if type(obj) is not dict:
+        return Reject("bad_message", "a hand-over message must be an object")
+    kind = "take" if "$take" in obj else "give" if "$give" in obj else None
+    visitor, into, at = obj.get(f"${kind}"), obj.get("into"), obj.get("at")
+    state = obj.get("state")
+    if (
+        kind is None
+        or type(visitor) is not str
+        or type(into) is not str
+        or type(at) not in (int, float)
+        or (state is not None and type(state) is not str)
+    ):
+        return Reject("bad_message", "not a hand-over message ($take or $give, into, at)")
+    try:
+        blob = None if state is None else base64.b64decode(state, validate=True)
+    except ValueError:
+        return Reject("bad_message", "the state of a $give message is not base64")
+    return Handover(kind, visitor, into, float(at), blob, raw)
+
+
+class LiveMerges:
+    """The partition logic's part in merges (a mixin of ``flows.redis_flow.PartitionLogic``).
+
+    Expects of its host: ``engine``, ``contacts``, ``aliases`` (leadscore.identity.Aliases,
+    a cache of ``{prefix}:aliases``), ``store``, ``p``, ``dirty``, ``touched``, ``due_of``,
+    ``durable``, ``record``, ``emit``, ``rejected``, ``load``, ``stream``.
+    """
+
+    # ---- before applying: who is where
+
+    def init_merges(self) -> None:
+        self.sends: list[tuple[str, bytes]] = []  # (input stream, line) to send at commit
+        self.gone: set[str] = set()  # ids handed over: state and read model to delete
+        self.new_aliases: dict[str, str] = {}  # old id -> contact, for {prefix}:aliases
+
+    def learn_aliases(self, ids: list[str]) -> None:
+        """Look up the ends of these ids' known chains in ``{prefix}:aliases``, then the ids
+        those point at, until every chain is known to its root (one HMGET per link of the
+        longest new chain; usually one)."""
+        aliases = self.aliases  # type: ignore[attr-defined]
+        into = aliases.into
+        wanted = {aliases.chain(i)[-1] for i in ids}
+        for _ in range(MAX_CHAIN):
+            if not wanted:
+                return
+            found = self.store.load_aliases(list(wanted))  # type: ignore[attr-defined]
+            found = {k: v for k, v in found.items() if into.get(k) != v}
+            into.update(found)
+            wanted = {aliases.chain(v)[-1] for v in found.values()}
+
+    def home(self, contact: str) -> int:
+        return partition_of(contact, self.store.keys.partitions)  # type: ignore[attr-defined]
+
+    def send(self, contact: str, line: bytes) -> None:
+        """Queue ``line`` for the input stream of ``contact``'s partition (at commit)."""
+        self.sends.append((self.store.keys.input(self.home(contact)), line))  # type: ignore[attr-defined]
+
+    # ---- events
+
+    def score(self, event: Event) -> None:
+        root = self.aliases.resolve(event.contact)  # type: ignore[attr-defined]
+        if root != event.contact:
+            if self.home(root) != self.p:  # type: ignore[attr-defined]
+                self.send(root, orjson.dumps(event.to_dict()))  # its history is elsewhere now
+                return
+            self.load({root})  # type: ignore[attr-defined]  # (only those not in memory)
+        super().score(event)  # type: ignore[misc]
+
+    def absorb(self, known: str, event: Event) -> None:
+        """An identify with merge: ask each visitor's partition to hand its history over."""
+        for visitor in event.merge or ():
+            self.send(visitor, take_line(visitor, known, event.ts))
+
+    # ---- messages
+
+    def handle(self, message: Handover) -> None:
+        if message.kind == "take":
+            self.take(message)
+        else:
+            self.give(message)
+
+    def take(self, m: Handover) -> None:
+        """In the visitor's partition: hand the visitor's state over, or say why not."""
+        aliases = self.aliases  # type: ignore[attr-defined]
+        self.learn_aliases([m.into])  # where the known contact's history is (takes are rare)
+        known = aliases.resolve(m.into)
+        root = aliases.resolve(m.visitor)
+        if root == known:
+            return  # merged into it before, or the known contact was merged into the visitor
+        if root != m.visitor:
+            self.refuse(
+                m,
+                f"{m.visitor!r} was merged into {root!r} before; an id is merged once",
+            )
+            return
+        contacts: dict[str, ContactState] = self.contacts  # type: ignore[attr-defined]
+        state = contacts.pop(m.visitor, None)
+        blob = None if state is None or _never_scored(state) else encode(state)
+        self.dirty.discard(m.visitor)  # type: ignore[attr-defined]
+        self.touched.discard(m.visitor)  # type: ignore[attr-defined]
+        self.due_of.pop(m.visitor, None)  # type: ignore[attr-defined]
+        self.gone.add(m.visitor)
+        aliases.into[m.visitor] = known
+        self.new_aliases[m.visitor] = known
+        self.send(known, give_line(m.visitor, known, m.at, blob))
+
+    def give(self, m: Handover) -> None:
+        """In the known contact's partition: merge the visitor's state in (or pass it on to
+        where the known contact's history went meanwhile).
+
+        Two ids merged into each other at the same time (each partition took its own before
+        it could see the other's alias) make a cycle of aliases: it is broken at its smallest
+        id, which becomes the root again (its alias removed by its own partition), so both
+        histories end up there and nothing circulates."""
+        aliases = self.aliases  # type: ignore[attr-defined]
+        self.learn_aliases([m.into])
+        chain = aliases.chain(m.into)
+        known = chain[-1]
+        if known in aliases.into:  # the chain loops back: a cycle
+            known = min(chain[chain.index(aliases.into[known]) :])
+        if self.home(known) != self.p:  # type: ignore[attr-defined]
+            self.send(known, m.raw)
+            return
+        if known in aliases.into:  # our own id, in a cycle: a root again
+            del aliases.into[known]
+            self.new_aliases[known] = ""
+        self.load({known})  # type: ignore[attr-defined]  # its state, unless in memory
+        contacts: dict[str, ContactState] = self.contacts  # type: ignore[attr-defined]
+        visitor = None if m.state is None else decode(m.state)
+        merged, effects = merge(
+            self.engine,  # type: ignore[attr-defined]
+            contacts.get(known),
+            visitor,
+            m.at,
+            visitor_id=m.visitor,
+        )
+        contacts[known] = merged
+        self.record(known, [Merged(m.visitor, m.at), *effects])  # type: ignore[attr-defined]
+        self.merged += 1  # type: ignore[attr-defined]
+        self.touched.add(known)  # type: ignore[attr-defined]
+
+    def refuse(self, m: Handover, why: str) -> None:
+        reject = Reject("merge_refused", f"{why}; the identify of {m.into!r} was scored without it")
+        self.rejected[reject.code] += 1  # type: ignore[attr-defined]
+        line = DeadLetter(f"{self.stream}/merge {format_ts(m.at)}", m.raw, reject).record()  # type: ignore[attr-defined]
+        self.emit("dead_letter", line)  # type: ignore[attr-defined]
+
+    # ---- the checkpoint's share
+
+    def merge_writes(self) -> dict[str, Any]:
+        """Checkpoint fields for what merges changed since the last commit."""
+        if not (self.sends or self.gone or self.new_aliases):
+            return {}
+        keys = self.store.keys  # type: ignore[attr-defined]
+        p = self.p  # type: ignore[attr-defined]
+        deletes = [k for c in self.gone for k in (keys.state(p, c), keys.read_model(p, c))]
+        return {"deletes": deletes, "aliases": dict(self.new_aliases), "sends": list(self.sends)}
+
+    def merges_committed(self) -> None:
+        self.sends, self.gone, self.new_aliases = [], set(), {}
+
+
+def _never_scored(state: ContactState) -> bool:
+    """A state that never took an event (an id that never existed): merging it adds nothing."""
+    return state.last_ts == 0.0 and not state.groups and not state.traits and not state.tracked
+
+
+__all__ = ["MESSAGE_MARK", "Handover", "LiveMerges", "give_line", "parse_message", "take_line"]
