@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from leadscore.engine import (
+    ContactState,
     Duplicate,
     Effect,
     Engine,
@@ -33,7 +34,8 @@ from leadscore.events import (
     parse_event,
     round4,
 )
-from leadscore.merge import Merged
+from leadscore.identity import Aliases
+from leadscore.merge import MERGE, Merged, merge
 from leadscore.reasons import Reason, event_reasons, pending_reasons
 from leadscore.rules import Rules
 
@@ -65,6 +67,7 @@ class PointLine:
     event_id: str | None
     action: str | None
     at: str
+    earned_as: str | None = None  # the id it was earned under, when merged in from another
 
 
 @dataclass(slots=True)
@@ -87,6 +90,7 @@ class EventLine:
     earned: float  # the sum of the points it applied (0.0: nothing)
     rules: list[str]  # the rules that awarded it points
     reasons: list[Reason]  # empty when it earned points
+    contact: str | None = None  # the id it was sent under, when not the contact explained
 
 
 @dataclass(slots=True)
@@ -100,6 +104,8 @@ class Explanation:
     stages: list[dict[str, Any]] = field(default_factory=list)
     segments: list[dict[str, Any]] = field(default_factory=list)
     tags: list[dict[str, Any]] = field(default_factory=list)
+    # Ids merged into the contact: {from, at, points: {group: what it brought, after caps}}
+    merges: list[dict[str, Any]] = field(default_factory=list)
     applied: dict[str, float] = field(default_factory=dict)  # per group, sum of applied points
     applied_total: float = 0.0
     events: list[EventLine] = field(default_factory=list)  # every event, when replayed
@@ -249,8 +255,25 @@ def explain(
     catalog = rule_catalog(rules) if rules is not None else {}
     out = Explanation(contact, events=list(events))
     totals: dict[str, RuleTotal] = {}
+    records = list(records)
+    ids = merged_ids(contact, records)
     for rec in records:
-        if rec.get("contact", contact) != contact:
+        earned_as = rec.get("contact", contact)
+        if earned_as not in ids:
+            continue
+        if earned_as != contact and "trigger" not in rec and rec.get("kind") != "points":
+            continue  # a merged id's own stage, segments, tags: the merge re-derives them
+        if rec.get("kind") == "merge":
+            out.merges.append({"from": rec["from"], "at": rec["at"], "points": {}})
+            continue
+        if rec.get("rule") == MERGE and out.merges:
+            # What the merged id brought (its decayed score, per group; the merge record
+            # just before says which id). Its own points are listed under it (earned_as),
+            # so only the cap's cut of the sum counts here.
+            out.merges[-1]["points"][rec["group"]] = rec["applied"]
+            cut = rec["applied"] - rec["delta"]
+            if cut:
+                out.applied[rec["group"]] = out.applied.get(rec["group"], 0.0) + cut
             continue
         if "trigger" in rec:
             out.triggers.append(_pick(rec, ("trigger", "score", "at", "actions", "cause")))
@@ -271,6 +294,7 @@ def explain(
                 event_id=rec.get("event_id"),
                 action=rec.get("action"),
                 at=rec["at"],
+                earned_as=None if earned_as == contact else earned_as,
             )
             out.points.append(line)
             out.applied[line.group] = out.applied.get(line.group, 0.0) + line.applied
@@ -303,6 +327,23 @@ def explain(
     return out
 
 
+def merged_ids(contact: str, records: Sequence[Mapping[str, Any]]) -> set[str]:
+    """``contact`` and every id merged into it (directly or through chains), from the
+    ``merge`` records of a change log."""
+    into: dict[str, list[str]] = {}
+    for rec in records:
+        if rec.get("kind") == "merge":
+            into.setdefault(rec["contact"], []).append(rec["from"])
+    ids = {contact}
+    todo = [contact]
+    while todo:
+        for old in into.get(todo.pop(), ()):
+            if old not in ids:
+                ids.add(old)
+                todo.append(old)
+    return ids
+
+
 def replay(
     rules: Rules,
     parts: Iterable[Iterable[bytes | str]],
@@ -311,8 +352,14 @@ def replay(
     *,
     max_future: float = DEFAULT_MAX_FUTURE,
     as_of: float | None = None,
+    groups: Mapping[str, str] | None = None,
 ) -> Replay:
     """Run the engine over raw event lines, keeping one contact's records and final view.
+
+    With ``groups`` (``identity.merge_groups`` of the same input), identifies with ``merge``
+    merge as in the file flow: the explanation is of the contact the requested id's history
+    ended in (``Replay.contact``), with the merged ids' own points (``earned_as``) and the
+    merges; without, such an identify is a plain identify.
 
     Mirrors the flow: ``parts`` are its input partitions (one per file, read in order),
     blank lines are skipped, invalid lines, actions the rules do not know and times more
@@ -326,10 +373,17 @@ def replay(
     engine = Engine(rules)
     known = rules.known_actions
     latest = latest_ts(now, max_future)
-    state = None
+    # Merges (identify with merge, as the file flow does them): every id ``groups`` joins to
+    # the contact's is replayed under its own name until it is merged; the contact explained
+    # is where the requested id's history is at the end.
+    group = groups.get(contact) if groups else None
+    members = {x for x, g in groups.items() if g == group} if groups and group else set()
+    members.add(contact)
+    aliases = Aliases()
+    states: dict[str, ContactState] = {}
+    awarded: dict[str, dict[str, float]] = {}
     records: list[dict[str, Any]] = []
-    lines_out: list[EventLine] = []
-    awarded_at: dict[str, float] = {}
+    lines_out: list[tuple[str, EventLine]] = []
     events = duplicates = count = 0
     end: float | None = None
     for part in parts:
@@ -349,49 +403,75 @@ def replay(
                 clock = event.ts
             if end is None or event.ts > end:
                 end = event.ts
-            if event.contact != contact:
+            if event.contact not in members:
                 continue
+            root = aliases.resolve(event.contact)
+            if event.merge is not None and groups is not None:
+                for step in aliases.plan(root, event.merge):
+                    if not step.merge:
+                        continue
+                    visitor = states.pop(step.visitor, None)
+                    merged, effects = merge(
+                        engine, states.get(root), visitor, event.ts, visitor_id=step.visitor
+                    )
+                    states[root] = merged
+                    times = awarded.setdefault(root, {})
+                    for rule, at in awarded.pop(step.visitor, {}).items():
+                        times[rule] = max(times.get(rule, at), at)
+                    for effect in [Merged(step.visitor, event.ts), *effects]:
+                        rec = effect_record(root, effect)  # type: ignore[arg-type]
+                        if rec is not None:
+                            records.append(rec)
+            state = states.get(root)
             if state is None:
-                state = engine.new_state()
+                state = states[root] = engine.new_state()
+            awarded_at = awarded.setdefault(root, {})
             events += 1
             pending = pending_reasons(engine, state, event, awarded_at)
             effects = engine.apply(state, event)
             earned = [e for e in effects if type(e) is PointChange]
-            lines_out.append(
-                EventLine(
-                    at=format_ts(event.ts),
-                    action=event.action,
-                    event_id=event.id,
-                    earned=round4(sum(e.applied for e in earned)),
-                    rules=[e.rule for e in earned if e.applied],
-                    reasons=event_reasons(engine, pending, event, effects),
-                )
+            line = EventLine(
+                at=format_ts(event.ts),
+                action=event.action,
+                event_id=event.id,
+                earned=round4(sum(e.applied for e in earned)),
+                rules=[e.rule for e in earned if e.applied],
+                reasons=event_reasons(engine, pending, event, effects),
             )
+            lines_out.append((event.contact, line))
             if effects and type(effects[0]) is Duplicate:
                 duplicates += 1
                 continue
             for e in earned:
                 awarded_at[e.rule] = e.at
             for effect in effects:
-                rec = effect_record(contact, effect, event.action)
+                rec = effect_record(root, effect, event.action)
                 if rec is not None:
                     records.append(rec)
+    target = aliases.resolve(contact)
+    if len(members) > 1:  # only what ended in the contact explained
+        records = [r for r in records if aliases.resolve(r["contact"]) == target]
+    seen = []
+    for sent_as, line in lines_out:
+        if aliases.resolve(sent_as) == target:
+            line.contact = None if sent_as == target else sent_as
+            seen.append(line)
+    events = len(seen) if len(members) > 1 else events
     view = None
     at = resolve_as_of(as_of, end)
+    state = states.get(target)
     if state is not None:
         # The flow's end of input: timers due by its clock fire at their own due times.
         while end is not None and (due := engine.next_due(state)) is not None and due <= end:
             for effect in engine.advance(state, due):
-                rec = effect_record(contact, effect)
+                rec = effect_record(target, effect)
                 if rec is not None:
                     records.append(rec)
-        view = engine.view(contact, state, at)
+        view = engine.view(target, state, at)
         factors = engine.explain_likelihood(state)  # as of its last update, as the view
         likelihood = factors.to_json(5) if factors is not None else None
-        return Replay(
-            contact, records, view, events, duplicates, count, end, lines_out, at, likelihood
-        )
-    return Replay(contact, records, view, events, duplicates, count, end, lines_out, at)
+        return Replay(target, records, view, events, duplicates, count, end, seen, at, likelihood)
+    return Replay(target, records, view, events, duplicates, count, end, seen, at)
 
 
 def _pick(rec: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:

@@ -216,3 +216,39 @@ def test_every_merge_the_aliases_make_is_inside_one_first_pass_group(
                 assert groups[step.visitor] == groups[root]
     for x in "abcdef":
         assert aliases.resolve(x) not in aliases.into
+
+
+def test_explain_shows_the_merge_and_the_id_each_point_was_earned_under(tmp_path: Path) -> None:
+    visitor = [hit(VISITOR, T0 + d * DAY) for d in range(10, 13)]
+    known = [hit(KNOWN, T0 + 14 * DAY, "form.submit"), identify(KNOWN, T0 + 15 * DAY, VISITOR)]
+    known += [hit(VISITOR, T0 + 16 * DAY, "email.click")]  # after the merge: the known's
+    out = run(tmp_path, [visitor, known])
+    flow_view = by_contact(out)[KNOWN]
+    for asked in (KNOWN, VISITOR):
+        done = subprocess.run(
+            [*CLI, "explain", "-r", str(tmp_path / "rules.yaml"), "-c", asked, "--json"]
+            + ["-e", str(tmp_path / "events-0.jsonl"), str(tmp_path / "events-1.jsonl")],
+            capture_output=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        story = orjson.loads(done.stdout)
+        assert story["contact"] == KNOWN  # the old id's history is the known contact's
+        assert story["final"]["total"] == flow_view["total"]
+        assert [(m["from"], m["at"]) for m in story["merges"]] == [
+            (VISITOR, "2026-06-16T00:00:00.000Z")
+        ]
+        assert story["merges"][0]["points"]["engagement"] > 0
+        earned = [(p["rule"], p["earned_as"], p["applied"]) for p in story["points"]]
+        assert earned == [
+            ("pricing", VISITOR, 10.0),
+            ("pricing", VISITOR, 10.0),
+            ("pricing", VISITOR, 10.0),
+            ("form", None, 5.0),
+            ("clicks", None, 3.0),
+        ]
+        # Points applied plus decay give the final score, as for any contact.
+        assert story["applied_total"] + story["decay_total"] == pytest.approx(
+            story["final"]["total"], abs=1e-3
+        )
+        assert [e["contact"] for e in story["events"]] == [VISITOR] * 3 + [None, None, VISITOR]

@@ -28,6 +28,7 @@ from leadscore.cli.app import (
 )
 from leadscore.explain import AsOfTooEarly, Explanation, Replay, replay
 from leadscore.explain import explain as explain_records
+from leadscore.identity import merge_groups, merge_lines
 from leadscore.inputs import read_lines
 
 
@@ -85,8 +86,12 @@ def explain(
     tolerance = seconds_arg(max_future, "--max-future")
     at = time_arg(as_of, "--as-of")
     parts = [read_lines([path]) for path in paths]
+    # Identifies with merge join ids as `run` does: a first pass over the files finds which.
+    groups = None if "-" in paths else merge_groups(merge_lines(paths))
     try:
-        result = replay(compiled, parts, contact, time.time(), max_future=tolerance, as_of=at)
+        result = replay(
+            compiled, parts, contact, time.time(), max_future=tolerance, as_of=at, groups=groups
+        )
     except AsOfTooEarly as err:
         fail(str(err))
     if result.view is None:
@@ -94,7 +99,9 @@ def explain(
             f"no accepted events for contact {contact!r} in {', '.join(paths)} "
             f"({result.lines:,} lines read); check the id with: grep '\"{contact}\"' FILE"
         )
-    story = explain_records(contact, result.records, result.view, compiled, result.events_seen)
+    story = explain_records(
+        result.contact, result.records, result.view, compiled, result.events_seen
+    )
     if as_json:
         data = story.to_dict()
         if result.likelihood is not None:
@@ -142,11 +149,19 @@ def _render_explanation(console: Console, story: Explanation, result: Replay) ->
             f": {result.events:,} events, duplicates dropped: {result.duplicates:,}",
         )
     )
+    if story.merges:
+        table = _table("Merged in (their points are listed as earned)", "at", "id", "brought")
+        for m in story.merges:
+            brought = ", ".join(f"{g} {v:+.4g}" for g, v in m["points"].items()) or "nothing"
+            table.add_row(Text(m["at"]), Text(m["from"]), Text(brought))
+        console.print(table)
     if story.events:
         header = "rules, or why no points"
         table = _table("Events", "at", "event", "points", header, right=("points",))
         for e in story.events:
             event = Text(e.action)
+            if e.contact:
+                event.append(f"{nl}as {e.contact}", style="magenta")
             if e.event_id:
                 event.append(f"{nl}{e.event_id}", style="dim")
             earned = f"{e.earned:+.4g}" if e.rules else ""
@@ -162,6 +177,8 @@ def _render_explanation(console: Console, story: Explanation, result: Replay) ->
         )  # fmt: skip
         for p in story.points:
             event = Text(p.action or "")
+            if p.earned_as:  # earned before a merge, under another id
+                event.append(f"{nl}as {p.earned_as}", style="magenta")
             if p.event_id:
                 event.append(f"{nl}{p.event_id}", style="dim")
             rule = Text(p.rule, style="bold")
