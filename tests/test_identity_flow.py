@@ -225,9 +225,19 @@ def test_explain_shows_the_merge_and_the_id_each_point_was_earned_under(tmp_path
     out = run(tmp_path, [visitor, known])
     flow_view = by_contact(out)[KNOWN]
     for asked in (KNOWN, VISITOR):
+        files = [str(tmp_path / "events-0.jsonl"), str(tmp_path / "events-1.jsonl")]
         done = subprocess.run(
-            [*CLI, "explain", "-r", str(tmp_path / "rules.yaml"), "-c", asked, "--json"]
-            + ["-e", str(tmp_path / "events-0.jsonl"), str(tmp_path / "events-1.jsonl")],
+            [
+                *CLI,
+                "explain",
+                "-r",
+                str(tmp_path / "rules.yaml"),
+                "-c",
+                asked,
+                "--json",
+                "-e",
+                *files,
+            ],
             capture_output=True,
             check=False,
         )
