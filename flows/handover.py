@@ -32,7 +32,7 @@ import orjson
 
 from flows.shards import DeadLetter
 from leadscore.engine import ContactState
-from leadscore.events import Event, Reject, format_ts
+from leadscore.events import Event, Reject, format_ts, validate_event
 from leadscore.identity import MAX_CHAIN
 from leadscore.merge import Merged, merge
 from state.codec import decode, encode
@@ -66,14 +66,24 @@ def give_line(visitor: str, into: str, at: float, state: bytes | None) -> bytes:
     return orjson.dumps({"$give": visitor, "into": into, "at": at, "state": blob})
 
 
-def parse_message(raw: bytes) -> Handover | Reject:
-    """A hand-over line, or why it is not one (dead-lettered like any bad line)."""
+def forward_line(event: Event) -> bytes:
+    """An event for a merged id, on its way to the partition of the contact it went to.
+
+    Wrapped, so the receiving partition neither archives it again (the sender's archive has
+    it as it arrived) nor takes it for input from outside."""
+    return orjson.dumps({"$fwd": event.to_dict()})
+
+
+def parse_message(raw: bytes, now: float) -> Handover | Event | Reject:
+    """A hand-over line or a forwarded event, or why it is neither (dead-lettered)."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as err:
         return Reject("invalid_json", str(err))
     if type(obj) is not dict:
         return Reject("bad_message", "a hand-over message must be an object")
+    if "$fwd" in obj:
+        return validate_event(obj["$fwd"], now)
     kind = "take" if "$take" in obj else "give" if "$give" in obj else None
     visitor, into, at = obj.get(f"${kind}"), obj.get("into"), obj.get("at")
     state = obj.get("state")
@@ -135,7 +145,7 @@ class LiveMerges:
         root = self.aliases.resolve(event.contact)  # type: ignore[attr-defined]
         if root != event.contact:
             if self.home(root) != self.p:  # type: ignore[attr-defined]
-                self.send(root, orjson.dumps(event.to_dict()))  # its history is elsewhere now
+                self.send(root, forward_line(event))  # its history is elsewhere now
                 return
             self.load({root})  # type: ignore[attr-defined]  # (only those not in memory)
         super().score(event)  # type: ignore[misc]
@@ -239,4 +249,12 @@ def _never_scored(state: ContactState) -> bool:
     return state.last_ts == 0.0 and not state.groups and not state.traits and not state.tracked
 
 
-__all__ = ["MESSAGE_MARK", "Handover", "LiveMerges", "give_line", "parse_message", "take_line"]
+__all__ = [
+    "MESSAGE_MARK",
+    "Handover",
+    "LiveMerges",
+    "forward_line",
+    "give_line",
+    "parse_message",
+    "take_line",
+]

@@ -638,9 +638,11 @@ class PartitionLogic(LiveMerges, ShardLogic):
         messages = MESSAGE_MARK in payload  # hand-overs between partitions (flows/handover.py)
         for i, event in enumerate(parse_events(lines, now, latest)):
             if messages and lines[i].startswith(MESSAGE_MARK):
-                message = parse_message(lines[i])
-                if type(message) is Handover:
-                    items.append(message)
+                message = parse_message(lines[i], now)
+                if type(message) is Handover or (
+                    type(message) is Event and message.action in known
+                ):
+                    items.append(message)  # a forwarded event was archived where it arrived
                     continue
                 event = message
             if type(event) is Event:
