@@ -262,3 +262,35 @@ def test_explain_shows_the_merge_and_the_id_each_point_was_earned_under(tmp_path
             story["final"]["total"], abs=1e-3
         )
         assert [e["contact"] for e in story["events"]] == [VISITOR] * 3 + [None, None, VISITOR]
+
+
+_IDS = st.one_of(
+    st.text(max_size=3),
+    st.integers(-2, 2),
+    st.none(),
+    st.sampled_from([KNOWN, VISITOR, "x" * 257]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    action=st.sampled_from(["identify", "page.hit", ""]),
+    merge=st.one_of(st.lists(_IDS, max_size=20), _IDS, st.dictionaries(st.text(max_size=2), _IDS)),
+    ts=st.sampled_from([T0, "2026-06-01T00:00:00Z", None, "bad"]),
+)
+def test_every_parser_decides_merge_lines_alike(action: str, merge: object, ts: object) -> None:
+    # The typed decoder, the chunk parser and the one-line parser accept and refuse the same
+    # identify lines with the same reasons, and agree on the ids merged.
+    from leadscore.events import parse_event
+    from leadscore.events import parse_events as reference
+    from leadscore.typed import parse_events as typed
+
+    line = orjson.dumps({"contact": KNOWN, "action": action, "ts": ts, "merge": merge})
+    results = [typed([line], T0)[0], reference([line], T0)[0], parse_event(line, T0)]
+    decided = [
+        (type(r).__name__, r.merge if isinstance(r, Event) else (r.code, r.detail)) for r in results
+    ]
+    assert decided[0] == decided[1] == decided[2]
+    if isinstance(results[0], Event) and results[0].merge is not None:
+        assert KNOWN not in results[0].merge and len(set(results[0].merge)) == len(results[0].merge)
+        assert action == "identify" and len(results[0].merge) <= 16
