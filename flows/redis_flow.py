@@ -639,7 +639,9 @@ class PartitionLogic(LiveMerges, ShardLogic):
         for i, event in enumerate(parse_events(lines, now, latest)):
             if messages and lines[i].startswith(MESSAGE_MARK):
                 message = parse_message(lines[i], now)
-                if type(message) is Handover or (
+                if type(message) is Handover and not self.merging:
+                    message = _LIVE_MERGE  # sent before the deployment moved to a cluster
+                elif type(message) is Handover or (
                     type(message) is Event and message.action in known
                 ):
                     items.append(message)  # a forwarded event was archived where it arrived
