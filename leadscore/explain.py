@@ -114,7 +114,18 @@ class Explanation:
     decay_total: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As JSON wants it; the merge fields only where there was a merge (a contact that
+        merged nothing explains exactly as before they existed)."""
+        out = asdict(self)
+        if not out["merges"]:
+            del out["merges"]
+        for line in out["points"]:
+            if line["earned_as"] is None:
+                del line["earned_as"]
+        for line in out["events"]:
+            if line["contact"] is None:
+                del line["contact"]
+        return out
 
 
 @dataclass(slots=True)
