@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from flows import metrics
 from flows.shards import DeadLetter
 from leadscore.engine import ContactState
 from leadscore.events import Event, Reject, format_ts, validate_event
@@ -146,6 +147,7 @@ class LiveMerges:
         if root != event.contact:
             if self.home(root) != self.p:  # type: ignore[attr-defined]
                 self.send(root, forward_line(event))  # its history is elsewhere now
+                metrics.MERGES.labels("forward").inc()
                 return
             self.load({root})  # type: ignore[attr-defined]  # (only those not in memory)
         super().score(event)  # type: ignore[misc]
@@ -187,6 +189,7 @@ class LiveMerges:
         aliases.into[m.visitor] = known
         self.new_aliases[m.visitor] = known
         self.send(known, give_line(m.visitor, known, m.at, blob))
+        metrics.MERGES.labels("take").inc()
 
     def give(self, m: Handover) -> None:
         """In the known contact's partition: merge the visitor's state in (or pass it on to
@@ -204,6 +207,7 @@ class LiveMerges:
             known = min(chain[chain.index(aliases.into[known]) :])
         if self.home(known) != self.p:  # type: ignore[attr-defined]
             self.send(known, m.raw)
+            metrics.MERGES.labels("forward").inc()
             return
         if known in aliases.into:  # our own id, in a cycle: a root again
             del aliases.into[known]
@@ -222,10 +226,13 @@ class LiveMerges:
         self.record(known, [Merged(m.visitor, m.at), *effects])  # type: ignore[attr-defined]
         self.merged += 1  # type: ignore[attr-defined]
         self.touched.add(known)  # type: ignore[attr-defined]
+        metrics.MERGES.labels("give").inc()
 
     def refuse(self, m: Handover, why: str) -> None:
         reject = Reject("merge_refused", f"{why}; the identify of {m.into!r} was scored without it")
         self.rejected[reject.code] += 1  # type: ignore[attr-defined]
+        metrics.MERGES.labels("refused").inc()
+        metrics.DEAD_LETTERS.labels(reject.code).inc()
         line = DeadLetter(f"{self.stream}/merge {format_ts(m.at)}", m.raw, reject).record()  # type: ignore[attr-defined]
         self.emit("dead_letter", line)  # type: ignore[attr-defined]
 

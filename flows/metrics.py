@@ -13,6 +13,12 @@ DEAD_LETTERS = Counter(
     "leadscore_flow_dead_letters_total", "Inputs sent to the dead-letter output", ["reason"]
 )
 TRIGGERS = Counter("leadscore_flow_triggers_fired_total", "Trigger firings", ["trigger"])
+MERGES = Counter(
+    "leadscore_flow_merge_messages_total",
+    "Merge steps handled (flows/handover.py): take, give, forward (an event or a hand-over "
+    "passed on to where the contact's history is), refused",
+    ["step"],
+)
 CHECKPOINT_SECONDS = Histogram(
     "leadscore_flow_checkpoint_seconds",
     "Duration of one transactional checkpoint",

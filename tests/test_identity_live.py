@@ -23,6 +23,7 @@ import orjson
 import pytest
 import redis
 from bytewax.testing import cluster_main
+from prometheus_client import REGISTRY
 from test_identity_flow import CLI, KNOWN, RULES, VISITOR, hit, identify, one_contact
 from test_redis_flow import FlowProcess, with_db
 
@@ -96,6 +97,11 @@ def _merged(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: doc[k] for k in ("requested", "merged_into") if k in doc}
 
 
+def merge_steps(step: str) -> float:
+    """``leadscore_flow_merge_messages_total{step}`` of this process (drain runs run here)."""
+    return REGISTRY.get_sample_value("leadscore_flow_merge_messages_total", {"step": step}) or 0.0
+
+
 def test_the_ids_live_in_different_partitions() -> None:
     assert partition_of(VISITOR, P) != partition_of(KNOWN, P)
 
@@ -109,6 +115,7 @@ def test_a_visitor_merges_across_partitions_and_its_later_events_follow(
     known = [hit(KNOWN, T0 + 15 * DAY, "form.submit"), hit(KNOWN, T0 + 15 * DAY)]
     known += [hit(KNOWN, T0 + 15.5 * DAY)]
     archive = str(tmp_path / "archive")
+    before = {step: merge_steps(step) for step in ("take", "give", "forward", "refused")}
     send(url, visitor + known)
     drain(url, rules, archive=archive)
     send(url, [identify(KNOWN, T0 + 16 * DAY, VISITOR)])
@@ -124,6 +131,8 @@ def test_a_visitor_merges_across_partitions_and_its_later_events_follow(
         e["contact"] for e in [*visitor, *known, identify(KNOWN, 0, VISITOR), *later]
     )
 
+    steps = {step: merge_steps(step) - n for step, n in before.items()}
+    assert steps == {"take": 1, "give": 1, "forward": 2, "refused": 0}  # the two later events
     r = redis.Redis.from_url(url)
     keys = Keys("ls", P)
     pv = partition_of(VISITOR, P)
@@ -350,6 +359,14 @@ def test_segment_alias_identify_and_the_pixel_cookie_merge_end_to_end(
         assert (merged["contact"], merged["requested"]) == ("user@acme.com", old)
         assert merged["merged_into"] == ["user@acme.com"]
         assert merged["total"] == pytest.approx(user["total"], abs=0.01)
+    # ?explain=1: the known contact's records and those of the ids merged into it.
+    answer = httpx.get(
+        f"{live.url}/v1/contacts/anon-s", params={"explain": "1"}, auth=("test-key", "")
+    )
+    changes = answer.json()["changes"]
+    earned = [(c["contact"], c["rule"]) for c in changes if c.get("kind") == "points"]
+    assert earned.count(("anon-s", "pricing")) == 3 and earned.count(("anon-t", "pricing")) == 3
+    assert {c["from"] for c in changes if c.get("kind") == "merge"} == {"anon-s", "anon-t"}
     bob = get(cookie)
     assert (bob["contact"], bob["merged_into"]) == ("bob@acme.com", ["bob@acme.com"])
     assert bob["scores"]["engagement"] == pytest.approx(10, abs=0.1)  # one pricing view

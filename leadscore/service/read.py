@@ -29,6 +29,7 @@ from state.keys import Keys
 EXPLAIN_SCAN = 5000  # change records looked at per explain request, newest first
 EXPLAIN_PAGE = 50  # stream entries per XREVRANGE (an entry packs up to 100 records)
 EXPLAIN_MAX = 200
+MAX_MERGED_EXPLAINED = 4  # merged ids whose own records an explain request also reads
 EXPLAIN_FACTORS = 5  # features shown raising and lowering a likelihood
 
 
@@ -90,7 +91,7 @@ class Reads:
                 view["merged_into"] = chain[1:]
             if not explain:
                 return Response(orjson.dumps(view), 200, media_type="application/json")
-            view["changes"] = await self._changes(keys, chain[-1], int(limit_text))
+            view["changes"] = await self._with_merged(keys, chain[-1], int(limit_text))
             if self.engine is not None:
                 await self._explain_likelihood(keys, chain[-1], view)
         except (StorageUnavailable, RedisError, OSError) as exc:
@@ -98,6 +99,19 @@ class Reads:
                 503, "unavailable", f"read model unavailable: {exc}", None, {"Retry-After": "1"}
             ) from None
         return json_response(view)
+
+    async def _with_merged(self, keys: Keys, contact: str, limit: int) -> list[Any]:
+        """The contact's newest ``limit`` change records, with those of the ids its records
+        say were merged into it (kind ``merge``, up to MAX_MERGED_EXPLAINED of them): where
+        each point came from. Each record names the id it was earned under (``contact``)."""
+        found = await self._changes(keys, contact, limit)
+        merged = [r["from"] for r in found if r.get("kind") == "merge" and r.get("from")]
+        if not merged:
+            return found
+        for old in dict.fromkeys(merged[-MAX_MERGED_EXPLAINED:]):
+            found += await self._changes(keys, old, limit)
+        found.sort(key=lambda r: str(r.get("at", "")))  # RFC 3339 UTC text sorts by time
+        return found[-limit:]
 
     async def _merged_into(self, keys: Keys, contact: str) -> list[str]:
         """``[contact, ..., root]``: the contacts ``contact`` was merged into, in order
