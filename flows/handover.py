@@ -18,9 +18,9 @@ step's message is in the next partition's stream. Events for V that reach V's pa
 step 2 (or any partition where V has no state) are resolved through the aliases and forwarded
 to the partition of the contact's root, which scores them as its own.
 
-Messages are input lines whose first key starts with ``$``: the service re-encodes every
-event (``Event.to_dict``), so no HTTP client can write one; ``leadscore send`` passes lines
-as they are, so only trusted files may be sent.
+Messages are lines whose first key starts with ``$``, in input entries of their own (field
+``m``) that only the checkpoint script writes; a line that looks like one in an events entry
+(field ``e``) is dead-lettered as ``reserved`` (``flows.redis_io.Messages``).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ from flows.config import FlowConfig
 from flows.handover import MESSAGE_MARK, Handover, LiveMerges, parse_message
 from flows.heap import release_heap, settle_heap
 from flows.io import ResultsSink
-from flows.redis_io import IDLE, RedisStreamSource, wake_by
+from flows.redis_io import IDLE, Messages, RedisStreamSource, wake_by
 from flows.shards import DeadLetter, ShardLogic, wake_time
 from leadscore.engine import Engine
 from leadscore.events import Event, Reject, format_ts, latest_ts
@@ -82,6 +82,11 @@ price is in backlogs: up to 25,600 events (~1 s of work) per checkpoint to repla
 crash, and a longer script (tens of ms) that Redis runs while other clients wait."""
 
 
+_RESERVED = Reject(
+    "reserved",
+    'a line starting {"$ is a hand-over message between partitions ($take, $give, $fwd), '
+    "which only the flow writes; it is not accepted as input",
+)
 _LIVE_MERGE = Reject(
     "merge_unsupported",
     "the live flow does not merge contacts on Redis Cluster (a merge's checkpoint writes two "
@@ -635,9 +640,13 @@ class PartitionLogic(LiveMerges, ShardLogic):
         # than max_future is rejected, so no sender's clock can move a partition's timers.
         archived = self.archived
         latest = latest_ts(now, self.config.max_future)
-        messages = MESSAGE_MARK in payload  # hand-overs between partitions (flows/handover.py)
+        # hand-overs between partitions (flows/handover.py) come in entries of their own
+        messages = type(payload) is Messages
+        forged = not messages and MESSAGE_MARK in payload
         for i, event in enumerate(parse_events(lines, now, latest)):
-            if messages and lines[i].startswith(MESSAGE_MARK):
+            if forged and lines[i].startswith(MESSAGE_MARK):
+                event = _RESERVED
+            elif messages and lines[i].startswith(MESSAGE_MARK):
                 message = parse_message(lines[i], now)
                 if type(message) is Handover and not self.merging:
                     message = _LIVE_MERGE  # sent before the deployment moved to a cluster

@@ -33,6 +33,16 @@ from flows import metrics
 from state.keys import GROUP, Keys
 from state.redis_store import FATAL, RETRYABLE, Client, connect
 
+
+class Messages(bytes):
+    """An input entry's payload written by a checkpoint (field ``m``): hand-overs between
+    partitions (flows/handover.py). Lines in any other entry (field ``e``, what ``send``,
+    the service and the collector write) that look like one are dead-lettered, so no input
+    can move a contact's state."""
+
+    __slots__ = ()
+
+
 log = logging.getLogger("leadscore.redis")
 
 Item = tuple[str, tuple[str, bytes]]
@@ -319,7 +329,9 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
                 deleted.append(entry_id)
                 continue
             payload = fields.get(b"e")
-            if payload is None:
+            if payload is None and b"m" in fields:
+                payload = Messages(fields[b"m"])
+            elif payload is None:
                 # Not written by `leadscore send`: pass it on as a JSON object so the flow
                 # dead-letters it instead of it vanishing.
                 payload = orjson.dumps(

@@ -208,7 +208,8 @@ if a <= #ARGV then -- merges: DEL keys, HSET aliases, XADD to other partitions' 
   if n > 0 then redis.call('HSET', ARGV[a + 1], unpack(ARGV, a + 2, a + 1 + 2 * n)) end
   a = a + 2 + 2 * n
   n = tonumber(ARGV[a])
-  for i = a + 1, a + 2 * n, 2 do redis.call('XADD', ARGV[i], '*', 'e', ARGV[i + 1]) end
+  -- field m: only a checkpoint writes hand-overs (an 'e' line that looks like one is refused)
+  for i = a + 1, a + 2 * n, 2 do redis.call('XADD', ARGV[i], '*', 'm', ARGV[i + 1]) end
 end
 redis.call('SET', ckpt, ARGV[1])
 return {0, seq}

@@ -382,3 +382,34 @@ def test_segment_alias_identify_and_the_pixel_cookie_merge_end_to_end(
     )
     text = subprocess.run([*CLI, "show", "--redis", url, "anon-t"], capture_output=True)
     assert b"anon-t was merged into user@acme.com" in text.stdout
+
+
+def test_a_hand_over_message_in_sent_input_is_dead_lettered_not_obeyed(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A line that looks like the flow's own `$take` (or `$give`, `$fwd`) in a file given to
+    `leadscore send` used to be obeyed: anyone who could get a line into a sent file could
+    hand a contact's state to an id of their choosing."""
+    from flows.handover import forward_line, take_line
+    from leadscore.events import Event
+
+    url = with_db(redis_url, 4)
+    rules = rules_file(tmp_path)
+    send(url, [hit(VISITOR, T0 + DAY), hit(VISITOR, T0 + 2 * DAY)])
+    drain(url, rules)
+    forged_fwd = forward_line(Event(contact=KNOWN, action="page.hit", ts=T0 + 3 * DAY))
+    with RedisStore(url) as store:
+        result = store.send_events([take_line(VISITOR, "thief", T0 + 3 * DAY), forged_fwd])
+    assert result.events == 2
+    drain(url, rules)
+    r = redis.Redis.from_url(url)
+    keys = Keys("ls", P)
+    assert r.hgetall(keys.aliases) == {}
+    assert r.exists(keys.state(partition_of(VISITOR, P), VISITOR))
+    assert view(url, "thief", T0 + 4 * DAY) is None
+    assert view(url, KNOWN, T0 + 4 * DAY) is None  # a forwarded event is the flow's own traffic
+    with RedisStore(url) as store:
+        dead = store.read_dead()
+    assert len(dead) == 2 and all(d["code"] == "reserved" for d in dead), dead
+    assert all("hand-over" in d["reason"] for d in dead)
+    r.close()
