@@ -31,7 +31,7 @@ from leadscore.engine import (
 from leadscore.events import MAX_EVENT_BYTES, Event, Reject, format_ts
 from leadscore.explain import effect_record as record_of
 from leadscore.identity import Aliases
-from leadscore.merge import Merged, merge
+from leadscore.merge import Merged, absorb
 
 log = logging.getLogger("leadscore.flow")
 RAW_HEAD_BYTES = 1024  # what a dead letter keeps of a line over MAX_EVENT_BYTES
@@ -261,27 +261,18 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
         The merge is recorded (kind ``merge``) with its effects; a refused one (the id was
         merged into another contact before) is a dead letter saying so, counted as
         ``merge_refused``, while the event itself is still scored."""
-        engine = self.engine
-        contacts = self.contacts
-        for step in self.aliases.plan(known, event.merge or ()):
-            if step.refused is not None:
-                reject = Reject(
-                    "merge_refused", f"{step.refused}; the identify was scored without it"
-                )
-                self.rejected[reject.code] += 1
-                self.emit("dead_letter", self.refusal(event, reject))
-                continue
-            if not step.merge:
-                continue
-            visitor = contacts.pop(step.visitor, None)
-            self.due_of.pop(step.visitor, None)  # its timer finds no state and is skipped
-            self.touched.discard(step.visitor)
-            merged, effects = merge(
-                engine, contacts.get(known), visitor, event.ts, visitor_id=step.visitor
-            )
-            contacts[known] = merged
-            self.record(known, [Merged(step.visitor, event.ts), *effects])  # type: ignore[list-item]
-            self.merged += 1
+        changed, refused = absorb(self.engine, self.contacts, self.aliases, known, event)
+        for reason in refused:
+            reject = Reject("merge_refused", f"{reason}; the identify was scored without it")
+            self.rejected[reject.code] += 1
+            self.emit("dead_letter", self.refusal(event, reject))
+        for change in changed:
+            if type(change) is Merged:
+                self.due_of.pop(change.visitor, None)  # its timer finds no state: skipped
+                self.touched.discard(change.visitor)
+                self.merged += 1
+        if changed:
+            self.record(known, changed)  # type: ignore[arg-type]
             self.touched.add(known)
 
     def refusal(self, event: Event, reject: Reject) -> bytes:

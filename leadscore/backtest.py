@@ -24,6 +24,8 @@ from typing import Any
 from leadscore.calibration import at_threshold, auc, fmt
 from leadscore.engine import ContactState, Duplicate, Engine, PointChange, TriggerFired
 from leadscore.events import format_ts
+from leadscore.identity import Aliases
+from leadscore.merge import MERGE, Merged, absorb
 from leadscore.outcomes import (
     Conversions,
     Intake,
@@ -124,8 +126,22 @@ def replay_side(
     first_won: dict[str, float] = {}  # contact -> its first conversion event
     won: set[str] = set()  # converted in (as_of, as_of + window] by a conversion event
     window_end = (as_of if as_of is not None else 0.0) + window
+    aliases = Aliases()  # merged ids -> the contact they went to, as `run` merges
     for event in checked_events(rules, iter_chunks(paths), actions, now, intake):
-        contact = event.contact
+        contact = aliases.resolve(event.contact) if aliases.into else event.contact
+        if event.merge is not None and event.action in known:
+            if snap is not None:
+                # The snapshot and the labels at as_of must see who was who then:
+                # calibrate's population, which merges as of as_of, gives both.
+                snap.late = True
+            for change in absorb(engine, states, aliases, contact, event)[0]:
+                if type(change) is Merged:  # the visitor's points and firings are the person's
+                    for rule, applied in points.pop(change.visitor, {}).items():
+                        mine = points.setdefault(contact, {})
+                        mine[rule] = mine.get(rule, 0.0) + applied
+                    fired.setdefault(contact, set()).update(fired.pop(change.visitor, ()))
+                elif type(change) is not PointChange or change.rule != MERGE:
+                    record(contact, [change])  # corrections and triggers the merge caused
         if actions and event.action in actions:
             ts = event.ts
             if contact not in first_won or ts < first_won[contact]:

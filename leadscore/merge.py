@@ -32,6 +32,7 @@ from leadscore.engine import (
     _last_fire,
 )
 from leadscore.events import Event
+from leadscore.identity import Aliases
 from leadscore.rules import REPEAT_COOLDOWN, REPEAT_ONCE, REPEAT_WINDOW, GroupSpec
 
 MERGE = "merge"  # the rule of the visitor's points, and the cause of what the merge changes
@@ -343,3 +344,30 @@ def _copy(state: ContactState) -> ContactState:
 
 
 __all__ = ["MERGE", "Merged", "merge"]
+
+
+def absorb(
+    engine: Engine,
+    states: dict[str, ContactState],
+    aliases: Aliases,
+    known: str,
+    event: Event,
+) -> tuple[list[Merged | Effect], list[str]]:
+    """Merge the ids of ``event.merge`` into ``known`` (a root) in ``states``, as the file flow
+    does at an identify: each visitor's state leaves ``states``, ``aliases`` learns where it
+    went. Returns what changed for ``known`` (each :class:`Merged` before its effects) and why
+    any merge was refused (an id is merged once)."""
+    changed: list[Merged | Effect] = []
+    refused: list[str] = []
+    for step in aliases.plan(known, event.merge or ()):
+        if step.refused is not None:
+            refused.append(step.refused)
+        elif step.merge:
+            visitor = states.pop(step.visitor, None)
+            merged, effects = merge(
+                engine, states.get(known), visitor, event.ts, visitor_id=step.visitor
+            )
+            states[known] = merged
+            changed.append(Merged(step.visitor, event.ts))
+            changed.extend(effects)
+    return changed, refused

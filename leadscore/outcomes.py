@@ -34,6 +34,8 @@ from leadscore.events import (
     parse_events,
     parse_ts,
 )
+from leadscore.identity import Aliases
+from leadscore.merge import absorb
 from leadscore.rules import TOTAL, Rules
 
 STDIO = "-"
@@ -430,9 +432,18 @@ def _replay_population(
     won: dict[str, float] = {}  # first conversion event in (as_of, end]
     apply = engine.apply
     new_state = engine.new_state
+    aliases = Aliases()  # merged ids -> the contact they went to (identify with merge)
     for event in checked_events(rules, iter_chunks(paths), actions, now, intake):
         ts = event.ts
-        contact = event.contact
+        contact = aliases.resolve(event.contact) if aliases.into else event.contact
+        if event.merge is not None:
+            if ts > as_of:
+                aliases.plan(contact, event.merge)  # who is who, for the labels only
+            else:
+                absorb(engine, states, aliases, contact, event)
+                if contact in gone or not gone.isdisjoint(event.merge):
+                    gone.add(contact)  # one of the person's ids converted by as_of
+                    states.pop(contact, None)
         if event.action in actions:
             if ts <= as_of:
                 if contact not in gone:
@@ -454,15 +465,20 @@ def _replay_population(
         effects = apply(state, event)
         if effects and type(effects[0]) is Duplicate:
             intake.duplicates += 1
+    # A conversion is the person's: under any of its ids, merged before or after as_of.
+    first_of: dict[str, float] = {}
+    for contact, t in [
+        *won.items(),
+        *((c, t) for c, times in csv_times.items() for t in times if as_of < t <= end),
+    ]:
+        root = aliases.resolve(contact)
+        if root not in first_of or t < first_of[root]:
+            first_of[root] = t
     members: list[Member] = []
     for contact in sorted(states):
         state = states[contact]
         settle(engine, state, as_of)
-        first = won.get(contact)
-        for t in csv_times.get(contact, ()):
-            if as_of < t <= end:
-                first = t if first is None or t < first else first
-                break
+        first = first_of.get(aliases.resolve(contact))
         members.append(
             Member(contact, state, engine.view(contact, state), first is not None, first)
         )
