@@ -12,6 +12,7 @@ timer asks :meth:`Engine.next_due` when its score will cross a ``below`` thresho
 
 from __future__ import annotations
 
+import sys
 from array import array
 from bisect import insort
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 from zlib import crc32
 
 from leadscore.events import Event, format_ts, round4
-from leadscore.model import Explanation
+from leadscore.model import Explanation, action_counter_key, counter_key
 from leadscore.rules import (
     REPEAT_COOLDOWN,
     REPEAT_ONCE,
@@ -194,7 +195,9 @@ class ContactState:
 class Engine:
     """Precompiled rules plus the pure functions that apply them."""
 
-    def __init__(self, rules: Rules) -> None:
+    def __init__(self, rules: Rules, count_all: bool = False) -> None:
+        """``count_all``: count every rule's hits and every known action's events, whatever
+        the model reads (training from history wants them all as candidate features)."""
         self.rules = rules
         self._groups = rules.groups
         self._group_names = tuple(rules.groups)
@@ -209,10 +212,22 @@ class Engine:
         model = self._model
         model_traits = [f.key for f in model.features if f.source == "trait"] if model else []
         self._fit_paths = tuple(dict.fromkeys([*(r.trait for r in rules.fit), *model_traits]))
-        sources = {"trait": 0, "score": 1, "rule_hits": 2}
+        sources = {"trait": 0, "score": 1, "rule_hits": 2, "action_count": 2}
         self._predict_plan = tuple(
-            (sources[f.source], f.key) for f in (model.features if model else ())
+            (sources[f.source], f.key if sources[f.source] < 2 else counter_key(f.source, f.key))
+            for f in (model.features if model else ())
         )
+        # Counters the state keeps beyond the repeat trackers: only what the model reads (or
+        # everything, for training), so rules without such a model keep states as they were.
+        features = model.features if model else ()
+        if count_all:
+            counted = {r.id for r in rules.actions}
+            counted_actions = set(rules.known_actions)
+        else:
+            counted = {f.key for f in features if f.source == "rule_hits"}
+            counted_actions = {f.key for f in features if f.source == "action_count"}
+        self._counted = frozenset(r.id for r in rules.actions if r.id in counted and not r.tracked)
+        self._action_counters = {a: sys.intern(action_counter_key(a)) for a in counted_actions}
         self._predict_keys = tuple(key for _, key in self._predict_plan)
         self._predict_traits_only = all(source == 0 for source, _ in self._predict_plan)
         # A trait change re-evaluates triggers when one watches the likelihood.
@@ -289,6 +304,10 @@ class Engine:
             if len(recent) > RECENT_IDS:
                 del recent[0]
         t = event.ts
+        if self._action_counters:
+            counter = self._action_counters.get(event.action)
+            if counter is not None:
+                _count(state, counter, t)
         due = state.due
         if self._needs_advance and (due == _UNKNOWN or due <= t) and state.floor <= t:
             effects: list[Effect] = self.advance(state, t)
@@ -301,12 +320,15 @@ class Engine:
         matcher = self._matchers.get(event.action)
         if matcher is not None:
             hits, stage_ranks = matcher(event.props)
+            counted = self._counted
             for r in hits:
                 if r.active_from is not None and t < r.active_from:
                     continue
                 if r.active_until is not None and t > r.active_until:
                     continue
-                if r.tracked:
+                if counted and r.id in counted:  # a count the model reads, no repeat checks
+                    _count(state, r.id, t)
+                elif r.tracked:
                     # The repeat tracker, checked inline (`_window_ok` only for {max, per}):
                     # most page hits match a tracked rule, and a call costs as much as the
                     # checks. See ContactState for the layout.
@@ -856,6 +878,22 @@ class Engine:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _count(state: ContactState, key: str, t: float) -> None:
+    """One more hit on a plain counter (a rule or an action the model reads): the tracker's
+    layout, so the codec and merge treat it as any tracker (hits add on a merge)."""
+    tracked = state.tracked
+    if key in tracked:
+        i = tracked.index(key) * 3
+        tracks = state.tracks
+    else:
+        i = len(state.tracks)
+        state.tracked = (*tracked, key)
+        tracks = state.tracks = state.tracks + _NEW_TRACK
+    tracks[i] += 1.0
+    if t > tracks[i + 1]:
+        tracks[i + 1] = t
 
 
 def _set_trigger(state: ContactState, trigger: str, packed: int) -> None:

@@ -12,9 +12,13 @@ contribution, and the intercept plus every contribution is the logit. A feature 
   for unseen levels (``other``) and one for missing values; numbers are transformed, clipped,
   standardized (one weight) and binned (one weight per bin), with their own missing weight.
 - ``score``: a rules group's score at the contact's last update.
-- ``rule_hits``: how many times the contact matched an action rule (rules that keep a tracker).
-- ``action_count``: how many events of an action the contact sent (training only: the live
-  state does not count actions, so rules refuse a model that needs one).
+- ``rule_hits``: how many times the contact matched an action rule (while it was active).
+- ``action_count``: how many events of an action the contact sent (accepted, not duplicates).
+
+A contact's live state keeps a counter only for what the loaded model reads (a rule with a
+repeat tracker counts its hits anyway): both are flat trackers in the state, an action's
+under :func:`action_counter_key`, so the state format does not change and rules without a
+model pay nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ MAX_CATEGORY_CHARS = 256  # what a contact's state keeps of a trait (engine.MAX_
 # Values that mean "not filled in" in CRM exports, compared after strip() and lower().
 DEFAULT_MISSING = ("", "select", "none", "null", "nan", "n/a", "na", "-")
 MAX_MODEL_BYTES = 16 * 1024 * 1024
+# An action's counter sits among the rules' trackers under this prefix: a NUL cannot start a
+# rule id anyone writes in YAML by accident, and the rules loader refuses one that does.
+ACTION_COUNTER_PREFIX = "\x00"
 _MEMO_LIMIT = 4096  # distinct text values remembered per category feature
 
 
@@ -100,6 +107,16 @@ def transform(kind: str, x: float) -> float:
     if kind == "log1p":
         return math.copysign(math.log1p(abs(x)), x)
     return x
+
+
+def action_counter_key(action: str) -> str:
+    """Where a contact's state counts an action's events: its tracker id."""
+    return ACTION_COUNTER_PREFIX + action
+
+
+def counter_key(source: str, key: str) -> str:
+    """The tracker id of a ``rule_hits`` or ``action_count`` feature's key."""
+    return action_counter_key(key) if source == "action_count" else key
 
 
 # --------------------------------------------------------------------------- features
@@ -283,7 +300,8 @@ def _compile(
 
     ``raw(values)`` takes the values in feature order; with ``from_state``,
     ``raw(traits, scores, tracked, tracks)`` fetches each from a contact's state itself
-    (keys are passed as variables, never written into the source).
+    (keys are passed as variables, never written into the source; a count's key is its
+    tracker id, see :func:`counter_key`).
 
     The source holds only indices and float literals (``repr`` of validated finite numbers),
     never text from the model file, so a model file cannot put code in it. Text values of a
@@ -297,14 +315,16 @@ def _compile(
     namespace["missing_set"] = missing
     for i, f in enumerate(features):
         namespace[f"contribution_{i}"] = f.contribution
-        namespace[f"key_{i}"] = f.key
+        namespace[f"key_{i}"] = f.key if f.source in ("trait", "score") else counter_key(
+            f.source, f.key
+        )
         namespace[f"edges_{i}"] = f.edges
         namespace[f"bins_{i}"] = f.bins
-        if from_state and f.kind == "number" and f.source in ("score", "rule_hits"):
+        if from_state and f.kind == "number" and f.source != "trait":
             # Always a finite float here (a view's score, a tracker's count): no checks.
             if f.source == "score":
                 lines.append(f"    x = scores.get(key_{i}, 0.0)")
-            else:  # the rules loader checked the rule keeps a tracker
+            else:  # the engine keeps a tracker for every count the model reads
                 lines.append(
                     f"    x = tracks[tracked.index(key_{i}) * 3] if key_{i} in tracked else 0.0"
                 )

@@ -331,6 +331,7 @@ def population(
     as_of: float | None = None,
     now: float = 0.0,
     require_both: bool = True,
+    count_all: bool = False,
 ) -> Population:
     """Replay ``paths`` up to and including ``as_of`` and label who converts in the window.
 
@@ -338,7 +339,8 @@ def population(
     is that minus ``window``), then to score. ``now`` stands in for a missing ``ts`` as the
     flow's clock does. Raises :class:`OutcomeError` with what to change when the conversion
     actions never occur, ``as_of`` is outside the data, or (with ``require_both``) the
-    population has no converters or no non-converters.
+    population has no converters or no non-converters. ``count_all`` keeps every rule's
+    hits and every action's count in the states (training's candidate features).
     """
     if window <= 0:
         raise OutcomeError(f"--window must be positive, got {window:g}s")
@@ -354,7 +356,7 @@ def population(
         check_intake(first, outcomes, paths)
         assert first.last_ts is not None
         as_of = default_as_of(first.last_ts, window)
-    result = _replay_population(rules, paths, outcomes, as_of, window, now)
+    result = _replay_population(rules, paths, outcomes, as_of, window, now, count_all)
     intake = result.intake
     check_intake(intake, outcomes, paths)
     assert intake.first_ts is not None and intake.last_ts is not None
@@ -421,8 +423,9 @@ def _replay_population(
     as_of: float,
     window: float,
     now: float,
+    count_all: bool = False,
 ) -> Population:
-    engine = Engine(rules)
+    engine = Engine(rules, count_all=count_all)
     actions = outcomes.actions
     csv_times = outcomes.times
     end = as_of + window

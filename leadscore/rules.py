@@ -22,7 +22,7 @@ import yaml
 from leadscore.channels import Channel, parse_channels, url_problem
 from leadscore.durations import parse_duration
 from leadscore.events import STANDARD_ACTIONS, parse_ts
-from leadscore.model import Model, ModelError, load_model
+from leadscore.model import ACTION_COUNTER_PREFIX, Model, ModelError, load_model
 from leadscore.patterns import PatternError, compile_search
 from leadscore.suggest import did_you_mean
 
@@ -421,7 +421,9 @@ class _Compiler:
         fit = self.fit_rules(doc.get("fit"), groups, {a.id for a in actions})
         self.channels = parse_channels(doc.get("channels"), self.problem)
         self.declared = "channels" in doc
-        predict = self.predict(doc.get("predict"), groups, actions)
+        predict = self.predict(
+            doc.get("predict"), groups, actions, stage_rules, doc.get("known_actions")
+        )
         self.predicted = predict.name if predict is not None else None
         triggers = self.triggers(doc.get("triggers"), groups, stage_order)
         fit_grade, engagement_grade = self.grades(doc.get("grades"), groups)
@@ -577,6 +579,8 @@ class _Compiler:
                 continue
             if rid in seen:
                 self.problem(where, "id", f"duplicate id {rid!r}; ids must be unique")
+            if rid.startswith(ACTION_COUNTER_PREFIX):  # where the state counts actions
+                self.problem(where, "id", "an id cannot start with a NUL character")
             seen.add(rid)
             on = self.action_names(where, item.get("on"))
             self.action_refs.extend((where, name) for name in on)
@@ -788,7 +792,12 @@ class _Compiler:
     # ---- predict
 
     def predict(
-        self, node: object, groups: dict[str, GroupSpec], actions: list[ActionRule]
+        self,
+        node: object,
+        groups: dict[str, GroupSpec],
+        actions: list[ActionRule],
+        stage_rules: list[StageRule],
+        extra: object,
     ) -> Prediction | None:
         """Load the model a rules file names; its path is relative to the rules file."""
         if node is None:
@@ -815,21 +824,24 @@ class _Compiler:
         except ModelError as exc:
             self.problem("predict", "model", str(exc))
             return None
-        tracked = {a.id for a in actions if a.tracked}
         known = {a.id for a in actions}
+        # The actions whose events can reach a contact (the others are dead-lettered).
+        names = set(STANDARD_ACTIONS) | self.disabled_actions
+        names.update(n for a in actions for n in a.on)
+        names.update(n for r in stage_rules for n in r.on)
+        if isinstance(extra, list):
+            names.update(n for n in extra if isinstance(n, str))
         for feature in model.features:
             why = None
             if feature.source == "score" and feature.key not in groups:
                 why = f"it reads the score of group {feature.key!r}, which these rules lack"
-            elif feature.source == "rule_hits" and feature.key not in tracked:
+            elif feature.source == "rule_hits" and feature.key not in known:
+                why = f"it counts hits of rule {feature.key!r}, which these rules lack"
+            elif feature.source == "action_count" and feature.key not in names:
                 why = (
-                    f"it counts hits of rule {feature.key!r}, which these rules lack"
-                    if feature.key not in known
-                    else f"it counts hits of rule {feature.key!r}, which keeps no counter "
-                    "(repeat: true and no hits/returns_*)"
+                    f"it counts events of action {feature.key!r}, which these rules do not "
+                    "accept (add it to known_actions if your events send it)"
                 )
-            elif feature.source == "action_count":
-                why = "it counts events by action, which a contact's live state does not keep"
             if why:
                 self.problem(
                     "predict",

@@ -30,6 +30,7 @@ from leadscore.model import (
     DEFAULT_MISSING,
     Feature,
     Model,
+    action_counter_key,
     category_key,
     model_document,
     number_value,
@@ -126,30 +127,33 @@ def train_events(
     Contacts in play at ``as_of`` (events by then, no conversion by then) are replayed through
     the engine with no look-ahead; the label is a conversion in ``(as_of, as_of + window]``.
     Features are what the live flow can give the model later: the traits the rules keep
-    (those their fit rules read), every group's score at ``as_of`` and the hits of every rule
-    that keeps a counter. Counts per action are not features: a contact's live state does
-    not keep them, so the rules would refuse the model.
+    (those their fit rules read), every group's score at ``as_of``, every action rule's hits
+    and every action's event count. The live state keeps a counter only for the counts the
+    model reads, so counts that are rarely non-zero (fewer than ``MIN_LEVEL_ROWS`` contacts)
+    or that repeat another column exactly (a rule matching every event of its action) are
+    dropped: they would cost state and teach nothing.
     """
     from leadscore.outcomes import OutcomeError, population
 
     try:
-        pop = population(rules, paths, outcomes, window, as_of, now)
+        pop = population(rules, paths, outcomes, window, as_of, now, count_all=True)
     except OutcomeError as err:
         raise TrainError(str(err)) from None
     traits = list(dict.fromkeys(r.trait for r in rules.fit))
     groups = list(rules.groups)
-    tracked = [r.id for r in rules.actions if r.tracked]
+    # Rules with a repeat tracker first: their counts cost the live state nothing more.
+    rule_ids = [r.id for r in sorted(rules.actions, key=lambda r: not r.tracked)]
+    actions = sorted(rules.known_actions - outcomes.actions)
+    counters = [*rule_ids, *(action_counter_key(a) for a in actions)]
     rows: list[list[Any]] = []
     labels: list[int] = []
     for member in pop.members:
         state = member.state
         scores = member.view["scores"]
-        hits = []
-        for rule in tracked:
-            i = state.tracked.index(rule) * 3 if rule in state.tracked else -1
-            hits.append(state.tracks[i] if i >= 0 else 0.0)
+        tracked, tracks = state.tracked, state.tracks
+        counts = [tracks[tracked.index(k) * 3] if k in tracked else 0.0 for k in counters]
         rows.append(
-            [state.traits.get(t) for t in traits] + [scores.get(g, 0.0) for g in groups] + hits
+            [state.traits.get(t) for t in traits] + [scores.get(g, 0.0) for g in groups] + counts
         )
         labels.append(int(member.label))
     missing = frozenset(m.strip().lower() for m in options.missing_values)
@@ -161,10 +165,24 @@ def train_events(
             Column(f"trait {trait}", "number" if numeric else "category", "trait", trait)
         )
     columns += [Column(f"score {g}", "number", "score", g) for g in groups]
-    columns += [Column(f"hits {r}", "number", "rule_hits", r) for r in tracked]
-    # A column with one value (e.g. a group no rule of this history reached) teaches nothing.
-    keep = [j for j in range(len(columns)) if len({repr(row[j]) for row in rows}) > 1]
-    dropped = [(columns[j].name, "one value only") for j in range(len(columns)) if j not in keep]
+    columns += [Column(f"hits {r}", "number", "rule_hits", r) for r in rule_ids]
+    columns += [Column(f"count {a}", "number", "action_count", a) for a in actions]
+    first_count = len(traits) + len(groups)
+    keep: list[int] = []
+    dropped: list[tuple[str, str]] = []
+    seen: dict[tuple[str, ...], str] = {}
+    for j, col in enumerate(columns):
+        values = tuple(repr(row[j]) for row in rows)
+        if len(set(values)) == 1:
+            # e.g. a group no rule of this history reached: it teaches nothing.
+            dropped.append((col.name, "one value only"))
+        elif j >= first_count and sum(row[j] != 0.0 for row in rows) < MIN_LEVEL_ROWS:
+            dropped.append((col.name, f"non-zero for fewer than {MIN_LEVEL_ROWS} contacts"))
+        elif j >= first_count and values in seen:
+            dropped.append((col.name, f"the same counts as {seen[values]!r}"))
+        else:
+            seen.setdefault(values, col.name)
+            keep.append(j)
     columns = [columns[j] for j in keep]
     rows = [[row[j] for j in keep] for row in rows]
     if not columns:

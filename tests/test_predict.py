@@ -234,7 +234,8 @@ def test_features_the_rules_cannot_provide_fail_at_load(tmp_path: Path, trained:
     first, second = doc["features"][0]["name"], doc["features"][1]["name"]
     assert f"m.json: feature {first!r}: these rules cannot provide it" in text
     assert "group 'product'" in text
-    assert f"feature {second!r}" in text and "counts events by action" in text
+    assert f"feature {second!r}" in text and "counts events of action 'Role'" in text
+    assert "known_actions" in text
 
 
 def test_predict_name_cannot_shadow_a_contact_field(tmp_path: Path, model_file: Path) -> None:
@@ -485,7 +486,14 @@ def test_train_from_event_history_and_score_live_the_same(tmp_path: Path) -> Non
     doc = result.doc
     assert doc["label"]["conversion"] == ["purchase"] and doc["label"]["window"] == "3w"
     sources = {f.source for f in result.model.features}
-    assert sources <= {"trait", "score", "rule_hits"} and "score" in sources
+    assert sources == {"trait", "score", "rule_hits", "action_count"}
+    untracked = {r.id for r in rules.actions if not r.tracked}
+    assert untracked & {f.key for f in result.model.features if f.source == "rule_hits"}
+    dropped = {d["column"]: d["reason"] for d in doc["training"]["dropped"]}
+    assert "count purchase" not in dropped and not any(
+        f.key == "purchase" for f in result.model.features
+    )  # the label's own action is never a feature
+    assert any(reason.startswith("the same counts as") for reason in dropped.values())
     assert result.quality["holdout"]["auc"] > 0.6
     # The model works in the rules it was trained with.
     save_model(doc, tmp_path / "model.json")
