@@ -457,7 +457,15 @@ class Engine:
         return self._group_score(state, name, t)
 
     def view(self, contact: str, state: ContactState, at: float | None = None) -> dict[str, Any]:
-        """The read model: what personalization and sales need, with scores as of ``at``.
+        """The read model: what personalization and sales need, with scores as of ``at``."""
+        return self.view_and_rest(contact, state, at)[0]
+
+    def view_and_rest(
+        self, contact: str, state: ContactState, at: float | None = None
+    ) -> tuple[dict[str, Any], float | None]:
+        """:meth:`view`, and the model's raw sum of every feature but the decaying scores'
+        (None: no model, or no feature of it decays), which the stored read model keeps so a
+        reader can bring the likelihood to the read (``readmodel.view_at``).
 
         ``at`` defaults to the contact's last update; a time before it counts as that update
         (scores never un-decay). Decay and expiry are closed form, so this neither changes
@@ -496,16 +504,14 @@ class Engine:
             "updated_at": format_ts(last) if last else None,
             "as_of": format_ts(t) if t else None,
         }
-        if self._model is not None:  # once per view: per dirty contact per flush, not per event
-            # As of the contact's last update, whatever ``at``: it moves when its features
-            # change (events), and readers without the model (readmodel.view_at) pass it on.
-            at_last = scores
-            if t != last:
-                at_last = {n: round4(self._group_score(state, n, last)) for n in self._group_names}
-            view[self._predict_as] = self._model.percent_of_state(
-                state.traits, at_last, state.tracked, state.tracks
-            )
-        return view
+        model = self._model
+        if model is None:
+            return view, None
+        # Once per view (per dirty contact per flush, not per event), as of ``t`` like the
+        # scores: decaying scores among its features move it between events too.
+        rest = model.rest_of_state(state.traits, scores, state.tracked, state.tracks)
+        view[self._predict_as] = model.percent_from_rest(rest, scores)
+        return view, rest if model.tail_plan else None
 
     # ---- prediction (rules' `predict`)
 
@@ -534,11 +540,17 @@ class Engine:
             return None
         return self._model.percent(self.predict_values(state, state.last_ts if t is None else t))
 
-    def explain_likelihood(self, state: ContactState) -> Explanation | None:
-        """Each feature's contribution to this contact's likelihood (None without a model)."""
+    def explain_likelihood(
+        self, state: ContactState, at: float | None = None
+    ) -> Explanation | None:
+        """Each feature's contribution to this contact's likelihood as of ``at`` (default: its
+        last update; None without a model)."""
         if self._model is None:
             return None
-        return self._model.explain(self.predict_values(state, state.last_ts))
+        last = state.last_ts
+        return self._model.explain(
+            self.predict_values(state, last if at is None or at < last else at)
+        )
 
     # ---- scores and decay
 

@@ -479,7 +479,7 @@ def replay(
                 if rec is not None:
                     records.append(rec)
         view = engine.view(target, state, at)
-        factors = engine.explain_likelihood(state)  # as of its last update, as the view
+        factors = engine.explain_likelihood(state, at)  # as of the view's time
         likelihood = factors.to_json(5) if factors is not None else None
         return Replay(target, records, view, events, duplicates, count, end, seen, at, likelihood)
     return Replay(target, records, view, events, duplicates, count, end, seen, at)

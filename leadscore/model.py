@@ -28,6 +28,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from math import copysign, log1p
 from pathlib import Path
 from typing import Any
 
@@ -238,18 +239,54 @@ class Model:
     calibration_b: float
     missing_values: frozenset[str]
     doc: dict[str, Any]  # the whole file as loaded: label, training, quality
+    # Groups whose scores decay (the rules say which): their features are summed last, by
+    # score_tail, so a reader can bring the likelihood to any moment from the contact's
+    # ``rest`` (everything else) and the decayed scores, without the model (readmodel).
+    fresh: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         # The live path evaluates a model once per read model: one generated function with
         # every feature inlined (see _compile) instead of a call per feature.
-        self._raw = _compile(self.features, self.missing_values, from_state=False)
-        self._raw_state = _compile(self.features, self.missing_values, from_state=True)
+        tail = [
+            i for i, f in enumerate(self.features) if f.source == "score" and f.key in self.fresh
+        ]
+        head = tuple(f for i, f in enumerate(self.features) if i not in tail)
+        self._tail_index = tuple(tail)
+        self._tail_keys = tuple(self.features[i].key for i in tail)
+        self.tail_plan: tuple[TailFeature, ...] = tuple(
+            _tail_feature(self.features[i]) for i in tail
+        )
+        indices = tuple(i for i in range(len(self.features)) if i not in tail)
+        self._raw = _compile(head, self.missing_values, from_state=False, indices=indices)
+        self._raw_state = _compile(head, self.missing_values, from_state=True)
 
     def logit(self, values: Sequence[Any]) -> float:
         """The calibrated logit for raw values given in ``features`` order."""
         if len(values) != len(self.features):
             raise ValueError(f"expected {len(self.features)} values, got {len(values)}")
-        return self.calibration_a * (self.intercept + self._raw(values)) + self.calibration_b
+        raw = self._raw(values)
+        if self.tail_plan:
+            missing = self.missing_values
+            xs = [number_value(values[i], missing) for i in self._tail_index]
+            raw = score_tail(raw, xs, self.tail_plan)
+        return self.calibration_a * (self.intercept + raw) + self.calibration_b
+
+    def rest_of_state(
+        self,
+        traits: Mapping[str, Any],
+        scores: Mapping[str, float],
+        tracked: Sequence[str],
+        tracks: Sequence[float],
+    ) -> float:
+        """The raw sum of every feature but the decaying scores' (what a read model stores)."""
+        return self._raw_state(traits, scores, tracked, tracks)
+
+    def percent_from_rest(self, rest: float, scores: Mapping[str, float]) -> float:
+        """The likelihood from :meth:`rest_of_state` and the (decayed) group scores."""
+        raw = rest
+        if self.tail_plan:
+            raw = score_tail(rest, [scores.get(k, 0.0) for k in self._tail_keys], self.tail_plan)
+        return percent_of_raw(raw, self.intercept, self.calibration_a, self.calibration_b)
 
     def percent_of_state(
         self,
@@ -259,10 +296,21 @@ class Model:
         tracks: Sequence[float],
     ) -> float:
         """:meth:`percent` reading a contact's state directly: a trait from ``traits``, a score
-        from ``scores`` (group -> score), a rule's hits from the flat trackers (``tracked``
-        names the rules, ``tracks`` holds three numbers per rule, hits first)."""
-        raw = self._raw_state(traits, scores, tracked, tracks)
-        return percent(_sigmoid(self.calibration_a * (self.intercept + raw) + self.calibration_b))
+        from ``scores`` (group -> score), a count from the flat trackers (``tracked`` names
+        them, ``tracks`` holds three numbers per tracker, hits first)."""
+        return self.percent_from_rest(self._raw_state(traits, scores, tracked, tracks), scores)
+
+    def fresh_params(self) -> list[Any] | None:
+        """What a reader needs to recompute the likelihood as of a read: [intercept, a, b,
+        the decaying scores' features]; None when no feature decays (the stored value holds)."""
+        if not self.tail_plan:
+            return None
+        return [
+            self.intercept,
+            self.calibration_a,
+            self.calibration_b,
+            [list(f) for f in self.tail_plan],
+        ]
 
     def probability(self, values: Sequence[Any]) -> float:
         return _sigmoid(self.logit(values))
@@ -293,15 +341,64 @@ class Model:
         return dict(self.doc.get("quality") or {})
 
 
+# A decaying score's feature as a reader evaluates it: key, transform, low, high, mean, scale,
+# weight, edges, bins, missing.
+TailFeature = tuple[str, str, float, float, float, float, float, list[float], list[float], float]
+
+
+def _tail_feature(f: Feature) -> TailFeature:
+    return (
+        f.key,
+        f.transform,
+        f.low,
+        f.high,
+        f.mean,
+        f.scale,
+        f.weight,
+        list(f.edges),
+        list(f.bins),
+        f.missing,
+    )
+
+
+def score_tail(raw: float, xs: Sequence[float | None], plan: Sequence[Sequence[Any]]) -> float:
+    """``raw`` plus each decaying score's contribution, in plan order: THE arithmetic the
+    engine, a batch prediction and a reader of the read model (no model file) all use, so
+    they agree to the bit. The same operations as the generated code's numbers."""
+    for x, (_, kind, low, high, mean, scale, weight, edges, bins, missing) in zip(
+        xs, plan, strict=True
+    ):
+        if x is None:
+            raw += missing
+            continue
+        if kind == "log1p":
+            x = copysign(log1p(abs(x)), x)
+        if x < low:
+            x = low
+        elif x > high:
+            x = high
+        raw += weight * (x - mean) / scale + bins[bisect_right(edges, x)]
+    return raw
+
+
+def percent_of_raw(raw: float, intercept: float, a: float, b: float) -> float:
+    """The likelihood in percent from the raw sum of contributions."""
+    return percent(_sigmoid(a * (intercept + raw) + b))
+
+
 def _compile(
-    features: Sequence[Feature], missing: frozenset[str], from_state: bool
+    features: Sequence[Feature],
+    missing: frozenset[str],
+    from_state: bool,
+    indices: Sequence[int] | None = None,
 ) -> Callable[..., float]:
     """Sum of every feature's ``contribution``, as one generated function: same results.
 
     ``raw(values)`` takes the values in feature order; with ``from_state``,
     ``raw(traits, scores, tracked, tracks)`` fetches each from a contact's state itself
     (keys are passed as variables, never written into the source; a count's key is its
-    tracker id, see :func:`counter_key`).
+    tracker id, see :func:`counter_key`). ``indices``: where each feature's value sits in
+    ``values`` (the decaying scores are left to :func:`score_tail`).
 
     The source holds only indices and float literals (``repr`` of validated finite numbers),
     never text from the model file, so a model file cannot put code in it. Text values of a
@@ -315,8 +412,8 @@ def _compile(
     namespace["missing_set"] = missing
     for i, f in enumerate(features):
         namespace[f"contribution_{i}"] = f.contribution
-        namespace[f"key_{i}"] = f.key if f.source in ("trait", "score") else counter_key(
-            f.source, f.key
+        namespace[f"key_{i}"] = (
+            f.key if f.source in ("trait", "score") else counter_key(f.source, f.key)
         )
         namespace[f"edges_{i}"] = f.edges
         namespace[f"bins_{i}"] = f.bins
@@ -331,7 +428,7 @@ def _compile(
             lines += _number_lines(i, f, "    ")
             continue
         if not from_state:
-            lines.append(f"    v = values[{i}]")
+            lines.append(f"    v = values[{indices[i] if indices is not None else i}]")
         elif f.source == "trait":
             lines.append(f"    v = traits.get(key_{i})")
         elif f.source == "score":  # declared a category: the general path below
@@ -593,6 +690,8 @@ class _Validator:
             raise self.fail(
                 f"field 'source': expected one of {list(SOURCES)}, got {source!r}", name
             )
+        if source != "trait" and kind != "number":
+            raise self.fail(f"field 'kind': a {source} feature is a number", name)
         if not isinstance(key, str) or not key:
             raise self.fail("field 'key': expected a non-empty string", name)
         missing = self.number(node["missing"], "missing", name)

@@ -20,9 +20,17 @@ plus ``decay``::
         "groups": [["engagement", 1209600.0, null], ["fit", null, null],
                    ["product", null, 7776000.0]],                # name, half-life, expire_after
         "scale": ["total", 100.0],             # or null: normalized = clamp(score/max*100)
-        "grades": [["fit", [["A", 40.0], ["B", 20.0]], "D"]]      # group, bands, otherwise
-      }
+        "grades": [["fit", [["A", 40.0], ["B", 20.0]], "D"]],     # group, bands, otherwise
+        "predict": ["likelihood", -1.2, 0.98, 0.01,             # with a model reading decaying
+                    [["engagement", "log1p", 0.0, 5.0, 1.9, 1.1,  # scores: as, intercept, a, b,
+                      0.41, [0.7, 2.2], [-0.3, 0.0, 0.2], -0.1]]]  # their features (model.py)
+      },
+      "predict": 0.734                         # the likelihood's raw sum without them
     }
+
+The likelihood (``predict`` in the rules) is recomputed as of the read from ``predict`` and
+the decayed scores when the model reads a decaying group's score; otherwise (or in a
+document without them) it holds as stored, since nothing else it reads changes between events.
 
 A document without ``decay`` (written before it existed) is answered as it is, as of its
 ``updated_at``.
@@ -37,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from leadscore.events import format_ts, round4
+from leadscore.model import percent_of_raw, score_tail
 from leadscore.rules import TOTAL, Rules
 from leadscore.rules import VIEW_FIELDS as VIEW_FIELDS  # the fields view_at answers, in order
 
@@ -45,8 +54,9 @@ if TYPE_CHECKING:
 
 
 def params(rules: Rules) -> dict[str, Any]:
-    """The part of the rules a reader needs to decay, normalize and grade stored scores."""
-    return {
+    """The part of the rules a reader needs to decay, normalize and grade stored scores, and
+    (``predict``) to bring the likelihood to the read when the model reads decaying scores."""
+    out: dict[str, Any] = {
         "groups": [[name, g.half_life, g.expire_after] for name, g in rules.groups.items()],
         "scale": [rules.scale_score or TOTAL, rules.scale_max] if rules.scale_max else None,
         "grades": [
@@ -55,6 +65,10 @@ def params(rules: Rules) -> dict[str, Any]:
             if b is not None
         ],
     }
+    fresh = rules.predict.model.fresh_params() if rules.predict is not None else None
+    if fresh is not None:
+        out["predict"] = [rules.predict.name, *fresh]  # type: ignore[union-attr]
+    return out
 
 
 class DocumentWriter:
@@ -67,8 +81,11 @@ class DocumentWriter:
 
     def document(self, contact: str, state: ContactState) -> dict[str, Any]:
         """The view at the contact's last update, plus what :func:`view_at` needs."""
-        doc = self.engine.view(contact, state)
-        doc["decay"] = {"t": state.last_ts, "groups": state.groups, "params": self._params}
+        doc, rest = self.engine.view_and_rest(contact, state)
+        decay = {"t": state.last_ts, "groups": state.groups, "params": self._params}
+        if rest is not None:
+            decay["predict"] = rest
+        doc["decay"] = decay
         return doc
 
     def encode(self, contact: str, state: ContactState) -> bytes:
@@ -142,8 +159,14 @@ def view_at(doc: Mapping[str, Any], at: float) -> dict[str, Any]:
         "updated_at": doc.get("updated_at"),
         "as_of": format_ts(t) if t else None,
     }
-    # Fields a reader cannot recompute pass on as stored: the rules' `predict` likelihood,
-    # which the engine gives as of the contact's last update too.
+    # The rules' `predict` likelihood: recomputed as of ``t`` when its model reads decaying
+    # scores (Engine.view's arithmetic: model.score_tail), else it holds as stored.
+    fresh = p.get("predict")
+    rest = decay.get("predict")
+    if fresh and rest is not None:
+        name, intercept, a, b, plan = fresh
+        xs = [scores.get(feature[0], 0.0) for feature in plan]
+        out[name] = percent_of_raw(score_tail(rest, xs, plan), intercept, a, b)
     for name, value in doc.items():
         if name not in out and name != "decay":
             out[name] = value

@@ -8,6 +8,7 @@ lookups by rule id per event.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 import re
@@ -848,7 +849,9 @@ class _Compiler:
                     "model",
                     f"{path}: feature {feature.name!r}: these rules cannot provide it: {why}",
                 )
-        return Prediction(model, name)
+        # Decaying scores are summed last, so readers can bring the likelihood to a read.
+        fresh = frozenset(g for g, spec in groups.items() if spec.decays)
+        return Prediction(dataclasses.replace(model, fresh=fresh), name)
 
     # ---- triggers
 

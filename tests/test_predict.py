@@ -222,20 +222,31 @@ def test_missing_model_file_fails_the_rules_naming_it(tmp_path: Path) -> None:
 
 def test_features_the_rules_cannot_provide_fail_at_load(tmp_path: Path, trained: Any) -> None:
     doc = orjson.loads(orjson.dumps(trained.doc))
-    doc["features"][0]["source"] = "score"
-    doc["features"][0]["key"] = "product"
-    doc["features"][1]["source"] = "action_count"
+    numbers = [f for f in doc["features"] if f["kind"] == "number"]
+    numbers[0]["source"] = "score"
+    numbers[0]["key"] = "product"
+    numbers[1]["source"] = "action_count"
+    numbers[1]["key"] = "Role"
     save_model(doc, tmp_path / "m.json")
     rules = tmp_path / "rules.yaml"
     rules.write_text("version: 1\npredict: {model: m.json}\n")
     with pytest.raises(RulesError) as err:
         load_rules(rules)
     text = str(err.value)
-    first, second = doc["features"][0]["name"], doc["features"][1]["name"]
+    first, second = numbers[0]["name"], numbers[1]["name"]
     assert f"m.json: feature {first!r}: these rules cannot provide it" in text
     assert "group 'product'" in text
     assert f"feature {second!r}" in text and "counts events of action 'Role'" in text
     assert "known_actions" in text
+
+
+def test_a_score_or_count_feature_must_be_a_number(tmp_path: Path, trained: Any) -> None:
+    doc = orjson.loads(orjson.dumps(trained.doc))
+    category = next(f for f in doc["features"] if f["kind"] == "category")
+    category["source"] = "rule_hits"
+    with pytest.raises(ModelError, match="a rule_hits feature is a number") as err:
+        parse_model(orjson.dumps(doc), "m.json")
+    assert err.value.feature == category["name"]
 
 
 def test_predict_name_cannot_shadow_a_contact_field(tmp_path: Path, model_file: Path) -> None:

@@ -85,7 +85,8 @@ class Reads:
             if raw is None:
                 raise ApiError(404, "not_found", f"no contact {contact[:64]!r} yet", "id")
             # Decayed to now: the flow rewrites a contact only when it changes, not as it cools.
-            view = view_at(orjson.loads(raw), time.time())
+            now = time.time()
+            view = view_at(orjson.loads(raw), now)
             if len(chain) > 1:  # the known contact's scores, saying whose they are
                 view["requested"] = contact
                 view["merged_into"] = chain[1:]
@@ -93,7 +94,7 @@ class Reads:
                 return Response(orjson.dumps(view), 200, media_type="application/json")
             view["changes"] = await self._with_merged(keys, chain[-1], int(limit_text))
             if self.engine is not None:
-                await self._explain_likelihood(keys, chain[-1], view)
+                await self._explain_likelihood(keys, chain[-1], view, now)
         except (StorageUnavailable, RedisError, OSError) as exc:
             raise ApiError(
                 503, "unavailable", f"read model unavailable: {exc}", None, {"Retry-After": "1"}
@@ -125,8 +126,11 @@ class Reads:
             chain.append(into.decode())
         return chain
 
-    async def _explain_likelihood(self, keys: Keys, contact: str, view: dict[str, Any]) -> None:
-        """Add ``{as}_factors``: the features raising and lowering the likelihood most."""
+    async def _explain_likelihood(
+        self, keys: Keys, contact: str, view: dict[str, Any], at: float
+    ) -> None:
+        """Add ``{as}_factors``: the features raising and lowering the likelihood most, as of
+        the read like the view (decaying scores among them)."""
         assert self.engine is not None and self.service.redis is not None
         prediction = self.engine.rules.predict
         assert prediction is not None
@@ -137,7 +141,7 @@ class Reads:
             state = decode(packed)
         except StateFormatError:
             return  # the read model still answers; the flow dead-letters damaged state
-        explanation = self.engine.explain_likelihood(state)
+        explanation = self.engine.explain_likelihood(state, at)
         if explanation is not None:
             view[f"{prediction.name}_factors"] = explanation.to_json(EXPLAIN_FACTORS)
 
