@@ -62,6 +62,9 @@ class TrainOptions:
     folds: int = 5
     seed: int = 0
     missing_values: tuple[str, ...] = DEFAULT_MISSING
+    # History only: at most this many counts that need a new counter in every live state
+    # (hits of a rule without a repeat tracker, events of an action); -1: no limit.
+    max_counters: int = 4
 
 
 @dataclass(slots=True)
@@ -131,7 +134,8 @@ def train_events(
     and every action's event count. The live state keeps a counter only for the counts the
     model reads, so counts that are rarely non-zero (fewer than ``MIN_LEVEL_ROWS`` contacts)
     or that repeat another column exactly (a rule matching every event of its action) are
-    dropped: they would cost state and teach nothing.
+    dropped: they would cost state and teach nothing. Of the counts that need a new counter,
+    the ``max_counters`` that rank converters best alone (on the training rows only) are kept.
     """
     from leadscore.outcomes import OutcomeError, population
 
@@ -183,6 +187,26 @@ def train_events(
         else:
             seen.setdefault(values, col.name)
             keep.append(j)
+    tracked = {r.id for r in rules.actions if r.tracked}
+    costly = [j for j in keep if j >= first_count and columns[j].key not in tracked]
+    positives = sum(labels)
+    enough = min(positives, len(labels) - positives) >= options.min_class  # else fit says so
+    if 0 <= options.max_counters < len(costly) and enough:
+        np, _, metrics, selection = _sklearn()
+        y = np.asarray(labels, dtype=np.int64)
+        train_idx, _ = _split(np, selection, y, options)
+        aucs = {
+            j: _alone_auc(
+                np, metrics, [rows[i][j] for i in train_idx], y[train_idx], columns[j], frozenset()
+            )
+            for j in costly
+        }
+        best = set(sorted(costly, key=lambda j: -aucs[j])[: options.max_counters])
+        for j in costly:
+            if j not in best:
+                reason = f"over --max-counters {options.max_counters} (AUC alone {aucs[j]:.3f})"
+                dropped.append((columns[j].name, reason))
+        keep = [j for j in keep if j not in costly or j in best]
     columns = [columns[j] for j in keep]
     rows = [[row[j] for j in keep] for row in rows]
     if not columns:
@@ -238,11 +262,7 @@ def _fit(
             "--min-class trains anyway, on a model too noisy to trust)"
         )
 
-    train_idx, test_idx = selection.train_test_split(
-        np.arange(len(y)), test_size=options.holdout, stratify=y, random_state=options.seed
-    )
-    train_idx.sort()
-    test_idx.sort()
+    train_idx, test_idx = _split(np, selection, y, options)
 
     # Leakage guard: each column alone, on the training rows only.
     leaky: list[tuple[str, float]] = []
@@ -340,6 +360,16 @@ def _fit(
         [int(i) for i in test_idx],
         [float(p) for p in probabilities],
     )
+
+
+def _split(np: Any, selection: Any, y: Any, options: TrainOptions) -> tuple[Any, Any]:
+    """The held-out split (stratified, seeded): training rows and held-out rows, sorted."""
+    train_idx, test_idx = selection.train_test_split(
+        np.arange(len(y)), test_size=options.holdout, stratify=y, random_state=options.seed
+    )
+    train_idx.sort()
+    test_idx.sort()
+    return train_idx, test_idx
 
 
 def _duration(seconds: float) -> str:

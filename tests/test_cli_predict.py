@@ -108,6 +108,11 @@ def test_train_and_import_errors_say_what_to_do(trained: Path, tmp_path: Path) -
     )  # fmt: skip
     assert done.returncode == 1 and "at least 5000 of each" in done.stderr
     assert "Traceback" not in done.stderr
+    done = cli(
+        "train", "--table", str(trained / "leads.csv"), "--label", "Won", "--max-counters", "-2",
+        "--out", str(tmp_path / "m.json"),
+    )  # fmt: skip
+    assert done.returncode == 1 and "--max-counters must be -1 (no limit) or more" in done.stderr
     done = cli("import", "--table", str(trained / "leads.csv"), "--id", "Nope")
     assert done.returncode == 1 and "no column 'Nope'" in done.stderr
     rules = tmp_path / "rules.yaml"

@@ -505,6 +505,14 @@ def test_train_from_event_history_and_score_live_the_same(tmp_path: Path) -> Non
         f.key == "purchase" for f in result.model.features
     )  # the label's own action is never a feature
     assert any(reason.startswith("the same counts as") for reason in dropped.values())
+    # At most --max-counters (4) counts need a counter the state would not keep otherwise.
+    costly = [
+        f
+        for f in result.model.features
+        if f.source == "action_count" or (f.source == "rule_hits" and f.key in untracked)
+    ]
+    assert len(costly) == 4
+    assert any(reason.startswith("over --max-counters 4") for reason in dropped.values())
     assert result.quality["holdout"]["auc"] > 0.6
     # The model works in the rules it was trained with.
     save_model(doc, tmp_path / "model.json")

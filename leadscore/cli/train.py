@@ -77,6 +77,13 @@ def train(
     ] = 0.9,
     holdout: Annotated[float, typer.Option(help="Share of rows held out to measure.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed of the hold-out split and folds.")] = 0,
+    max_counters: Annotated[
+        int,
+        typer.Option(
+            help="With --events: most counts needing a new counter in each live state (hits "
+            "of a rule without a tracker, events of an action), best alone first; -1: all.",
+        ),
+    ] = 4,
     html: Annotated[
         Path | None, typer.Option("--html", help="Also write a report page (HTML).")
     ] = None,
@@ -109,6 +116,8 @@ def train(
         fail(f"--leak-auc must be above 0.5 and at most 1, got {leak_auc}")
     if min_class < 1:
         fail(f"--min-class must be at least 1, got {min_class}")
+    if max_counters < -1:
+        fail(f"--max-counters must be -1 (no limit) or more, got {max_counters}")
     options = TrainOptions(
         label=label or "converted",
         id=id_column,
@@ -118,6 +127,7 @@ def train(
         leak_auc=leak_auc,
         holdout=holdout,
         seed=seed,
+        max_counters=max_counters,
     )
     console = new_console()
     try:
