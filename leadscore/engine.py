@@ -509,8 +509,9 @@ class Engine:
             return view, None
         # Once per view (per dirty contact per flush, not per event), as of ``t`` like the
         # scores: decaying scores among its features move it between events too.
-        rest = model.rest_of_state(state.traits, scores, state.tracked, state.tracks)
-        view[self._predict_as] = model.percent_from_rest(rest, scores)
+        view[self._predict_as], rest = model.of_state(
+            state.traits, scores, state.tracked, state.tracks
+        )
         return view, rest if model.tail_plan else None
 
     # ---- prediction (rules' `predict`)

@@ -258,7 +258,10 @@ class Model:
         )
         indices = tuple(i for i in range(len(self.features)) if i not in tail)
         self._raw = _compile(head, self.missing_values, from_state=False, indices=indices)
-        self._raw_state = _compile(head, self.missing_values, from_state=True)
+        # From a state: one generated function summing the head, then the decaying scores'
+        # features with the same operations as score_tail, returning (rest, raw).
+        tail_features = tuple(self.features[i] for i in tail)
+        self._raw_state = _compile(head, self.missing_values, from_state=True, tail=tail_features)
 
     def logit(self, values: Sequence[Any]) -> float:
         """The calibrated logit for raw values given in ``features`` order."""
@@ -271,22 +274,19 @@ class Model:
             raw = score_tail(raw, xs, self.tail_plan)
         return self.calibration_a * (self.intercept + raw) + self.calibration_b
 
-    def rest_of_state(
+    def of_state(
         self,
         traits: Mapping[str, Any],
         scores: Mapping[str, float],
         tracked: Sequence[str],
         tracks: Sequence[float],
-    ) -> float:
-        """The raw sum of every feature but the decaying scores' (what a read model stores)."""
-        return self._raw_state(traits, scores, tracked, tracks)
-
-    def percent_from_rest(self, rest: float, scores: Mapping[str, float]) -> float:
-        """The likelihood from :meth:`rest_of_state` and the (decayed) group scores."""
-        raw = rest
-        if self.tail_plan:
-            raw = score_tail(rest, [scores.get(k, 0.0) for k in self._tail_keys], self.tail_plan)
-        return percent_of_raw(raw, self.intercept, self.calibration_a, self.calibration_b)
+    ) -> tuple[float, float]:
+        """The likelihood in percent read from a contact's state (see :meth:`percent_of_state`)
+        and the raw sum of every feature but the decaying scores' (what a read model stores
+        for a reader: ``readmodel.view_at``)."""
+        rest, raw = self._raw_state(traits, scores, tracked, tracks)
+        a = self.calibration_a
+        return percent_of_raw(raw, self.intercept, a, self.calibration_b), rest
 
     def percent_of_state(
         self,
@@ -298,7 +298,7 @@ class Model:
         """:meth:`percent` reading a contact's state directly: a trait from ``traits``, a score
         from ``scores`` (group -> score), a count from the flat trackers (``tracked`` names
         them, ``tracks`` holds three numbers per tracker, hits first)."""
-        return self.percent_from_rest(self._raw_state(traits, scores, tracked, tracks), scores)
+        return self.of_state(traits, scores, tracked, tracks)[0]
 
     def fresh_params(self) -> list[Any] | None:
         """What a reader needs to recompute the likelihood as of a read: [intercept, a, b,
@@ -391,14 +391,17 @@ def _compile(
     missing: frozenset[str],
     from_state: bool,
     indices: Sequence[int] | None = None,
-) -> Callable[..., float]:
+    tail: Sequence[Feature] | None = None,
+) -> Callable[..., Any]:
     """Sum of every feature's ``contribution``, as one generated function: same results.
 
     ``raw(values)`` takes the values in feature order; with ``from_state``,
     ``raw(traits, scores, tracked, tracks)`` fetches each from a contact's state itself
     (keys are passed as variables, never written into the source; a count's key is its
     tracker id, see :func:`counter_key`). ``indices``: where each feature's value sits in
-    ``values`` (the decaying scores are left to :func:`score_tail`).
+    ``values`` (the decaying scores are left to :func:`score_tail`). With ``tail`` (decaying
+    scores' number features, from a state only) it returns ``(rest, raw)``: the sum of
+    ``features``, then that plus each tail feature's, in :func:`score_tail`'s operations.
 
     The source holds only indices and float literals (``repr`` of validated finite numbers),
     never text from the model file, so a model file cannot put code in it. Text values of a
@@ -460,9 +463,20 @@ def _compile(
                 *_number_lines(i, f, "            "),
             ]
         lines += ["    else:", f"        total += contribution_{i}(v, missing_set)"]
-    lines.append("    return total")
+    if tail is not None:
+        lines.append("    rest = total")
+        for k, f in enumerate(tail):
+            i = len(features) + k
+            namespace[f"key_{i}"] = f.key
+            namespace[f"edges_{i}"] = list(f.edges)  # as a reader's JSON gives them
+            namespace[f"bins_{i}"] = list(f.bins)
+            lines.append(f"    x = scores.get(key_{i}, 0.0)")
+            lines += _number_lines(i, f, "    ")
+        lines.append("    return rest, total")
+    else:
+        lines.append("    return total")
     exec(compile("\n".join(lines), "<leadscore model>", "exec"), namespace)
-    raw: Callable[..., float] = namespace["raw"]
+    raw: Callable[..., Any] = namespace["raw"]
     return raw
 
 

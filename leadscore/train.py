@@ -39,7 +39,14 @@ from leadscore.model import (
 )
 from leadscore.outcomes import Conversions
 from leadscore.rules import Rules
-from leadscore.tables import Column, TableError, infer_columns, parse_label, read_table
+from leadscore.tables import (
+    ID_LIKE_SHARE,
+    Column,
+    TableError,
+    infer_columns,
+    parse_label,
+    read_table,
+)
 
 MIN_LEVEL_ROWS = 10  # a category level seen fewer times in training falls into "other"
 MAX_BINS = 8
@@ -177,9 +184,16 @@ def train_events(
     seen: dict[tuple[str, ...], str] = {}
     for j, col in enumerate(columns):
         values = tuple(repr(row[j]) for row in rows)
+        present = [v for row in rows if (v := row[j]) is not None]
+        unique = len(set(map(repr, present)))
         if len(set(values)) == 1:
             # e.g. a group no rule of this history reached: it teaches nothing.
             dropped.append((col.name, "one value only"))
+        elif col.kind == "category" and unique > max(50, ID_LIKE_SHARE * len(present)):
+            # An e-mail or phone trait: nothing to learn, and every new value misses the
+            # live evaluation's memo (as `train --table` drops such columns).
+            why = f"{unique} distinct values in {len(present)} contacts having it: an identifier"
+            dropped.append((col.name, why))
         elif j >= first_count and sum(row[j] != 0.0 for row in rows) < MIN_LEVEL_ROWS:
             dropped.append((col.name, f"non-zero for fewer than {MIN_LEVEL_ROWS} contacts"))
         elif j >= first_count and values in seen:
