@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the private redis-server and the snapshots are removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     designs = args.designs.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="leadscore-ab-"))
     server = None
