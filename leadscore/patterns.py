@@ -218,8 +218,15 @@ def _anchor(at: object, flags: int, end: bool) -> str:
         if multiline:
             return "(?m:$)"
         # Python's $ also matches before a newline that ends the text; at the end of the
-        # pattern, taking that newline in changes no answer to "is there a match".
-        return r"(?:\n?\z)" if end else r"\z"
+        # pattern, taking that newline in changes no answer to "is there a match". Before
+        # more pattern it would take a look-ahead, which RE2 has not ($\W matches "\n").
+        if not end:
+            raise PatternError(
+                "$ is followed by more of the pattern, where it can only match before a "
+                "newline that ends the text; put $ at the end of the pattern (or of a branch "
+                "of it), or use \\Z for the very end"
+            )
+        return r"(?:\n?\z)"
     if at is sre.AT_END_STRING:
         return r"\z"
     raise PatternError(f"the anchor {at} is not supported; simplify the pattern")
