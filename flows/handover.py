@@ -242,8 +242,8 @@ class LiveMerges:
         """Checkpoint fields for what merges changed since the last commit."""
         if not (self.sends or self.gone or self.new_aliases):
             return {}
-        keys = self.store.keys  # type: ignore[attr-defined]
         p = self.p  # type: ignore[attr-defined]
+        keys = self.store.keys_of(p)  # type: ignore[attr-defined]  # the generation served
         deletes = [k for c in self.gone for k in (keys.state(p, c), keys.read_model(p, c))]
         return {"deletes": deletes, "aliases": dict(self.new_aliases), "sends": list(self.sends)}
 

@@ -54,9 +54,9 @@ from leadscore.events import Event, Reject, format_ts, latest_ts
 from leadscore.readmodel import DocumentWriter
 from leadscore.typed import parse_events
 from state.codec import decode, encode
-from state.keys import Keys
+from state.keys import Keys, parse_live
 from state.lease import FlowLease
-from state.redis_store import Checkpoint, CheckpointConflict, RedisStore
+from state.redis_store import Checkpoint, CheckpointConflict, LiveChanged, RedisStore
 from state.retention import InputRetention, RetentionPolicy, StreamId, format_id
 from state.versions import check_rules
 
@@ -183,6 +183,9 @@ TRIM_EVERY = 1.0
 SIZES_EVERY = 10.0
 """Seconds between two readings of one partition's stream sizes for the metrics."""
 
+HOLD_RETRY = 0.2
+"""Seconds between two checkpoint attempts of a partition a publish holds for its switch."""
+
 COMMIT_BYTES = 8 << 20
 """About how many bytes of checkpoints share one socket write (see WorkerLogics.commit)."""
 
@@ -306,8 +309,16 @@ class WorkerLogics:
                 if self.archive is not None:  # before the commit: at least once (archive.py)
                     lines = [line for logic, _, _ in begun for line in logic.take_archived()]
                     self.archive.append(lines, time.time())
-                results = self.store.checkpoint_many([batch for _, batch, _ in begun])
-                refused = [b for (_, b, _), ok in zip(begun, results, strict=True) if not ok]
+                try:
+                    results = self.store.checkpoint_many([batch for _, batch, _ in begun])
+                    moved: dict[int, str] = {}
+                except LiveChanged as err:  # a publish switched (or holds) some partitions
+                    results, moved = err.results, err.live
+                refused = [
+                    b
+                    for (_, b, _), ok in zip(begun, results, strict=True)
+                    if not ok and b.p not in moved
+                ]
                 if refused:
                     # "Already committed" on a first attempt: another writer committed this
                     # sequence. Dropping the batch would lose its records and acks: stop.
@@ -319,6 +330,9 @@ class WorkerLogics:
                         "nothing of the refused batch was written, its input is read again."
                     )
                 for committer, batch, started in begun:
+                    if batch.p in moved:
+                        committer.moved(moved[batch.p])
+                        continue
                     committed = done[committer] = committer.end_flush(batch, started)
                     if keep and committed and committer.config.out:
                         committer.ready += committed
@@ -404,6 +418,46 @@ def _store(config: FlowConfig) -> RedisStore:
     )
 
 
+_ENGINES: dict[tuple[str, str], Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def _engine_for(store: RedisStore, version: int, logic: PartitionLogic) -> Engine:
+    """The engine of published rules ``version`` (``{prefix}:rules:{V}``): the flow's own when
+    it is the same file, else built from the recorded text (once per process)."""
+    keys = store.keys
+    raw = store._call(
+        f"read rules v{version}", lambda: store.r.hmget(keys.rules(version), ["sha256", "text"])
+    )
+    if raw[0] is None:
+        return logic.own_engine  # not recorded: the meta's (the flow checked it at start)
+    sha = raw[0].decode()
+    if sha == _own_sha(logic.config.rules):
+        return logic.own_engine
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get((store.prefix, sha))
+        if engine is None:
+            from leadscore.rules import load_rules_text
+
+            engine = Engine(load_rules_text(raw[1].decode(), f"published rules v{version}"))
+            _ENGINES[(store.prefix, sha)] = engine
+    return engine
+
+
+_OWN_SHA: dict[str, str] = {}
+
+
+def _own_sha(path: str) -> str:
+    if path not in _OWN_SHA:
+        from state.versions import rules_digest
+
+        try:
+            _OWN_SHA[path] = rules_digest(Path(path).read_bytes())
+        except OSError:
+            _OWN_SHA[path] = ""
+    return _OWN_SHA[path]
+
+
 def _count_store_retry(what: str) -> None:
     metrics.REDIS_RETRIES.labels("store").inc()
 
@@ -456,6 +510,15 @@ class PartitionLogic(LiveMerges, ShardLogic):
         # script is refused on Redis Cluster, so there an identify is scored without merging.
         self.merging = not config.cluster
         self.init_merges()
+        # Publishing (state/generations.py): the rules the flow started with, the input
+        # applied since the last checkpoint (applied again if a publish switches the
+        # partition), and until when a publish's hold defers the next checkpoint.
+        self.own_engine = engine
+        self.generation = 0
+        self.uncommitted: list[Value] = []
+        self.held_until = -INF
+        self.held_since: float | None = None
+        self.switched = False
 
     def bind(self, p: int) -> None:
         """Resume this partition where its last checkpoint left it: sequence, clock, timers.
@@ -464,6 +527,7 @@ class PartitionLogic(LiveMerges, ShardLogic):
         ``{p}:timers``, so a decay crossing fires even if the contact never sends again.
         """
         self.p = p
+        self.bind_live(p)
         self.seq = self.store.last_checkpoint(p)
         self.stream = self.store.keys.input(p)
         clock = self.store.load_clock(p)
@@ -476,6 +540,70 @@ class PartitionLogic(LiveMerges, ShardLogic):
         if self.timers:
             log.info("partition %d: re-armed %d decay timers", p, len(self.timers))
 
+    def bind_live(self, p: int) -> None:
+        """Serve the generation and rules the partition's ``live`` marker names (during a
+        publish's hold, the old ones: its checkpoints are refused until the switch)."""
+        store = self.store
+        raw = store._call(f"read live p={p}", lambda: store.r.get(store.keys.live(p)))
+        text = (raw or b"").decode()
+        live = text.partition(">")[0]
+        generation, version, _ = parse_live(live)
+        store.generations[p] = generation
+        store.live[p] = live
+        engine = self.own_engine if version is None else _engine_for(store, version, self)
+        if engine is not self.engine:
+            self.engine = engine
+            self.known = engine.rules.known_actions
+            self.documents = DocumentWriter(engine)
+        self.generation = generation
+
+    def moved(self, marker: str) -> None:
+        """A publish changed this partition's ``live`` marker: nothing of the refused
+        checkpoint was written. Held for a switch: keep everything and try again shortly.
+        Switched: reload the partition from the new generation and rules, then apply the
+        input of the refused checkpoint (and what followed) again (it is still pending)."""
+        self.seq -= 1
+        now = time.time()
+        if parse_live(marker)[2] is not None:
+            if self.held_since is None:
+                self.held_since = now
+                log.info("partition %d: held by a publish for its switch", self.p)
+            elif now - self.held_since > 30 and int(now - self.held_since) % 30 == 0:
+                log.warning(
+                    "partition %d: held by a publish for %.0f s; if no `leadscore publish` "
+                    "is running, run it again to finish the switch",
+                    self.p,
+                    now - self.held_since,
+                )
+            self.held_until = now + HOLD_RETRY
+            self.deadline = self.held_until
+            return
+        self.held_since = None
+        self.held_until = -INF
+        values, self.uncommitted = self.uncommitted, []
+        self.contacts = {}
+        self.timers = []
+        self.due_of = {}
+        self.durable = {}
+        self.dirty = set()
+        self.touched = set()
+        self.acks = []
+        self.pending = 0
+        self.out = {}
+        self.deadline = None
+        self.caught_up = False
+        if self.archived is not None:
+            self.archived = []
+        self.init_merges()  # the refused checkpoint's hand-overs are made again below
+        self.bind(self.p)
+        log.info("partition %d: switched to %s by a publish", self.p, marker or "generation 0")
+        entries = self.prepare(values, now)
+        missing = self.missing(entries)
+        if missing:
+            self.loaded(missing, self.store.load_states(self.p, missing))
+        self.apply(entries, now)
+        self.switched = True
+
     # ---- Bytewax callbacks
 
     def on_batch(self, values: list[Value]) -> tuple[list[tuple[str, bytes]], bool]:
@@ -486,6 +614,7 @@ class PartitionLogic(LiveMerges, ShardLogic):
         """Bind on first use and parse: ``(entry id, items)`` per stream entry or marker."""
         if self.p < 0:
             self.bind(values[0][0])
+        self.uncommitted += [v for v in values if v[1] is not None]
         return [
             (eid, self.parse(eid, payload, now) if eid != IDLE else [])
             for _, eid, payload in values
@@ -559,6 +688,8 @@ class PartitionLogic(LiveMerges, ShardLogic):
 
     def due(self, now: float) -> bool:
         """Whether a checkpoint is due: ``flush_events`` pending, or the deadline passed."""
+        if now < self.held_until:
+            return False  # a publish holds the partition (see moved)
         return self.pending >= self.config.flush_events or (
             self.deadline is not None and now >= self.deadline
         )
@@ -751,7 +882,10 @@ class PartitionLogic(LiveMerges, ShardLogic):
         committed records, after any its worker's run committed on the way (those wait in
         ``ready``: at the end of input no later callback would hand them out)."""
         self.worker.run()
+        self.switched = False
         committed = self.worker.commit([self], keep=False)[0]
+        if self.switched:  # a publish switched the partition: commit under the new rules
+            committed += self.worker.commit([self], keep=False)[0]
         return self.take_ready() + committed
 
     def begin_flush(self) -> tuple[Checkpoint, float] | None:
@@ -819,6 +953,8 @@ class PartitionLogic(LiveMerges, ShardLogic):
                 reported[trigger] = n
         metrics.CHECKPOINT_BYTES.observe(size)
         self.retention.acked(self.acks)
+        self.uncommitted = []
+        self.held_since = None
         self.dirty.clear()
         self.merges_committed()
         self.acks = []

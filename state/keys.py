@@ -1,4 +1,4 @@
-"""The Redis key layout, version 1.
+"""The Redis key layout, version 1 (with generations of state: see ``Keys.generation``).
 
 Every key of one partition carries the hash tag ``{p}``, so the checkpoint of a partition
 (state, read model, triggers, acknowledgement) is one atomic script call, legal on Redis Cluster.
@@ -22,10 +22,67 @@ def partition_of(contact: str, partitions: int) -> int:
     return zlib.crc32(contact.encode()) % partitions
 
 
+def parse_live(value: bytes | str | None) -> tuple[int, int | None, str | None]:
+    """``(generation, rules version, target)`` of a partition's ``live`` marker.
+
+    The marker is ``"{generation}:{version}"``; absent (a deployment no publish has touched)
+    is generation 0 under the rules in ``{prefix}:meta`` (version None). While a publish holds
+    the partition for its switch it reads ``"{old}>{new}"``: the old one is still live (its
+    answers are served), ``target`` names the new one.
+    """
+    if value is None:
+        return 0, None, None
+    text = value.decode() if isinstance(value, bytes) else value
+    if not text:
+        return 0, None, None
+    live, _, target = text.partition(">")
+    gen, _, version = live.partition(":")
+    return int(gen or 0), (int(version) if version else None), (target or None)
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "ls"
     partitions: int = 16
+    #: Which generation of state (contact states, read models, decay timers and clock) the
+    #: per-contact keys name. 0 is the layout before generations existed (no ``g`` part);
+    #: a publish with rescoring builds generation N >= 1 beside it (``{p}:gN:...``).
+    generation: int = 0
+
+    def at(self, generation: int) -> Keys:
+        """The same layout for another generation of state."""
+        if generation == self.generation:
+            return self
+        return Keys(self.prefix, self.partitions, generation)
+
+    def _gen(self, p: int) -> str:
+        """The start of partition ``p``'s per-generation keys."""
+        if self.generation:
+            return f"{self.prefix}:{{{p}}}:g{self.generation}:"
+        return f"{self.prefix}:{{{p}}}:"
+
+    def live(self, p: int) -> str:
+        """String: which generation and rules version partition ``p`` runs (``parse_live``);
+        the checkpoint script refuses a writer that expects another value."""
+        return f"{self.prefix}:{{{p}}}:live"
+
+    def upto(self, p: int) -> str:
+        """Hash: the input entry this generation's state of ``p`` holds every event up to
+        (``id``), and the events replayed into it (``events``): where a rebuild resumes."""
+        return self._gen(p) + "upto"
+
+    def switched(self, p: int) -> str:
+        """Set: contacts whose switch firings a publish has written (once each)."""
+        return self._gen(p) + "switched"
+
+    def rules(self, version: int) -> str:
+        """Hash: a published rules version (``sha256``, ``text``, ``generation``, ...)."""
+        return f"{self.prefix}:rules:{version}"
+
+    @property
+    def publishing(self) -> str:
+        """Hash: the publish in progress (``state/generations.py``), so a re-run resumes it."""
+        return f"{self.prefix}:publish"
 
     @property
     def meta(self) -> str:
@@ -38,10 +95,10 @@ class Keys:
         return f"{self.prefix}:{{{p}}}:in"
 
     def state(self, p: int, contact: str) -> str:
-        return f"{self.prefix}:{{{p}}}:s:{contact}"
+        return f"{self._gen(p)}s:{contact}"
 
     def read_model(self, p: int, contact: str) -> str:
-        return f"{self.prefix}:{{{p}}}:c:{contact}"
+        return f"{self._gen(p)}c:{contact}"
 
     def contact_read_model(self, contact: str) -> str:
         return self.read_model(self.partition(contact), contact)
@@ -73,11 +130,11 @@ class Keys:
 
     def clock(self, p: int) -> str:
         """String: the partition's timer clock (epoch seconds decay timers have fired up to)."""
-        return f"{self.prefix}:{{{p}}}:clock"
+        return f"{self._gen(p)}clock"
 
     def timers(self, p: int) -> str:
         """Sorted set: contact -> epoch time of its next decay crossing (restarts re-arm it)."""
-        return f"{self.prefix}:{{{p}}}:timers"
+        return f"{self._gen(p)}timers"
 
     def fence(self, p: int) -> str:
         """String: the flow lease token allowed to checkpoint partition ``p`` (state/lease.py)."""

@@ -46,7 +46,7 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from state.keys import GROUP, LAYOUT_VERSION, Keys
+from state.keys import GROUP, LAYOUT_VERSION, Keys, parse_live
 
 try:  # redis[hiredis] installs it; without it, redis-py's own serializer packs commands
     from hiredis import pack_command as _pack_command
@@ -98,6 +98,21 @@ class RedisLostCheckpoints(StoreError):
 class Fenced(StoreError):
     """The partition's fence names another flow's lease token: this process lost the flow
     lease (``state/lease.py``) and must stop; nothing of the refused checkpoint was written."""
+
+
+class LiveChanged(StoreError):
+    """A publish changed the generation or rules of some partitions (or holds them for its
+    switch): their checkpoints wrote nothing. ``results`` is what ``checkpoint_many`` would
+    have returned (the other partitions committed); ``live`` maps each refused partition to
+    its ``live`` marker now (``state.keys.parse_live``)."""
+
+    def __init__(self, results: list[bool], live: dict[int, str]) -> None:
+        super().__init__(
+            "partition "
+            + ", ".join(f"{p} is now {v or 'generation 0'}" for p, v in sorted(live.items()))
+        )
+        self.results = results
+        self.live = live
 
 
 class StoreUnavailable(StoreError):
@@ -162,11 +177,15 @@ class Checkpoint:
 
 
 CHECKPOINT_LUA = """#!lua
-local ckpt, input, triggers, changes, dead, timers, clock, fence = unpack(KEYS, 1, 8)
+local ckpt, input, triggers, changes, dead, timers, clock, fence, live = unpack(KEYS, 1, 9)
 local seq, committed = tonumber(ARGV[1]), tonumber(ARGV[2])
 if ARGV[13] ~= '' then
   local owner = redis.call('GET', fence) or '0'
   if owner ~= ARGV[13] then return {4, tonumber(owner)} end
+end
+if ARGV[14] ~= '*' then
+  local now = redis.call('GET', live) or ''
+  if now ~= ARGV[14] then return {5, now} end
 end
 local done = tonumber(redis.call('GET', ckpt) or '0')
 if done < committed then return {3, done} end
@@ -177,12 +196,12 @@ local n_chg, n_dead = tonumber(ARGV[6]), tonumber(ARGV[7])
 local n_due, n_gone = tonumber(ARGV[8]), tonumber(ARGV[9])
 local chg_max, dead_max, group = tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12]
 local CHUNK = 500
--- MSET: KEYS[9..] pair with the values that start at ARGV[14], in the same order
-local n_kv, a = #KEYS - 8, 14
+-- MSET: KEYS[10..] pair with the values that start at ARGV[15], in the same order
+local n_kv, a = #KEYS - 9, 15
 for i = 1, n_kv, CHUNK do
   local args, j = {}, 0
   for k = i, math.min(i + CHUNK - 1, n_kv) do
-    args[j + 1] = KEYS[8 + k]
+    args[j + 1] = KEYS[9 + k]
     args[j + 2] = ARGV[a + k - 1]
     j = j + 2
   end
@@ -229,11 +248,13 @@ out of memory, so a checkpoint is never half applied for want of memory. Replies
 ``{0, seq}`` committed, ``{1, done}`` already committed, ``{2, done}`` a newer one is committed,
 ``{3, done}`` Redis is behind this process, ``{4, fence}`` another flow holds the partition (the
 fencing token in ARGV[13] is not the partition's fence; '' skips the check: see
-``state/lease.py``)."""
+``state/lease.py``), ``{5, live}`` a publish moved the partition to another generation or rules
+version, or holds it for its switch (the partition's ``live`` marker is not ARGV[14]; '*' skips
+the check: see ``state/generations.py``)."""
 
 CHECKPOINT_SHA = hashlib.sha1(CHECKPOINT_LUA.encode()).hexdigest()
 
-CKPT_COMMITTED, CKPT_ALREADY, CKPT_CONFLICT, CKPT_LOST, CKPT_FENCED = 0, 1, 2, 3, 4
+CKPT_COMMITTED, CKPT_ALREADY, CKPT_CONFLICT, CKPT_LOST, CKPT_FENCED, CKPT_MOVED = 0, 1, 2, 3, 4, 5
 
 MAX_ALIAS_CHAIN = 64  # as leadscore.identity.MAX_CHAIN: a hand-made cycle cannot loop
 
@@ -363,6 +384,15 @@ def check_reachable(url: str, *, timeout: float = 3.0) -> None:
             client.close()
 
 
+def _reply(reply: Any) -> tuple[int, Any]:
+    """``(code, done)`` of a checkpoint script's reply; ``done`` is the ``live`` marker (str)
+    for CKPT_MOVED, else a number."""
+    code, done = int(reply[0]), reply[1]
+    if code == CKPT_MOVED:
+        return code, done.decode() if isinstance(done, bytes) else str(done)
+    return code, int(done)
+
+
 def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}".rstrip(".")
 
@@ -450,6 +480,11 @@ class RedisStore:
         # The flow lease's token (state/lease.py): every checkpoint must find it in its
         # partition's fence. None writes without the check (tools and tests, not the flow).
         self.fence_token: int | None = None
+        # Per partition, the generation of state this process reads and writes (0 unless a
+        # publish built another) and the ``live`` marker it expects: a checkpoint finding
+        # another marker writes nothing (LiveChanged). Absent: generation 0, no check.
+        self.generations: dict[int, int] = {}
+        self.live: dict[int, str] = {}
         self.r: Client = connect(url, cluster=cluster, socket_timeout=socket_timeout)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -556,6 +591,10 @@ class RedisStore:
         self._call("create consumer groups", create_groups)
         return keys
 
+    def keys_of(self, p: int) -> Keys:
+        """The layout of the generation this process uses for partition ``p``."""
+        return self.keys.at(self.generations.get(p, 0))
+
     # -- state -----------------------------------------------------------------------------
 
     def load_states(self, p: int, contacts: Iterable[str]) -> dict[str, bytes]:
@@ -563,7 +602,7 @@ class RedisStore:
 
         One MGET per ``mget_batch`` contacts: a multi-key read is ~8x faster than GETs.
         """
-        keys = self.keys
+        keys = self.keys_of(p)
         wanted = list(contacts)
         found: dict[str, bytes] = {}
         for i in range(0, len(wanted), self.mget_batch):
@@ -585,11 +624,10 @@ class RedisStore:
             for p, contacts in wanted.items():
                 found[p] = self.load_states(p, contacts)
             return found
-        keys = self.keys
         pairs = [(p, c) for p, contacts in wanted.items() for c in contacts]
         for i in range(0, len(pairs), self.mget_batch):
             chunk = pairs[i : i + self.mget_batch]
-            names = [keys.state(p, c) for p, c in chunk]
+            names = [self.keys_of(p).state(p, c) for p, c in chunk]
             what = f"load states of {len(wanted)} partitions"
             values = self._call(what, lambda names=names: self.r.mget(names))
             for (p, contact), value in zip(chunk, values, strict=True):
@@ -685,8 +723,13 @@ class RedisStore:
             replies = self._run_checkpoints(calls)
             results: list[bool] = []
             refused: StoreError | None = None
+            moved: dict[int, str] = {}
             for b, (code, done) in zip(batches, replies, strict=True):
                 p, seq = b.p, b.seq
+                if code == CKPT_MOVED:
+                    moved[p] = done
+                    results.append(False)
+                    continue
                 if code == CKPT_LOST:
                     refused = refused or RedisLostCheckpoints(
                         f"partition {p}: Redis holds checkpoint {done} but this process had "
@@ -729,6 +772,8 @@ class RedisStore:
                     results.append(False)
             if refused is not None:
                 raise refused
+            if moved:
+                raise LiveChanged(results, moved)
             return results
 
         what = ", ".join(f"p={b.p} seq={b.seq}" for b in batches)
@@ -736,7 +781,8 @@ class RedisStore:
 
     def _script_args(self, b: Checkpoint) -> tuple[list[str], list[Any], list[Any]]:
         """KEYS, ARGV header and ARGV values of one partition's call of CHECKPOINT_LUA."""
-        keys, p = self.keys, b.p
+        p = b.p
+        keys = self.keys_of(p)
         for record in b.triggers:
             if b"\n" in record:
                 raise ValueError(f"a record must be one line of JSON, got {record[:80]!r}")
@@ -753,6 +799,7 @@ class RedisStore:
             keys.timers(p),
             keys.clock(p),
             keys.fence(p),
+            keys.live(p),
         ]
         values: list[Any] = []
         if b.states:
@@ -784,6 +831,7 @@ class RedisStore:
             trim_entries(self.dead_maxlen),
             GROUP,
             "" if self.fence_token is None else self.fence_token,
+            self.live.get(p, "*"),
         ]
         tail = [*values, *b.ack_ids, *b.triggers, *change_entries, *dead_entries, *due, *gone]
         if b.deletes or b.aliases or b.sends:
@@ -795,7 +843,7 @@ class RedisStore:
 
     def _run_checkpoints(
         self, calls: Sequence[tuple[list[str], list[Any], list[Any]]]
-    ) -> list[tuple[int, int]]:
+    ) -> list[tuple[int, Any]]:
         """EVALSHA every call in one pipeline; EVAL (which caches it) those Redis answered
         NOSCRIPT.
 
@@ -817,12 +865,11 @@ class RedisStore:
             ]
             for i, reply in zip(again, self._one_write(evals), strict=True):
                 replies[i] = reply
-        out: list[tuple[int, int]] = []
+        out: list[tuple[int, Any]] = []
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-            code, done = reply
-            out.append((int(code), int(done)))
+            out.append(_reply(reply))
         return out
 
     def _one_write(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
@@ -853,7 +900,7 @@ class RedisStore:
 
     def _run_checkpoint(
         self, names: list[str], head: list[Any], tail: list[Any]
-    ) -> tuple[int, int]:
+    ) -> tuple[int, Any]:
         """EVALSHA the checkpoint script; EVAL it (which caches it) if Redis does not know it.
 
         Redis forgets scripts on restart, failover or SCRIPT FLUSH: NOSCRIPT costs one more
@@ -866,17 +913,16 @@ class RedisStore:
             )
         except NoScriptError:
             reply = self.r.execute_command("EVAL", CHECKPOINT_LUA, len(names), *names, *head, *tail)
-        code, done = reply
-        return int(code), int(done)
+        return _reply(reply)
 
     def load_clock(self, p: int) -> float | None:
         """The timer clock partition ``p`` committed last, or None if it never set one."""
-        raw = self._call(f"read clock p={p}", lambda: self.r.get(self.keys.clock(p)))
+        raw = self._call(f"read clock p={p}", lambda: self.r.get(self.keys_of(p).clock(p)))
         return None if raw is None else float(raw)
 
     def load_timers(self, p: int, *, page: int = 10_000) -> list[tuple[str, float]]:
         """``(contact, due)`` of every decay timer partition ``p`` committed, earliest first."""
-        key = self.keys.timers(p)
+        key = self.keys_of(p).timers(p)
         out: list[tuple[str, float]] = []
         start = 0
         while True:
@@ -895,21 +941,31 @@ class RedisStore:
         """The contact's read model (``engine.view``), or None if never scored.
 
         An id merged into another contact answers with that contact's read model, plus
-        ``merged_into`` (where its history went) and ``requested`` (the id asked for)."""
-        key = self.keys.contact_read_model(contact)
-        raw = self._call("read model", lambda: self.r.get(key))
+        ``merged_into`` (where its history went) and ``requested`` (the id asked for). Read
+        from the generation the contact's partition serves (a publish may have switched it:
+        ``state/generations.py``)."""
+        raw = self._live_read_model(contact)
         if raw is not None:
             return orjson.loads(raw)
         root, chain = self.resolve(contact)
         if root == contact:
             return None
-        key = self.keys.contact_read_model(root)
-        raw = self._call("read model", lambda: self.r.get(key))
+        raw = self._live_read_model(root)
         doc: dict[str, Any] = {} if raw is None else orjson.loads(raw)
         doc.setdefault("contact", root)
         doc["requested"] = contact
         doc["merged_into"] = chain[1:]
         return doc
+
+    def _live_read_model(self, contact: str) -> bytes | None:
+        keys = self.keys
+        p = keys.partition(contact)
+
+        def read() -> Any:
+            gen = parse_live(self.r.get(keys.live(p)))[0]
+            return self.r.get(keys.at(gen).read_model(p, contact))
+
+        return self._call("read model", read)
 
     # -- producer --------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ COMMANDS: tuple[str, ...] = (
     "redis",  # send, show
     "rules",  # rules
     "preview",  # preview
+    "publish",  # publish
     "check",  # check
     "explain",  # explain
     "calibrate",  # calibrate

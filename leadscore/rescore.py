@@ -1,0 +1,604 @@
+"""Publishing rules to a live deployment: rebuild a generation from history, then switch.
+
+``leadscore publish`` (``leadscore/cli/publish.py``) parses and renders; the work is here.
+A rescoring publish replays the retained input streams under the new rules into a new
+generation of state (``state/generations.py``), partition by partition, in bounded memory:
+states are written to Redis and leave memory as the replay goes (``max_contacts`` per
+partition stay), and a contact evicted earlier is read back when it shows up again. The live
+flow keeps scoring under the old rules meanwhile. The replay then catches up with what the
+flow acknowledged since, holds every partition (the flow's checkpoints are refused, so the old
+generation stops moving), replays the last few entries, computes each contact's trigger
+differences between the generations (the switch firings), and switches every partition in
+one transaction. The flow reloads each partition at its next checkpoint and applies its
+uncommitted input again, under the new rules: nothing is lost or scored twice.
+
+Firings found while replaying history are never delivered. Every step records where it is
+in Redis, so a publish killed at any point is resumed by running it again.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flows.shards import ShardLogic, effect_record
+from leadscore.engine import ContactState, Engine, TriggerFired
+from leadscore.events import DEFAULT_MAX_FUTURE, Event, latest_ts
+from leadscore.publish import CHEAP, RESCORE, UNCHANGED, Change, classify
+from leadscore.readmodel import DocumentWriter
+from leadscore.rules import load_rules_text
+from leadscore.typed import parse_events
+from state.codec import decode, encode
+from state.generations import (
+    PublishError,
+    Publishing,
+    RulesRecord,
+    acked_upto,
+    begin_publishing,
+    ensure_live_record,
+    finish,
+    fire_once,
+    hold,
+    id_tuple,
+    live_generation,
+    marker,
+    next_generation,
+    next_version,
+    publishing,
+    read_markers,
+    record_rules,
+    rules_record,
+    set_phase,
+    trimmed_upto,
+)
+from state.keys import Keys, parse_live
+from state.versions import live_rules, rules_digest
+
+log = logging.getLogger("leadscore.publish")
+
+PAGE = 500
+"""Input entries per XRANGE of a replay; each page is applied, then written (one MULTI)."""
+
+MAX_CONTACTS = 50_000
+"""Contact states a replay keeps in memory per partition; the oldest loaded leave first."""
+
+CATCH_UP_ROUNDS = 5
+"""Rounds of catching up with the live flow before holding it (each replays what the flow
+acknowledged during the previous one)."""
+
+
+def engine_of(text: bytes, source: str) -> Engine:
+    return Engine(load_rules_text(text.decode(), source))
+
+
+# --------------------------------------------------------------------------- progress
+
+
+@dataclass
+class Progress:
+    """What a publish has done so far; ``update`` is called after every page."""
+
+    partitions: int
+    phase: str = "rebuild"
+    partition: int = 0
+    done_partitions: int = 0
+    events: int = 0
+    entries: int = 0
+    fired: int = 0
+    started: float = field(default_factory=time.monotonic)
+    update: Callable[[Progress], None] | None = None
+
+    def tick(self) -> None:
+        if self.update is not None:
+            self.update(self)
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.events / elapsed if elapsed > 0 else 0.0
+
+
+# --------------------------------------------------------------------------- rebuild
+
+
+class Rebuilder(ShardLogic):
+    """Replays partition ``p``'s input entries under ``engine`` into one generation's keys.
+
+    The same per-entry semantics as the live flow's partition logic on a backlog: events in
+    stream order, then the partition's clock moves to the newest event time of the entry
+    (never past the entry's own time) and due decay timers fire. Firings are not delivered:
+    they only change the states. After every page the dirty states, read models, timers, the
+    clock and the position (``upto``) are written in one transaction, so a crash resumes from
+    a consistent point.
+    """
+
+    def __init__(
+        self,
+        r: Any,
+        keys: Keys,
+        p: int,
+        engine: Engine,
+        *,
+        max_contacts: int = MAX_CONTACTS,
+        max_future: float = DEFAULT_MAX_FUTURE,
+    ) -> None:
+        super().__init__(engine, parts=1, live=True)
+        self.r = r
+        self.keys = keys
+        self.p = p
+        self.max_contacts = max_contacts
+        self.max_future = max_future
+        self.documents = DocumentWriter(engine)
+        self.known = engine.rules.known_actions
+        self.dirty: set[str] = set()
+        self.upto: str | None = None
+        self.events_done = 0
+        self.fired_total = 0
+        self.bind()
+
+    def bind(self) -> None:
+        """Resume from what this generation holds for the partition (nothing: the start)."""
+        keys, p = self.keys, self.p
+        raw = self.r.hgetall(keys.upto(p))
+        self.upto = raw[b"id"].decode() if b"id" in raw else None
+        self.events_done = int(raw.get(b"events", 0))
+        clock = self.r.get(keys.clock(p))
+        self.clock = float(clock) if clock is not None else float("-inf")
+        for member, due in self.r.zrange(keys.timers(p), 0, -1, withscores=True):
+            contact = member.decode()
+            self.due_of[contact] = due
+            self.timers.append((due, contact))
+        heapq.heapify(self.timers)
+
+    # -- input
+
+    def replay(self, end: str | None, progress: Progress | None = None, *, page: int = PAGE) -> int:
+        """Apply the entries after ``upto`` up to ``end`` (inclusive); returns events applied.
+
+        Refuses (PublishError) when entries in that range were trimmed: the generation would
+        miss events.
+        """
+        if end is None:
+            return 0
+        key = self.keys.input(self.p)
+        applied = 0
+        stop = id_tuple(end)
+        while self.upto is None or id_tuple(self.upto) < stop:
+            start = "-" if self.upto is None else "(" + self.upto
+            batch = self.r.xrange(key, min=start, max=end, count=page)
+            self._check_gap()
+            if not batch:
+                break
+            events = self._apply_page(batch)
+            applied += events
+            self.upto = batch[-1][0].decode()
+            self.flush()
+            if progress is not None:
+                progress.events += events
+                progress.entries += len(batch)
+                progress.tick()
+            if len(batch) < page:
+                break
+        return applied
+
+    def _check_gap(self) -> None:
+        gone = trimmed_upto(self.r, self.keys, self.p)
+        have = id_tuple(self.upto) if self.upto is not None else (0, 0)
+        if gone > have:
+            raise PublishError(
+                f"partition {self.p}: input entries up to {gone[0]}-{gone[1]} were trimmed "
+                f"but this generation holds events only up to "
+                f"{self.upto or 'the start'}: the retained history is incomplete, so the "
+                "new generation would miss events. Keep more history (leadscore run --source "
+                "... --retain / --retain-entries) or score the history in a new deployment "
+                "(another --prefix, fed from an --archive directory)"
+            )
+
+    def _apply_page(self, batch: list[Any]) -> int:
+        parsed: list[tuple[float, list[Event]]] = []
+        wanted: set[str] = set()
+        for entry_id, fields in batch:
+            now = int(entry_id.split(b"-", 1)[0]) / 1000.0
+            latest = latest_ts(now, self.max_future)
+            lines = fields.get(b"e", b"").split(b"\n")
+            events = [
+                e
+                for e in parse_events(lines, now, latest)
+                if type(e) is Event and e.action in self.known
+            ]
+            parsed.append((now, events))
+            wanted.update(e.contact for e in events)
+        self._load([c for c in wanted if c not in self.contacts])
+        applied = 0
+        for now, events in parsed:
+            high = self.clock
+            for event in events:
+                self.score(event)
+                if event.ts > high:
+                    high = event.ts
+            applied += len(events)
+            self.dirty.update(self.touched)
+            self.reschedule()
+            self.advance_to(min(high, now))
+        self.events_done += applied
+        self.out = {}  # firings while replaying history are never delivered
+        return applied
+
+    def _load(self, contacts: list[str]) -> None:
+        keys, p = self.keys, self.p
+        for i in range(0, len(contacts), 1000):
+            chunk = contacts[i : i + 1000]
+            blobs = self.r.mget([keys.state(p, c) for c in chunk])
+            for contact, blob in zip(chunk, blobs, strict=True):
+                self.contacts[contact] = (
+                    decode(blob) if blob is not None else self.engine.new_state()
+                )
+
+    def timer_state(self, contact: str) -> ContactState | None:
+        if contact not in self.contacts:
+            self._load([contact])
+        return self.contacts[contact]
+
+    def advance_to(self, t: float) -> None:
+        """Move the clock to ``t`` (never back) and fire the timers due by then."""
+        if t > self.clock:
+            self.clock = t
+        if self.timers and self.timers[0][0] <= self.clock:
+            fired = sum(self.fired.values())
+            self.dirty.update(self.fire_due(self.clock))
+            self.fired_total += sum(self.fired.values()) - fired
+        self.out = {}
+
+    # -- output
+
+    def flush(self) -> None:
+        """Write what changed (one transaction), then let the oldest contacts leave memory."""
+        keys, p = self.keys, self.p
+        pipe = self.r.pipeline(transaction=True)
+        items: dict[str, bytes] = {}
+        due: dict[str, float] = {}
+        gone: list[str] = []
+        for contact in self.dirty:
+            state = self.contacts[contact]
+            items[keys.state(p, contact)] = encode(state)
+            items[keys.read_model(p, contact)] = self.documents.encode(contact, state)
+            at = self.due_of.get(contact)
+            if at is None:
+                gone.append(contact)
+            else:
+                due[contact] = at
+        if items:
+            pipe.mset(items)
+        if due:
+            pipe.zadd(keys.timers(p), due)
+        if gone:
+            pipe.zrem(keys.timers(p), *gone)
+        if self.clock > float("-inf"):
+            pipe.set(keys.clock(p), repr(self.clock))
+        mapping: dict[str, Any] = {"events": self.events_done}
+        if self.upto is not None:
+            mapping["id"] = self.upto
+        pipe.hset(keys.upto(p), mapping=mapping)
+        pipe.execute()
+        self.dirty.clear()
+        excess = len(self.contacts) - self.max_contacts
+        if excess > 0:
+            for contact in list(self.contacts)[:excess]:
+                del self.contacts[contact]
+
+
+# --------------------------------------------------------------------------- switch firings
+
+
+def _past(packed: int | None) -> bool:
+    """Whether a trigger's packed state says the contact is past it (fired, not re-armed)."""
+    return packed is not None and packed > 0
+
+
+def switch_firings(
+    contact: str,
+    old: ContactState | None,
+    new: ContactState,
+    engine: Engine,
+    version: int,
+    at: float,
+) -> list[TriggerFired]:
+    """What differs in a contact's triggers between the generations, as firings under the new
+    rules: a trigger the contact is past under the new rules and was not under the old ones
+    fires; one it was past and no longer is fires the new rules' ``below`` triggers that
+    follow it (``after``), e.g. MQL lost gives its ``cooled`` handoff."""
+    before = old.triggers if old is not None else {}
+    after = new.triggers
+    cause = f"rules published: v{version}"
+    out: list[str] = []
+    triggers = engine.rules.triggers
+    for trigger in triggers:
+        if _past(after.get(trigger.id)) and not _past(before.get(trigger.id)):
+            out.append(trigger.id)
+    for trigger in triggers:
+        if _past(before.get(trigger.id)) and not _past(after.get(trigger.id)):
+            for follower in triggers:
+                if follower.below and follower.after == trigger.id and follower.id not in out:
+                    out.append(follower.id)
+    if not out:
+        return []
+    view = engine.view(contact, new, max(at, new.last_ts))
+    by_id = {t.id: t for t in triggers}
+    fired = []
+    for tid in out:
+        trigger = by_id[tid]
+        score = (
+            view["total"] if trigger.score == "total" else view["scores"].get(trigger.score, 0.0)
+        )
+        fired.append(TriggerFired(tid, float(score), at, list(trigger.actions), cause))
+    return fired
+
+
+def fire_differences(
+    r: Any,
+    old_keys: Keys,
+    new_keys: Keys,
+    p: int,
+    engine: Engine,
+    version: int,
+    at: float,
+    *,
+    batch: int = 500,
+) -> int:
+    """Write partition ``p``'s switch firings (each contact once, resumable); returns how many
+    were written now. Walks the new generation's states with SCAN, ``batch`` at a time."""
+    written = 0
+    prefix = new_keys.state(p, "")
+    names: list[bytes] = []
+
+    def run(names: list[bytes]) -> int:
+        contacts = [n.decode()[len(prefix) :] for n in names]
+        news = r.mget(names)
+        olds = r.mget([old_keys.state(p, c) for c in contacts])
+        firings: list[tuple[str, bytes]] = []
+        for contact, new_raw, old_raw in zip(contacts, news, olds, strict=True):
+            if new_raw is None:
+                continue
+            new = decode(new_raw)
+            old = decode(old_raw) if old_raw is not None else None
+            for effect in switch_firings(contact, old, new, engine, version, at):
+                firings.append((contact, effect_record(contact, effect)[1]))
+        return fire_once(r, new_keys, p, firings)
+
+    for name in r.scan_iter(match=new_keys.state(p, "*"), count=5000):
+        names.append(name)
+        if len(names) >= batch:
+            written += run(names)
+            names = []
+    if names:
+        written += run(names)
+    return written
+
+
+# --------------------------------------------------------------------------- publish
+
+
+@dataclass
+class Plan:
+    """What a publish is about to do (or resumes)."""
+
+    job: Publishing | None  # None: nothing to do (unchanged)
+    change: Change
+    record: RulesRecord | None
+    resumed: bool = False
+
+
+class PublishInProgress(PublishError):
+    """Another publish is in progress with other rules."""
+
+
+def plan(
+    r: Any,
+    keys: Keys,
+    text: bytes | None,
+    *,
+    source: str = "<new rules>",
+    on_switch: str = "fire",
+    rollback: bool = False,
+    seen_actions: set[str] | None = None,
+) -> Plan:
+    """Decide and record what to publish: the target generation and rules version.
+
+    ``text`` None with ``rollback``: the previous live rules (``rules_previous``). A publish
+    in progress with the same rules is resumed; with other rules it is refused.
+    """
+    live_rec = ensure_live_record(r, keys)
+    current = publishing(r, keys)
+    if rollback:
+        previous = r.hget(keys.meta, "rules_previous")
+        if previous is None:
+            raise PublishError("nothing to roll back to: no publish has switched this deployment")
+        gen, version, _ = parse_live(previous)
+        assert version is not None
+        rec = rules_record(r, keys, version)
+        if rec is None or rec.pruned:
+            raise PublishError(
+                f"cannot roll back to rules v{version}: generation {gen} was pruned "
+                "(publish those rules again to rescore them)"
+            )
+        text = rec.text
+    assert text is not None
+    digest = rules_digest(text)
+    if current is not None:
+        target = rules_record(r, keys, current.version)
+        if target is None or target.sha256 != digest:
+            raise PublishInProgress(
+                f"a publish of rules v{current.version} is in progress (phase "
+                f"{current.phase}): run it again to finish it (same rules file, or "
+                "--rollback if it was a rollback) before publishing other rules"
+            )
+        change = Change(current.kind if current.kind != "rollback" else RESCORE, ["resumed"])
+        return Plan(current, change, target, resumed=True)
+    markers = set(read_markers(r, keys))
+    if len(markers) != 1:
+        raise PublishError(
+            f"partitions disagree on what is live ({sorted(markers)}) and no publish is "
+            "recorded in progress: inspect {prefix}:{p}:live before publishing"
+        )
+    raw_source = markers.pop()
+    live_gen = live_generation(r, keys)
+    previous = marker(live_gen, live_rec.version)
+    if rollback:
+        version = int(parse_live(r.hget(keys.meta, "rules_previous"))[1] or 0)
+        rec = rules_record(r, keys, version)
+        assert rec is not None
+        change = Change(RESCORE, [f"rollback to rules v{version} (generation {rec.generation})"])
+        job = Publishing(
+            raw_source, marker(rec.generation, version), previous, "rebuild", on_switch, "rollback"
+        )
+        begin_publishing(r, keys, job)
+        return Plan(job, change, rec)
+    if digest == live_rec.sha256:
+        return Plan(None, Change(UNCHANGED, []), live_rec)
+    change = classify(live_rec.text, text, seen_actions, new_source=source)
+    if change.kind == UNCHANGED:
+        # a different file that scores the same (comments, names): a cheap switch all the same
+        change = Change(CHEAP, ["only comments, names or formatting changed"])
+    version = next_version(r, keys)
+    gen = live_gen if change.kind == CHEAP else next_generation(r, keys)
+    record_rules(r, keys, version, digest, text, gen)
+    rec = rules_record(r, keys, version)
+    assert rec is not None
+    job = Publishing(
+        raw_source,
+        marker(gen, version),
+        previous,
+        "rebuild",
+        on_switch,
+        "cheap" if change.kind == CHEAP else "rescore",
+    )
+    begin_publishing(r, keys, job)
+    return Plan(job, change, rec)
+
+
+@dataclass
+class Outcome:
+    """What a publish did."""
+
+    generation: int
+    version: int
+    events: int
+    fired: int
+    seconds: float
+    held_seconds: float
+
+
+def execute(
+    r: Any,
+    keys: Keys,
+    the_plan: Plan,
+    *,
+    progress: Progress | None = None,
+    max_contacts: int = MAX_CONTACTS,
+    max_future: float = DEFAULT_MAX_FUTURE,
+    pause: Callable[[str], None] | None = None,
+) -> Outcome:
+    """Run a planned publish to its end (rebuild, catch up, hold, fire, switch).
+
+    ``pause(step)`` is called between steps (tests use it to kill the process there).
+    """
+    job, rec = the_plan.job, the_plan.record
+    assert job is not None and rec is not None
+    started = time.monotonic()
+    progress = progress or Progress(keys.partitions)
+    source_gen = parse_live(job.previous)[0]
+    old_keys, new_keys = keys.at(source_gen), keys.at(job.generation)
+    if job.kind == "cheap":
+        set_phase(r, keys, "switch")
+        finish(r, keys, job, rec, published=time.time())
+        return Outcome(job.generation, job.version, 0, 0, time.monotonic() - started, 0.0)
+    engine = engine_of(rec.text, f"rules v{rec.version}")
+    step = pause or (lambda _step: None)
+
+    def rebuilder(p: int) -> Rebuilder:
+        # resumed from Redis each time: one partition's contacts and timers in memory at most
+        return Rebuilder(r, new_keys, p, engine, max_contacts=max_contacts, max_future=max_future)
+
+    if job.phase == "rebuild":
+        progress.phase = "rebuild"
+        for p in range(keys.partitions):
+            progress.partition = p
+            rb = rebuilder(p)
+            rebuilder(p).replay(acked_upto(r, keys, p), progress)
+            progress.done_partitions = p + 1
+            progress.tick()
+            step(f"rebuilt:{p}")
+        progress.phase = "catch-up"
+        for _ in range(CATCH_UP_ROUNDS):
+            caught = 0
+            for p in range(keys.partitions):
+                caught += rebuilder(p).replay(acked_upto(r, keys, p), progress)
+            step("caught-up")
+            if caught < 1000:
+                break
+        set_phase(r, keys, "switch")
+    progress.phase = "switch"
+    progress.tick()
+    held = time.monotonic()
+    for p in range(keys.partitions):
+        hold(r, keys, p, job.source, job.target)
+    step("held")
+    at = time.time()
+    for p in range(keys.partitions):
+        progress.partition = p
+        rb = rebuilder(p)
+        end = acked_upto(r, keys, p)
+        rb.replay(end, progress)
+        old_clock = r.get(old_keys.clock(p))
+        if old_clock is not None:
+            rb.advance_to(float(old_clock))
+        rb.flush()
+        del rb
+        if end is not None:  # where the old generation stops: a rollback resumes it from here
+            r.hset(old_keys.upto(p), "id", end)
+        if job.on_switch == "fire":
+            progress.fired += fire_differences(r, old_keys, new_keys, p, engine, job.version, at)
+        progress.tick()
+        step(f"fired:{p}")
+    finish(r, keys, job, rec, published=time.time())
+    progress.phase = "done"
+    progress.tick()
+    return Outcome(
+        job.generation,
+        job.version,
+        progress.events,
+        progress.fired,
+        time.monotonic() - started,
+        time.monotonic() - held,
+    )
+
+
+def status(r: Any, keys: Keys) -> dict[str, Any]:
+    """What is live and what is in progress, for messages."""
+    live = live_rules(r, keys)
+    job = publishing(r, keys)
+    return {
+        "generation": live_generation(r, keys),
+        "version": live.version if live else None,
+        "publishing": job,
+    }
+
+
+__all__ = [
+    "CHEAP",
+    "RESCORE",
+    "UNCHANGED",
+    "Outcome",
+    "Plan",
+    "Progress",
+    "PublishError",
+    "PublishInProgress",
+    "Rebuilder",
+    "execute",
+    "plan",
+    "switch_firings",
+]

@@ -1,0 +1,357 @@
+"""Generations of state: which one each partition serves, and the steps that switch them.
+
+A publish with rescoring builds the contacts' states, read models, decay timers and clocks
+under the new rules into keys the live flow does not read (generation N, ``state/keys.py``),
+then switches. What is live is recorded per partition in ``{prefix}:{p}:live``
+(``"{generation}:{rules version}"``, absent = generation 0 under the rules in the meta): the
+checkpoint script compares it with what the flow expects and writes nothing when it differs,
+so a flow can never commit into a generation that is no longer live; it reloads instead
+(``flows/redis_flow.py``). Readers (``show``, the HTTP service) read the marker first.
+
+The switch is two steps, each safe to repeat after a crash:
+
+1. ``hold``: every partition's marker becomes ``"{old}>{new}"``. The old generation stays
+   live (readers keep answering from it) but the flow's checkpoints are refused, so its state
+   stops moving: what it acknowledged is fixed, the new generation catches up to exactly that,
+   and the switch firings are computed against a state that cannot change under them.
+2. ``finish``: ONE transaction sets every marker to ``"{new}"`` and the meta to the new rules.
+   The flow's next checkpoint is refused again; it reloads the partition from the new
+   generation and applies its uncommitted input again, under the new rules.
+
+Between the two, the deployment is on the old generation everywhere; after the second, on
+the new one everywhere: at every instant exactly one generation is live. The
+``{prefix}:publish`` hash records the publish in progress, so that a re-run resumes it.
+Published rules versions are kept in ``{prefix}:rules:{V}`` (sha256, text, generation).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from state.keys import GROUP, Keys, parse_live
+from state.redis_store import StoreError
+from state.versions import live_rules
+
+
+class PublishError(StoreError):
+    """A publish cannot start or go on; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class RulesRecord:
+    """One published rules version (``{prefix}:rules:{V}``)."""
+
+    version: int
+    sha256: str
+    text: bytes
+    generation: int
+    pruned: bool
+
+
+@dataclass(frozen=True)
+class Publishing:
+    """The publish in progress (``{prefix}:publish``)."""
+
+    source: str  # the live marker it started from, as stored ("" when absent, else "G:V")
+    target: str  # "G:V"
+    previous: str  # the live generation and rules version it started from ("G:V")
+    phase: str  # "rebuild" or "switch"
+    on_switch: str  # "fire" or "silent"
+    kind: str  # "rescore", "cheap" or "rollback"
+
+    @property
+    def generation(self) -> int:
+        return parse_live(self.target)[0]
+
+    @property
+    def version(self) -> int:
+        version = parse_live(self.target)[1]
+        assert version is not None
+        return version
+
+
+def marker(generation: int, version: int) -> str:
+    return f"{generation}:{version}"
+
+
+def read_markers(r: Any, keys: Keys) -> list[str]:
+    """Every partition's ``live`` marker ('' where absent)."""
+    mget = getattr(r, "mget_nonatomic", r.mget)
+    return [(v or b"").decode() for v in mget([keys.live(p) for p in range(keys.partitions)])]
+
+
+def live_generation(r: Any, keys: Keys) -> int:
+    """The generation the meta records as live (0 before any publish)."""
+    return int(r.hget(keys.meta, "generation") or 0)
+
+
+def rules_record(r: Any, keys: Keys, version: int) -> RulesRecord | None:
+    raw = r.hgetall(keys.rules(version))
+    if not raw:
+        return None
+    return RulesRecord(
+        version=version,
+        sha256=raw[b"sha256"].decode(),
+        text=raw.get(b"text", b""),
+        generation=int(raw.get(b"generation", 0)),
+        pruned=raw.get(b"pruned") == b"1",
+    )
+
+
+def ensure_live_record(r: Any, keys: Keys) -> RulesRecord:
+    """The record of the live rules, written from the meta if missing (a deployment that
+    never published has its v1 only in the meta)."""
+    live = live_rules(r, keys)
+    if live is None:
+        raise PublishError(
+            f"{keys.meta} records no rules: start the live flow once (it records its rules "
+            "as v1), then publish"
+        )
+    record = rules_record(r, keys, live.version)
+    if record is None:
+        generation = live_generation(r, keys)
+        r.hset(
+            keys.rules(live.version),
+            mapping={
+                "sha256": live.sha256,
+                "text": live.text,
+                "generation": generation,
+                "published": live.published,
+            },
+        )
+        record = RulesRecord(live.version, live.sha256, live.text, generation, False)
+    return record
+
+
+def record_rules(r: Any, keys: Keys, version: int, sha256: str, text: bytes, gen: int) -> None:
+    r.hset(
+        keys.rules(version),
+        mapping={"sha256": sha256, "text": text, "generation": gen, "published": time.time()},
+    )
+    r.hdel(keys.rules(version), "pruned")
+
+
+def publishing(r: Any, keys: Keys) -> Publishing | None:
+    raw = r.hgetall(keys.publishing)
+    if not raw:
+        return None
+    return Publishing(
+        source=raw.get(b"source", b"").decode(),
+        target=raw[b"target"].decode(),
+        previous=raw.get(b"previous", b"").decode(),
+        phase=raw.get(b"phase", b"rebuild").decode(),
+        on_switch=raw.get(b"on_switch", b"fire").decode(),
+        kind=raw.get(b"kind", b"rescore").decode(),
+    )
+
+
+def begin_publishing(r: Any, keys: Keys, job: Publishing) -> None:
+    r.hset(
+        keys.publishing,
+        mapping={
+            "source": job.source,
+            "target": job.target,
+            "previous": job.previous,
+            "phase": job.phase,
+            "on_switch": job.on_switch,
+            "kind": job.kind,
+            "started": time.time(),
+        },
+    )
+
+
+def set_phase(r: Any, keys: Keys, phase: str) -> None:
+    r.hset(keys.publishing, "phase", phase)
+
+
+def next_version(r: Any, keys: Keys) -> int:
+    """One more than every rules version recorded."""
+    live = live_rules(r, keys)
+    top = int(r.hget(keys.meta, "rules_version_max") or 0)
+    return max(top, live.version if live else 0) + 1
+
+
+def next_generation(r: Any, keys: Keys) -> int:
+    top = int(r.hget(keys.meta, "generation_max") or 0)
+    return max(top, live_generation(r, keys)) + 1
+
+
+# --------------------------------------------------------------------------- input positions
+
+
+def acked_upto(r: Any, keys: Keys, p: int) -> str | None:
+    """The id of the last input entry of ``p`` the flow has acknowledged (None: none yet).
+
+    The flow acknowledges each partition's entries in stream order, so the acknowledged
+    entries are those below the oldest pending one, or all that were delivered if none is.
+    """
+    key = keys.input(p)
+    groups = {g["name"].decode(): g for g in r.xinfo_groups(key)} if r.exists(key) else {}
+    group = groups.get(GROUP)
+    if group is None:
+        return None
+    delivered = group["last-delivered-id"]
+    delivered = delivered.decode() if isinstance(delivered, bytes) else str(delivered)
+    if delivered == "0-0":
+        return None
+    if int(group.get("pending", 0)) == 0:
+        return delivered
+    oldest = r.xpending(key, GROUP)["min"]
+    oldest = oldest.decode() if isinstance(oldest, bytes) else str(oldest)
+    before = r.xrevrange(key, max="(" + oldest, count=1)
+    if before:
+        return before[0][0].decode()
+    # nothing retained below the oldest pending entry: the position just before it
+    ms, _, seq = oldest.partition("-")
+    return f"{ms}-{int(seq) - 1}" if int(seq) > 0 else f"{int(ms) - 1}-18446744073709551615"
+
+
+def id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def trimmed_upto(r: Any, keys: Keys, p: int) -> tuple[int, int]:
+    """The newest input entry of ``p`` ever deleted (trimmed): history at or below it is gone."""
+    key = keys.input(p)
+    if not r.exists(key):
+        return (0, 0)
+    info = r.xinfo_stream(key)
+    raw = info.get("max-deleted-entry-id", b"0-0")
+    return id_tuple(raw.decode() if isinstance(raw, bytes) else str(raw))
+
+
+# --------------------------------------------------------------------------- the switch
+
+_HOLD_LUA = """
+local now = redis.call('GET', KEYS[1]) or ''
+if now == ARGV[2] then return 1 end
+if now ~= ARGV[1] then return {err = 'live marker is ' .. now .. ', expected ' .. ARGV[1]} end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+
+_FIRE_LUA = """
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('SADD', KEYS[2], ARGV[i]) == 1 then
+    redis.call('XADD', KEYS[1], '*', 't', ARGV[i + 1])
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+def hold(r: Any, keys: Keys, p: int, source: str, target: str) -> None:
+    """Hold partition ``p`` for the switch (idempotent): its old generation stays live, the
+    flow's checkpoints of it are refused until :func:`finish`."""
+    try:
+        r.eval(_HOLD_LUA, 1, keys.live(p), source, f"{source}>{target}")
+    except Exception as err:
+        raise PublishError(
+            f"partition {p}: cannot hold it for the switch ({err}); another publish or a "
+            "rollback changed it: run `leadscore rules --redis URL` to see what is live"
+        ) from err
+
+
+def fire_once(r: Any, keys: Keys, p: int, firings: list[tuple[str, bytes]]) -> int:
+    """XADD each switch firing to ``p``'s triggers stream unless its contact already got one
+    (the target generation's ``switched`` set): a publish re-run after a crash resumes
+    without firing twice. Returns how many were written."""
+    if not firings:
+        return 0
+    target = keys  # the caller passes the target generation's layout
+    argv: list[Any] = []
+    for contact, record in firings:
+        argv += (contact, record)
+    return int(r.eval(_FIRE_LUA, 2, target.triggers(p), target.switched(p), *argv))
+
+
+def finish(
+    r: Any,
+    keys: Keys,
+    job: Publishing,
+    record: RulesRecord,
+    *,
+    published: float,
+) -> None:
+    """Switch every partition to the target in ONE transaction, with the meta."""
+    pipe = r.pipeline(transaction=True)
+    for p in range(keys.partitions):
+        pipe.set(keys.live(p), job.target)
+        pipe.delete(keys.at(job.generation).switched(p))
+    top_gen = max(int(r.hget(keys.meta, "generation_max") or 0), job.generation)
+    top_ver = max(int(r.hget(keys.meta, "rules_version_max") or 0), record.version)
+    pipe.hset(
+        keys.meta,
+        mapping={
+            "rules_version": record.version,
+            "rules_sha256": record.sha256,
+            "rules_text": record.text,
+            "rules_published": published,
+            "rules_previous": job.previous,
+            "generation": job.generation,
+            "generation_max": top_gen,
+            "rules_version_max": top_ver,
+        },
+    )
+    pipe.delete(keys.publishing)
+    pipe.execute()
+
+
+# --------------------------------------------------------------------------- prune
+
+
+def generation_keys(r: Any, keys: Keys, generation: int, p: int) -> Iterator[str]:
+    """Every key of ``generation``'s state in partition ``p`` (SCAN: never blocks Redis)."""
+    gk = keys.at(generation)
+    singles = [gk.timers(p), gk.clock(p), gk.upto(p), gk.switched(p)]
+    for name in singles:
+        if r.exists(name):
+            yield name
+    patterns = (
+        [gk.state(p, "*"), gk.read_model(p, "*")]
+        if generation == 0
+        else [f"{keys.prefix}:{{{p}}}:g{generation}:*"]
+    )
+    seen = set(singles)
+    for pattern in patterns:
+        for name in r.scan_iter(match=pattern, count=5000):
+            text = name.decode()
+            if text not in seen:
+                yield text
+
+
+def prune(r: Any, keys: Keys, generation: int, *, batch: int = 1000) -> int:
+    """Delete every key of ``generation`` (not the live one); returns how many went."""
+    if generation == live_generation(r, keys) or any(
+        parse_live(m)[0] == generation for m in read_markers(r, keys)
+    ):
+        raise PublishError(f"generation {generation} is live: it cannot be pruned")
+    removed = 0
+    for p in range(keys.partitions):
+        chunk: list[str] = []
+        for name in generation_keys(r, keys, generation, p):
+            chunk.append(name)
+            if len(chunk) >= batch:
+                removed += int(r.unlink(*chunk))
+                chunk = []
+        if chunk:
+            removed += int(r.unlink(*chunk))
+    return removed
+
+
+def mark_pruned(r: Any, keys: Keys, generation: int) -> list[int]:
+    """Mark every rules version of ``generation`` pruned (a rollback to it is refused)."""
+    top = int(r.hget(keys.meta, "rules_version_max") or 0)
+    versions = []
+    for v in range(1, top + 1):
+        rec = rules_record(r, keys, v)
+        if rec is not None and rec.generation == generation:
+            r.hset(keys.rules(v), "pruned", 1)
+            versions.append(v)
+    return versions

@@ -1,0 +1,294 @@
+"""`leadscore publish`: generations of state rebuilt from history, the live switch, the switch
+firings, rollback, prune and crash safety, through the real CLI (and a real live flow
+process) against a real redis-server. The oracle is `leadscore run` on the same events."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from test_cli_redis import LEADSCORE, ROOT, RULES, cli
+
+from leadscore.readmodel import view_at
+from state.keys import Keys
+from state.redis_store import RedisStore
+
+T0 = time.time() - 3600  # recent: no decay crossing is due while the test runs
+AS_OF = T0 + 86_400.0  # after every event: both sides bring the scores to this time
+P = 4
+
+
+def ev(contact: str, n: int, action: str = "email.click") -> bytes:
+    return orjson.dumps({"contact": contact, "action": action, "id": f"{contact}-{action}-{n}",
+                         "ts": T0 + n})  # fmt: skip
+
+
+def batch(start: int, contacts: int = 24) -> list[bytes]:
+    """Contact i clicks i times (scores spread across the MQL thresholds of both rules)."""
+    lines = [ev(f"c-{i}", start + k) for i in range(contacts) for k in range(i)]
+    lines += [ev(f"c-{i}", start + 100, "page.hit") for i in range(0, contacts, 5)]
+    return lines
+
+
+def new_rules(tmp_path: Path) -> Path:
+    """Rescoring: clicks are worth more and MQL comes earlier."""
+    text = RULES.read_text()
+    assert "    points: 4\n    repeat: true" in text and "at_least: 50" in text
+    text = text.replace("    points: 4\n    repeat: true", "    points: 5\n    repeat: true")
+    path = tmp_path / "new.yaml"
+    path.write_text(text.replace("at_least: 50", "at_least: 30", 1))
+    return path
+
+
+def send(url: str, tmp_path: Path, lines: list[bytes], name: str) -> Path:
+    path = tmp_path / f"{name}.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    done = cli("send", "--redis", url, "--events", str(path), "--partitions", str(P))
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+def drain(url: str, rules: Path) -> None:
+    done = cli("run", "--rules", str(rules), "--source", url, "--drain", "--partitions", str(P))
+    assert done.returncode == 0, done.stderr
+
+
+def oracle(rules: Path, files: list[Path], tmp_path: Path, name: str) -> dict[str, dict]:
+    """The contacts of a fresh file replay of ``files`` under ``rules``, as of AS_OF."""
+    out = tmp_path / name
+    done = cli(
+        "run", "--rules", str(rules), "--events", *map(str, files), "--out", str(out),
+        "--as-of", str(AS_OF),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    contacts = (out / "contacts.jsonl").read_text().splitlines()
+    return {c["contact"]: c for c in map(json.loads, contacts)}
+
+
+def fired(rules: Path, files: list[Path], tmp_path: Path, name: str) -> set[tuple[str, str]]:
+    oracle(rules, files, tmp_path, name)
+    lines = (tmp_path / name / "triggers.jsonl").read_text().splitlines()
+    return {(t["contact"], t["trigger"]) for t in map(json.loads, lines)}
+
+
+FIELDS = ("scores", "total", "normalized", "grade", "stage", "segments", "tags")
+
+
+def assert_live_equals(url: str, expected: dict[str, dict]) -> None:
+    store = RedisStore(url)
+    for contact, view in expected.items():
+        doc = store.read_model(contact)
+        assert doc is not None, contact
+        got = view_at(doc, AS_OF)
+        assert {k: got[k] for k in FIELDS} == {k: view[k] for k in FIELDS}, contact
+
+
+def switch_firings(url: str) -> list[dict]:
+    return [t for t in RedisStore(url).read_triggers() if t["cause"].startswith("rules published")]
+
+
+def publish(url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*LEADSCORE, "publish", "--redis", url, *args],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_publish_rescores_every_contact_and_fires_the_differences_once(
+    redis_url: str, tmp_path: Path
+) -> None:
+    history = send(redis_url, tmp_path, batch(0), "history")
+    drain(redis_url, RULES)
+    new = new_rules(tmp_path)
+    r = redis.Redis.from_url(redis_url)
+    before = RedisStore(redis_url).read_triggers()
+
+    done = publish(redis_url, "--rules", str(new), "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "publishing rules v2 as generation 1" in done.stdout
+    assert "rescoring change" in done.stdout and "at_least" not in done.stderr
+    meta = r.hgetall("ls:meta")
+    assert meta[b"rules_version"] == b"2" and meta[b"generation"] == b"1"
+    assert meta[b"rules_text"] == new.read_bytes()
+    assert [r.get(Keys("ls", P).live(p)) for p in range(P)] == [b"1:2"] * P
+    assert r.exists("ls:publish") == 0
+
+    # every contact equals a fresh replay of the history under the new rules
+    assert_live_equals(redis_url, oracle(new, [history], tmp_path, "new"))
+    # the old generation is untouched: generation 0 still holds the old answers
+    old = oracle(RULES, [history], tmp_path, "old")
+    doc = orjson.loads(r.get(Keys("ls", P).contact_read_model("c-10")))
+    assert view_at(doc, AS_OF)["total"] == old["c-10"]["total"]
+
+    # rebuild firings are not delivered; the switch fires exactly the differences, once
+    after = RedisStore(redis_url).read_triggers()
+    switch = switch_firings(redis_url)
+    assert [t for t in after if t not in switch] == before
+    expected = fired(new, [history], tmp_path, "fn") - fired(RULES, [history], tmp_path, "fo")
+    assert expected and {(t["contact"], t["trigger"]) for t in switch} == expected
+    assert len(switch) == len(expected)
+    assert {t["cause"] for t in switch} == {"rules published: v2"}
+
+    # the flow must now run the published rules: the old file is refused, the new accepted
+    refused = cli("run", "--rules", str(RULES), "--source", redis_url, "--drain", "--partitions", "4")
+    assert refused.returncode == 1 and "runs rules v2" in refused.stderr
+    more = send(redis_url, tmp_path, batch(300, 30), "more")
+    drain(redis_url, new)
+    assert_live_equals(redis_url, oracle(new, [history, more], tmp_path, "new2"))
+
+    # rollback: the old generation catches up on what came since, under the old rules
+    done = publish(redis_url, "--rollback")
+    assert done.returncode == 0, done.stderr
+    assert r.hget("ls:meta", "rules_version") == b"1"
+    assert [r.get(Keys("ls", P).live(p)) for p in range(P)] == [b"0:1"] * P
+    assert_live_equals(redis_url, oracle(RULES, [history, more], tmp_path, "old2"))
+    lost = fired(new, [history, more], tmp_path, "a") - fired(RULES, [history, more], tmp_path, "b")
+    rolled = [t for t in switch_firings(redis_url) if t["cause"] == "rules published: v1"]
+    # MQL under the new rules but not the old: their `cooled` handoff (below, after: mql)
+    assert lost and {(t["contact"], t["trigger"]) for t in rolled} == {
+        (c, "cooled") for c, trigger in lost if trigger == "mql"
+    }
+    drain(redis_url, RULES)
+
+    # prune: generation 1 goes, and rolling back to it is refused
+    done = publish(redis_url, "--prune")
+    assert done.returncode == 0, done.stderr and "pruned generation 1" in done.stdout
+    assert not list(r.scan_iter(match="ls:{*}:g1:*"))
+    assert_live_equals(redis_url, oracle(RULES, [history, more], tmp_path, "old3"))
+    done = publish(redis_url, "--rollback")
+    assert done.returncode == 1 and "pruned" in done.stderr
+
+
+def test_a_cheap_change_switches_without_replay(redis_url: str, tmp_path: Path) -> None:
+    history = send(redis_url, tmp_path, batch(0, 12), "history")
+    drain(redis_url, RULES)
+    cheap = tmp_path / "cheap.yaml"
+    cheap.write_text(RULES.read_text().replace("name: Hot lead", "name: Very hot lead"))
+    done = publish(redis_url, "--rules", str(cheap), "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "cheap change" in done.stdout and "no replay needed" in done.stdout
+    r = redis.Redis.from_url(redis_url)
+    assert [r.get(Keys("ls", P).live(p)) for p in range(P)] == [b"0:2"] * P
+    assert not list(r.scan_iter(match="ls:{*}:g*"))
+    assert switch_firings(redis_url) == []
+    assert_live_equals(redis_url, oracle(cheap, [history], tmp_path, "cheap"))
+    assert publish(redis_url, "--rules", str(cheap), "--yes").stdout.startswith("nothing")
+
+
+# --------------------------------------------------------------------------- live + crashes
+
+
+def wait_for(condition, what: str, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def caught_up(url: str) -> bool:
+    """Every input entry read and acknowledged."""
+    r = redis.Redis.from_url(url)
+    keys = Keys("ls", P)
+    for p in range(P):
+        groups = r.xinfo_groups(keys.input(p))
+        if not groups or groups[0]["pending"] or groups[0].get("lag"):
+            return False
+    return True
+
+
+def paused_publish(url: str, *args: str, step: str) -> subprocess.Popen:
+    """A publish that stops (sleeps) at ``step`` once it has written everything before it."""
+    proc = subprocess.Popen(
+        [*LEADSCORE, "publish", "--redis", url, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+        env={**os.environ, "LEADSCORE_PUBLISH_PAUSE": step},
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for raw in proc.stderr:
+        if f"publish paused at {step}".encode() in raw:
+            return proc
+    proc.wait(10)
+    raise AssertionError(f"publish never paused at {step} (exit {proc.returncode})")
+
+
+@pytest.mark.slow
+def test_a_live_flow_switches_without_restart_and_scores_everything_once(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Events sent during the rebuild and during the hold are scored exactly once, under the
+    rules that are live when the flow checkpoints them; the flow process never restarts."""
+    history = send(redis_url, tmp_path, batch(0), "history")
+    new = new_rules(tmp_path)
+    flow = subprocess.Popen(
+        [*LEADSCORE, "run", "--rules", str(RULES), "--source", redis_url, "--partitions", str(P)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: caught_up(redis_url), "the flow to score the history")
+        pub = paused_publish(redis_url, "--rules", str(new), "--yes", step="rebuilt:1")
+        during = send(redis_url, tmp_path, batch(200, 30), "during")  # the flow scores: old
+        wait_for(lambda: caught_up(redis_url), "the flow to score events sent during the rebuild")
+        pub.send_signal(signal.SIGCONT)  # no-op: the pause ends when the process is killed
+        pub.kill()
+        pub.wait(10)
+        # run it again to the hold, and send while every partition is held
+        pub = paused_publish(redis_url, "--rules", str(new), "--yes", step="held")
+        held = send(redis_url, tmp_path, batch(400, 26), "held")
+        time.sleep(0.5)  # the flow reads them and its checkpoints are refused (not required)
+        pub.kill()
+        pub.wait(10)
+        done = publish(redis_url, "--rules", str(new), "--yes")
+        assert done.returncode == 0, done.stderr
+        assert "resuming" in done.stdout
+        after = send(redis_url, tmp_path, batch(600, 20), "after")
+        wait_for(lambda: caught_up(redis_url), "the flow to score everything")
+        assert flow.poll() is None, "the flow stopped"
+    finally:
+        flow.send_signal(signal.SIGTERM)
+        _, err = flow.communicate(timeout=60)
+    assert flow.returncode == 0, err.decode()
+    assert b"switched to 1:2 by a publish" in err
+    expected = oracle(new, [history, during, held, after], tmp_path, "new")
+    assert_live_equals(redis_url, expected)
+    # each contact fired at most its differences once, whatever the kills
+    switch = switch_firings(redis_url)
+    assert len({(t["contact"], t["trigger"]) for t in switch}) == len(switch)
+
+
+@pytest.mark.parametrize("step", ["rebuilt:0", "caught-up", "held", "fired:1"])
+def test_kill_9_at_any_step_then_publish_again_converges(
+    redis_url: str, tmp_path: Path, step: str
+) -> None:
+    history = send(redis_url, tmp_path, batch(0), "history")
+    drain(redis_url, RULES)
+    new = new_rules(tmp_path)
+    r = redis.Redis.from_url(redis_url)
+    pub = paused_publish(redis_url, "--rules", str(new), "--yes", step=step)
+    pub.send_signal(signal.SIGKILL)
+    pub.wait(10)
+    # killed: the old generation is live everywhere (answers, rules), the publish recorded
+    assert r.hget("ls:meta", "rules_version") == b"1"
+    assert r.exists("ls:publish") == 1
+    assert_live_equals(redis_url, oracle(RULES, [history], tmp_path, "old"))
+    # another publish is refused while this one is unfinished
+    other = tmp_path / "other.yaml"
+    other.write_text(new.read_text() + "\n# other\n")
+    refused = publish(redis_url, "--rules", str(other), "--yes")
+    assert refused.returncode == 1 and "in progress" in refused.stderr
+
+    done = publish(redis_url, "--rules", str(new), "--yes")
+    assert done.returncode == 0, done.stderr
+    assert r.hget("ls:meta", "rules_version") == b"2"
+    assert_live_equals(redis_url, oracle(new, [history], tmp_path, "new"))
+    expected = fired(new, [history], tmp_path, "fn") - fired(RULES, [history], tmp_path, "fo")
+    switch = switch_firings(redis_url)
+    assert sorted((t["contact"], t["trigger"]) for t in switch) == sorted(expected)
