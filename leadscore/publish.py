@@ -3,9 +3,9 @@
 This module is behind ``leadscore preview`` (the first part of publishing): it decides
 whether a new rules file can switch without rescoring, exports the deployment's history (the
 retained input streams, or an ``--archive`` directory) to one file in bounded memory, and
-previews the change with ``leadscore backtest``'s comparison on that history. Rebuilding a
-generation of state and the live switch are not built yet (docs/redis.md, "Previewing a
-rules change").
+previews the change with ``leadscore backtest``'s comparison on that history.
+``leadscore publish`` uses the same classification; the rebuild of a generation of state and
+the live switch are in ``leadscore/rescore.py``.
 """
 
 from __future__ import annotations

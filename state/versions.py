@@ -4,8 +4,9 @@ Restarting a flow with an edited rules file used to mix old and new scoring sile
 contact scored under "click = +10" kept those points, its next event scored under "+30").
 So the deployment records the rules it runs, any process can tell what is live
 (``leadscore rules --redis URL``), and a flow started with other rules is refused: rules
-change only in a new deployment (a new prefix the history is replayed into), so that no
-state mixes two rule sets; ``leadscore preview`` shows what a change would do first.
+change only through ``leadscore publish``, which rescores the history into a new generation
+of state and switches the live flow over (``leadscore/rescore.py``), so that no state mixes
+two rule sets; ``leadscore preview`` shows what a change would do first.
 
 Fields of ``{prefix}:meta`` (besides ``version`` and ``partitions``, ``state/keys.py``):
 
@@ -99,7 +100,8 @@ def check_rules(r: Any, keys: Keys, text: bytes, path: str, *, publish: bool = F
                 f"state (it ran before rules were versioned): start the flow once with "
                 f"--publish (LEADSCORE_PUBLISH=1) to record {path} as v1 if these are the rules "
                 "it was scored with, or score the history under them in a new deployment "
-                "(another --prefix; `leadscore preview` shows what they change)"
+                "(another --prefix; `leadscore preview` shows what they change, "
+                "`leadscore publish` changes the rules of a running deployment)"
             )
         r.eval(_RECORD_FIRST_LUA, 1, keys.meta, digest, text)
         live = live_rules(r, keys)
@@ -110,8 +112,8 @@ def check_rules(r: Any, keys: Keys, text: bytes, path: str, *, publish: bool = F
             f"{_when(live.published)}; {path} is different (sha256 {digest[:12]}). "
             "Starting with them would score new events under other rules than the existing "
             "states. To see what they would change: `leadscore preview --rules "
-            f"{path} --redis URL`; to change the rules, score the history under them in a "
-            "new deployment (another --prefix, fed from --archive or the retained streams); "
+            f"{path} --redis URL`; to change the rules: `leadscore publish --rules {path} "
+            "--redis URL` (rescores the history and switches the live flow over); "
             "to run what is live, "
             "`leadscore rules --redis URL --text > live.yaml` and start with --rules live.yaml"
         )

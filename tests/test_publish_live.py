@@ -9,11 +9,14 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 import redis
+from conftest import LiveService
 from test_cli_redis import LEADSCORE, ROOT, RULES, cli
 
 from leadscore.readmodel import view_at
@@ -103,13 +106,14 @@ def publish(url: str, *args: str, env: dict[str, str] | None = None) -> subproce
 
 
 def test_publish_rescores_every_contact_and_fires_the_differences_once(
-    redis_url: str, tmp_path: Path
+    redis_url: str, tmp_path: Path, serve: Callable[..., LiveService]
 ) -> None:
     history = send(redis_url, tmp_path, batch(0), "history")
     drain(redis_url, RULES)
     new = new_rules(tmp_path)
     r = redis.Redis.from_url(redis_url)
     before = RedisStore(redis_url).read_triggers()
+    old_total = {c: v["total"] for c, v in oracle(RULES, [history], tmp_path, "o").items()}
 
     done = publish(redis_url, "--rules", str(new), "--yes")
     assert done.returncode == 0, done.stderr
@@ -121,8 +125,14 @@ def test_publish_rescores_every_contact_and_fires_the_differences_once(
     assert [r.get(Keys("ls", P).live(p)) for p in range(P)] == [b"1:2"] * P
     assert r.exists("ls:publish") == 0
 
-    # every contact equals a fresh replay of the history under the new rules
-    assert_live_equals(redis_url, oracle(new, [history], tmp_path, "new"))
+    # every contact equals a fresh replay of the history under the new rules, and the HTTP
+    # service answers from the new generation
+    expected = oracle(new, [history], tmp_path, "new")
+    assert_live_equals(redis_url, expected)
+    with httpx.Client(base_url=serve(partitions=P).url, auth=("test-key", "")) as http:
+        got = http.get("/v1/contacts/c-10").json()
+    assert got["scores"] == RedisStore(redis_url).read_model("c-10")["scores"]  # type: ignore[index]
+    assert got["total"] != old_total["c-10"]
     # the old generation is untouched: generation 0 still holds the old answers
     old = oracle(RULES, [history], tmp_path, "old")
     doc = orjson.loads(r.get(Keys("ls", P).contact_read_model("c-10")))
@@ -138,7 +148,9 @@ def test_publish_rescores_every_contact_and_fires_the_differences_once(
     assert {t["cause"] for t in switch} == {"rules published: v2"}
 
     # the flow must now run the published rules: the old file is refused, the new accepted
-    refused = cli("run", "--rules", str(RULES), "--source", redis_url, "--drain", "--partitions", "4")
+    refused = cli(
+        "run", "--rules", str(RULES), "--source", redis_url, "--drain", "--partitions", "4"
+    )
     assert refused.returncode == 1 and "runs rules v2" in refused.stderr
     more = send(redis_url, tmp_path, batch(300, 30), "more")
     drain(redis_url, new)

@@ -28,6 +28,7 @@ from state.redis_store import (
     CHECKPOINT_LUA,
     Checkpoint,
     CheckpointConflict,
+    LiveChanged,
     MetaMismatch,
     NotInitialized,
     RedisLostCheckpoints,
@@ -722,3 +723,28 @@ def test_the_live_flow_counts_store_retries_in_a_prometheus_metric() -> None:
     with pytest.raises(StoreUnavailable):
         store.checkpoint(0, 1)
     assert retries() - before == 3
+
+
+def test_a_moved_live_marker_refuses_the_checkpoint_and_the_others_commit(
+    store: RedisStore,
+) -> None:
+    """A publish moved partition 4 to another generation (or holds it): its checkpoint writes
+    nothing and names the marker, the other partitions of the round trip commit, and the
+    writer's generation decides which keys a checkpoint writes."""
+    keys = store.keys
+    store.live.update({3: "", 4: ""})
+    store.r.set(keys.live(4), "0:1>1:2")
+    with pytest.raises(LiveChanged) as refused:
+        store.checkpoint_many([batch(3, 1), batch(4, 1)])
+    assert refused.value.results == [True, False] and refused.value.live == {4: "0:1>1:2"}
+    assert store.last_checkpoint(3) == 1 and store.last_checkpoint(4) == 0
+    assert [t["p"] for t in store.read_triggers()] == [3]
+    # bound to generation 1 (what the marker now says): the state lands in its keys
+    store.r.set(keys.live(4), "1:2")
+    store.generations[4], store.live[4] = 1, "1:2"
+    assert store.checkpoint_many([batch(4, 1)]) == [True]
+    assert store.r.get(keys.at(1).state(4, "c4-1")) == b"state-4-1"
+    assert store.r.get(keys.state(4, "c4-1")) is None
+    assert store.load_states(4, ["c4-1"]) == {"c4-1": b"state-4-1"}
+    assert store.r.zscore(keys.at(1).timers(4), "c4-1") == 1004.0
+    assert store.read_model("nobody") is None

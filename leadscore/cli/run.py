@@ -276,8 +276,8 @@ def run(
             "--publish",
             envvar="LEADSCORE_PUBLISH",
             help="Record these rules as v1 of a deployment that has state but no rules "
-            "recorded (it ran before versions). Never replaces published rules: preview a "
-            "change with `leadscore preview`.",
+            "recorded (it ran before versions). Never replaces published rules: change "
+            "them with `leadscore publish`.",
             rich_help_panel=_LIVE,
         ),
     ] = False,

@@ -24,7 +24,7 @@ from leadscore.service.backend import Service
 from leadscore.service.config import FALSE_WORDS, TRUE_WORDS
 from leadscore.service.errors import ApiError, StorageUnavailable, json_response
 from state.codec import StateFormatError, decode
-from state.keys import Keys
+from state.keys import Keys, parse_live
 
 EXPLAIN_SCAN = 5000  # change records looked at per explain request, newest first
 EXPLAIN_PAGE = 50  # stream entries per XREVRANGE (an entry packs up to 100 records)
@@ -53,6 +53,7 @@ class Reads:
         # With the flow's rules and their `predict` model, ?explain=1 also explains the
         # likelihood from the contact's stored state (the state the read model was built from).
         self.engine: Engine | None = None
+        self._generations: dict[int, int] = {}  # per partition, the generation seen last
         if self.config.rules:
             engine = Engine(load_rules(self.config.rules))  # RulesError: a bad file stops start
             if engine.rules.predict is not None:
@@ -76,12 +77,13 @@ class Reads:
         try:
             keys = await self.service.keys()
             assert self.service.redis is not None
-            raw = await self.service.redis.get(keys.contact_read_model(contact))
+            base = keys
+            keys, raw = await self._read_model(base, contact)
             chain = [contact]
             if raw is None:  # merged into another contact? (identify with merge)
-                chain = await self._merged_into(keys, contact)
+                chain = await self._merged_into(base, contact)
                 if len(chain) > 1:
-                    raw = await self.service.redis.get(keys.contact_read_model(chain[-1]))
+                    keys, raw = await self._read_model(base, chain[-1])
             if raw is None:
                 raise ApiError(404, "not_found", f"no contact {contact[:64]!r} yet", "id")
             # Decayed to now: the flow rewrites a contact only when it changes, not as it cools.
@@ -125,6 +127,25 @@ class Reads:
                 break
             chain.append(into.decode())
         return chain
+
+    async def _read_model(self, keys: Keys, contact: str) -> tuple[Keys, bytes | None]:
+        """The contact's read model from the generation its partition serves now (a publish
+        switches generations: ``state/generations.py``), and that generation's layout.
+
+        One round trip: the partition's ``live`` marker and the document of the generation
+        seen last are read together; only right after a switch is a second read needed."""
+        assert self.service.redis is not None
+        p = keys.partition(contact)
+        cached = self._generations.get(p, 0)
+        pipe = self.service.redis.pipeline(transaction=False)
+        pipe.get(keys.live(p))
+        pipe.get(keys.at(cached).read_model(p, contact))
+        marker, raw = await pipe.execute()
+        generation = parse_live(marker)[0]
+        if generation != cached:
+            self._generations[p] = generation
+            raw = await self.service.redis.get(keys.at(generation).read_model(p, contact))
+        return keys.at(generation), raw
 
     async def _explain_likelihood(
         self, keys: Keys, contact: str, view: dict[str, Any], at: float
