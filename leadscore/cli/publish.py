@@ -20,6 +20,9 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from leadscore.cli.app import (
+    DEFAULT_REDIS,
+    Prefix,
+    RedisUrl,
     app,
     fail,
     load_rules_or_exit,
@@ -40,21 +43,8 @@ def publish(
         str | None,
         typer.Option("--rules", "-r", metavar="NEW", help="The new rules file (YAML)."),
     ] = None,
-    redis_url: Annotated[
-        str,
-        typer.Option(
-            "--redis",
-            metavar="URL",
-            envvar="LEADSCORE_REDIS_URL",
-            help="The live deployment's Redis URL.",
-        ),
-    ] = "redis://127.0.0.1:6379/0",
-    prefix: Annotated[
-        str,
-        typer.Option(
-            "--prefix", metavar="PREFIX", envvar="LEADSCORE_PREFIX", help="Redis key prefix."
-        ),
-    ] = "ls",
+    redis_url: RedisUrl = DEFAULT_REDIS,
+    prefix: Prefix = "ls",
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Publish without printing the preview first.")
     ] = False,
@@ -134,6 +124,12 @@ def publish(
                 from leadscore.cli.preview import preview
 
                 preview(rules=rules, redis_url=redis_url, prefix=prefix, history=None)
+                if not sys.stdin.isatty():
+                    console.print("nothing published: run again with --yes to publish")
+                    return
+                if not typer.confirm("publish these rules?"):
+                    console.print("nothing published")
+                    return
             plan = rescore.plan(
                 r, keys, new_text, source=rules or "", on_switch=on_switch, rollback=rollback
             )
