@@ -342,22 +342,23 @@ def fire_differences(
     r: Any,
     old_keys: Keys,
     new_keys: Keys,
-    p: int,
     engine: Engine,
     version: int,
     at: float,
     *,
     batch: int = 500,
+    on_batch: Callable[[int], None] | None = None,
 ) -> int:
-    """Write partition ``p``'s switch firings (each contact once, resumable); returns how many
-    were written now. Walks the new generation's states with SCAN, ``batch`` at a time."""
+    """Write every partition's switch firings (each contact once, resumable); returns how many
+    were written now. ONE SCAN of the keyspace for the new generation's states (a SCAN per
+    partition would walk every key once per partition), ``batch`` contacts of a partition
+    per MGET and per firing script; ``on_batch(n)`` after the n-th batch (from 0)."""
     written = 0
-    prefix = new_keys.state(p, "")
-    names: list[bytes] = []
+    batches = 0
+    pending: dict[int, list[str]] = {}
 
-    def run(names: list[bytes]) -> int:
-        contacts = [n.decode()[len(prefix) :] for n in names]
-        news = r.mget(names)
+    def run(p: int, contacts: list[str]) -> int:
+        news = r.mget([new_keys.state(p, c) for c in contacts])
         olds = r.mget([old_keys.state(p, c) for c in contacts])
         firings: list[tuple[str, bytes]] = []
         for contact, new_raw, old_raw in zip(contacts, news, olds, strict=True):
@@ -369,13 +370,27 @@ def fire_differences(
                 firings.append((contact, effect_record(contact, effect)[1]))
         return fire_once(r, new_keys, p, firings)
 
-    for name in r.scan_iter(match=new_keys.state(p, "*"), count=5000):
-        names.append(name)
-        if len(names) >= batch:
-            written += run(names)
-            names = []
-    if names:
-        written += run(names)
+    def flush(p: int) -> None:
+        nonlocal written, batches
+        written += run(p, pending.pop(p))
+        if on_batch is not None:
+            on_batch(batches)
+        batches += 1
+
+    # every generation's state key is PREFIX:{p}:[gN:]s:CONTACT (state/keys.py)
+    pattern = new_keys.state(0, "*").replace("{0}", "{*}", 1)
+    for raw in r.scan_iter(match=pattern, count=5000):
+        name = raw.decode()
+        tag_end = name.index("}:", len(new_keys.prefix) + 2)
+        p = int(name[len(new_keys.prefix) + 2 : tag_end])
+        if new_keys.state(p, "") != name[: len(new_keys.state(p, ""))]:
+            continue  # another generation's key that the pattern also matches
+        contacts = pending.setdefault(p, [])
+        contacts.append(name[len(new_keys.state(p, "")) :])
+        if len(contacts) >= batch:
+            flush(p)
+    for p in sorted(pending):
+        flush(p)
     return written
 
 
@@ -560,10 +575,18 @@ def execute(
         del rb
         if end is not None:  # where the old generation stops: a rollback resumes it from here
             r.hset(old_keys.upto(p), "id", end)
-        if job.on_switch == "fire":
-            progress.fired += fire_differences(r, old_keys, new_keys, p, engine, job.version, at)
         progress.tick()
-        step(f"fired:{p}")
+    if job.on_switch == "fire":
+        progress.phase = "switch firings"
+        progress.fired += fire_differences(
+            r,
+            old_keys,
+            new_keys,
+            engine,
+            job.version,
+            at,
+            on_batch=lambda n: (progress.tick(), step(f"fired:{n}")),
+        )
     finish(r, keys, job, rec, published=time.time())
     progress.phase = "done"
     progress.tick()
