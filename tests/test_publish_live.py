@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,15 +29,18 @@ AS_OF = T0 + 86_400.0  # after every event: both sides bring the scores to this 
 P = 4
 
 
-def ev(contact: str, n: int, action: str = "email.click") -> bytes:
-    return orjson.dumps({"contact": contact, "action": action, "id": f"{contact}-{action}-{n}",
-                         "ts": T0 + n})  # fmt: skip
+def ev(contact: str, n: int, action: str = "email.click", *, ids: bool = True) -> bytes:
+    event = {"contact": contact, "action": action, "ts": T0 + n}
+    if ids:
+        event["id"] = f"{contact}-{action}-{n}"
+    return orjson.dumps(event)
 
 
-def batch(start: int, contacts: int = 24) -> list[bytes]:
-    """Contact i clicks i times (scores spread across the MQL thresholds of both rules)."""
-    lines = [ev(f"c-{i}", start + k) for i in range(contacts) for k in range(i)]
-    lines += [ev(f"c-{i}", start + 100, "page.hit") for i in range(0, contacts, 5)]
+def batch(start: int, contacts: int = 24, *, ids: bool = True) -> list[bytes]:
+    """Contact i clicks i times (scores spread across the MQL thresholds of both rules).
+    Without ``ids`` an event applied twice is not dropped as a duplicate: it counts twice."""
+    lines = [ev(f"c-{i}", start + k, ids=ids) for i in range(contacts) for k in range(i)]
+    lines += [ev(f"c-{i}", start + 100, "page.hit", ids=ids) for i in range(0, contacts, 5)]
     return lines
 
 
@@ -240,48 +244,96 @@ def paused_publish(url: str, *args: str, step: str) -> subprocess.Popen:
     raise AssertionError(f"publish never paused at {step} (exit {proc.returncode})")
 
 
+def read_not_acknowledged(url: str) -> bool:
+    """Every input entry read by the flow, some of them not acknowledged (checkpoints held)."""
+    r = redis.Redis.from_url(url)
+    keys = Keys("ls", P)
+    groups = [r.xinfo_groups(keys.input(p))[0] for p in range(P)]
+    return all(not g.get("lag") for g in groups) and any(g["pending"] for g in groups)
+
+
+def start_flow(url: str, rules: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*LEADSCORE, "run", "--rules", str(rules), "--source", url, "--partitions", str(P)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+
+
+def stop_flow(flow: subprocess.Popen) -> bytes:
+    flow.send_signal(signal.SIGTERM)
+    _, err = flow.communicate(timeout=60)
+    assert flow.returncode == 0, err.decode()
+    return err or b""
+
+
+def watch(flow: subprocess.Popen) -> list[bytes]:
+    """The flow's stderr lines as they come (a thread reads them)."""
+    lines: list[bytes] = []
+    assert flow.stderr is not None
+    stream = flow.stderr
+    flow.stderr = None  # communicate() must not read it too
+    threading.Thread(target=lambda: lines.extend(stream), daemon=True).start()
+    return lines
+
+
 @pytest.mark.slow
 def test_a_live_flow_switches_without_restart_and_scores_everything_once(
     redis_url: str, tmp_path: Path
 ) -> None:
-    """Events sent during the rebuild and during the hold are scored exactly once, under the
-    rules that are live when the flow checkpoints them; the flow process never restarts."""
-    history = send(redis_url, tmp_path, batch(0), "history")
+    """Events sent during the rebuild and during the hold are scored exactly once (they carry
+    no ids, so a second application would count), under the rules live when the flow
+    checkpoints them; the flow switches without a restart. Then a rollback: the flow is
+    killed (-9) while the rollback holds it, a new one starts, the rollback finishes."""
+    history = send(redis_url, tmp_path, batch(0, ids=False), "history")
     new = new_rules(tmp_path)
-    flow = subprocess.Popen(
-        [*LEADSCORE, "run", "--rules", str(RULES), "--source", redis_url, "--partitions", str(P)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
-    )  # fmt: skip
+    flow = start_flow(redis_url, RULES)
     try:
         wait_for(lambda: caught_up(redis_url), "the flow to score the history")
         pub = paused_publish(redis_url, "--rules", str(new), "--yes", step="rebuilt:1")
-        during = send(redis_url, tmp_path, batch(200, 30), "during")  # the flow scores: old
+        during = send(redis_url, tmp_path, batch(200, 30, ids=False), "during")
         wait_for(lambda: caught_up(redis_url), "the flow to score events sent during the rebuild")
-        pub.send_signal(signal.SIGCONT)  # no-op: the pause ends when the process is killed
-        pub.kill()
+        pub.kill()  # kill -9 mid-rebuild
         pub.wait(10)
-        # run it again to the hold, and send while every partition is held
+        # again, up to the hold: the flow reads what is sent, its checkpoints are refused
         pub = paused_publish(redis_url, "--rules", str(new), "--yes", step="held")
-        held = send(redis_url, tmp_path, batch(400, 26), "held")
-        time.sleep(0.5)  # the flow reads them and its checkpoints are refused (not required)
+        held = send(redis_url, tmp_path, batch(400, 26, ids=False), "held")
+        wait_for(lambda: read_not_acknowledged(redis_url), "the flow to read during the hold")
         pub.kill()
         pub.wait(10)
         done = publish(redis_url, "--rules", str(new), "--yes")
         assert done.returncode == 0, done.stderr
         assert "resuming" in done.stdout
-        after = send(redis_url, tmp_path, batch(600, 20), "after")
+        after = send(redis_url, tmp_path, batch(600, 20, ids=False), "after")
         wait_for(lambda: caught_up(redis_url), "the flow to score everything")
         assert flow.poll() is None, "the flow stopped"
     finally:
-        flow.send_signal(signal.SIGTERM)
-        _, err = flow.communicate(timeout=60)
-    assert flow.returncode == 0, err.decode()
+        err = stop_flow(flow)
     assert b"switched to 1:2 by a publish" in err
-    expected = oracle(new, [history, during, held, after], tmp_path, "new")
-    assert_live_equals(redis_url, expected)
-    # each contact fired at most its differences once, whatever the kills
+    files = [history, during, held, after]
+    assert_live_equals(redis_url, oracle(new, files, tmp_path, "new"))
     switch = switch_firings(redis_url)
     assert len({(t["contact"], t["trigger"]) for t in switch}) == len(switch)
+
+    # rollback while a flow runs the published rules; the flow dies (-9) during the hold
+    flow = start_flow(redis_url, new)
+    try:
+        pub = paused_publish(redis_url, "--rollback", step="held")
+        late = send(redis_url, tmp_path, batch(800, 22, ids=False), "late")
+        wait_for(lambda: read_not_acknowledged(redis_url), "the flow to read during the hold")
+        flow.kill()
+        flow.wait(10)
+        flow = start_flow(redis_url, new)  # binds the held partitions to generation 1, v2
+        log = watch(flow)
+        wait_for(lambda: b"held by a publish" in b"".join(log), "the new flow to be held")
+        pub.kill()
+        pub.wait(10)
+        done = publish(redis_url, "--rollback")
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: caught_up(redis_url), "the new flow to score everything")
+    finally:
+        stop_flow(flow)
+    assert b"switched to 0:1 by a publish" in b"".join(log)
+    assert_live_equals(redis_url, oracle(RULES, [*files, late], tmp_path, "old"))
 
 
 @pytest.mark.parametrize("step", ["rebuilt:0", "caught-up", "held", "fired:1"])
