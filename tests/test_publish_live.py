@@ -135,6 +135,8 @@ def test_publish_rescores_every_contact_and_fires_the_differences_once(
     assert meta[b"rules_text"] == new.read_bytes()
     assert [r.get(Keys("ls", P).live(p)) for p in range(P)] == [b"1:2"] * P
     assert r.exists("ls:publish") == 0
+    shown = cli("rules", "--redis", redis_url).stdout
+    assert "# version:   2" in shown and "# generation: 1" in shown
 
     # every contact equals a fresh replay of the history under the new rules, and the HTTP
     # service answers from the new generation
@@ -350,6 +352,9 @@ def test_kill_9_at_any_step_then_publish_again_converges(
     # killed: the old generation is live everywhere (answers, rules), the publish recorded
     assert r.hget("ls:meta", "rules_version") == b"1"
     assert r.exists("ls:publish") == 1
+    assert (
+        "# publishing: v2 as generation 1, unfinished" in cli("rules", "--redis", redis_url).stdout
+    )
     assert_live_equals(redis_url, oracle(RULES, [history], tmp_path, "old"))
     # another publish is refused while this one is unfinished
     other = tmp_path / "other.yaml"

@@ -38,6 +38,7 @@ def rules(
     and the rules file itself."""
     from redis.exceptions import RedisError
 
+    from state.generations import live_generation, publishing
     from state.redis_store import RedisStore, RetryPolicy, StoreError
     from state.versions import live_rules
 
@@ -47,6 +48,8 @@ def rules(
             redis_url, prefix=prefix, cluster=cluster, retry=RetryPolicy(attempts=3)
         ) as store:
             live = live_rules(store.r, store.keys)
+            generation = live_generation(store.r, store.keys)
+            job = publishing(store.r, store.keys)
     except (StoreError, RedisError, ValueError) as err:
         fail(f"cannot read the rules of {masked_url(redis_url)}: {err}")
     if live is None:
@@ -63,6 +66,10 @@ def rules(
                     "sha256": live.sha256,
                     "published": published.isoformat().replace("+00:00", "Z"),
                     "text": live.text.decode(errors="replace"),
+                    "generation": generation,
+                    "publishing": None
+                    if job is None
+                    else {"target": job.target, "phase": job.phase},
                 }
             )
         )
@@ -71,6 +78,13 @@ def rules(
         typer.echo(f"# version:   {live.version}")
         typer.echo(f"# sha256:    {live.sha256}")
         typer.echo(f"# published: {published:%Y-%m-%d %H:%M:%S} UTC")
+        if generation or job is not None:
+            typer.echo(f"# generation: {generation} (of state; see `leadscore publish`)")
+        if job is not None:
+            typer.echo(
+                f"# publishing: v{job.version} as generation {job.generation}, unfinished "
+                f"({job.phase}): run `leadscore publish` again to finish it"
+            )
     sys.stdout.flush()
     sys.stdout.buffer.write(live.text)
     if live.text and not live.text.endswith(b"\n") and not text_only:
