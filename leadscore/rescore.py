@@ -51,8 +51,11 @@ from state.generations import (
     publishing,
     read_markers,
     record_rules,
+    release_lock,
+    renew_lock,
     rules_record,
     set_phase,
+    take_lock,
     trimmed_upto,
 )
 from state.keys import Keys, parse_live
@@ -426,6 +429,26 @@ def plan(
     ``text`` None with ``rollback``: the previous live rules (``rules_previous``). A publish
     in progress with the same rules is resumed; with other rules it is refused.
     """
+    take_lock(r, keys)  # held until execute() ends (or lapses after the process dies)
+    try:
+        made = _plan(r, keys, text, source, on_switch, rollback, seen_actions)
+    except BaseException:
+        release_lock(r, keys)
+        raise
+    if made.job is None:
+        release_lock(r, keys)
+    return made
+
+
+def _plan(
+    r: Any,
+    keys: Keys,
+    text: bytes | None,
+    source: str,
+    on_switch: str,
+    rollback: bool,
+    seen_actions: set[str] | None,
+) -> Plan:
     live_rec = ensure_live_record(r, keys)
     current = publishing(r, keys)
     if rollback:
@@ -521,10 +544,33 @@ def execute(
 
     ``pause(step)`` is called between steps (tests use it to kill the process there).
     """
+    try:
+        return _execute(r, keys, the_plan, progress, max_contacts, max_future, pause)
+    finally:
+        release_lock(r, keys)
+
+
+def _execute(
+    r: Any,
+    keys: Keys,
+    the_plan: Plan,
+    progress: Progress | None,
+    max_contacts: int,
+    max_future: float,
+    pause: Callable[[str], None] | None,
+) -> Outcome:
     job, rec = the_plan.job, the_plan.record
     assert job is not None and rec is not None
     started = time.monotonic()
     progress = progress or Progress(keys.partitions)
+    outer = progress.update
+
+    def update(p: Progress) -> None:
+        renew_lock(r, keys)
+        if outer is not None:
+            outer(p)
+
+    progress.update = update
     source_gen = parse_live(job.previous)[0]
     old_keys, new_keys = keys.at(source_gen), keys.at(job.generation)
     if job.kind == "cheap":

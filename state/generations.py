@@ -163,6 +163,55 @@ def begin_publishing(r: Any, keys: Keys, job: Publishing) -> None:
     )
 
 
+LOCK_TTL = 30
+"""Seconds the publish lock lasts unless renewed (every page of a replay renews it)."""
+
+
+def _me() -> str:
+    import os
+    import socket
+
+    return f"{socket.gethostname()} pid {os.getpid()}"
+
+
+def take_lock(r: Any, keys: Keys) -> None:
+    """One publish process at a time (two would replay into the same generation at once).
+
+    The lock expires ``LOCK_TTL`` after its last renewal; a holder on this host whose process
+    is gone (killed) is taken over at once, so a re-run after kill -9 need not wait."""
+    import os
+
+    name = f"{keys.publishing}:lock"
+    if r.set(name, _me(), nx=True, ex=LOCK_TTL):
+        return
+    holder = (r.get(name) or b"").decode()
+    host, _, pid = holder.partition(" pid ")
+    import socket
+
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            r.set(name, _me(), ex=LOCK_TTL)
+            return
+        except PermissionError:
+            pass
+    raise PublishError(
+        f"another publish is running ({holder}): wait for it, or if it died on another host, "
+        f"for its lock to lapse (at most {LOCK_TTL} s)"
+    )
+
+
+def renew_lock(r: Any, keys: Keys) -> None:
+    r.set(f"{keys.publishing}:lock", _me(), ex=LOCK_TTL)
+
+
+def release_lock(r: Any, keys: Keys) -> None:
+    name = f"{keys.publishing}:lock"
+    if (r.get(name) or b"").decode() == _me():
+        r.delete(name)
+
+
 def set_phase(r: Any, keys: Keys, phase: str) -> None:
     r.hset(keys.publishing, "phase", phase)
 

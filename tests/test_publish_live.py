@@ -347,6 +347,9 @@ def test_kill_9_at_any_step_then_publish_again_converges(
     new = new_rules(tmp_path)
     r = redis.Redis.from_url(redis_url)
     pub = paused_publish(redis_url, "--rules", str(new), "--yes", step=step)
+    if step == "held":  # one publish process at a time
+        running = publish(redis_url, "--rules", str(new), "--yes")
+        assert running.returncode == 1 and "another publish is running" in running.stderr
     pub.send_signal(signal.SIGKILL)
     pub.wait(10)
     # killed: the old generation is live everywhere (answers, rules), the publish recorded
