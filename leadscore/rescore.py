@@ -52,11 +52,11 @@ from state.generations import (
     read_markers,
     record_rules,
     release_lock,
+    removed_entries,
     renew_lock,
     rules_record,
     set_phase,
     take_lock,
-    trimmed_upto,
 )
 from state.keys import Keys, parse_live
 from state.versions import live_rules, rules_digest
@@ -140,6 +140,7 @@ class Rebuilder(ShardLogic):
         self.dirty: set[str] = set()
         self.upto: str | None = None
         self.events_done = 0
+        self.entries_done = 0
         self.fired_total = 0
         self.bind()
 
@@ -149,6 +150,7 @@ class Rebuilder(ShardLogic):
         raw = self.r.hgetall(keys.upto(p))
         self.upto = raw[b"id"].decode() if b"id" in raw else None
         self.events_done = int(raw.get(b"events", 0))
+        self.entries_done = int(raw.get(b"entries", 0))  # the first N entries are in it
         clock = self.r.get(keys.clock(p))
         self.clock = float(clock) if clock is not None else float("-inf")
         for member, due in self.r.zrange(keys.timers(p), 0, -1, withscores=True):
@@ -179,6 +181,7 @@ class Rebuilder(ShardLogic):
             events = self._apply_page(batch)
             applied += events
             self.upto = batch[-1][0].decode()
+            self.entries_done += len(batch)
             self.flush()
             if progress is not None:
                 progress.events += events
@@ -189,13 +192,12 @@ class Rebuilder(ShardLogic):
         return applied
 
     def _check_gap(self) -> None:
-        gone = trimmed_upto(self.r, self.keys, self.p)
-        have = id_tuple(self.upto) if self.upto is not None else (0, 0)
-        if gone > have:
+        gone = removed_entries(self.r, self.keys, self.p)
+        if gone > self.entries_done:
             raise PublishError(
-                f"partition {self.p}: input entries up to {gone[0]}-{gone[1]} were trimmed "
-                f"but this generation holds events only up to "
-                f"{self.upto or 'the start'}: the retained history is incomplete, so the "
+                f"partition {self.p}: the oldest {gone:,} input entries were trimmed but this "
+                f"generation holds only the first {self.entries_done:,} "
+                f"(up to {self.upto or 'the start'}): the retained history is incomplete, so the "
                 "new generation would miss events. Keep more history (leadscore run --source "
                 "... --retain / --retain-entries) or score the history in a new deployment "
                 "(another --prefix, fed from an --archive directory)"
@@ -282,7 +284,7 @@ class Rebuilder(ShardLogic):
             pipe.zrem(keys.timers(p), *gone)
         if self.clock > float("-inf"):
             pipe.set(keys.clock(p), repr(self.clock))
-        mapping: dict[str, Any] = {"events": self.events_done}
+        mapping: dict[str, Any] = {"events": self.events_done, "entries": self.entries_done}
         if self.upto is not None:
             mapping["id"] = self.upto
         pipe.hset(keys.upto(p), mapping=mapping)
@@ -618,9 +620,9 @@ def _execute(
         if old_clock is not None:
             rb.advance_to(float(old_clock))
         rb.flush()
-        del rb
         if end is not None:  # where the old generation stops: a rollback resumes it from here
-            r.hset(old_keys.upto(p), "id", end)
+            r.hset(old_keys.upto(p), mapping={"id": end, "entries": rb.entries_done})
+        del rb
         progress.tick()
     if job.on_switch == "fire":
         progress.phase = "switch firings"

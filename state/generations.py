@@ -263,14 +263,16 @@ def id_tuple(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def trimmed_upto(r: Any, keys: Keys, p: int) -> tuple[int, int]:
-    """The newest input entry of ``p`` ever deleted (trimmed): history at or below it is gone."""
+def removed_entries(r: Any, keys: Keys, p: int) -> int:
+    """How many of ``p``'s oldest input entries are gone (trimmed): ``entries-added`` minus
+    the length (``XINFO STREAM``; trimming removes the oldest first). A replay that holds the
+    first N entries is complete as long as this is at most N. (``max-deleted-entry-id`` does
+    not help: XTRIM leaves it alone.)"""
     key = keys.input(p)
     if not r.exists(key):
-        return (0, 0)
+        return 0
     info = r.xinfo_stream(key)
-    raw = info.get("max-deleted-entry-id", b"0-0")
-    return id_tuple(raw.decode() if isinstance(raw, bytes) else str(raw))
+    return int(info.get("entries-added", 0)) - int(info.get("length", 0))
 
 
 # --------------------------------------------------------------------------- the switch
