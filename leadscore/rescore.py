@@ -21,7 +21,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,10 @@ PAGE = 500
 
 MAX_CONTACTS = 50_000
 """Contact states a replay keeps in memory per partition; the oldest loaded leave first."""
+
+PREPARED_FOR = 3600.0
+"""Seconds after the differences are marked within which the hold must start for the switch
+to re-check only the marked contacts (see Differences.mark); later, it checks every contact."""
 
 CATCH_UP_ROUNDS = 5
 """Rounds of catching up with the live flow before holding it (each replays what the flow
@@ -142,6 +146,7 @@ class Rebuilder(ShardLogic):
         self.events_done = 0
         self.entries_done = 0
         self.fired_total = 0
+        self.track = False  # also add what each flush writes to the generation's recheck set
         self.bind()
 
     def bind(self) -> None:
@@ -282,6 +287,8 @@ class Rebuilder(ShardLogic):
             pipe.zadd(keys.timers(p), due)
         if gone:
             pipe.zrem(keys.timers(p), *gone)
+        if self.track and self.dirty:
+            pipe.sadd(keys.recheck(p), *self.dirty)
         if self.clock > float("-inf"):
             pipe.set(keys.clock(p), repr(self.clock))
         mapping: dict[str, Any] = {"events": self.events_done, "entries": self.entries_done}
@@ -343,60 +350,115 @@ def switch_firings(
     return fired
 
 
-def fire_differences(
-    r: Any,
-    old_keys: Keys,
-    new_keys: Keys,
-    engine: Engine,
-    version: int,
-    at: float,
-    *,
-    batch: int = 500,
-    on_batch: Callable[[int], None] | None = None,
-) -> int:
-    """Write every partition's switch firings (each contact once, resumable); returns how many
-    were written now. ONE SCAN of the keyspace for the new generation's states (a SCAN per
-    partition would walk every key once per partition), ``batch`` contacts of a partition
-    per MGET and per firing script; ``on_batch(n)`` after the n-th batch (from 0)."""
-    written = 0
-    batches = 0
+def _state_batches(r: Any, keys: Keys, batch: int) -> Iterator[tuple[int, list[str]]]:
+    """``(partition, contacts)`` of every contact with a state in ``keys``' generation, from
+    ONE SCAN of the keyspace (a SCAN per partition would walk every key once per partition),
+    at most ``batch`` contacts of one partition at a time."""
     pending: dict[int, list[str]] = {}
+    # every generation's state key is PREFIX:{p}:[gN:]s:CONTACT (state/keys.py)
+    pattern = keys.state(0, "*").replace("{0}", "{*}", 1)
+    for raw in r.scan_iter(match=pattern, count=5000):
+        name = raw.decode()
+        tag_end = name.index("}:", len(keys.prefix) + 2)
+        p = int(name[len(keys.prefix) + 2 : tag_end])
+        head = keys.state(p, "")
+        if not name.startswith(head):
+            continue  # another generation's key that the pattern also matches
+        contacts = pending.setdefault(p, [])
+        contacts.append(name[len(head) :])
+        if len(contacts) >= batch:
+            yield p, pending.pop(p)
+    for p in sorted(pending):
+        yield p, pending.pop(p)
 
-    def run(p: int, contacts: list[str]) -> int:
-        news = r.mget([new_keys.state(p, c) for c in contacts])
-        olds = r.mget([old_keys.state(p, c) for c in contacts])
+
+def _set_batches(r: Any, key: str, batch: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for member in r.sscan_iter(key, count=batch):
+        chunk.append(member.decode())
+        if len(chunk) >= batch:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class Differences:
+    """Each contact's switch firings: its trigger differences between two generations."""
+
+    def __init__(
+        self, r: Any, old_keys: Keys, new_keys: Keys, engine: Engine, version: int
+    ) -> None:
+        self.r, self.old_keys, self.new_keys = r, old_keys, new_keys
+        self.engine, self.version = engine, version
+
+    def of(self, p: int, contacts: list[str], at: float) -> list[tuple[str, bytes]]:
+        """``(contact, trigger record)`` of every switch firing of ``contacts``."""
+        news = self.r.mget([self.new_keys.state(p, c) for c in contacts])
+        olds = self.r.mget([self.old_keys.state(p, c) for c in contacts])
         firings: list[tuple[str, bytes]] = []
         for contact, new_raw, old_raw in zip(contacts, news, olds, strict=True):
             if new_raw is None:
                 continue
             new = decode(new_raw)
             old = decode(old_raw) if old_raw is not None else None
-            for effect in switch_firings(contact, old, new, engine, version, at):
+            for effect in switch_firings(contact, old, new, self.engine, self.version, at):
                 firings.append((contact, effect_record(contact, effect)[1]))
-        return fire_once(r, new_keys, p, firings)
+        return firings
 
-    def flush(p: int) -> None:
-        nonlocal written, batches
-        written += run(p, pending.pop(p))
-        if on_batch is not None:
-            on_batch(batches)
-        batches += 1
+    def mark(self, *, batch: int = 500, on_batch: Callable[[], None] | None = None) -> None:
+        """Before the hold: remember (``differ``) every contact whose triggers differ now. The
+        hold then re-checks only them and the contacts whose state may change meanwhile
+        (``recheck``), instead of every contact while the flow's checkpoints wait."""
+        for p, contacts in _state_batches(self.r, self.new_keys, batch):
+            differ = sorted({c for c, _ in self.of(p, contacts, time.time())})
+            if differ:
+                self.r.sadd(self.new_keys.differ(p), *differ)
+            if on_batch is not None:
+                on_batch()
 
-    # every generation's state key is PREFIX:{p}:[gN:]s:CONTACT (state/keys.py)
-    pattern = new_keys.state(0, "*").replace("{0}", "{*}", 1)
-    for raw in r.scan_iter(match=pattern, count=5000):
-        name = raw.decode()
-        tag_end = name.index("}:", len(new_keys.prefix) + 2)
-        p = int(name[len(new_keys.prefix) + 2 : tag_end])
-        if new_keys.state(p, "") != name[: len(new_keys.state(p, ""))]:
-            continue  # another generation's key that the pattern also matches
-        contacts = pending.setdefault(p, [])
-        contacts.append(name[len(new_keys.state(p, "")) :])
-        if len(contacts) >= batch:
-            flush(p)
-    for p in sorted(pending):
-        flush(p)
-    return written
+    def recheck_timers(self, horizon: float, *, page: int = 5000) -> None:
+        """Contacts whose old-generation decay timer is due by ``horizon``: the live flow may
+        change their state (fire, re-arm) before the hold; the hold re-checks them."""
+        for p in range(self.old_keys.partitions):
+            start = 0
+            while True:
+                due = self.r.zrangebyscore(
+                    self.old_keys.timers(p), "-inf", horizon, start=start, num=page
+                )
+                if due:
+                    self.r.sadd(self.new_keys.recheck(p), *due)
+                if len(due) < page:
+                    break
+                start += page
+
+    def fire(
+        self,
+        at: float,
+        *,
+        everyone: bool,
+        batch: int = 500,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> int:
+        """Write the switch firings (each contact once, resumable: ``switched``); returns how
+        many were written now. ``everyone``: every contact of the new generation (no
+        ``mark`` before the hold, or the hold came after its horizon); else the contacts of
+        ``differ`` and ``recheck``."""
+        if everyone:
+            batches: Iterator[tuple[int, list[str]]] = _state_batches(self.r, self.new_keys, batch)
+        else:
+            batches = (
+                (p, contacts)
+                for p in range(self.new_keys.partitions)
+                for key in (self.new_keys.differ(p), self.new_keys.recheck(p))
+                for contacts in _set_batches(self.r, key, batch)
+            )
+        written = 0
+        for n, (p, contacts) in enumerate(batches):
+            written += fire_once(self.r, self.new_keys, p, self.of(p, contacts, at))
+            if on_batch is not None:
+                on_batch(n)
+        return written
 
 
 # --------------------------------------------------------------------------- publish
@@ -581,6 +643,7 @@ def _execute(
         return Outcome(job.generation, job.version, 0, 0, time.monotonic() - started, 0.0)
     engine = engine_of(rec.text, f"rules v{rec.version}")
     step = pause or (lambda _step: None)
+    differences = Differences(r, old_keys, new_keys, engine, job.version)
 
     def rebuilder(p: int) -> Rebuilder:
         # resumed from Redis each time: one partition's contacts and timers in memory at most
@@ -590,7 +653,6 @@ def _execute(
         progress.phase = "rebuild"
         for p in range(keys.partitions):
             progress.partition = p
-            rb = rebuilder(p)
             rebuilder(p).replay(acked_upto(r, keys, p), progress)
             progress.done_partitions = p + 1
             progress.tick()
@@ -603,17 +665,29 @@ def _execute(
             step("caught-up")
             if caught < 1000:
                 break
+        if job.on_switch == "fire":
+            progress.phase = "differences"
+            progress.tick()
+            horizon = time.time() + PREPARED_FOR
+            differences.recheck_timers(horizon)
+            differences.mark(on_batch=progress.tick)
+            r.hset(keys.publishing, "prepared", repr(horizon))
+            step("marked")
         set_phase(r, keys, "switch")
     progress.phase = "switch"
     progress.tick()
     held = time.monotonic()
     for p in range(keys.partitions):
         hold(r, keys, p, job.source, job.target)
+    prepared = r.hget(keys.publishing, "prepared")
+    # every partition is held: the old generation changes no more
+    everyone = prepared is None or time.time() > float(prepared)
     step("held")
     at = time.time()
     for p in range(keys.partitions):
         progress.partition = p
         rb = rebuilder(p)
+        rb.track = True  # what the last replay changes is checked for differences again
         end = acked_upto(r, keys, p)
         rb.replay(end, progress)
         old_clock = r.get(old_keys.clock(p))
@@ -626,14 +700,8 @@ def _execute(
         progress.tick()
     if job.on_switch == "fire":
         progress.phase = "switch firings"
-        progress.fired += fire_differences(
-            r,
-            old_keys,
-            new_keys,
-            engine,
-            job.version,
-            at,
-            on_batch=lambda n: (progress.tick(), step(f"fired:{n}")),
+        progress.fired += differences.fire(
+            at, everyone=everyone, on_batch=lambda n: (progress.tick(), step(f"fired:{n}"))
         )
     finish(r, keys, job, rec, published=time.time())
     progress.phase = "done"

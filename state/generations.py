@@ -334,7 +334,8 @@ def finish(
     pipe = r.pipeline(transaction=True)
     for p in range(keys.partitions):
         pipe.set(keys.live(p), job.target)
-        pipe.delete(keys.at(job.generation).switched(p))
+        target = keys.at(job.generation)
+        pipe.delete(target.switched(p), target.differ(p), target.recheck(p))
     top_gen = max(int(r.hget(keys.meta, "generation_max") or 0), job.generation)
     top_ver = max(int(r.hget(keys.meta, "rules_version_max") or 0), record.version)
     pipe.hset(
@@ -360,7 +361,14 @@ def finish(
 def generation_keys(r: Any, keys: Keys, generation: int, p: int) -> Iterator[str]:
     """Every key of ``generation``'s state in partition ``p`` (SCAN: never blocks Redis)."""
     gk = keys.at(generation)
-    singles = [gk.timers(p), gk.clock(p), gk.upto(p), gk.switched(p)]
+    singles = [
+        gk.timers(p),
+        gk.clock(p),
+        gk.upto(p),
+        gk.switched(p),
+        gk.differ(p),
+        gk.recheck(p),
+    ]
     for name in singles:
         if r.exists(name):
             yield name

@@ -75,6 +75,15 @@ class Keys:
         """Set: contacts whose switch firings a publish has written (once each)."""
         return self._gen(p) + "switched"
 
+    def differ(self, p: int) -> str:
+        """Set: contacts whose trigger state differed between the generations before the hold
+        (the switch re-checks only them and ``recheck``)."""
+        return self._gen(p) + "differ"
+
+    def recheck(self, p: int) -> str:
+        """Set: contacts whose state may have changed since ``differ`` was computed."""
+        return self._gen(p) + "recheck"
+
     def rules(self, version: int) -> str:
         """Hash: a published rules version (``sha256``, ``text``, ``generation``, ...)."""
         return f"{self.prefix}:rules:{version}"

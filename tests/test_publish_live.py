@@ -338,7 +338,7 @@ def test_a_live_flow_switches_without_restart_and_scores_everything_once(
     assert_live_equals(redis_url, oracle(RULES, [*files, late], tmp_path, "old"))
 
 
-@pytest.mark.parametrize("step", ["rebuilt:0", "caught-up", "held", "fired:1"])
+@pytest.mark.parametrize("step", ["rebuilt:0", "caught-up", "marked", "held", "fired:1"])
 def test_kill_9_at_any_step_then_publish_again_converges(
     redis_url: str, tmp_path: Path, step: str
 ) -> None:

@@ -3,6 +3,8 @@ memory changes nothing, a replay resumes where it stopped, trimmed history is re
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 import pytest
 import redis
@@ -94,6 +96,7 @@ def test_bounded_memory_and_small_pages_rebuild_the_same_states(
             assert exact is not None and due <= exact
         assert r.get(keys.at(1).clock(p)) == r.get(keys.at(2).clock(p))
 
+
 def test_a_replay_resumes_where_it_stopped(redis_url: str) -> None:
     items = [(i % 10, "email.click", i * 60, "/pricing") for i in range(200)]
     keys = load(redis_url, items, 3)
@@ -120,3 +123,39 @@ def test_trimmed_history_is_refused(redis_url: str) -> None:
     assert r.xtrim(keys.input(0), minid=first, approximate=False) == 1  # the oldest is gone
     with pytest.raises(PublishError, match="trimmed"):
         Rebuilder(r, keys.at(1), 0, Engine(RULES)).replay(acked_upto(r, keys, 0))
+
+
+def test_marked_differences_fire_what_a_check_of_every_contact_fires(redis_url: str) -> None:
+    """The switch re-checks only the contacts marked before the hold (and those changed
+    since): the same firings as checking every contact, each contact once however often the
+    firing runs."""
+    from leadscore.rescore import Differences
+    from leadscore.rules import load_rules_text
+
+    items = [(i % 12, "email.click", i * 60, "/pricing") for i in range(12 * 12)]
+    keys = load(redis_url, items, 5)
+    r = redis.Redis.from_url(redis_url)
+    text = Path("examples/rules.yaml").read_text().replace("at_least: 50", "at_least: 20", 1)
+    old, new = Engine(RULES), Engine(load_rules_text(text))
+    for p in range(P):
+        end = acked_upto(r, keys, p)
+        Rebuilder(r, keys.at(1), p, old).replay(end)
+        Rebuilder(r, keys.at(2), p, new).replay(end)
+    differences = Differences(r, keys.at(1), keys.at(2), new, 2)
+
+    def fired() -> list[tuple[str, str]]:
+        records = [
+            orjson.loads(fields[b"t"]) for p in range(P) for _, fields in r.xrange(keys.triggers(p))
+        ]
+        assert {t["cause"] for t in records} <= {"rules published: v2"}
+        return sorted((t["contact"], t["trigger"]) for t in records)
+
+    assert differences.fire(1.0, everyone=True) > 0
+    everyone = fired()
+    assert differences.fire(1.0, everyone=True) == 0  # each contact once
+    for p in range(P):
+        r.delete(keys.triggers(p), keys.at(2).switched(p))
+    differences.mark()
+    assert sum(r.scard(keys.at(2).differ(p)) for p in range(P)) == len({c for c, _ in everyone})
+    differences.fire(1.0, everyone=False)
+    assert fired() == everyone and len(everyone) == len(set(everyone))
