@@ -518,6 +518,7 @@ class PartitionLogic(LiveMerges, ShardLogic):
         self.uncommitted: list[Value] = []
         self.held_until = -INF
         self.held_since: float | None = None
+        self.held_warned = -INF
         self.switched = False
 
     def bind(self, p: int) -> None:
@@ -566,9 +567,10 @@ class PartitionLogic(LiveMerges, ShardLogic):
         now = time.time()
         if parse_live(marker)[2] is not None:
             if self.held_since is None:
-                self.held_since = now
+                self.held_since = self.held_warned = now
                 log.info("partition %d: held by a publish for its switch", self.p)
-            elif now - self.held_since > 30 and int(now - self.held_since) % 30 == 0:
+            elif now - self.held_warned >= 30:
+                self.held_warned = now
                 log.warning(
                     "partition %d: held by a publish for %.0f s; if no `leadscore publish` "
                     "is running, run it again to finish the switch",
