@@ -151,7 +151,7 @@ def publish(
             if metrics_port:
                 from prometheus_client import start_http_server
 
-                start_http_server(metrics_port)
+                start_http_server(metrics_port, addr="127.0.0.1")
             outcome = _run(r, keys, plan, total, max_contacts)
     except PublishError as err:
         fail(str(err))
