@@ -439,7 +439,9 @@ def _engine_for(store: RedisStore, version: int, logic: PartitionLogic) -> Engin
         if engine is None:
             from leadscore.rules import load_rules_text
 
-            engine = Engine(load_rules_text(raw[1].decode(), f"published rules v{version}"))
+            # a `predict:` model path is relative to the flow's own rules file's directory
+            beside = Path(logic.config.rules).parent / f"published-rules-v{version}.yaml"
+            engine = Engine(load_rules_text(raw[1].decode(), str(beside)))
             _ENGINES[(store.prefix, sha)] = engine
     return engine
 

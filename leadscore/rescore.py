@@ -472,6 +472,8 @@ class Plan:
     change: Change
     record: RulesRecord | None
     resumed: bool = False
+    #: where a `predict:` model path of the rules is relative to (the rules file given)
+    source: str = "<rules>"
 
 
 class PublishInProgress(PublishError):
@@ -501,6 +503,8 @@ def plan(
         raise
     if made.job is None:
         release_lock(r, keys)
+    if source and not source.startswith("<"):
+        made.source = source
     return made
 
 
@@ -641,7 +645,7 @@ def _execute(
         set_phase(r, keys, "switch")
         finish(r, keys, job, rec, published=time.time())
         return Outcome(job.generation, job.version, 0, 0, time.monotonic() - started, 0.0)
-    engine = engine_of(rec.text, f"rules v{rec.version}")
+    engine = engine_of(rec.text, the_plan.source)
     step = pause or (lambda _step: None)
     differences = Differences(r, old_keys, new_keys, engine, job.version)
 
