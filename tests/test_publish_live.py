@@ -109,6 +109,7 @@ def publish(url: str, *args: str, env: dict[str, str] | None = None) -> subproce
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_publish_rescores_every_contact_and_fires_the_differences_once(
     redis_url: str, tmp_path: Path, serve: Callable[..., LiveService]
 ) -> None:
@@ -338,7 +339,8 @@ def test_a_live_flow_switches_without_restart_and_scores_everything_once(
     assert_live_equals(redis_url, oracle(RULES, [*files, late], tmp_path, "old"))
 
 
-@pytest.mark.parametrize("step", ["rebuilt:0", "caught-up", "marked", "held", "fired:1"])
+@pytest.mark.slow
+@pytest.mark.parametrize("step", ["rebuilt:0", "marked", "held", "fired:1"])
 def test_kill_9_at_any_step_then_publish_again_converges(
     redis_url: str, tmp_path: Path, step: str
 ) -> None:
