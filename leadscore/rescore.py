@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from flows.shards import ShardLogic, effect_record
 from leadscore.engine import ContactState, Engine, TriggerFired
 from leadscore.events import DEFAULT_MAX_FUTURE, Event, latest_ts
@@ -37,6 +39,7 @@ from state.generations import (
     PublishError,
     Publishing,
     RulesRecord,
+    abort,
     acked_upto,
     begin_publishing,
     ensure_live_record,
@@ -110,6 +113,10 @@ class Progress:
 
 
 # --------------------------------------------------------------------------- rebuild
+
+
+class MergesInHistory(PublishError):
+    """The history holds identity merges (issue 18), which a rebuild does not replay yet."""
 
 
 class Rebuilder(ShardLogic):
@@ -215,6 +222,8 @@ class Rebuilder(ShardLogic):
             now = int(entry_id.split(b"-", 1)[0]) / 1000.0
             latest = latest_ts(now, self.max_future)
             lines = fields.get(b"e", b"").split(b"\n")
+            if b'"merge"' in fields.get(b"e", b"") or b'{"$' in fields.get(b"e", b""):
+                _refuse_merges(lines, entry_id.decode(), self.p)
             events = [
                 e
                 for e in parse_events(lines, now, latest)
@@ -301,6 +310,29 @@ class Rebuilder(ShardLogic):
         if excess > 0:
             for contact in list(self.contacts)[:excess]:
                 del self.contacts[contact]
+
+
+def _refuse_merges(lines: list[bytes], entry_id: str, p: int) -> None:
+    """Raise MergesInHistory if a line is an identify with ``merge`` or a hand-over message
+    (``$take``, ``$give``, ``$fwd``: flows/handover.py); the cheap substring test that leads
+    here may also match a property value."""
+    for line in lines:
+        if line.startswith(b'{"$'):
+            found = "a merge hand-over message"
+        else:
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if not (isinstance(obj, dict) and obj.get("merge")):
+                continue
+            found = "an identify with merge"
+        raise MergesInHistory(
+            f"partition {p}, input entry {entry_id}: {found}. The history holds identity "
+            "merges, which publish does not replay yet (the rebuilt states would not be "
+            "merged): nothing was switched, the live rules and state are unchanged. "
+            "`leadscore publish --prune` deletes the partial generation."
+        )
 
 
 # --------------------------------------------------------------------------- switch firings
@@ -572,6 +604,10 @@ def _plan(
     version = next_version(r, keys)
     gen = live_gen if change.kind == CHEAP else next_generation(r, keys)
     record_rules(r, keys, version, digest, text, gen)
+    # counted now, not at the switch: an aborted publish's version and generation are not
+    # given out again (its partial generation may still be in Redis until --prune)
+    top_gen = max(int(r.hget(keys.meta, "generation_max") or 0), gen)
+    r.hset(keys.meta, mapping={"rules_version_max": version, "generation_max": top_gen})
     rec = rules_record(r, keys, version)
     assert rec is not None
     job = Publishing(
@@ -614,6 +650,10 @@ def execute(
     """
     try:
         return _execute(r, keys, the_plan, progress, max_contacts, max_future, pause)
+    except MergesInHistory:
+        assert the_plan.job is not None
+        abort(r, keys, the_plan.job)  # before the switch: back to the old generation
+        raise
     finally:
         release_lock(r, keys)
 

@@ -309,6 +309,23 @@ def hold(r: Any, keys: Keys, p: int, source: str, target: str) -> None:
         ) from err
 
 
+_UNHOLD_LUA = """
+if (redis.call('GET', KEYS[1]) or '') == ARGV[1] then
+  if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2]) end
+end
+return 1
+"""
+
+
+def abort(r: Any, keys: Keys, job: Publishing) -> None:
+    """Give a publish up before its switch: partitions it holds go back to the old
+    generation (their flow commits again), and no publish is in progress any more. Its
+    partial generation stays until ``--prune``."""
+    for p in range(keys.partitions):
+        r.eval(_UNHOLD_LUA, 1, keys.live(p), f"{job.source}>{job.target}", job.source)
+    r.delete(keys.publishing)
+
+
 def fire_once(r: Any, keys: Keys, p: int, firings: list[tuple[str, bytes]]) -> int:
     """XADD each switch firing to ``p``'s triggers stream unless its contact already got one
     (the target generation's ``switched`` set): a publish re-run after a crash resumes

@@ -210,6 +210,24 @@ def test_a_cheap_change_switches_without_replay(redis_url: str, tmp_path: Path) 
     assert publish(redis_url, "--rules", str(cheap), "--yes").stdout.startswith("nothing")
 
 
+def test_a_history_with_merges_is_refused_and_nothing_changes(
+    redis_url: str, tmp_path: Path
+) -> None:
+    merge = orjson.dumps(
+        {"contact": "c-3", "action": "identify", "ts": T0 + 500, "merge": ["visitor-1"]}
+    )
+    send(redis_url, tmp_path, [*batch(0, 8), merge], "history")
+    drain(redis_url, RULES)
+    r = redis.Redis.from_url(redis_url)
+    done = publish(redis_url, "--rules", str(new_rules(tmp_path)), "--yes")
+    assert done.returncode == 1 and "does not replay yet" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert r.hget("ls:meta", "rules_version") == b"1" and r.exists("ls:publish") == 0
+    assert [r.get(Keys("ls", P).live(p)) for p in range(P)] == [None] * P
+    assert "pruned generation 1" in publish(redis_url, "--prune").stdout
+    drain(redis_url, RULES)  # the flow runs on as before
+
+
 # --------------------------------------------------------------------------- live + crashes
 
 
