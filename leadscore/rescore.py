@@ -221,6 +221,8 @@ class Rebuilder(ShardLogic):
         for entry_id, fields in batch:
             now = int(entry_id.split(b"-", 1)[0]) / 1000.0
             latest = latest_ts(now, self.max_future)
+            if b"m" in fields:  # the flow's own hand-over messages (flows/handover.py)
+                _refuse_merges([b'{"$' + fields[b"m"][:0]], entry_id.decode(), self.p)
             lines = fields.get(b"e", b"").split(b"\n")
             if b'"merge"' in fields.get(b"e", b"") or b'{"$' in fields.get(b"e", b""):
                 _refuse_merges(lines, entry_id.decode(), self.p)
