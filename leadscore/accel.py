@@ -1,0 +1,123 @@
+"""Which engine runs: the compiled hot path (Cython, built from the same .py files) or Python.
+
+The hot-path modules (``COMPILED``) are plain Python. ``setup.py`` can compile them with
+Cython in pure-Python mode (types come from the ``.pxd`` beside each ``.py``) into a
+``_compiled/`` directory inside their package. A package puts that directory first on its
+``__path__`` (``leadscore/__init__.py``, ``flows/__init__.py``) when the compiled modules are
+wanted, present and built from the current sources, so ``import leadscore.engine`` loads the
+extension; otherwise the ``.py`` loads, as it always did. Outputs are the same either way
+(``tests/test_compiled.py`` checks them byte for byte).
+
+``LEADSCORE_ENGINE`` chooses:
+
+- ``auto`` (default): compiled when built and current, else Python, and ``leadscore run``
+  says so once (:func:`notice`);
+- ``python``: always Python, silently (what tests use to compare the two);
+- ``compiled``: compiled or an ImportError that says how to build it (``make test`` and CI
+  use it, so a build that silently fell back cannot pass for a compiled one).
+
+The choice is made once per process, for every compiled module together: one compiled module
+may depend on another's C types.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+
+# (package, module) pairs compiled by setup.py; each has a .pxd beside its .py.
+COMPILED = (("leadscore", "engine"),)
+COMPILED_DIR = "_compiled"
+ENV = "LEADSCORE_ENGINE"
+MODES = ("auto", "python", "compiled")
+BUILD_HINT = (
+    "build it with `make` (or `pip install .` with a C compiler and the Python headers, "
+    "e.g. `apt-get install gcc python3-dev`)"
+)
+
+_ROOT = Path(__file__).resolve().parent.parent
+_decision: tuple[bool, str] | None = None
+
+
+def mode() -> str:
+    value = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if value not in MODES:
+        raise ImportError(f"{ENV}={value!r} is not one of {', '.join(MODES)}")
+    return value
+
+
+def _extension(package_dir: Path, module: str) -> Path | None:
+    for suffix in EXTENSION_SUFFIXES:
+        candidate = package_dir / COMPILED_DIR / f"{module}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _check() -> tuple[bool, str]:
+    """(usable, why not): every compiled module present and newer than its sources."""
+    for package, module in COMPILED:
+        package_dir = _ROOT / package
+        built = _extension(package_dir, module)
+        if built is None:
+            return False, "not built"
+        mtime = built.stat().st_mtime
+        for source in (package_dir / f"{module}.py", package_dir / f"{module}.pxd"):
+            if source.is_file() and source.stat().st_mtime > mtime:
+                return False, f"out of date ({package}/{source.name} changed since it was built)"
+    return True, ""
+
+
+def decide() -> tuple[bool, str]:
+    """Whether the compiled modules load in this process, and why not (once per process)."""
+    global _decision
+    if _decision is None:
+        wanted = mode()
+        if wanted == "python":
+            _decision = (False, f"{ENV}=python")
+        else:
+            usable, why = _check()
+            if not usable and wanted == "compiled":
+                raise ImportError(f"{ENV}=compiled but the compiled engine is {why}: {BUILD_HINT}")
+            _decision = (usable, why)
+    return _decision
+
+
+def compiled_path(package_file: str) -> list[str]:
+    """What a package puts first on its ``__path__``: its compiled directory, or nothing."""
+    package_dir = Path(package_file).resolve().parent
+    if not decide()[0] or not any(package_dir.name == p for p, _ in COMPILED):
+        return []
+    return [str(package_dir / COMPILED_DIR)]
+
+
+def is_compiled() -> bool:
+    """Whether the hot path running in this process is the compiled one (imports it)."""
+    import importlib
+
+    return all(
+        Path(importlib.import_module(f"{p}.{m}").__file__ or "").suffix in (".so", ".pyd")
+        for p, m in COMPILED
+    )
+
+
+_noticed = False
+
+
+def notice() -> str | None:
+    """The one line to print at startup when scoring runs interpreted by default, else None.
+
+    Once per process, and never when ``LEADSCORE_ENGINE=python`` asked for Python.
+    """
+    global _noticed
+    if _noticed or mode() != "auto":
+        return None
+    usable, why = decide()
+    if usable:
+        return None
+    _noticed = True
+    return (
+        f"leadscore: the compiled engine is {why}, so scoring runs as plain Python (about "
+        f"2x slower); {BUILD_HINT}, or set {ENV}=python to silence this"
+    )

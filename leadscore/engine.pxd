@@ -1,0 +1,94 @@
+# Cython declarations for leadscore/engine.py (pure-Python mode: the .py is the source).
+# Only read when the engine is compiled (setup.py); Python never sees this file.
+cimport cython
+
+@cython.final
+cdef class ContactState:
+    cdef public dict groups
+    cdef public tuple tracked
+    cdef public object tracks
+    cdef public tuple windows
+    cdef public dict triggers
+    cdef public object seq
+    cdef public long stage
+    cdef public tuple segments
+    cdef public tuple tags
+    cdef public dict traits
+    cdef public tuple fit
+    cdef public double last_ts
+    cdef public object recent_ids
+    cdef public double due
+    cdef public bint idle
+    cdef public double floor
+
+
+@cython.final
+cdef class Engine:
+    cdef public object rules
+    cdef dict _groups
+    cdef tuple _group_names
+    cdef dict _matchers
+    cdef tuple _stage_order
+    cdef bint _allow_backward
+    cdef tuple _fit
+    cdef object _model
+    cdef str _predict_as
+    cdef tuple _fit_paths
+    cdef tuple _predict_plan
+    cdef tuple _predict_keys
+    cdef bint _predict_traits_only
+    cdef bint _watch_predict
+    cdef tuple _grade_bands
+    cdef tuple _triggers
+    cdef dict _trigger_by_id
+    cdef dict _trigger_ops
+    cdef tuple _decay_below
+    cdef tuple _decay_rearm
+    cdef bint _needs_advance
+    cdef tuple _rising_groups
+    cdef tuple _below
+    cdef frozenset _rising_set
+    cdef tuple _score_plan
+    cdef tuple _trigger_plan
+    cdef tuple _fresh_timer
+
+    @cython.locals(t=cython.double, due=cython.double, moved=bint, i=Py_ssize_t,
+                   count=cython.double, previous=cython.double, last=cython.double)
+    cpdef list apply(self, ContactState state, object event)
+
+    @cython.locals(t0=cython.double)
+    cpdef list advance(self, ContactState state, double t)
+
+    @cython.locals(score=cython.double)
+    cpdef double _group_score(self, ContactState state, str name, double t)
+
+    @cython.locals(before=cython.double, after=cython.double, factor=cython.double,
+                   applied=cython.double, capped=bint, late=bint, expires=cython.double)
+    cpdef double _award(self, ContactState state, str group, double points, double t,
+                        str rule, object event_id, list effects)
+
+    @cython.locals(score=cython.double, s=cython.double)
+    cpdef void _evaluate(self, ContactState state, double t, object event, list effects)
+
+    cpdef bint _after_ok(self, ContactState state, object trigger, object fired)
+
+
+    @cython.locals(current=long)
+    cpdef void _move_stage(self, ContactState state, long rank, double t, str cause, list effects)
+
+
+    @cython.locals(best=cython.double)
+    cpdef tuple _next_crossing(self, ContactState state)
+
+
+    cpdef void _settle_all(self, ContactState state, double t)
+
+
+cpdef void _set_trigger(ContactState state, str trigger, object packed)
+
+@cython.locals(awards=object)
+cpdef bint _window_ok(ContactState state, object r, double t)
+
+cpdef object _last_fire(object trigger, object packed)
+
+cpdef bint _below_armed(object trigger, object packed)

@@ -1,0 +1,91 @@
+"""The optional compiled hot path; everything else about the package is in pyproject.toml.
+
+The modules named in ``leadscore/accel.py`` (``COMPILED``) are compiled with Cython in
+pure-Python mode from their own ``.py`` (types from the ``.pxd`` beside each) into
+``<package>/_compiled/``. Without Cython or a C compiler the build goes on without them and
+leadscore runs as plain Python (``leadscore run`` then says so once). ``LEADSCORE_ENGINE=python``
+skips compiling altogether.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "leadscore"))
+from accel import COMPILED, COMPILED_DIR  # noqa: E402  # the one list, without importing the package
+
+sys.path.pop(0)
+
+DIRECTIVES = {
+    "language_level": 3,
+    "annotation_typing": False,  # types come from the .pxd files only: the .py stays Python's
+    "binding": True,  # functions keep their signatures and docstrings (inspect, typer, help)
+    "embedsignature": True,
+}
+# No fused multiply-add or other reassociation: the same float bits as the interpreter.
+CFLAGS = ["-O2", "-ffp-contract=off", "-fno-strict-aliasing"]
+
+
+class OptionalBuildExt(build_ext):
+    """Build the compiled modules when possible; otherwise warn and leave pure Python."""
+
+    def get_ext_filename(self, fullname: str) -> str:
+        # leadscore.engine -> leadscore/_compiled/engine.<suffix>: found first only when the
+        # package chooses it (leadscore/accel.py), so the .py beside it stays importable.
+        path = Path(super().get_ext_filename(fullname))
+        return str(path.parent / COMPILED_DIR / path.name)
+
+    def copy_extensions_to_source(self) -> None:
+        # `--inplace` and editable installs: to the same _compiled/ path in the source tree.
+        for ext in self.extensions:
+            filename = self.get_ext_filename(self.get_ext_fullname(ext.name))
+            built = Path(self.build_lib) / filename
+            if built.is_file():
+                (ROOT / filename).parent.mkdir(exist_ok=True)
+                self.copy_file(str(built), str(ROOT / filename), level=self.verbose)
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # no compiler, no headers: fall back to pure Python
+            self._skip(exc)
+
+    def build_extension(self, ext: object) -> None:
+        try:
+            super().build_extension(ext)  # type: ignore[arg-type]
+        except Exception as exc:
+            self._skip(exc)
+
+    def _skip(self, exc: BaseException) -> None:
+        print(
+            f"warning: leadscore's compiled engine was not built ({exc}); leadscore will run "
+            "as plain Python, slower. Install a C compiler and the Python headers (e.g. "
+            "`apt-get install gcc python3-dev`) and reinstall to build it.",
+            file=sys.stderr,
+        )
+
+
+def extensions() -> list[object]:
+    if os.environ.get("LEADSCORE_ENGINE", "").strip().lower() == "python":
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        print("warning: Cython is not installed; leadscore builds as plain Python", file=sys.stderr)
+        return []
+    from setuptools import Extension
+
+    modules = [
+        Extension(f"{package}.{module}", [f"{package}/{module}.py"], extra_compile_args=CFLAGS)
+        for package, module in COMPILED
+    ]
+    return cythonize(modules, compiler_directives=DIRECTIVES, quiet=True)
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
