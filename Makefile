@@ -1,7 +1,8 @@
 # leadscore: the two commands of the README's quickstart, on a fresh Debian with Python 3.11.
 #
-#   make demo   install, generate 200,000 events and score them with examples/rules.yaml
-#   make test   install system test dependencies (redis-server, chromium), lint, run the suite
+#   make demo   install, build the compiled engine, generate 200,000 events and score them
+#   make test   install system test dependencies (redis-server, chromium), build, lint, run the
+#               suite on the compiled engine, then the engine's tests on the interpreted one
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -19,7 +20,15 @@ DEMO_CONTACTS ?= 5000
 DEMO_EVENTS ?= 200000
 DEMO_SEED ?= 7
 
-.PHONY: help demo test lint system-deps clean
+# The compiled hot path (setup.py, leadscore/accel.py): rebuilt when its sources change.
+COMPILED_SRC := leadscore/engine.py leadscore/engine.pxd leadscore/accel.py setup.py
+COMPILED := leadscore/_compiled/.built
+# What also runs on the interpreted engine (the fallback) in `make test`.
+PYTHON_ENGINE_TESTS := tests/test_engine_actions.py tests/test_engine_decay.py \
+  tests/test_engine_fit_stages.py tests/test_engine_properties.py tests/test_engine_triggers.py \
+  tests/test_merge.py
+
+.PHONY: help demo test lint system-deps build-deps compiled clean
 
 help:
 	@echo "make demo   generate $(DEMO_EVENTS) events and score them (no Redis needed)"
@@ -39,13 +48,36 @@ $(BIN)/python:
 	fi
 
 # Editable installs pick up code changes; reinstall only when the dependencies change.
+# Editable installs pick up code changes; reinstall only when the dependencies change. The
+# compiled engine is built by its own rule below (LEADSCORE_ENGINE=python: not twice).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(PIP) install -e .
+	LEADSCORE_ENGINE=python $(PIP) install -e .
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(PIP) install -e ".[dev]"
+	LEADSCORE_ENGINE=python $(PIP) install -e ".[dev]"
 	@touch $@ $(VENV)/.installed
+
+# ---------------------------------------------------------------- compiled engine
+
+# A C compiler and the Python headers, with apt when absent. Without them leadscore still
+# runs, as plain Python (slower), and `leadscore run` says so.
+build-deps:
+	@if ! command -v cc >/dev/null || ! $(PYTHON) -c 'import os, sys, sysconfig; \
+	  sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; \
+	then \
+	  echo "installing gcc and python3-dev with apt (for the compiled engine)"; \
+	  { $(SUDO) apt-get update -q && $(APT_INSTALL) gcc libc6-dev python3-dev; } || \
+	    echo "no C compiler could be installed; leadscore will run as plain Python"; \
+	fi
+
+# Cython in pure-Python mode, from the same .py files, into leadscore/_compiled/ (gitignored).
+$(COMPILED): $(COMPILED_SRC) | $(VENV)/.installed build-deps
+	@$(BIN)/python -c 'import Cython' 2>/dev/null || $(PIP) install 'Cython>=3.1,<4'
+	$(BIN)/python setup.py -q build_ext --inplace
+	@mkdir -p $(@D) && touch $@
+
+compiled: $(COMPILED)
 
 # ---------------------------------------------------------------- demo
 
@@ -54,7 +86,7 @@ demo/events.jsonl: | $(VENV)/.installed
 	$(BIN)/leadscore generate --contacts $(DEMO_CONTACTS) --events $(DEMO_EVENTS) \
 	  --seed $(DEMO_SEED) --out $@
 
-demo: $(VENV)/.installed demo/events.jsonl
+demo: $(VENV)/.installed $(COMPILED) demo/events.jsonl
 	$(BIN)/leadscore run --rules examples/rules.yaml --events demo/events.jsonl --out demo/out
 	$(BIN)/leadscore calibrate --rules examples/rules.yaml --events demo/events.jsonl \
 	  --conversion purchase --html demo/calibration.html
@@ -78,8 +110,10 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 
 # pytest exits 5 when it collected no test: like any non-zero status, that fails make.
-test: system-deps lint
-	$(BIN)/python -m pytest
+# LEADSCORE_ENGINE=compiled: the suite fails at once if the compiled engine did not build.
+test: system-deps lint $(COMPILED)
+	LEADSCORE_ENGINE=compiled $(BIN)/python -m pytest
+	LEADSCORE_ENGINE=python $(BIN)/python -m pytest -q $(PYTHON_ENGINE_TESTS)
 
 clean:
-	rm -rf demo out
+	rm -rf demo out build leadscore/_compiled leadscore/engine.c

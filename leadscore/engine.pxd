@@ -2,6 +2,31 @@
 # Only read when the engine is compiled (setup.py); Python never sees this file.
 cimport cython
 
+# Effects: C types (fields untyped, so values keep their Python types and outputs their bytes).
+@cython.final
+cdef class PointChange:
+    cdef public object rule, group, delta, applied, score_after, event_id, at, capped, reason
+
+@cython.final
+cdef class TriggerFired:
+    cdef public object trigger, score, at, actions, cause
+
+@cython.final
+cdef class StageChanged:
+    cdef public object stage, previous, at, cause
+
+@cython.final
+cdef class SegmentChanged:
+    cdef public object segment, added, at, cause
+
+@cython.final
+cdef class TagChanged:
+    cdef public object tag, added, at, cause
+
+@cython.final
+cdef class Duplicate:
+    cdef public object event_id
+
 @cython.final
 cdef class ContactState:
     cdef public dict groups

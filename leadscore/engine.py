@@ -53,8 +53,11 @@ NO_GROUPS: dict[str, list[Any]] = {}  # a third of contacts never earn a point
 
 # --------------------------------------------------------------------------- effects
 
+# Effects are dataclasses without slots=True: compiled (engine.pxd), each is a C type that
+# Cython builds without running Python, and Cython refuses slots=True on those.
 
-@dataclass(slots=True)
+
+@dataclass
 class PointChange:
     rule: str
     group: str
@@ -67,7 +70,7 @@ class PointChange:
     reason: str | None = None  # why, when no event earned it (a merge's corrections)
 
 
-@dataclass(slots=True)
+@dataclass
 class TriggerFired:
     trigger: str
     score: float
@@ -76,7 +79,7 @@ class TriggerFired:
     cause: str
 
 
-@dataclass(slots=True)
+@dataclass
 class StageChanged:
     stage: str
     previous: str | None
@@ -84,7 +87,7 @@ class StageChanged:
     cause: str
 
 
-@dataclass(slots=True)
+@dataclass
 class SegmentChanged:
     segment: str
     added: bool
@@ -92,7 +95,7 @@ class SegmentChanged:
     cause: str
 
 
-@dataclass(slots=True)
+@dataclass
 class TagChanged:
     tag: str
     added: bool
@@ -100,7 +103,7 @@ class TagChanged:
     cause: str
 
 
-@dataclass(slots=True)
+@dataclass
 class Duplicate:
     event_id: str
 

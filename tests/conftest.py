@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from redis_server import RedisServer, free_port  # noqa: E402
+
+# The suite runs the compiled engine when it is built (`make test` sets
+# LEADSCORE_ENGINE=compiled, so a build that fell back to Python fails loudly), else Python
+# quietly; tests/test_compiled.py runs both and compares their outputs byte for byte.
+if "LEADSCORE_ENGINE" not in os.environ:
+    from leadscore.accel import decide
+
+    os.environ["LEADSCORE_ENGINE"] = "compiled" if decide()[0] else "python"
 
 EXAMPLE_RULES = ROOT / "examples" / "rules.yaml"
 SHARED_DATA = ROOT.parent / "shared" / "data"

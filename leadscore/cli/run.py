@@ -379,6 +379,7 @@ def _run_files(config: FlowConfig, workers: int, processes: int, top: int, show:
             "--processes needs events files and an --out directory: standard input and "
             "output belong to one process"
         )
+    _engine_notice()
     try:
         with _progress(config.events, show, processes, workers) as on_bytes:
             report = run_files(
@@ -499,6 +500,7 @@ def _run_live_processes(config: FlowConfig, processes: int, workers: int) -> Non
     redis_url_arg(config.redis_url, "--source")
     load_rules_or_exit(config.rules)  # a bad rules file fails here, once, not in every process
     require_redis(config.redis_url, "--source")
+    _engine_notice()
 
     def announce() -> None:  # once SIGTERM is passed on: a signal after this is a clean stop
         typer.echo(
@@ -541,6 +543,7 @@ def _run_live(config: FlowConfig, workers: int) -> None:
     compiled = load_rules_or_exit(config.rules)
     require_redis(config.redis_url, "--source")
     _log_to_stderr()
+    _engine_notice()
     where = masked_url(config.redis_url)
     try:
         # checks the meta (waits ~30 s for Redis to answer) and takes the flow lease, standing
@@ -584,6 +587,15 @@ def _run_live(config: FlowConfig, workers: int) -> None:
         f"{done['triggers']:,} triggers fired; everything read is checkpointed",
         err=True,
     )
+
+
+def _engine_notice() -> None:
+    """One line when scoring runs interpreted because the compiled engine is not built."""
+    from leadscore.accel import notice
+
+    line = notice()
+    if line is not None:
+        typer.echo(line, err=True)
 
 
 def _log_to_stderr() -> None:

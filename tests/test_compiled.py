@@ -1,0 +1,254 @@
+"""The compiled engine (Cython, from the same .py files) against the interpreted one.
+
+Both must give the same bytes: every output file of ``leadscore run`` on generated events and
+on the real data in ``../shared/data``, and, in process, every effect, stored state and view
+of the engine event by event. ``LEADSCORE_ENGINE`` picks which one a process loads
+(``leadscore/accel.py``); the suite itself runs compiled when it is built. Without a build
+these tests skip, except under ``LEADSCORE_ENGINE=compiled`` (``make test``, CI), where the
+suite would already have failed to import.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import orjson
+import pytest
+from conftest import SHARED_DATA
+
+import leadscore.engine
+from leadscore.accel import decide
+from leadscore.events import Event, parse_events
+from leadscore.generate import generate_events, write_events
+from leadscore.rules import load_rules
+from state.codec import encode
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "examples" / "rules.yaml"
+DATA = Path(os.environ.get("LEADSCORE_SHARED_DATA", SHARED_DATA))
+BUILT = decide()[0]
+LEADSCORE = (sys.executable, "-m", "leadscore.cli")
+IMPORT_OPTIONS = ("--id", "Prospect ID", "--exclude", "Converted", "--out")
+
+needs_build = pytest.mark.skipif(
+    not BUILT, reason=f"the compiled engine is {decide()[1]}: `make compiled` builds it"
+)
+
+
+def run(engine: str, rules: Path, events: Path, out: Path, *extra: str) -> dict[str, bytes]:
+    """``leadscore run`` in a fresh process on one engine; every output file's bytes."""
+    env = {**os.environ, "LEADSCORE_ENGINE": engine, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [*LEADSCORE, "run", "-r", str(rules), "-e", str(events), "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "compiled engine" not in done.stderr  # a chosen engine runs without the notice
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def assert_same_outputs(rules: Path, events: Path, tmp: Path, *extra: str) -> dict[str, bytes]:
+    python = run("python", rules, events, tmp / "python", *extra)
+    compiled = run("compiled", rules, events, tmp / "compiled", *extra)
+    assert python.keys() == compiled.keys()
+    for name in python:
+        assert python[name] == compiled[name], f"{name} differs between the two engines"
+    return python
+
+
+# --------------------------------------------------------------------------- which one loads
+
+
+@needs_build
+def test_the_compiled_engine_is_the_one_loaded_when_built() -> None:
+    assert os.environ["LEADSCORE_ENGINE"] == "compiled"  # conftest's choice when built
+    path = Path(leadscore.engine.__file__ or "")
+    assert path.parent.name == "_compiled"
+    assert any(path.name.endswith(suffix) for suffix in EXTENSION_SUFFIXES)
+    assert isinstance(leadscore.engine.__loader__, ExtensionFileLoader)
+    # Cython types, not Python classes: a Python class would take a new attribute.
+    state = leadscore.engine.ContactState()
+    with pytest.raises(AttributeError):
+        state.not_a_field = 1  # type: ignore[attr-defined]
+
+
+def test_python_loads_the_py_files(tmp_path: Path) -> None:
+    code = (
+        "import leadscore.engine as e, leadscore.accel as a; "
+        "print(e.__file__); print(a.is_compiled())"
+    )
+    env = {**os.environ, "LEADSCORE_ENGINE": "python", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout.splitlines() == [str(ROOT / "leadscore" / "engine.py"), "False"]
+
+
+def test_without_a_build_run_says_so_once_and_scores(tmp_path: Path) -> None:
+    """What `pip install` without a compiler gives: plain Python, one line saying so."""
+    tree = tmp_path / "tree"
+    for package in ("leadscore", "flows", "state"):
+        shutil.copytree(
+            ROOT / package, tree / package, ignore=shutil.ignore_patterns("_compiled", "*.c")
+        )
+    events = tmp_path / "events.jsonl"
+    write_events(events, 50, 400, 5)
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env.pop("LEADSCORE_ENGINE")
+    done = subprocess.run(
+        [*LEADSCORE, "run", "-r", str(RULES), "-e", str(events), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    notices = [line for line in done.stderr.splitlines() if "compiled engine" in line]
+    assert notices == [
+        "leadscore: the compiled engine is not built, so scoring runs as plain Python "
+        "(about 2x slower); build it with `make` (or `pip install .` with a C compiler and "
+        "the Python headers, e.g. `apt-get install gcc python3-dev`), or set "
+        "LEADSCORE_ENGINE=python to silence this"
+    ]
+    assert b'"scored":400' in (tmp_path / "out" / "summary.json").read_bytes()
+
+
+# --------------------------------------------------------------------------- same bytes
+
+
+@needs_build
+def test_run_outputs_are_byte_identical_on_generated_events(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    write_events(events, 2_000, 40_000, 19)
+    outputs = assert_same_outputs(RULES, events, tmp_path)
+    assert outputs["changes.jsonl"].count(b"\n") > 10_000
+    assert outputs["triggers.jsonl"].count(b"\n") > 100
+    assert outputs["dead_letter.jsonl"]  # the generator's malformed lines
+
+
+def _retailrocket_events(tmp: Path) -> Path:
+    spec = importlib.util.spec_from_file_location(
+        "retailrocket", ROOT / "examples" / "retailrocket.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with (DATA / "retailrocket" / "events_sample.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out = tmp / "retailrocket.jsonl"
+    out.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in module.convert(rows)))
+    return out
+
+
+@needs_build
+@pytest.mark.skipif(
+    not (DATA / "retailrocket" / "events_sample.csv").is_file(),
+    reason=f"RetailRocket sample not present under {DATA} (see shared/data)",
+)
+def test_run_outputs_are_byte_identical_on_retailrocket(tmp_path: Path) -> None:
+    events = _retailrocket_events(tmp_path)
+    outputs = assert_same_outputs(ROOT / "examples" / "retailrocket.yaml", events, tmp_path)
+    assert outputs["contacts.jsonl"].count(b"\n") == 5_000
+
+
+@needs_build
+@pytest.mark.skipif(
+    not (DATA / "xeducation" / "leads_train.csv").is_file(),
+    reason=f"X Education leads not present under {DATA} (see shared/data)",
+)
+def test_run_outputs_are_byte_identical_on_xeducation(tmp_path: Path) -> None:
+    """Real CRM rows as identify events: fit rules, grades and the model's likelihood."""
+    events = tmp_path / "leads.jsonl"
+    table = DATA / "xeducation" / "leads_train.csv"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(
+        [*LEADSCORE, "import", "--table", str(table), *IMPORT_OPTIONS, str(events)],
+        check=True,
+        capture_output=True,
+        env=env,
+        cwd=ROOT,
+    )
+    rules = ROOT / "examples" / "xeducation" / "rules.yaml"
+    outputs = assert_same_outputs(rules, events, tmp_path)
+    assert outputs["contacts.jsonl"].count(b"\n") == 6_449
+
+
+# --------------------------------------------------------------------------- in process
+
+
+def python_engine() -> ModuleType:
+    """leadscore/engine.py loaded as plain Python beside the compiled module."""
+    spec = importlib.util.spec_from_file_location(
+        "leadscore_engine_py", ROOT / "leadscore" / "engine.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def effect_bits(effects: list[Any]) -> list[tuple[str, str]]:
+    """Each effect's kind and its fields' reprs (a float's repr is its exact bits)."""
+    return [
+        (type(e).__name__, repr([getattr(e, f.name) for f in dataclasses.fields(e)]))
+        for e in effects
+    ]
+
+
+def replay(engine: Any, events: list[Event]) -> Iterator[tuple[str, Any, list[Any]]]:
+    states: dict[str, Any] = {}
+    for event in events:
+        state = states.get(event.contact)
+        if state is None:
+            state = states[event.contact] = engine.new_state()
+        effects = engine.apply(state, event)
+        yield event.contact, state, effects
+        due = engine.next_due(state)
+        if due is not None and due <= event.ts + 86_400.0:  # a timer firing within the day
+            yield event.contact, state, engine.advance(state, due)
+
+
+@needs_build
+def test_engine_effects_states_and_views_are_identical_event_by_event() -> None:
+    rules = load_rules(RULES)
+    lines = list(generate_events(500, 20_000, 23))
+    events = [e for e in parse_events(lines, -1.0) if type(e) is Event]
+    py = python_engine()
+    assert py.Engine is not leadscore.engine.Engine
+    compiled = replay(leadscore.engine.Engine(rules), events)
+    interpreted = replay(py.Engine(rules), events)
+    n = 0
+    for (contact, c_state, c_effects), (_, p_state, p_effects) in zip(
+        compiled, interpreted, strict=True
+    ):
+        assert effect_bits(c_effects) == effect_bits(p_effects), contact
+        assert encode(c_state) == encode(p_state), contact
+        timer = (c_state.due, c_state.floor, c_state.idle)
+        assert timer == (p_state.due, p_state.floor, p_state.idle), contact
+        n += 1
+    assert n >= len(events)
+    c_engine, p_engine = leadscore.engine.Engine(rules), py.Engine(rules)
+    c_states = {c: s for c, s, _ in replay(c_engine, events)}
+    p_states = {c: s for c, s, _ in replay(p_engine, events)}
+    at = max(e.ts for e in events) + 30 * 86_400.0
+    for contact, state in c_states.items():
+        assert orjson.dumps(c_engine.view(contact, state, at)) == orjson.dumps(
+            p_engine.view(contact, p_states[contact], at)
+        )
