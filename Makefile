@@ -21,7 +21,8 @@ DEMO_EVENTS ?= 200000
 DEMO_SEED ?= 7
 
 # The compiled hot path (setup.py, leadscore/accel.py): rebuilt when its sources change.
-COMPILED_SRC := leadscore/engine.py leadscore/engine.pxd leadscore/accel.py setup.py
+COMPILED_SRC := leadscore/engine.py leadscore/engine.pxd leadscore/rules.py leadscore/rules.pxd \
+  leadscore/accel.py setup.py
 COMPILED := leadscore/_compiled/.built
 # What also runs on the interpreted engine (the fallback) in `make test`.
 PYTHON_ENGINE_TESTS := tests/test_engine_actions.py tests/test_engine_decay.py \

@@ -9,11 +9,13 @@ inside it.
 
 Spec keys: ``mode`` (limit | engine | naive | files | redis), ``rules``, ``events`` (paths),
 ``out`` (directory), ``workers`` (threads in this process), ``proc_id`` and ``addresses``
-(for a multi-process cluster), ``redis_url``, ``partitions``, ``shards``, ``tail``.
+(for a multi-process cluster), ``redis_url``, ``partitions``, ``shards``, ``tail``,
+``engine`` (``python`` or ``compiled``: ``LEADSCORE_ENGINE`` for this run).
 """
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -146,6 +148,8 @@ def null_engine() -> None:
 
     What is left is what a design pays whatever the engine costs (reading, parsing, the
     dataflow, the sinks), so such a run's ratios bound what any engine speed-up could give.
+    A compiled Engine is a C type whose methods cannot be replaced: main() then runs the
+    interpreted one (LEADSCORE_ENGINE=python, before anything imports leadscore).
     """
     from leadscore.engine import ContactState, Effect, Engine
     from leadscore.events import Event
@@ -199,6 +203,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
     spec = orjson.loads(argv[0])
+    if spec.get("null_engine"):
+        os.environ["LEADSCORE_ENGINE"] = "python"  # see null_engine
+    if spec.get("engine"):  # which engine leadscore loads: python or compiled (bench.compiled)
+        os.environ["LEADSCORE_ENGINE"] = spec["engine"]
     result = run(spec)
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
     sys.stdout.flush()

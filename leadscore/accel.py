@@ -23,11 +23,13 @@ may depend on another's C types.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
+from typing import Any
 
 # (package, module) pairs compiled by setup.py; each has a .pxd beside its .py.
-COMPILED = (("leadscore", "engine"),)
+COMPILED = (("leadscore", "rules"), ("leadscore", "engine"))
 COMPILED_DIR = "_compiled"
 ENV = "LEADSCORE_ENGINE"
 MODES = ("auto", "python", "compiled")
@@ -37,6 +39,7 @@ BUILD_HINT = (
 )
 
 _ROOT = Path(__file__).resolve().parent.parent
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by Python code, not a C type
 _decision: tuple[bool, str] | None = None
 
 
@@ -121,3 +124,16 @@ def notice() -> str | None:
         f"leadscore: the compiled engine is {why}, so scoring runs as plain Python (about "
         f"2x slower); {BUILD_HINT}, or set {ENV}=python to silence this"
     )
+
+
+def restore_slots(namespace: dict[str, Any], *classes: type) -> None:
+    """Give dataclasses of a compiled module their ``slots=True`` back when they run as Python.
+
+    Compiled, these classes are C types (declared in the module's .pxd), and Cython refuses
+    ``slots=True`` on those, so the .py writes plain ``@dataclass``. Interpreted, this rebinds
+    each name in ``namespace`` (the module's globals) to the same dataclass with slots, as it
+    was before there was a compiled engine: no ``__dict__`` per effect or rule.
+    """
+    for cls in classes:
+        if cls.__flags__ & _HEAPTYPE:
+            namespace[cls.__name__] = dataclass(slots=True)(cls)

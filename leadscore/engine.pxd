@@ -1,6 +1,7 @@
 # Cython declarations for leadscore/engine.py (pure-Python mode: the .py is the source).
 # Only read when the engine is compiled (setup.py); Python never sees this file.
 cimport cython
+from leadscore.rules cimport ActionRule, GroupSpec, Trigger
 
 # Effects: C types (fields untyped, so values keep their Python types and outputs their bytes).
 @cython.final
@@ -78,31 +79,33 @@ cdef class Engine:
     cdef tuple _fresh_timer
 
     @cython.locals(t=cython.double, due=cython.double, moved=bint, i=Py_ssize_t,
-                   count=cython.double, previous=cython.double, last=cython.double)
+                   count=cython.double, previous=cython.double, last=cython.double,
+                   r=ActionRule)
     cpdef list apply(self, ContactState state, object event)
 
-    @cython.locals(t0=cython.double)
+    @cython.locals(trigger=Trigger)
     cpdef list advance(self, ContactState state, double t)
 
-    @cython.locals(score=cython.double)
+    @cython.locals(score=cython.double, spec=GroupSpec)
     cpdef double _group_score(self, ContactState state, str name, double t)
 
     @cython.locals(before=cython.double, after=cython.double, factor=cython.double,
-                   applied=cython.double, capped=bint, late=bint, expires=cython.double)
+                   applied=cython.double, capped=bint, late=bint, expires=cython.double,
+                   spec=GroupSpec)
     cpdef double _award(self, ContactState state, str group, double points, double t,
                         str rule, object event_id, list effects)
 
-    @cython.locals(score=cython.double, s=cython.double)
+    @cython.locals(score=cython.double, s=cython.double, trigger=Trigger)
     cpdef void _evaluate(self, ContactState state, double t, object event, list effects)
 
-    cpdef bint _after_ok(self, ContactState state, object trigger, object fired)
+    cpdef bint _after_ok(self, ContactState state, Trigger trigger, object fired)
 
 
     @cython.locals(current=long)
     cpdef void _move_stage(self, ContactState state, long rank, double t, str cause, list effects)
 
 
-    @cython.locals(best=cython.double)
+    @cython.locals(best=cython.double, trigger=Trigger)
     cpdef tuple _next_crossing(self, ContactState state)
 
 
@@ -112,8 +115,8 @@ cdef class Engine:
 cpdef void _set_trigger(ContactState state, str trigger, object packed)
 
 @cython.locals(awards=object)
-cpdef bint _window_ok(ContactState state, object r, double t)
+cpdef bint _window_ok(ContactState state, ActionRule r, double t)
 
-cpdef object _last_fire(object trigger, object packed)
+cpdef object _last_fire(Trigger trigger, object packed)
 
-cpdef bint _below_armed(object trigger, object packed)
+cpdef bint _below_armed(Trigger trigger, object packed)

@@ -20,6 +20,7 @@ from math import exp2, inf, log2
 from typing import Any
 from zlib import crc32
 
+from leadscore.accel import restore_slots
 from leadscore.events import Event, format_ts, round4
 from leadscore.model import Explanation, action_counter_key, counter_key
 from leadscore.rules import (
@@ -53,8 +54,8 @@ NO_GROUPS: dict[str, list[Any]] = {}  # a third of contacts never earn a point
 
 # --------------------------------------------------------------------------- effects
 
-# Effects are dataclasses without slots=True: compiled (engine.pxd), each is a C type that
-# Cython builds without running Python, and Cython refuses slots=True on those.
+# Effects are C types when compiled (engine.pxd); interpreted, restore_slots below gives them
+# slots=True, which Cython refuses on C types.
 
 
 @dataclass
@@ -108,6 +109,8 @@ class Duplicate:
     event_id: str
 
 
+restore_slots(globals(), PointChange, TriggerFired, StageChanged, SegmentChanged, TagChanged)
+restore_slots(globals(), Duplicate)
 Effect = PointChange | TriggerFired | StageChanged | SegmentChanged | TagChanged | Duplicate
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from leadscore.accel import restore_slots
 from leadscore.channels import Channel, parse_channels, url_problem
 from leadscore.durations import parse_duration
 from leadscore.events import STANDARD_ACTIONS, parse_ts
@@ -138,7 +139,7 @@ class Condition:
         return self.test(value)
 
 
-@dataclass(slots=True)
+@dataclass  # slots=True when interpreted (restore_slots below); a C type compiled
 class GroupSpec:
     name: str
     half_life: float | None = None
@@ -151,7 +152,7 @@ class GroupSpec:
         return self.half_life is not None or self.expire_after is not None
 
 
-@dataclass(slots=True)
+@dataclass  # slots=True when interpreted (restore_slots below); a C type compiled
 class ActionRule:
     id: str
     on: tuple[str, ...]
@@ -187,7 +188,7 @@ class ActionRule:
         )
 
 
-@dataclass(slots=True)
+@dataclass  # slots=True when interpreted (restore_slots below); a C type compiled
 class FitRule:
     id: str
     trait: str
@@ -196,7 +197,7 @@ class FitRule:
     group: str
 
 
-@dataclass(slots=True)
+@dataclass  # slots=True when interpreted (restore_slots below); a C type compiled
 class Trigger:
     id: str
     score: str
@@ -205,6 +206,9 @@ class Trigger:
     actions: tuple[dict[str, str], ...]
     rearm_below: float | None = None
     after: str | None = None
+
+
+restore_slots(globals(), GroupSpec, ActionRule, FitRule, Trigger)
 
 
 @dataclass(slots=True)
