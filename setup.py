@@ -9,6 +9,7 @@ skips compiling altogether.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "leadscore"))
-from accel import COMPILED, COMPILED_DIR  # noqa: E402  # the one list, without importing the package
+from accel import COMPILED, COMPILED_DIR, SOURCES, source_hashes  # noqa: E402  # the one list, without importing the package
 
 sys.path.pop(0)
 
@@ -49,12 +50,23 @@ class OptionalBuildExt(build_ext):
             if built.is_file():
                 (ROOT / filename).parent.mkdir(exist_ok=True)
                 self.copy_file(str(built), str(ROOT / filename), level=self.verbose)
+        self._record_sources(ROOT)
+
+    def _record_sources(self, into: Path) -> None:
+        """What the modules were built from (leadscore/accel.py loads them only if it matches)."""
+        for package in dict.fromkeys(p for p, _ in COMPILED):
+            target = into / package / COMPILED_DIR
+            if target.is_dir():
+                hashes = source_hashes(ROOT / package)
+                (target / SOURCES).write_text(json.dumps(hashes, indent=1, sort_keys=True) + "\n")
 
     def run(self) -> None:
         try:
             super().run()
         except Exception as exc:  # no compiler, no headers: fall back to pure Python
             self._skip(exc)
+            return
+        self._record_sources(Path(self.build_lib))
 
     def build_extension(self, ext: object) -> None:
         try:

@@ -22,6 +22,8 @@ may depend on another's C types.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from importlib.machinery import EXTENSION_SUFFIXES
@@ -31,6 +33,7 @@ from typing import Any
 # (package, module) pairs compiled by setup.py; each has a .pxd beside its .py.
 COMPILED = (("leadscore", "rules"), ("leadscore", "engine"))
 COMPILED_DIR = "_compiled"
+SOURCES = "sources.json"  # beside the built modules: the sha256 of the sources they came from
 ENV = "LEADSCORE_ENGINE"
 MODES = ("auto", "python", "compiled")
 BUILD_HINT = (
@@ -58,17 +61,35 @@ def _extension(package_dir: Path, module: str) -> Path | None:
     return None
 
 
-def _check() -> tuple[bool, str]:
-    """(usable, why not): every compiled module present and newer than its sources."""
+def source_hashes(package_dir: Path) -> dict[str, str]:
+    """sha256 of each compiled module's .py and .pxd in ``package_dir`` (what a build records)."""
+    hashes = {}
     for package, module in COMPILED:
+        if package != package_dir.name:
+            continue
+        for name in (f"{module}.py", f"{module}.pxd"):
+            source = package_dir / name
+            if source.is_file():
+                hashes[name] = hashlib.sha256(source.read_bytes()).hexdigest()
+    return hashes
+
+
+def _check() -> tuple[bool, str]:
+    """(usable, why not): every compiled module present and built from the sources beside it.
+
+    Contents, not times, decide: a checkout or rebase rewrites files without changing them.
+    """
+    for package in dict.fromkeys(p for p, _ in COMPILED):
         package_dir = _ROOT / package
-        built = _extension(package_dir, module)
-        if built is None:
+        if any(_extension(package_dir, m) is None for p, m in COMPILED if p == package):
             return False, "not built"
-        mtime = built.stat().st_mtime
-        for source in (package_dir / f"{module}.py", package_dir / f"{module}.pxd"):
-            if source.is_file() and source.stat().st_mtime > mtime:
-                return False, f"out of date ({package}/{source.name} changed since it was built)"
+        try:
+            built = json.loads((package_dir / COMPILED_DIR / SOURCES).read_text())
+        except (OSError, ValueError):
+            return False, "not built"
+        for name, digest in source_hashes(package_dir).items():
+            if built.get(name) != digest:
+                return False, f"out of date ({package}/{name} changed since it was built)"
     return True, ""
 
 

@@ -1,0 +1,226 @@
+"""The compiled engine against the interpreted one and a baseline commit, in the same run.
+
+``python -m bench.compiled [--events 1000000 --contacts 100000 --seed 7] [--rounds 2]
+[--baseline REV] [--json bench/results/compiled.json]``
+
+Three variants, interleaved round by round so a busy minute hurts each alike:
+
+- ``baseline``: the tree of ``REV`` (default: the commit before the compiled engine),
+  extracted with ``git archive``: plain Python, as main was;
+- ``python``: this tree with ``LEADSCORE_ENGINE=python`` (the fallback);
+- ``compiled``: this tree with ``LEADSCORE_ENGINE=compiled`` (needs ``make compiled``).
+
+Two measurements per variant and round, each in a fresh process:
+
+- ``leadscore run`` on the generated events with ``examples/rules.yaml``, 1 worker, the whole
+  process timed from outside (start-up, reading, scoring, writing every output): events per
+  wall-clock second and per CPU second (the CPU figure moves less on a shared box);
+- ``Engine.apply`` over the hot-path mix (``bench/conftest.py``: 20,000 events, 2,000
+  contacts, seed 7) from fresh states, the best of 7 loops, in µs per event (CPU time).
+
+The outputs of ``python`` and ``compiled`` (and of the baseline, reported, not required) are
+compared byte for byte on the first round: every file of ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.common import RESULTS, ROOT, count_lines, events_file, machine_info, rules_path
+
+VARIANTS = ("baseline", "python", "compiled")
+
+APPLY = """
+import sys, time
+from bench.common import parsed_events, rules_path
+from leadscore.engine import Engine
+from leadscore.generate import generate_events
+from leadscore.rules import load_rules
+rules = load_rules(rules_path())
+engine = Engine(rules)
+events = parsed_events(iter(list(generate_events(2000, 20000, 7))), rules)
+best = float("inf")
+for _ in range(7):
+    states = {}
+    apply, new_state = engine.apply, engine.new_state
+    t0 = time.process_time()
+    for e in events:
+        state = states.get(e.contact)
+        if state is None:
+            state = states[e.contact] = new_state()
+        apply(state, e)
+    best = min(best, time.process_time() - t0)
+import leadscore.engine as module
+print(best / len(events) * 1e6, module.__file__)
+"""
+
+
+def default_baseline() -> str:
+    """The commit before the one that added setup.py (the compiled engine's first)."""
+    added = subprocess.run(
+        ["git", "log", "--diff-filter=A", "--format=%H", "--", "setup.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    if not added:
+        raise SystemExit("no commit adds setup.py here: pass --baseline REV")
+    return f"{added[-1]}~1"
+
+
+def extract(rev: str, into: Path) -> str:
+    """``rev``'s tree in ``into`` (git archive); returns its short commit id."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True)
+    into.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return commit
+
+
+def env_for(variant: str, tree: Path) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env["LEADSCORE_ENGINE"] = "python" if variant == "baseline" else variant
+    return env
+
+
+def timed_run(variant: str, tree: Path, events: Path, out: Path, rules: Path) -> dict[str, Any]:
+    """``leadscore run`` in a fresh process: wall-clock and CPU seconds of the whole process."""
+    command = [sys.executable, "-m", "leadscore.cli", "run", "-r", str(rules), "-e", str(events)]
+    command += ["--out", str(out), "--workers", "1", "--no-progress"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    done = subprocess.run(command, cwd=tree, env=env_for(variant, tree), capture_output=True)
+    seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"{variant}: leadscore run failed:\n{done.stderr.decode()[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"seconds": seconds, "cpu_seconds": cpu}
+
+
+def apply_us(variant: str, tree: Path) -> tuple[float, str]:
+    done = subprocess.run(
+        [sys.executable, "-c", APPLY],
+        cwd=tree,
+        env=env_for(variant, tree),
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{variant}: apply loop failed:\n{done.stderr[-3000:]}")
+    us, module = done.stdout.split()
+    return float(us), module
+
+
+def outputs(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.compiled", description=__doc__)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--contacts", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--baseline", default=None, help="git revision (default: see above)")
+    parser.add_argument("--json", type=Path, default=RESULTS / "compiled.json")
+    args = parser.parse_args(argv)
+
+    os.environ["LEADSCORE_ENGINE"] = "compiled"  # fail here, not mid-run, if it is not built
+    from leadscore.accel import decide
+
+    decide()
+    rules = rules_path()
+    events = events_file(args.events, args.contacts, args.seed)
+    lines = count_lines([events])
+    tmp = Path(tempfile.mkdtemp(prefix="leadscore-compiled-"))
+    trees = {"python": ROOT, "compiled": ROOT}
+    try:
+        baseline = extract(args.baseline or default_baseline(), tmp / "baseline")
+        trees["baseline"] = tmp / "baseline"
+        runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+        same: dict[str, bool] = {}
+        modules: dict[str, str] = {}
+        for round_no in range(args.rounds):
+            order = VARIANTS if round_no % 2 == 0 else tuple(reversed(VARIANTS))
+            for variant in order:
+                out = tmp / f"out-{variant}-{round_no}"
+                result = timed_run(variant, trees[variant], events, out, rules)
+                result["apply_us"], modules[variant] = apply_us(variant, trees[variant])
+                runs[variant].append(result)
+                print(
+                    f"round {round_no + 1} {variant}: {lines / result['seconds']:,.0f} events/s, "
+                    f"{lines / result['cpu_seconds']:,.0f} per CPU s, apply "
+                    f"{result['apply_us']:.2f} µs",
+                    flush=True,
+                )
+            if round_no == 0:
+                first = {v: outputs(tmp / f"out-{v}-0") for v in VARIANTS}
+                same = {
+                    "compiled_vs_python": first["compiled"] == first["python"],
+                    "python_vs_baseline": first["python"] == first["baseline"],
+                }
+            for variant in VARIANTS:
+                shutil.rmtree(tmp / f"out-{variant}-{round_no}", ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def median(variant: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[variant])
+
+    table = {}
+    for variant in VARIANTS:
+        table[variant] = {
+            "events_per_s": lines / median(variant, "seconds"),
+            "events_per_cpu_s": lines / median(variant, "cpu_seconds"),
+            "apply_us": median(variant, "apply_us"),
+            "engine_module": modules[variant],
+            "rounds": runs[variant],
+        }
+    base = table["baseline"]
+    print(f"\n{lines:,} lines, {args.rounds} rounds, baseline {baseline}, medians:")
+    print(
+        f"{'variant':<10}{'events/s':>12}{'x base':>8}{'per CPU s':>12}{'x base':>8}"
+        f"{'apply µs':>10}{'x base':>8}"
+    )
+    for variant, row in table.items():
+        row["run_ratio"] = row["events_per_s"] / base["events_per_s"]
+        row["cpu_ratio"] = row["events_per_cpu_s"] / base["events_per_cpu_s"]
+        row["apply_ratio"] = base["apply_us"] / row["apply_us"]
+        print(
+            f"{variant:<10}{row['events_per_s']:>12,.0f}{row['run_ratio']:>8.2f}"
+            f"{row['events_per_cpu_s']:>12,.0f}{row['cpu_ratio']:>8.2f}"
+            f"{row['apply_us']:>10.2f}{row['apply_ratio']:>8.2f}"
+        )
+    print(f"outputs byte-identical: {same}")
+    report = {
+        "baseline": baseline,
+        "lines": lines,
+        "rounds": args.rounds,
+        "identical": same,
+        "variants": table,
+        "machine": machine_info(),
+        "load": os.getloadavg(),
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    print(f"report: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
