@@ -75,7 +75,7 @@ build-deps:
 # Cython in pure-Python mode, from the same .py files, into leadscore/_compiled/ (gitignored).
 $(COMPILED): $(COMPILED_SRC) | $(VENV)/.installed build-deps
 	@$(BIN)/python -c 'import Cython' 2>/dev/null || $(PIP) install 'Cython>=3.1,<4'
-	$(BIN)/python setup.py -q build_ext --inplace
+	$(BIN)/python setup.py -q build_ext --inplace -j 2
 	@mkdir -p $(@D) && touch $@
 
 compiled: $(COMPILED)

@@ -131,6 +131,20 @@ def outputs(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
 
+def compare(a: dict[str, bytes], b: dict[str, bytes]) -> dict[str, str]:
+    """Per output file: identical bytes, the same lines in another order, or different."""
+    result = {}
+    for name in sorted(a.keys() | b.keys()):
+        x, y = a.get(name), b.get(name)
+        if x == y:
+            result[name] = "identical"
+        elif x is not None and y is not None and sorted(x.split(b"\n")) == sorted(y.split(b"\n")):
+            result[name] = "same lines, other order"
+        else:
+            result[name] = "different"
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.compiled", description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -172,8 +186,8 @@ def main(argv: list[str] | None = None) -> None:
             if round_no == 0:
                 first = {v: outputs(tmp / f"out-{v}-0") for v in VARIANTS}
                 same = {
-                    "compiled_vs_python": first["compiled"] == first["python"],
-                    "python_vs_baseline": first["python"] == first["baseline"],
+                    "compiled_vs_python": compare(first["compiled"], first["python"]),
+                    "python_vs_baseline": compare(first["python"], first["baseline"]),
                 }
             for variant in VARIANTS:
                 shutil.rmtree(tmp / f"out-{variant}-{round_no}", ignore_errors=True)
