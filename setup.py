@@ -74,7 +74,12 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:
             self._skip(exc)
 
+    skipped = False
+
     def _skip(self, exc: BaseException) -> None:
+        if OptionalBuildExt.skipped:  # one warning per build, not one per module
+            return
+        OptionalBuildExt.skipped = True
         print(
             f"warning: leadscore's compiled engine was not built ({exc}); leadscore will run "
             "as plain Python, slower. Install a C compiler and the Python headers (e.g. "
