@@ -62,6 +62,8 @@ cdef class Engine:
     cdef tuple _fit_paths
     cdef tuple _predict_plan
     cdef tuple _predict_keys
+    cdef frozenset _counted
+    cdef dict _action_counters
     cdef bint _predict_traits_only
     cdef bint _watch_predict
     cdef tuple _grade_bands
