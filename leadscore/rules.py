@@ -348,6 +348,13 @@ _Loader.add_implicit_resolver(
     re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
     list("tTfF"),
 )
+# YAML 1.2 numbers: 1e3, 5e-324 and 1.5e3 (as JSON and orjson write them) are floats, where
+# YAML 1.1 wants a dot and a signed exponent and reads them as text.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
 
 
 def load_rules_text(text: str, source: str = "<rules>") -> Rules:

@@ -69,6 +69,17 @@ def test_in_matches_any_option_like_equals(options: list[object], value: object)
     assert awarded is _in_reference(options, value)
 
 
+@pytest.mark.parametrize("number", ["1e3", "5e-324", "-2.5E+2", ".5e1", "1.5e3"])
+def test_a_number_with_an_exponent_is_a_number_as_json_writes_it(number: str) -> None:
+    """YAML 1.1 reads 1e3 (no dot, or an unsigned exponent) as text: `in: [1e3]` never
+    matched the number 1000 (hypothesis found it with 5e-324, as orjson writes it)."""
+    eng = engine(f"version: 1\nfit:\n  - {{id: listed, trait: x, in: [{number}], points: 4}}\n")
+    effects = eng.apply(eng.new_state(), identify({"x": float(number)}))
+    assert fit_changes(effects) == {"listed": 4}
+    text = eng.apply(eng.new_state(), identify({"x": number}))
+    assert fit_changes(text) == {}
+
+
 def test_matches_uses_a_regex_search() -> None:
     eng = engine(FIT)
     st = eng.new_state()
