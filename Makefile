@@ -48,7 +48,6 @@ $(BIN)/python:
 	  $(PYTHON) -m venv $(VENV); \
 	fi
 
-# Editable installs pick up code changes; reinstall only when the dependencies change.
 # Editable installs pick up code changes; reinstall only when the dependencies change. The
 # compiled engine is built by its own rule below (LEADSCORE_ENGINE=python: not twice).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
