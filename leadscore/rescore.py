@@ -36,6 +36,7 @@ from leadscore.rules import load_rules_text
 from leadscore.typed import parse_events
 from state.codec import decode, encode
 from state.generations import (
+    SWITCHED,
     PublishError,
     Publishing,
     RulesRecord,
@@ -292,8 +293,8 @@ class Rebuilder(ShardLogic):
                 gone.append(contact)
             else:
                 due[contact] = at
-        if items:
-            pipe.mset(items)
+        if items:  # MSET by name: redis-py's cluster pipeline refuses .mset (one slot here)
+            pipe.execute_command("MSET", *(x for kv in items.items() for x in kv))
         if due:
             pipe.zadd(keys.timers(p), due)
         if gone:
@@ -683,12 +684,17 @@ def _execute(
     progress.update = update
     source_gen = parse_live(job.previous)[0]
     old_keys, new_keys = keys.at(source_gen), keys.at(job.generation)
-    if job.kind == "cheap":
-        set_phase(r, keys, "switch")
-        finish(r, keys, job, rec, published=time.time())
+    step = pause or (lambda _step: None)
+    if job.kind == "cheap" or job.phase == SWITCHED:  # SWITCHED: committed, roll forward
+        if job.phase != SWITCHED:
+            set_phase(r, keys, "switch")
+            # held first: on Redis Cluster the markers switch one by one after the commit,
+            # and no partition may checkpoint under the old rules once it is made
+            for p in range(keys.partitions):
+                hold(r, keys, p, job.source, job.target)
+        finish(r, keys, job, rec, published=time.time(), step=step)
         return Outcome(job.generation, job.version, 0, 0, time.monotonic() - started, 0.0)
     engine = engine_of(rec.text, the_plan.source)
-    step = pause or (lambda _step: None)
     differences = Differences(r, old_keys, new_keys, engine, job.version)
 
     def rebuilder(p: int) -> Rebuilder:
@@ -749,7 +755,7 @@ def _execute(
         progress.fired += differences.fire(
             at, everyone=everyone, on_batch=lambda n: (progress.tick(), step(f"fired:{n}"))
         )
-    finish(r, keys, job, rec, published=time.time())
+    finish(r, keys, job, rec, published=time.time(), step=step)
     progress.phase = "done"
     progress.tick()
     return Outcome(

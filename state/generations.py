@@ -22,16 +22,25 @@ Between the two, the deployment is on the old generation everywhere; after the s
 the new one everywhere: at every instant exactly one generation is live. The
 ``{prefix}:publish`` hash records the publish in progress, so that a re-run resumes it.
 Published rules versions are kept in ``{prefix}:rules:{V}`` (sha256, text, generation).
+
+On Redis Cluster the partitions' markers live in different slots (often on different nodes),
+so no transaction can switch them all. There ``finish`` commits first: ``phase`` of
+``{prefix}:publish`` becomes ``switched`` (one HSET, the commit point), then the meta, then
+each partition's marker, then the record goes. A marker still ``"{old}>{new}"`` while the
+record says ``switched`` to ``new`` is read as ``new`` (:func:`serving`: readers look at the
+record only when the marker is held), and the flow's checkpoints of it stay refused, so the
+deployment is on the new generation everywhere from the commit point on. A publish killed in
+between is rolled forward by running it again.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from state.keys import GROUP, Keys, parse_live
+from state.keys import GROUP, SWITCHED, Keys, parse_live
 from state.redis_store import StoreError
 from state.versions import live_rules
 
@@ -75,6 +84,13 @@ class Publishing:
 
 def marker(generation: int, version: int) -> str:
     return f"{generation}:{version}"
+
+
+def is_cluster(r: Any) -> bool:
+    """Whether ``r`` talks to a Redis Cluster (no transaction spans two partitions)."""
+    from redis.cluster import RedisCluster
+
+    return isinstance(r, RedisCluster)
 
 
 def read_markers(r: Any, keys: Keys) -> list[str]:
@@ -346,78 +362,94 @@ def finish(
     record: RulesRecord,
     *,
     published: float,
+    step: Callable[[str], None] | None = None,
 ) -> None:
-    """Switch every partition to the target in ONE transaction, with the meta."""
-    pipe = r.pipeline(transaction=True)
-    for p in range(keys.partitions):
-        pipe.set(keys.live(p), job.target)
-        target = keys.at(job.generation)
-        pipe.delete(target.switched(p), target.differ(p), target.recheck(p))
+    """Switch every partition to the target, with the meta: in ONE transaction on a single
+    node; on Redis Cluster commit, then roll forward (module docstring). Repeatable: a
+    re-run after a crash in the middle finishes it. ``step(name)`` is called between the
+    steps of the roll forward (``committed``, ``switched:P``)."""
+    target = keys.at(job.generation)
     top_gen = max(int(r.hget(keys.meta, "generation_max") or 0), job.generation)
     top_ver = max(int(r.hget(keys.meta, "rules_version_max") or 0), record.version)
-    pipe.hset(
-        keys.meta,
-        mapping={
-            "rules_version": record.version,
-            "rules_sha256": record.sha256,
-            "rules_text": record.text,
-            "rules_published": published,
-            "rules_previous": job.previous,
-            "generation": job.generation,
-            "generation_max": top_gen,
-            "rules_version_max": top_ver,
-        },
-    )
-    pipe.delete(keys.publishing)
-    pipe.execute()
+    meta = {
+        "rules_version": record.version,
+        "rules_sha256": record.sha256,
+        "rules_text": record.text,
+        "rules_published": published,
+        "rules_previous": job.previous,
+        "generation": job.generation,
+        "generation_max": top_gen,
+        "rules_version_max": top_ver,
+    }
+    if not is_cluster(r):
+        pipe = r.pipeline(transaction=True)
+        for p in range(keys.partitions):
+            pipe.set(keys.live(p), job.target)
+            pipe.delete(target.switched(p), target.differ(p), target.recheck(p))
+        pipe.hset(keys.meta, mapping=meta)
+        pipe.delete(keys.publishing)
+        pipe.execute()
+        return
+    step = step or (lambda _name: None)
+    # the commit point: from here readers serve the target where a marker is still held
+    r.hset(keys.publishing, "phase", SWITCHED)
+    step("committed")
+    r.hset(keys.meta, mapping=meta)
+    for p in range(keys.partitions):
+        pipe = r.pipeline(transaction=True)  # one partition: one slot
+        pipe.set(keys.live(p), job.target)
+        pipe.delete(target.switched(p), target.differ(p), target.recheck(p))
+        pipe.execute()
+        step(f"switched:{p}")
+    r.delete(keys.publishing)
 
 
 # --------------------------------------------------------------------------- prune
 
 
-def generation_keys(r: Any, keys: Keys, generation: int, p: int) -> Iterator[str]:
-    """Every key of ``generation``'s state in partition ``p`` (SCAN: never blocks Redis)."""
-    gk = keys.at(generation)
-    singles = [
-        gk.timers(p),
-        gk.clock(p),
-        gk.upto(p),
-        gk.switched(p),
-        gk.differ(p),
-        gk.recheck(p),
-    ]
-    for name in singles:
-        if r.exists(name):
-            yield name
-    patterns = (
-        [gk.state(p, "*"), gk.read_model(p, "*")]
-        if generation == 0
-        else [f"{keys.prefix}:{{{p}}}:g{generation}:*"]
-    )
-    seen = set(singles)
-    for pattern in patterns:
-        for name in r.scan_iter(match=pattern, count=5000):
-            text = name.decode()
-            if text not in seen:
-                yield text
+def generation_keys(r: Any, keys: Keys, generation: int) -> Iterator[tuple[int, list[str]]]:
+    """``(partition, key names)``: every key of ``generation``'s state, from ONE SCAN of the
+    keyspace (on Redis Cluster, of each master: redis-py's ``scan_iter`` walks every node),
+    grouped by partition so that each UNLINK names keys of one slot. SCAN never blocks Redis;
+    a SCAN per partition would walk every key once per partition."""
+    head = f"{keys.prefix}:{{"
+    # (pattern, what the name holds after "PREFIX:{p}:")
+    wanted: list[tuple[str, Callable[[str], bool]]]
+    if generation:
+        mark = f"g{generation}:"
+        wanted = [(f"{head}*}}:{mark}*", lambda rest: rest.startswith(mark))]
+    else:  # generation 0 has no `g` part: its per-contact keys and its own singles
+        wanted = [
+            (f"{head}*}}:s:*", lambda rest: rest.startswith("s:")),
+            (f"{head}*}}:c:*", lambda rest: rest.startswith("c:")),
+        ]
+        for single in ("timers", "clock", "upto", "switched", "differ", "recheck"):
+            wanted.append((f"{head}*}}:{single}", lambda rest, single=single: rest == single))
+    for pattern, belongs in wanted:
+        pending: dict[int, list[str]] = {}
+        for raw in r.scan_iter(match=pattern, count=5000):
+            text = raw.decode()
+            tag_end = text.find("}:", len(head))
+            tag = text[len(head) : tag_end]
+            if tag_end < 0 or not tag.isdigit() or not belongs(text[tag_end + 2 :]):
+                continue  # another generation's key (a contact id may hold "}:s:")
+            names = pending.setdefault(int(tag), [])
+            names.append(text)
+            if len(names) >= 1000:
+                yield int(tag), pending.pop(int(tag))
+        for p in sorted(pending):
+            yield p, pending.pop(p)
 
 
-def prune(r: Any, keys: Keys, generation: int, *, batch: int = 1000) -> int:
+def prune(r: Any, keys: Keys, generation: int) -> int:
     """Delete every key of ``generation`` (not the live one); returns how many went."""
     if generation == live_generation(r, keys) or any(
         parse_live(m)[0] == generation for m in read_markers(r, keys)
     ):
         raise PublishError(f"generation {generation} is live: it cannot be pruned")
     removed = 0
-    for p in range(keys.partitions):
-        chunk: list[str] = []
-        for name in generation_keys(r, keys, generation, p):
-            chunk.append(name)
-            if len(chunk) >= batch:
-                removed += int(r.unlink(*chunk))
-                chunk = []
-        if chunk:
-            removed += int(r.unlink(*chunk))
+    for _p, names in generation_keys(r, keys, generation):
+        removed += int(r.unlink(*names))
     return removed
 
 

@@ -40,6 +40,25 @@ def parse_live(value: bytes | str | None) -> tuple[int, int | None, str | None]:
     return int(gen or 0), (int(version) if version else None), (target or None)
 
 
+SWITCHED = "switched"
+"""``phase`` of ``{prefix}:publish`` from the commit point of a switch on Redis Cluster until
+every marker is rolled forward (``state/generations.py``)."""
+
+
+def serving(value: bytes | str | None, record: list[bytes | None] | None = None) -> int:
+    """The generation readers answer from for a partition whose marker is ``value``.
+
+    ``record`` is ``HMGET {prefix}:publish phase target``, read only when the marker is held
+    (``"{old}>{new}"``): a marker held for the target of a switch already committed (Redis
+    Cluster, where the markers are rolled forward one by one) serves the target."""
+    generation, _, target = parse_live(value)
+    if target is not None and record is not None:
+        phase, switched = record
+        if phase == SWITCHED.encode() and switched is not None and switched.decode() == target:
+            return parse_live(target)[0]
+    return generation
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "ls"

@@ -46,7 +46,7 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from state.keys import GROUP, LAYOUT_VERSION, Keys, parse_live
+from state.keys import GROUP, LAYOUT_VERSION, Keys, parse_live, serving
 
 try:  # redis[hiredis] installs it; without it, redis-py's own serializer packs commands
     from hiredis import pack_command as _pack_command
@@ -962,7 +962,10 @@ class RedisStore:
         p = keys.partition(contact)
 
         def read() -> Any:
-            gen = parse_live(self.r.get(keys.live(p)))[0]
+            marker = self.r.get(keys.live(p))
+            held = parse_live(marker)[2] is not None  # a committed switch may serve the target
+            record = self.r.hmget(keys.publishing, ["phase", "target"]) if held else None
+            gen = serving(marker, record)
             return self.r.get(keys.at(gen).read_model(p, contact))
 
         return self._call("read model", read)

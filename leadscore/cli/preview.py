@@ -18,6 +18,7 @@ import typer
 
 from leadscore.cli.app import (
     DEFAULT_REDIS,
+    Cluster,
     Prefix,
     RedisUrl,
     app,
@@ -37,6 +38,7 @@ def preview(
     ],
     redis_url: RedisUrl = DEFAULT_REDIS,
     prefix: Prefix = "ls",
+    cluster: Cluster = False,
     history: Annotated[
         str | None,
         typer.Option(
@@ -63,7 +65,9 @@ def preview(
     where = masked_url(redis_url)
     with tempfile.TemporaryDirectory(prefix="leadscore-publish-") as tmp:
         try:
-            with RedisStore(redis_url, prefix=prefix, retry=RetryPolicy(attempts=3)) as store:
+            with RedisStore(
+                redis_url, prefix=prefix, cluster=cluster, retry=RetryPolicy(attempts=3)
+            ) as store:
                 keys = store.keys
                 live = live_rules(store.r, keys)
                 if live is None:

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from leadscore.cli.app import (
     DEFAULT_REDIS,
+    Cluster,
     Prefix,
     RedisUrl,
     app,
@@ -45,6 +46,7 @@ def publish(
     ] = None,
     redis_url: RedisUrl = DEFAULT_REDIS,
     prefix: Prefix = "ls",
+    cluster: Cluster = False,
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Publish without printing the preview first.")
     ] = False,
@@ -103,7 +105,9 @@ def publish(
     console = new_console()
     where = masked_url(redis_url)
     try:
-        with RedisStore(redis_url, prefix=prefix, retry=RetryPolicy(attempts=3)) as store:
+        with RedisStore(
+            redis_url, prefix=prefix, cluster=cluster, retry=RetryPolicy(attempts=3)
+        ) as store:
             r, keys = store.r, store.keys
             if prune:
                 live = live_generation(r, keys)
@@ -123,7 +127,9 @@ def publish(
             if not yes and not rollback and rules is not None and in_progress(r, keys) is None:
                 from leadscore.cli.preview import preview
 
-                preview(rules=rules, redis_url=redis_url, prefix=prefix, history=None)
+                preview(
+                    rules=rules, redis_url=redis_url, prefix=prefix, history=None, cluster=cluster
+                )
                 if not sys.stdin.isatty():
                     console.print("nothing published: run again with --yes to publish")
                     return
@@ -227,7 +233,6 @@ def _run(r: Any, keys: Keys, plan: Plan, total: int, max_contacts: int) -> Outco
         )
     gauges["seconds"].set(time.monotonic() - started)
     return outcome
-
 
 
 def _pause(step: str) -> None:

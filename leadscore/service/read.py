@@ -24,7 +24,7 @@ from leadscore.service.backend import Service
 from leadscore.service.config import FALSE_WORDS, TRUE_WORDS
 from leadscore.service.errors import ApiError, StorageUnavailable, json_response
 from state.codec import StateFormatError, decode
-from state.keys import Keys, parse_live
+from state.keys import Keys, parse_live, serving
 
 EXPLAIN_SCAN = 5000  # change records looked at per explain request, newest first
 EXPLAIN_PAGE = 50  # stream entries per XREVRANGE (an entry packs up to 100 records)
@@ -142,6 +142,9 @@ class Reads:
         pipe.get(keys.at(cached).read_model(p, contact))
         marker, raw = await pipe.execute()
         generation = parse_live(marker)[0]
+        if parse_live(marker)[2] is not None:  # held: a committed switch may serve the target
+            record = await self.service.redis.hmget(keys.publishing, ["phase", "target"])
+            generation = serving(marker, record)
         if generation != cached:
             self._generations[p] = generation
             raw = await self.service.redis.get(keys.at(generation).read_model(p, contact))
