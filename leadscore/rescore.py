@@ -102,6 +102,10 @@ class Progress:
     fired: int = 0
     started: float = field(default_factory=time.monotonic)
     update: Callable[[Progress], None] | None = None
+    total: int = 0  # input entries to replay (all retained), for the ETA
+    #: events and entries the generation held when this process started (a resumed publish)
+    resumed_events: int = 0
+    resumed_entries: int = 0
 
     def tick(self) -> None:
         if self.update is not None:
@@ -109,8 +113,20 @@ class Progress:
 
     @property
     def rate(self) -> float:
+        """Events per second replayed by this process."""
         elapsed = time.monotonic() - self.started
-        return self.events / elapsed if elapsed > 0 else 0.0
+        return (self.events - self.resumed_events) / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds until every entry is replayed at this process's rate (None: no rate yet);
+        0 once the rebuild is past them."""
+        left = self.total - self.entries
+        if left <= 0 or self.phase not in ("rebuild", "catch-up"):
+            return 0.0
+        done = self.entries - self.resumed_entries
+        elapsed = time.monotonic() - self.started
+        return left * elapsed / done if done > 0 else None
 
 
 # --------------------------------------------------------------------------- rebuild
@@ -703,6 +719,11 @@ def _execute(
 
     if job.phase == "rebuild":
         progress.phase = "rebuild"
+        for p in range(keys.partitions):  # a resumed publish counts what is already rebuilt
+            events, entries = r.hmget(new_keys.upto(p), ["events", "entries"])
+            progress.events += int(events or 0)
+            progress.entries += int(entries or 0)
+        progress.resumed_events, progress.resumed_entries = progress.events, progress.entries
         for p in range(keys.partitions):
             progress.partition = p
             rebuilder(p).replay(acked_upto(r, keys, p), progress)
@@ -757,7 +778,9 @@ def _execute(
         )
     finish(r, keys, job, rec, published=time.time(), step=step)
     progress.phase = "done"
+    progress.done_partitions = keys.partitions
     progress.tick()
+    step("done")
     return Outcome(
         job.generation,
         job.version,

@@ -194,11 +194,9 @@ def _generations(r: Any, keys: Keys) -> set[int]:
 
 def _run(r: Any, keys: Keys, plan: Plan, total: int, max_contacts: int) -> Outcome:
     """Execute with a progress bar on stderr and the metrics fed."""
-    from prometheus_client import Gauge
-
     from leadscore import rescore
 
-    gauges = _GAUGES or _make_gauges(Gauge)
+    gauges = _GAUGES or _make_gauges()
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -220,12 +218,18 @@ def _run(r: Any, keys: Keys, plan: Plan, total: int, max_contacts: int) -> Outco
             rate=progress.rate,
         )
         gauges["partitions"].set(progress.done_partitions)
+        gauges["partitions_total"].set(progress.partitions)
         gauges["events"].set(progress.events)
         gauges["entries"].set(progress.entries)
+        gauges["entries_total"].set(total)
         gauges["rate"].set(progress.rate)
+        eta = progress.eta
+        gauges["eta"].set(float("nan") if eta is None else eta)
         gauges["fired"].set(progress.fired)
+        gauges["phase"].state(progress.phase)
+        gauges["seconds"].set(time.monotonic() - started)
 
-    progress = rescore.Progress(keys.partitions, update=update)
+    progress = rescore.Progress(keys.partitions, update=update, total=total)
     started = time.monotonic()
     with bar:
         outcome = rescore.execute(
@@ -237,8 +241,9 @@ def _run(r: Any, keys: Keys, plan: Plan, total: int, max_contacts: int) -> Outco
 
 def _pause(step: str) -> None:
     """``LEADSCORE_PUBLISH_PAUSE=STEP`` stops the publish at STEP (a step name of
-    ``rescore.execute``: rebuilt:P, caught-up, held, fired:P) until it is killed: the crash
-    tests kill it there. Everything before the step is written."""
+    ``rescore.execute``: rebuilt:P, caught-up, marked, held, fired:N, on Redis Cluster
+    committed and switched:P, then done) until it is killed: the crash tests kill it there,
+    the metrics test scrapes it there. Everything before the step is written."""
     if os.environ.get("LEADSCORE_PUBLISH_PAUSE") == step:
         print(f"publish paused at {step}", file=sys.stderr, flush=True)
         while True:
@@ -248,13 +253,29 @@ def _pause(step: str) -> None:
 _GAUGES: dict[str, Any] = {}
 
 
-def _make_gauges(gauge: type) -> dict[str, Any]:
+def _make_gauges() -> dict[str, Any]:
+    """The progress as Prometheus metrics (``--metrics-port``): the bar's numbers."""
+    from prometheus_client import Enum, Gauge
+
     _GAUGES.update(
-        partitions=gauge("leadscore_publish_partitions_done", "Partitions rebuilt"),
-        events=gauge("leadscore_publish_events_replayed", "Events replayed into the generation"),
-        entries=gauge("leadscore_publish_entries_replayed", "Input entries replayed"),
-        rate=gauge("leadscore_publish_events_per_second", "Replay rate"),
-        fired=gauge("leadscore_publish_switch_firings", "Switch firings written"),
-        seconds=gauge("leadscore_publish_seconds", "Duration of the publish"),
+        partitions=Gauge("leadscore_publish_partitions_done", "Partitions rebuilt"),
+        partitions_total=Gauge("leadscore_publish_partitions", "Partitions to rebuild"),
+        events=Gauge("leadscore_publish_events_replayed", "Events replayed into the generation"),
+        entries=Gauge("leadscore_publish_entries_replayed", "Input entries replayed"),
+        entries_total=Gauge(
+            "leadscore_publish_entries", "Input entries retained when the publish started"
+        ),
+        rate=Gauge("leadscore_publish_events_per_second", "Replay rate of this process"),
+        eta=Gauge(
+            "leadscore_publish_eta_seconds",
+            "Seconds until every entry is replayed at this rate (NaN: no rate yet)",
+        ),
+        fired=Gauge("leadscore_publish_switch_firings", "Switch firings written"),
+        phase=Enum("leadscore_publish_phase", "Step of the publish", states=list(PHASES)),
+        seconds=Gauge("leadscore_publish_seconds", "Duration of the publish so far"),
     )
     return _GAUGES
+
+
+PHASES = ("rebuild", "catch-up", "differences", "switch", "switch firings", "done")
+"""The steps a publish goes through (``rescore.Progress.phase``), in order."""
