@@ -95,7 +95,12 @@ def classify(
     ``seen_actions``: the action names that occur in the history; None means unknown, and
     then any new action rule counts as a rescoring change.
     """
-    old, new = _doc(old_text, "<live rules>"), _doc(new_text, new_source)
+    # a relative `predict:` model path of the live rules resolves beside the new file, as the
+    # flow resolves published rules beside its own
+    live_source = "<live rules>"
+    if not new_source.startswith("<"):
+        live_source = str(Path(new_source).parent / live_source)
+    old, new = _doc(old_text, live_source), _doc(new_text, new_source)
     seen = None if seen_actions is None else set(seen_actions)
     cheap: list[str] = []
     rescore: list[str] = []

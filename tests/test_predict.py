@@ -546,3 +546,44 @@ def test_train_from_event_history_and_score_live_the_same(tmp_path: Path) -> Non
         state = states[members[index].contact]
         engine.advance(state, as_of)
         assert engine.likelihood(state, as_of) == pytest.approx(batch * 100.0, abs=0.0051)
+
+
+def test_explain_after_a_publish_explains_the_published_rules_likelihood(
+    tmp_path: Path, table: Path, model_file: Path, redis_url: str, serve: Any
+) -> None:
+    """The service keeps running through a publish: ?explain=1 then explains the likelihood
+    of the rules now live ({prefix}:meta), not those of its own --rules file."""
+    import httpx
+
+    from state.redis_store import RedisStore
+
+    prefix, partitions = "predict", 4
+    imported = import_table(table, "Lead Id", at=T0, exclude=["Won"])
+    chosen = sorted({e["contact"] for e in imported.events})[:20]
+    lines = [orjson.dumps(e) for e in imported.events if e["contact"] in chosen]
+    with RedisStore(redis_url, prefix=prefix, partitions=partitions) as store:
+        store.send_events(lines)
+    rules = rules_with_model(tmp_path, model_file)
+    config = FlowConfig(
+        rules=str(rules), source="redis", redis_url=redis_url, partitions=partitions,
+        prefix=prefix, tail=False,
+    )  # fmt: skip
+    run_main(build_flow(config))
+    live = serve(prefix=prefix, partitions=partitions, rules=str(rules))
+    url = f"{live.url}/v1/contacts/{chosen[0]}?explain=1"
+    before = httpx.get(url, timeout=10).json()
+    assert before["likelihood_factors"]["likelihood"] == before["likelihood"]
+
+    new = tmp_path / "new.yaml"  # the same model, published under another name
+    new.write_text(rules.read_text().replace("as: likelihood", "as: chance"))
+    done = subprocess.run(
+        [sys.executable, "-m", "leadscore.cli", "publish", "--redis", redis_url,
+         "--prefix", prefix, "--rules", str(new), "--yes"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    after = httpx.get(url, timeout=10).json()
+    assert "likelihood" not in after and "likelihood_factors" not in after
+    factors = after["chance_factors"]
+    assert factors["likelihood"] == after["chance"] == before["likelihood"]
+    assert factors["raising"] == before["likelihood_factors"]["raising"]

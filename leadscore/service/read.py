@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,13 +20,16 @@ from leadscore.engine import Engine
 from leadscore.events import MAX_CONTACT_CHARS
 from leadscore.identity import MAX_CHAIN as MAX_ALIAS_CHAIN
 from leadscore.readmodel import view_at
-from leadscore.rules import load_rules
+from leadscore.rules import RulesError, load_rules, load_rules_text
 from leadscore.service.auth import authorize_read
 from leadscore.service.backend import Service
 from leadscore.service.config import FALSE_WORDS, TRUE_WORDS
 from leadscore.service.errors import ApiError, StorageUnavailable, json_response
 from state.codec import StateFormatError, decode
 from state.keys import Keys, parse_live, serving
+from state.versions import rules_digest
+
+log = logging.getLogger("leadscore.service")
 
 EXPLAIN_SCAN = 5000  # change records looked at per explain request, newest first
 EXPLAIN_PAGE = 50  # stream entries per XREVRANGE (an entry packs up to 100 records)
@@ -50,14 +55,18 @@ class Reads:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.config = service.config
-        # With the flow's rules and their `predict` model, ?explain=1 also explains the
-        # likelihood from the contact's stored state (the state the read model was built from).
-        self.engine: Engine | None = None
+        # Given the flow's rules (--rules), ?explain=1 also explains the likelihood of rules
+        # with `predict` from the contact's stored state (the state the read model was built
+        # from), under the rules live now: those of {prefix}:meta, which a publish changes
+        # while the service runs (``_live_engine``); its own file until the meta records any.
+        self.own: Engine | None = None
+        self._own_sha = ""
+        self._engines: dict[str, Engine | None] = {}  # published rules by sha256
         self._generations: dict[int, int] = {}  # per partition, the generation seen last
         if self.config.rules:
-            engine = Engine(load_rules(self.config.rules))  # RulesError: a bad file stops start
-            if engine.rules.predict is not None:
-                self.engine = engine
+            path = Path(self.config.rules)
+            self.own = Engine(load_rules(path))  # RulesError: a bad file stops the start
+            self._own_sha = rules_digest(path.read_bytes())
 
     async def contact(self, request: Request) -> Response:
         """The contact's scores as of this read (``as_of``), from the read model the flow
@@ -95,8 +104,9 @@ class Reads:
             if not explain:
                 return Response(orjson.dumps(view), 200, media_type="application/json")
             view["changes"] = await self._with_merged(keys, chain[-1], int(limit_text))
-            if self.engine is not None:
-                await self._explain_likelihood(keys, chain[-1], view, now)
+            engine = await self._live_engine(base)
+            if engine is not None:
+                await self._explain_likelihood(engine, keys, chain[-1], view, now)
         except (StorageUnavailable, RedisError, OSError) as exc:
             raise ApiError(
                 503, "unavailable", f"read model unavailable: {exc}", None, {"Retry-After": "1"}
@@ -150,13 +160,45 @@ class Reads:
             raw = await self.service.redis.get(keys.at(generation).read_model(p, contact))
         return keys.at(generation), raw
 
+    async def _live_engine(self, keys: Keys) -> Engine | None:
+        """The engine of the rules live now if they ``predict`` (else None): the meta's
+        ``rules_sha256`` (one HGET); rules other than the service's own file are built from
+        the meta's ``rules_text`` once per version, a relative model path resolved beside the
+        own file (as the flow does). Rules that fail to load explain no likelihood (logged)."""
+        if self.own is None:
+            return None
+        assert self.service.redis is not None
+        raw = await self.service.redis.hget(keys.meta, "rules_sha256")
+        sha = raw.decode() if raw else self._own_sha
+        if sha == self._own_sha:
+            engine: Engine | None = self.own
+        elif sha in self._engines:
+            engine = self._engines[sha]
+        else:
+            got, text, version = await self.service.redis.hmget(
+                keys.meta, ["rules_sha256", "rules_text", "rules_version"]
+            )
+            engine = None
+            if got is not None and text is not None:
+                sha = got.decode()
+                assert self.config.rules is not None
+                beside = (
+                    Path(self.config.rules).parent / f"published-rules-v{int(version or 0)}.yaml"
+                )
+                try:
+                    engine = Engine(load_rules_text(text.decode(), str(beside)))
+                except RulesError as err:
+                    log.warning("explain: the live rules v%s do not load here: %s", version, err)
+            self._engines[sha] = engine
+        return engine if engine is not None and engine.rules.predict is not None else None
+
     async def _explain_likelihood(
-        self, keys: Keys, contact: str, view: dict[str, Any], at: float
+        self, engine: Engine, keys: Keys, contact: str, view: dict[str, Any], at: float
     ) -> None:
         """Add ``{as}_factors``: the features raising and lowering the likelihood most, as of
         the read like the view (decaying scores among them)."""
-        assert self.engine is not None and self.service.redis is not None
-        prediction = self.engine.rules.predict
+        assert self.service.redis is not None
+        prediction = engine.rules.predict
         assert prediction is not None
         packed = await self.service.redis.get(keys.state(keys.partition(contact), contact))
         if packed is None:
@@ -165,7 +207,7 @@ class Reads:
             state = decode(packed)
         except StateFormatError:
             return  # the read model still answers; the flow dead-letters damaged state
-        explanation = self.engine.explain_likelihood(state, at)
+        explanation = engine.explain_likelihood(state, at)
         if explanation is not None:
             view[f"{prediction.name}_factors"] = explanation.to_json(EXPLAIN_FACTORS)
 
