@@ -570,7 +570,10 @@ def _plan(
 ) -> Plan:
     live_rec = ensure_live_record(r, keys)
     current = publishing(r, keys)
-    if rollback:
+    if rollback and current is not None and current.kind == "rollback":
+        resumed = rules_record(r, keys, current.version)  # the meta may be switched already
+        text = resumed.text if resumed is not None else None  # (Redis Cluster: finish)
+    elif rollback:
         previous = r.hget(keys.meta, "rules_previous")
         if previous is None:
             raise PublishError("nothing to roll back to: no publish has switched this deployment")
@@ -583,8 +586,7 @@ def _plan(
                 "(publish those rules again to rescore them)"
             )
         text = rec.text
-    assert text is not None
-    digest = rules_digest(text)
+    digest = rules_digest(text) if text is not None else ""
     if current is not None:
         target = rules_record(r, keys, current.version)
         if target is None or target.sha256 != digest:
@@ -595,6 +597,7 @@ def _plan(
             )
         change = Change(current.kind if current.kind != "rollback" else RESCORE, ["resumed"])
         return Plan(current, change, target, resumed=True)
+    assert text is not None
     markers = set(read_markers(r, keys))
     if len(markers) != 1:
         raise PublishError(

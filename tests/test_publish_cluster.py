@@ -111,9 +111,16 @@ def test_publish_killed_mid_switch_on_a_cluster_serves_one_generation_and_finish
     drain(redis_cluster, new)
     assert_live_equals(redis_cluster, oracle(new, [history, more], tmp_path, "new2"))
 
-    # rollback: generation 0 catches up under the old rules, switched the same way
+    # rollback: generation 0 catches up under the old rules, switched the same way; killed
+    # after the meta moved (its rules_previous now names v2), a re-run still finishes it
+    pub = paused_publish(*url, "--rollback", step="switched:0")
+    pub.kill()
+    pub.wait(10)
+    assert markers(admin) == [b"0:1", b"1:2>0:1", b"1:2>0:1", b"1:2>0:1"]
+    assert admin.hget("ls:meta", "rules_version") == b"1"
     done = publish(*url, "--rollback")
     assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stdout
     assert markers(admin) == [b"0:1"] * P and admin.exists("ls:publish") == 0
     assert_live_equals(redis_cluster, oracle(RULES, [history, more], tmp_path, "old2"))
 
