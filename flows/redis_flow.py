@@ -42,7 +42,7 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows import metrics
-from flows.archive import InputArchive, archive_line
+from flows.archive import MESSAGES, Archived, InputArchive, archive_line
 from flows.config import FlowConfig
 from flows.handover import MESSAGE_MARK, Handover, LiveMerges, parse_message
 from flows.heap import release_heap, settle_heap
@@ -307,8 +307,8 @@ class WorkerLogics:
                 size += checkpoint_bytes(got[0])
             if begun and (size >= COMMIT_BYTES or i == len(logics) - 1):
                 if self.archive is not None:  # before the commit: at least once (archive.py)
-                    lines = [line for logic, _, _ in begun for line in logic.take_archived()]
-                    self.archive.append(lines, time.time())
+                    parts = [logic.take_archived() for logic, _, _ in begun]
+                    self.archive.append(parts, time.time())
                 try:
                     results = self.store.checkpoint_many([batch for _, batch, _ in begun])
                     moved: dict[int, str] = {}
@@ -482,7 +482,10 @@ class PartitionLogic(LiveMerges, ShardLogic):
             archive = InputArchive(config.archive) if config.archive else None
             worker = WorkerLogics(_store(config), archive=archive)
         self.worker = worker
+        # --archive: the accepted lines parsed since the last checkpoint, and every entry
+        # parsed with how many lines it gave (the archive's index, flows/archive.py)
         self.archived: list[bytes] | None = [] if self.worker.archive is not None else None
+        self.archived_entries: list[tuple[str, int]] = []
         self.worker.logics.append(self)
         self.store = self.worker.store
         self.p = -1  # learnt from the first value: Bytewax does not hand the key to builders
@@ -598,6 +601,7 @@ class PartitionLogic(LiveMerges, ShardLogic):
         self.caught_up = False
         if self.archived is not None:
             self.archived = []
+            self.archived_entries = []
         self.init_merges()  # the refused checkpoint's hand-overs are made again below
         self.bind(self.p)
         log.info("partition %d: switched to %s by a publish", self.p, marker or "generation 0")
@@ -778,6 +782,7 @@ class PartitionLogic(LiveMerges, ShardLogic):
         # hand-overs between partitions (flows/handover.py) come in entries of their own
         messages = type(payload) is Messages
         forged = not messages and MESSAGE_MARK in payload
+        accepted = 0
         for i, event in enumerate(parse_events(lines, now, latest)):
             if forged and lines[i].startswith(MESSAGE_MARK):
                 event = _RESERVED
@@ -800,6 +805,7 @@ class PartitionLogic(LiveMerges, ShardLogic):
                     items.append(event)
                     if archived is not None:
                         archived.append(archive_line(lines[i], event))
+                        accepted += 1
                     continue
                 event = Reject(
                     "unknown_action",
@@ -809,13 +815,15 @@ class PartitionLogic(LiveMerges, ShardLogic):
             raw = lines[i]
             if raw.strip():
                 items.append(DeadLetter(f"{self.stream}/{entry_id}/{i}", raw, event))
+        if archived is not None:
+            self.archived_entries.append((entry_id, MESSAGES if messages else accepted))
         return items
 
-    def take_archived(self) -> list[bytes]:
-        """The accepted input lines parsed since the last checkpoint (for ``--archive``)."""
-        if not self.archived:
-            return []
-        taken, self.archived = self.archived, []
+    def take_archived(self) -> Archived:
+        """The accepted input lines parsed since the last checkpoint and the entries they
+        came from (for ``--archive``)."""
+        taken = Archived(self.p, self.archived_entries, self.archived or [])
+        self.archived, self.archived_entries = [], []
         return taken
 
     def load(self, contacts: set[str]) -> None:

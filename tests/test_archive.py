@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_cli_redis import RULES, cli
 
-from flows.archive import archive_files, gzip_member
+from flows.archive import MESSAGES, Archived, InputArchive, archive_files, gzip_member
+from leadscore.history import ArchiveHistory, HistoryError
 from state.redis_store import RedisStore
 
 T0 = time.time() - 3600  # recent: no decay crossing is due while the test runs
@@ -117,3 +118,96 @@ def test_an_empty_archive_directory_is_refused_with_a_message(tmp_path: Path) ->
 def test_appended_members_read_back_as_their_concatenation(chunks: list[bytes]) -> None:
     data = b"".join(gzip_member(c) for c in chunks)
     assert gzip.decompress(data) == b"".join(chunks) if data else True
+
+
+@st.composite
+def checkpoints(draw: st.DrawFn) -> list[list[Archived]]:
+    """Checkpoint rounds of up to 3 partitions: each partition's entries in stream order
+    across rounds, each entry with 0-3 lines (or hand-over messages)."""
+    clock = {p: 1_000 for p in range(3)}
+    seq = dict.fromkeys(range(3), 0)
+    rounds = []
+    for _ in range(draw(st.integers(min_value=1, max_value=4))):
+        parts = []
+        for p in draw(st.lists(st.integers(0, 2), unique=True, max_size=3)):
+            part = Archived(p)
+            for _ in range(draw(st.integers(min_value=1, max_value=30))):
+                clock[p] += draw(st.integers(min_value=0, max_value=2))
+                seq[p] += draw(st.integers(min_value=1, max_value=2))
+                entry_id = f"{clock[p]}-{seq[p]}"
+                n = draw(st.sampled_from([0, 1, 2, 3, MESSAGES]))
+                part.entries.append((entry_id, n))
+                part.lines += [orjson.dumps({"e": entry_id, "k": k}) for k in range(max(n, 0))]
+            parts.append(part)
+        rounds.append(parts)
+    return rounds
+
+
+def merged(rounds: list[list[Archived]]) -> list[Archived]:
+    """``rounds`` as one checkpoint (a restarted flow re-reads and batches differently)."""
+    parts: dict[int, Archived] = {}
+    for round_ in rounds:
+        for part in round_:
+            into = parts.setdefault(part.p, Archived(part.p))
+            into.entries += part.entries
+            into.lines += part.lines
+    return list(parts.values())
+
+
+@given(checkpoints(), st.sampled_from([150, 60_000]), st.data())
+def test_indexed_members_read_as_lines_and_by_partition_each_entry_once(
+    rounds: list[list[Archived]], index_max: int, data: st.DataObject
+) -> None:
+    """Every gzip reader reads the lines; the index gives each partition's entries in stream
+    order with their lines, once, also when a crash after round ``crash`` archives rounds
+    ``back..crash`` again with what follows in one bigger checkpoint, and when a round's index
+    needs several members."""
+    import tempfile
+
+    from flows import archive as module
+
+    crash = data.draw(st.integers(min_value=0, max_value=len(rounds) - 1))
+    back = data.draw(st.integers(min_value=0, max_value=crash))
+    written = [*rounds[: crash + 1], merged(rounds[back : crash + 2]), *rounds[crash + 2 :]]
+    saved, module.INDEX_MAX = module.INDEX_MAX, index_max
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = InputArchive(tmp)
+            for parts in written:
+                archive.append(parts, T0)
+            files = archive_files(tmp)
+            if not any(part.entries for parts in rounds for part in parts):
+                assert files == []
+                return
+            with gzip.open(files[0]) as fh:
+                lines = fh.read().splitlines()
+            assert lines == [line for parts in written for p in parts for line in p.lines]
+            history = ArchiveHistory(tmp)
+            assert history.unindexed() is None
+            for p in range(3):
+                want = [
+                    (entry_id, n)
+                    for parts in rounds
+                    for part in parts
+                    if part.p == p
+                    for entry_id, n in part.entries
+                ]
+                got = list(history.entries(p))
+                assert [(entry_id, n) for entry_id, n, _ in got] == want
+                for entry_id, n, mine in got:
+                    assert [orjson.loads(line)["e"] for line in mine] == [entry_id] * max(n, 0)
+                if len(want) > 2:  # bounds: after, before, end
+                    a, b = want[0][0], want[-1][0]
+                    inner = [e for e, _, _ in history.entries(p, after=a, before=b)]
+                    assert inner == [e for e, _ in want[1:-1]]
+                    assert [e for e, _, _ in history.entries(p, end=a)] == [a]
+    finally:
+        module.INDEX_MAX = saved
+
+
+def test_an_archive_without_entry_ids_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "2026-01-01.jsonl.gz").write_bytes(gzip_member(ev("c-1", 1) + b"\n"))
+    refusal = ArchiveHistory(tmp_path).unindexed()
+    assert refusal is not None and "before leadscore recorded input stream entry ids" in refusal
+    with pytest.raises(HistoryError, match=r"2026-01-01\.jsonl\.gz holds gzip members written"):
+        list(ArchiveHistory(tmp_path).entries(0))
