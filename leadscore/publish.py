@@ -183,6 +183,7 @@ class Exported:
     events: int
     entries: int
     actions: set[str]
+    archived: int = 0  # events of them from the archive (``older``)
 
 
 def export_history(
@@ -193,16 +194,28 @@ def export_history(
     *,
     page: int = 1000,
     on_progress: Callable[[int, int], None] | None = None,
+    older: Callable[[int], Iterable[bytes]] | None = None,
 ) -> Exported:
     """Every retained input entry (``XRANGE``, partition by partition, ``page`` entries per
     call) into ``out`` as gzip JSONL, in stream order per partition: a contact's events stay in
     order (one partition). Memory holds one page. ``on_progress(partition, events)`` after each
     page. Lines that are not JSON objects are kept: the replay dead-letters them as the flow did.
+    ``older(p)``: lines written before partition ``p``'s entries (what the stream lost, from an
+    archive: ``leadscore.history``).
     """
-    events = entries = 0
+    events = entries = archived = 0
     actions: set[str] = set()
     with gzip.open(out, "wb", compresslevel=3) as fh:
         for p in range(partitions):
+            for line in older(p) if older is not None else ():
+                fh.write(line + b"\n")
+                archived += 1
+                try:
+                    action = orjson.loads(line).get("action")
+                except (orjson.JSONDecodeError, AttributeError):
+                    continue
+                if isinstance(action, str):
+                    actions.add(action)
             start = "-"
             while True:
                 batch = r.xrange(input_key(p), min=start, count=page)
@@ -227,7 +240,7 @@ def export_history(
                 if len(batch) < page:
                     break
                 start = "(" + batch[-1][0].decode()
-    return Exported(out, events, entries, actions)
+    return Exported(out, events + archived, entries, actions, archived)
 
 
 def archive_actions(paths: Iterable[str]) -> set[str]:

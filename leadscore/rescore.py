@@ -27,9 +27,11 @@ from typing import Any
 
 import orjson
 
+from flows.archive import MESSAGES
 from flows.shards import ShardLogic, effect_record
 from leadscore.engine import ContactState, Engine, TriggerFired
 from leadscore.events import DEFAULT_MAX_FUTURE, Event, latest_ts
+from leadscore.history import ArchiveHistory, HistoryError, oldest_retained
 from leadscore.publish import CHEAP, RESCORE, UNCHANGED, Change, classify
 from leadscore.readmodel import DocumentWriter
 from leadscore.rules import load_rules_text
@@ -156,9 +158,11 @@ class Rebuilder(ShardLogic):
         *,
         max_contacts: int = MAX_CONTACTS,
         max_future: float = DEFAULT_MAX_FUTURE,
+        history: ArchiveHistory | None = None,
     ) -> None:
         super().__init__(engine, parts=1, live=True)
         self.r = r
+        self.history = history  # --history: what the stream lost comes from the archive
         self.keys = keys
         self.p = p
         self.max_contacts = max_contacts
@@ -193,8 +197,8 @@ class Rebuilder(ShardLogic):
     def replay(self, end: str | None, progress: Progress | None = None, *, page: int = PAGE) -> int:
         """Apply the entries after ``upto`` up to ``end`` (inclusive); returns events applied.
 
-        Refuses (PublishError) when entries in that range were trimmed: the generation would
-        miss events.
+        Entries the stream lost (trimmed) come from the archive (``history``); without one,
+        or when it lacks some, refuses (HistoryError): the generation would miss events.
         """
         if end is None:
             return 0
@@ -204,33 +208,78 @@ class Rebuilder(ShardLogic):
         while self.upto is None or id_tuple(self.upto) < stop:
             start = "-" if self.upto is None else "(" + self.upto
             batch = self.r.xrange(key, min=start, max=end, count=page)
-            self._check_gap()
+            if self._trimmed():  # entries after upto are gone from the stream (read or not)
+                applied += self._replay_archive(end, progress, page)
+                continue
             if not batch:
                 break
-            events = self._apply_page(batch)
-            applied += events
-            self.upto = batch[-1][0].decode()
-            self.entries_done += len(batch)
-            self.flush()
-            if progress is not None:
-                progress.events += events
-                progress.entries += len(batch)
-                progress.tick()
+            applied += self._take(batch, progress)
             if len(batch) < page:
                 break
         return applied
 
-    def _check_gap(self) -> None:
+    def _take(self, batch: list[Any], progress: Progress | None) -> int:
+        """Apply one page of entries, then write it with the position it reached."""
+        events = self._apply_page(batch)
+        self.upto = batch[-1][0].decode()
+        self.entries_done += len(batch)
+        self.flush()
+        if progress is not None:
+            progress.events += events
+            progress.entries += len(batch)
+            progress.tick()
+        return events
+
+    def _trimmed(self) -> bool:
+        """Whether entries after ``upto`` were trimmed (the generation holds the first
+        ``entries_done``; trimming removes the oldest first)."""
         gone = removed_entries(self.r, self.keys, self.p)
-        if gone > self.entries_done:
-            raise PublishError(
+        if gone <= self.entries_done:
+            return False
+        if self.history is None:
+            raise HistoryError(
                 f"partition {self.p}: the oldest {gone:,} input entries were trimmed but this "
                 f"generation holds only the first {self.entries_done:,} "
                 f"(up to {self.upto or 'the start'}): the retained history is incomplete, so the "
-                "new generation would miss events. Keep more history (leadscore run --source "
-                "... --retain / --retain-entries) or score the history in a new deployment "
-                "(another --prefix, fed from an --archive directory)"
+                "new generation would miss events. Nothing was switched. Publish with "
+                "--history DIR, the flow's --archive directory, or keep more history "
+                "(leadscore run --source ... --retain / --retain-entries)"
             )
+        return True
+
+    def _replay_archive(self, end: str, progress: Progress | None, page: int) -> int:
+        """Apply the archived entries after ``upto`` that the stream no longer holds (below
+        its oldest retained entry); refuses if the archive lacks some of them."""
+        assert self.history is not None
+        gone = removed_entries(self.r, self.keys, self.p)  # before the seam is read
+        before = oldest_retained(self.r, self.keys, self.p)
+        applied = 0
+        batch: list[tuple[bytes, dict[bytes, bytes]]] = []
+        for entry_id, n, lines in self.history.entries(
+            self.p, after=self.upto, before=before, end=end
+        ):
+            if n == MESSAGES:
+                raise MergesInHistory(
+                    f"partition {self.p}, input entry {entry_id} (archived): hand-over "
+                    "messages of identity merges, which publish does not replay from an "
+                    "archive: nothing was switched, the live rules and state are unchanged"
+                )
+            batch.append((entry_id.encode(), {b"e": b"\n".join(lines)}))
+            if len(batch) >= page:
+                applied += self._take(batch, progress)
+                batch = []
+        if batch:
+            applied += self._take(batch, progress)
+        if gone > self.entries_done:
+            raise HistoryError(
+                f"partition {self.p}: the stream lost its oldest {gone:,} input entries but "
+                f"the archive {self.history.directory} holds only {self.entries_done:,} of them "
+                f"(up to {self.upto or 'none'}): it has a gap (files missing or moved, or the "
+                "flow ran without --archive for a while), so the new generation would miss "
+                "events. Nothing was switched. Put the missing files back, or score the "
+                "history in a new deployment"
+            )
+        return applied
 
     def _apply_page(self, batch: list[Any]) -> int:
         parsed: list[tuple[float, list[Event]]] = []
@@ -665,14 +714,16 @@ def execute(
     max_contacts: int = MAX_CONTACTS,
     max_future: float = DEFAULT_MAX_FUTURE,
     pause: Callable[[str], None] | None = None,
+    history: ArchiveHistory | None = None,
 ) -> Outcome:
     """Run a planned publish to its end (rebuild, catch up, hold, fire, switch).
 
     ``pause(step)`` is called between steps (tests use it to kill the process there).
+    ``history``: the archive the entries the streams lost are replayed from.
     """
     try:
-        return _execute(r, keys, the_plan, progress, max_contacts, max_future, pause)
-    except MergesInHistory:
+        return _execute(r, keys, the_plan, progress, max_contacts, max_future, pause, history)
+    except (MergesInHistory, HistoryError):
         assert the_plan.job is not None
         abort(r, keys, the_plan.job)  # before the switch: back to the old generation
         raise
@@ -688,6 +739,7 @@ def _execute(
     max_contacts: int,
     max_future: float,
     pause: Callable[[str], None] | None,
+    history: ArchiveHistory | None = None,
 ) -> Outcome:
     job, rec = the_plan.job, the_plan.record
     assert job is not None and rec is not None
@@ -718,7 +770,10 @@ def _execute(
 
     def rebuilder(p: int) -> Rebuilder:
         # resumed from Redis each time: one partition's contacts and timers in memory at most
-        return Rebuilder(r, new_keys, p, engine, max_contacts=max_contacts, max_future=max_future)
+        return Rebuilder(
+            r, new_keys, p, engine, max_contacts=max_contacts, max_future=max_future,
+            history=history,
+        )  # fmt: skip
 
     if job.phase == "rebuild":
         progress.phase = "rebuild"

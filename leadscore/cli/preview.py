@@ -12,7 +12,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -30,6 +30,9 @@ from leadscore.cli.app import (
     redis_url_arg,
 )
 
+if TYPE_CHECKING:
+    from leadscore.history import ArchiveHistory
+
 
 @app.command()
 def preview(
@@ -44,7 +47,9 @@ def preview(
         typer.Option(
             "--history",
             metavar="DIR",
-            help="Replay an --archive directory instead of the retained input streams.",
+            help="An --archive directory: replay it for what the retained input streams no "
+            "longer hold, then the streams (an archive written before entry ids were "
+            "archived: alone).",
         ),
     ] = None,
 ) -> None:
@@ -53,6 +58,7 @@ def preview(
 
     from leadscore.backtest import backtest
     from leadscore.cli.backtest import _render
+    from leadscore.history import HistoryError
     from leadscore.publish import RESCORE, UNCHANGED, archive_actions, classify, export_history
     from leadscore.rules import RulesError
     from state.redis_store import RedisStore, RetryPolicy, StoreError
@@ -75,10 +81,29 @@ def preview(
                         f"{keys.meta} at {where} records no rules: start the live flow once "
                         "(it records its rules as v1), then preview"
                     )
-                if history is not None:
+                archive = None if history is None else _archive_or_exit(history)
+                if history is not None and archive is None:  # no entry ids: read it alone
                     paths = events_arg([history], [])
                     seen = archive_actions(paths)
-                    source = f"the archive {history} ({len(paths)} files)"
+                    source = (
+                        f"the archive {history} alone ({len(paths)} files; written without "
+                        "stream entry ids, so not joined to the retained streams)"
+                    )
+                elif archive is not None:
+                    exported = export_history(
+                        store.r,
+                        keys.input,
+                        keys.partitions,
+                        Path(tmp) / "history.jsonl.gz",
+                        older=lambda p: archive.older_lines(store.r, keys, p),
+                    )
+                    paths, seen = [str(exported.path)], exported.actions
+                    source = (
+                        f"the archive {history} ({exported.archived:,} events the streams "
+                        f"no longer hold), then the retained input streams "
+                        f"({exported.events - exported.archived:,} events in "
+                        f"{exported.entries:,} entries)"
+                    )
                 else:
                     exported = export_history(
                         store.r, keys.input, keys.partitions, Path(tmp) / "history.jsonl.gz"
@@ -88,6 +113,8 @@ def preview(
                         f"the retained input streams ({exported.events:,} events in "
                         f"{exported.entries:,} entries)"
                     )
+        except HistoryError as err:
+            fail(str(err))
         except (StoreError, RedisError) as err:
             fail(f"cannot read the deployment at {where}: {err}")
         try:
@@ -104,3 +131,14 @@ def preview(
             console.print(f"backtest of {rules} against the live rules on {source}:")
             result = backtest(rules, paths, str(live_path), now=time.time())
             _render(console, result)
+
+
+def _archive_or_exit(directory: str) -> ArchiveHistory | None:
+    """The archive to join to the streams; None if it was written without entry ids."""
+    from leadscore.history import ArchiveHistory, HistoryError
+
+    try:
+        archive = ArchiveHistory(directory)
+    except HistoryError as err:
+        fail(str(err))
+    return archive if archive.unindexed() is None else None

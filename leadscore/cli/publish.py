@@ -2,8 +2,10 @@
 
 Validates NEW, prints the preview (``leadscore preview``: kind of change, backtest) unless
 ``--yes``, then publishes: a cheap change switches at once; a rescoring change rebuilds a new
-generation of state from the retained history while the live flow keeps scoring, then
-switches the live flow over at a checkpoint boundary (``leadscore/rescore.py``). Also
+generation of state from the retained history (with ``--history DIR``: the flow's
+``--archive`` directory for what the streams no longer hold, ``leadscore/history.py``) while
+the live flow keeps scoring, then switches the live flow over at a checkpoint boundary
+(``leadscore/rescore.py``). Also
 ``--rollback`` (back to the previous rules, the same way) and ``--prune`` (delete the
 generations that are not live). Running it again after a crash resumes the publish.
 """
@@ -34,6 +36,7 @@ from leadscore.cli.app import (
 )
 
 if TYPE_CHECKING:
+    from leadscore.history import ArchiveHistory
     from leadscore.rescore import Outcome, Plan
     from state.keys import Keys
 
@@ -75,6 +78,15 @@ def publish(
             help="Contact states the rebuild keeps in memory (the rest wait in Redis).",
         ),
     ] = 50_000,
+    history: Annotated[
+        str | None,
+        typer.Option(
+            "--history",
+            metavar="DIR",
+            help="The live flow's --archive directory: the rebuild and the preview replay it "
+            "for what the retained input streams no longer hold, then the streams.",
+        ),
+    ] = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -102,6 +114,17 @@ def publish(
     if rules is not None:
         load_rules_or_exit(rules)
         new_text = Path(rules).read_bytes()
+    archive = None
+    if history is not None and not prune:
+        from leadscore.history import ArchiveHistory, HistoryError
+
+        try:
+            archive = ArchiveHistory(history)
+        except HistoryError as err:
+            fail(str(err))
+        refusal = archive.unindexed()
+        if refusal is not None:
+            fail(f"--history {history}: {refusal}")
     console = new_console()
     where = masked_url(redis_url)
     try:
@@ -128,8 +151,9 @@ def publish(
                 from leadscore.cli.preview import preview
 
                 preview(
-                    rules=rules, redis_url=redis_url, prefix=prefix, history=None, cluster=cluster
-                )
+                    rules=rules, redis_url=redis_url, prefix=prefix, history=history,
+                    cluster=cluster,
+                )  # fmt: skip
                 if not sys.stdin.isatty():
                     console.print("nothing published: run again with --yes to publish")
                     return
@@ -153,12 +177,12 @@ def publish(
                 console.print(
                     "no replay needed: the live flow switches rules at its next checkpoint"
                 )
-            total = sum(int(r.xlen(keys.input(p))) for p in range(keys.partitions))
+            total = sum(_entries(r, keys, p, archive is not None) for p in range(keys.partitions))
             if metrics_port:
                 from prometheus_client import start_http_server
 
                 start_http_server(metrics_port, addr="127.0.0.1")
-            outcome = _run(r, keys, plan, total, max_contacts)
+            outcome = _run(r, keys, plan, total, max_contacts, archive)
     except PublishError as err:
         fail(str(err))
     except (StoreError, RedisError) as err:
@@ -192,7 +216,18 @@ def _generations(r: Any, keys: Keys) -> set[int]:
     return gens
 
 
-def _run(r: Any, keys: Keys, plan: Plan, total: int, max_contacts: int) -> Outcome:
+def _entries(r: Any, keys: Keys, p: int, archived: bool) -> int:
+    """Input entries a full rebuild of ``p`` replays: the retained ones, and with an archive
+    the ones trimmed too (the progress bar's total)."""
+    from state.generations import removed_entries
+
+    retained = int(r.xlen(keys.input(p)))
+    return retained + removed_entries(r, keys, p) if archived else retained
+
+
+def _run(
+    r: Any, keys: Keys, plan: Plan, total: int, max_contacts: int, archive: ArchiveHistory | None
+) -> Outcome:
     """Execute with a progress bar on stderr and the metrics fed."""
     from leadscore import rescore
 
@@ -233,8 +268,9 @@ def _run(r: Any, keys: Keys, plan: Plan, total: int, max_contacts: int) -> Outco
     started = time.monotonic()
     with bar:
         outcome = rescore.execute(
-            r, keys, plan, progress=progress, max_contacts=max_contacts, pause=_pause
-        )
+            r, keys, plan, progress=progress, max_contacts=max_contacts, pause=_pause,
+            history=archive,
+        )  # fmt: skip
     gauges["seconds"].set(time.monotonic() - started)
     return outcome
 
