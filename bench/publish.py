@@ -14,6 +14,13 @@ Reported: events per second of each and their ratio (same run), the seconds of e
 phase, the peak resident set of each process (``ru_maxrss``) and Redis's memory before and
 after (the new generation's cost). ``--max-contacts`` bounds the contacts the rebuild keeps in
 memory (the publish default, 50,000). Results go to ``bench/results/publish.json``.
+
+``--history``: the rebuild from an ``--archive`` directory instead (``publish --history
+DIR``). The same input goes through a live flow (``leadscore run --source ... --drain
+--archive DIR --retain 0``: real checkpoint members, streams trimmed to nothing), then the
+publish replays it all from the archive; the stream publish runs too, on the same input, and
+the report compares their rebuild phases and gives the archive's size and its index's share.
+Results go to ``bench/results/publish-history.json``.
 """
 
 from __future__ import annotations
@@ -73,6 +80,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             phases[str(last[1])] = phases.get(str(last[1]), 0.0) + now - float(last[0])
             last[0], last[1] = now, progress.phase
 
+    history = None
+    if spec.get("history"):
+        from leadscore.history import ArchiveHistory
+
+        history = ArchiveHistory(spec["history"])
     with RedisStore(spec["url"]) as store:
         t0 = time.perf_counter()
         plan = rescore.plan(store.r, store.keys, Path(spec["new"]).read_bytes())
@@ -82,6 +94,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             plan,
             progress=rescore.Progress(PARTITIONS, update=update),
             max_contacts=spec["max_contacts"],
+            history=history,
         )
         seconds = time.perf_counter() - t0
     return {
@@ -122,6 +135,82 @@ def prepare(url: str, events: Path, rules: Path) -> dict[str, Any]:
     return {"events_sent": sent.events, "redis_used_mb": info["used_memory"] / 2**20}
 
 
+def archive_through_a_live_flow(url: str, events: Path, rules: Path, archive: Path) -> float:
+    """``events`` sent and scored by a live flow that archives them and keeps no retention;
+    returns the flow's seconds."""
+    from state.redis_store import RedisStore
+
+    with RedisStore(url) as store:
+        store.ensure(PARTITIONS)
+        with events.open("rb") as fh:
+            store.send_events(fh)
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "leadscore.cli", "run", "--rules", str(rules), "--source", url,
+            "--drain", "--partitions", str(PARTITIONS), "--archive", str(archive),
+            "--retain", "0",
+        ],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.decode()[-3000:])
+    return time.perf_counter() - t0
+
+
+def archive_size(archive: Path) -> dict[str, Any]:
+    """Bytes, gzip members and index bytes (the members' header extra fields) of ``archive``."""
+    from flows.archive import archive_files, read_members
+
+    files = archive_files(archive)
+    members = index = 0
+    for path in files:
+        for member in read_members(path):
+            members += 1
+            index += member._body[0] - member.offset - 12  # header + extra length
+    total = sum(Path(f).stat().st_size for f in files)
+    return {"bytes": total, "members": members, "index_bytes": index, "index_share": index / total}
+
+
+def main_history(args: argparse.Namespace, rules: Path, events: Path, lines: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="leadscore-bench-publish-") as tmp:
+        new = Path(tmp) / "new.yaml"
+        new.write_text(rules.read_text().replace("at_least: 50", "at_least: 40", 1))
+        spec = {"design": "publish", "new": str(new), "max_contacts": args.max_contacts}
+        server = load_redis_server().RedisServer(Path(tmp) / "redis").start()
+        try:
+            prepare(server.url, events, rules)
+            streams = _in_fresh_process({**spec, "url": server.url})
+            import redis
+
+            redis.Redis.from_url(server.url).flushall()
+            archive = Path(tmp) / "archive"
+            flow_s = archive_through_a_live_flow(server.url, events, rules, archive)
+            archived = _in_fresh_process({**spec, "url": server.url, "history": str(archive)})
+            size = archive_size(archive)
+        finally:
+            server.stop()
+    rebuild = {
+        name: lines / got["phases"]["rebuild"]
+        for name, got in (("streams", streams), ("archive", archived))
+    }
+    report = {
+        "machine": machine_info(),
+        "config": {"events": lines, "contacts": args.contacts, "seed": args.seed,
+                   "partitions": PARTITIONS, "max_contacts": args.max_contacts},
+        "live_flow_seconds": flow_s,
+        "archive": size,
+        "publish_streams": streams,
+        "publish_archive": archived,
+        "rebuild_events_per_s": rebuild,
+        "ratio_archive_to_streams": rebuild["archive"] / rebuild["streams"],
+    }  # fmt: skip
+    out = Path(args.json.replace("publish.json", "publish-history.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -130,6 +219,7 @@ def main() -> None:
     parser.add_argument("--max-contacts", type=int, default=50_000)
     parser.add_argument("--rules", default=None)
     parser.add_argument("--json", default=str(RESULTS / "publish.json"))
+    parser.add_argument("--history", action="store_true", help="rebuild from an archive")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -138,6 +228,9 @@ def main() -> None:
     rules = rules_path(args.rules)
     events = events_file(args.events, args.contacts, args.seed)
     lines = count_lines([events])
+    if args.history:
+        main_history(args, rules, events, lines)
+        return
     with tempfile.TemporaryDirectory(prefix="leadscore-bench-publish-") as tmp:
         new = Path(tmp) / "new.yaml"
         new.write_text(rules.read_text().replace("at_least: 50", "at_least: 40", 1))
