@@ -19,8 +19,9 @@ archive, a power loss can lose the last checkpoints' members (Redis still has th
 retention).
 
 **Where each line came from.** Every member carries an index in its gzip header's extra
-field (subfield ``LS``, RFC 1952 ``FEXTRA``, which every gzip reader skips): JSON
-``{"v": 1, "z": DEFLATE_BYTES, "parts": [[p, start, end, [[entry_id, lines], ...]], ...]}``,
+field (subfield ``LS``, RFC 1952 ``FEXTRA``, which every gzip reader skips): zlib-compressed
+JSON ``{"v": 1, "z": DEFLATE_BYTES, "parts": [[p, start, end, [[entry_id, lines], ...]],
+...]}``,
 for each partition of the checkpoint the byte range of its lines in the member's data and
 every input stream entry it consumed, in stream order, with how many lines each gave (0: all
 dead letters; -1: the flow's own hand-over messages, not archived). ``leadscore publish
@@ -65,6 +66,10 @@ class ArchiveError(ValueError):
     """An archive file that cannot be read (truncated, not gzip); the message names it."""
 
 
+class Truncated(ArchiveError):
+    """A member that ends before its end: cut by a power loss, or still being written."""
+
+
 def archive_line(raw: bytes, event: Any) -> bytes:
     """The line to archive for an accepted event: as it arrived, or, when it had no ``ts``
     (the flow stamped it with the time it read it), with that time, so a replay scores it at
@@ -106,14 +111,14 @@ def indexed_member(parts: Sequence[Archived], level: int = 6) -> bytes:
     index: list[list[Any]] = []
     offset = 0
     for part in parts:
-        data = b"".join(line + b"\n" for line in part.lines)
+        data = b"\n".join(part.lines) + b"\n" if part.lines else b""
         chunks.append(data)
-        index.append([part.p, offset, offset + len(data), [list(e) for e in part.entries]])
+        index.append([part.p, offset, offset + len(data), part.entries])
         offset += len(data)
     data = b"".join(chunks)
     packer = zlib.compressobj(level, zlib.DEFLATED, -15)  # raw deflate: the header is ours
     body = packer.compress(data) + packer.flush()
-    doc = orjson.dumps({"v": INDEX_VERSION, "z": len(body), "parts": index})
+    doc = zlib.compress(orjson.dumps({"v": INDEX_VERSION, "z": len(body), "parts": index}))
     extra = INDEX_ID + struct.pack("<H", len(doc)) + doc
     header = b"\x1f\x8b\x08" + bytes([_FEXTRA]) + b"\0\0\0\0\0\xff" + struct.pack("<H", len(extra))
     trailer = struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
@@ -123,6 +128,9 @@ def indexed_member(parts: Sequence[Archived], level: int = 6) -> bytes:
 def _members_of(parts: Sequence[Archived]) -> Iterator[list[Archived]]:
     """``parts`` grouped into members whose index stays under INDEX_MAX (a part with more
     entries than fit is split, its lines going with their entries)."""
+    if sum(len(part.entries) for part in parts) * 40 <= INDEX_MAX:  # the usual case
+        yield list(parts)
+        return
     group: list[Archived] = []
     size = 0
     for part in parts:
@@ -198,6 +206,11 @@ class Member:
     _fh: BinaryIO | None = None
     _body: tuple[int, int] = (0, 0)  # where its deflate data starts, and its length
 
+    @property
+    def end(self) -> int:
+        """Where the next member starts."""
+        return self._body[0] + self._body[1] + 8
+
     def data(self) -> bytes:
         """The member's uncompressed data (its CRC checked)."""
         assert self._fh is not None and self.parts is not None
@@ -205,7 +218,7 @@ class Member:
         self._fh.seek(start)
         raw = self._fh.read(size + 8)
         if len(raw) < size + 8:
-            raise ArchiveError(f"{self.path}: the member at byte {self.offset} is truncated")
+            raise Truncated(f"{self.path}: the member at byte {self.offset} is truncated")
         try:
             data = zlib.decompress(raw[:size], -15)
         except zlib.error as err:
@@ -221,31 +234,39 @@ def _skip_zero_terminated(fh: BinaryIO) -> None:
         pass
 
 
-def read_members(path: str) -> Iterator[Member]:
-    """The members of one archive file in order, their data not read (a member of the
-    partition wanted is inflated with ``Member.data``; the others are skipped unread). A
-    member without an index ends the iteration (its end is not known without inflating)."""
+def read_members(path: str, start: int = 0) -> Iterator[Member]:
+    """The members of one archive file from byte ``start`` in order, their data not read
+    (``Member.data`` inflates one; the others are skipped unread). A member without an index
+    ends the iteration (its end is not known without inflating)."""
     with open(path, "rb") as fh:
+        fh.seek(start)
         while True:
             offset = fh.tell()
             head = fh.read(10)
             if not head:
                 return
-            if len(head) < 10 or head[:3] != b"\x1f\x8b\x08":
+            if len(head) < 10:
+                raise Truncated(f"{path}: the member at byte {offset} is truncated")
+            if head[:3] != b"\x1f\x8b\x08":
                 raise ArchiveError(f"{path}: byte {offset} does not start a gzip member")
             flags = head[3]
             index: dict[str, Any] | None = None
             if flags & _FEXTRA:
                 raw = fh.read(2)
-                if len(raw) < 2:
-                    raise ArchiveError(f"{path}: the member at byte {offset} is truncated")
-                (xlen,) = struct.unpack("<H", raw)
+                (xlen,) = struct.unpack("<H", raw) if len(raw) == 2 else (1 << 17,)
                 extra = fh.read(xlen)
+                if len(extra) < xlen:
+                    raise Truncated(f"{path}: the member at byte {offset} is truncated")
                 i = 0
                 while i + 4 <= len(extra):
                     (size,) = struct.unpack("<H", extra[i + 2 : i + 4])
                     if extra[i : i + 2] == INDEX_ID:
-                        index = orjson.loads(extra[i + 4 : i + 4 + size])
+                        try:
+                            index = orjson.loads(zlib.decompress(extra[i + 4 : i + 4 + size]))
+                        except (zlib.error, orjson.JSONDecodeError) as err:
+                            raise ArchiveError(
+                                f"{path}: the member at byte {offset} has an unreadable index"
+                            ) from err
                     i += 4 + size
             if index is None or index.get("v") != INDEX_VERSION:
                 yield Member(path, offset, None)
@@ -257,9 +278,7 @@ def read_members(path: str) -> Iterator[Member]:
             if flags & _FHCRC:
                 fh.read(2)
             body = fh.tell()
-            parts = [
-                Part(int(p), int(a), int(b), [(str(i), int(n)) for i, n in ids])
-                for p, a, b, ids in index["parts"]
-            ]
+            # entries stay [id, lines] lists as parsed: unpacked like tuples, not copied
+            parts = [Part(p, a, b, ids) for p, a, b, ids in index["parts"]]
             yield Member(path, offset, parts, fh, (body, int(index["z"])))
             fh.seek(body + int(index["z"]) + 8)

@@ -15,7 +15,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_cli_redis import RULES, cli
 
-from flows.archive import MESSAGES, Archived, InputArchive, archive_files, gzip_member
+from flows.archive import (
+    MESSAGES,
+    Archived,
+    InputArchive,
+    archive_files,
+    day_file,
+    gzip_member,
+)
 from leadscore.history import ArchiveHistory, HistoryError
 from state.redis_store import RedisStore
 
@@ -160,8 +167,9 @@ def test_indexed_members_read_as_lines_and_by_partition_each_entry_once(
 ) -> None:
     """Every gzip reader reads the lines; the index gives each partition's entries in stream
     order with their lines, once, also when a crash after round ``crash`` archives rounds
-    ``back..crash`` again with what follows in one bigger checkpoint, and when a round's index
-    needs several members."""
+    ``back..crash`` again with what follows in one bigger checkpoint, when a round's index
+    needs several members, and when the archive grows between reads (the last round written
+    in two halves)."""
     import tempfile
 
     from flows import archive as module
@@ -173,8 +181,21 @@ def test_indexed_members_read_as_lines_and_by_partition_each_entry_once(
     try:
         with tempfile.TemporaryDirectory() as tmp:
             archive = InputArchive(tmp)
-            for parts in written:
+            for parts in written[:-1]:
                 archive.append(parts, T0)
+            history = ArchiveHistory(tmp) if archive_files(tmp) else None
+            for p in range(3 if history is not None else 0):
+                list(history.entries(p))  # read before the last round is archived
+            # the last round is archived while a publish reads: half of its bytes first
+            InputArchive(Path(tmp) / "next").append(written[-1], T0)
+            tail = b"".join(Path(f).read_bytes() for f in archive_files(Path(tmp) / "next"))
+            if tail:
+                with day_file(Path(tmp), T0).open("ab") as fh:
+                    fh.write(tail[: len(tail) // 2])
+                for p in range(3 if history is not None else 0):
+                    list(history.entries(p))  # the member being written is left for later
+                with day_file(Path(tmp), T0).open("ab") as fh:
+                    fh.write(tail[len(tail) // 2 :])
             files = archive_files(tmp)
             if not any(part.entries for parts in rounds for part in parts):
                 assert files == []
@@ -182,7 +203,7 @@ def test_indexed_members_read_as_lines_and_by_partition_each_entry_once(
             with gzip.open(files[0]) as fh:
                 lines = fh.read().splitlines()
             assert lines == [line for parts in written for p in parts for line in p.lines]
-            history = ArchiveHistory(tmp)
+            history = history or ArchiveHistory(tmp)
             assert history.unindexed() is None
             for p in range(3):
                 want = [
