@@ -74,8 +74,15 @@ def test_publish_from_the_archive_then_the_streams_scores_every_event_once(
     assert done.returncode == 1 and "--history DIR" in done.stderr, done.stderr
     assert r.exists("ls:publish") == 0 and r.hget("ls:meta", "rules_version") == b"1"
 
-    # a crash re-archives its last checkpoints (at least once): here the whole first run
+    # an archive without the first run has a gap: refused, nothing left in progress
     rest = Path(day).read_bytes()[len(first_run) :]
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / Path(day).name).write_bytes(rest)
+    done = publish(redis_url, "--rules", str(new), "--history", str(tmp_path / "partial"), "--yes")
+    assert done.returncode == 1 and "it has a gap" in " ".join(done.stderr.split())
+    assert r.exists("ls:publish") == 0 and r.hget("ls:meta", "rules_version") == b"1"
+
+    # a crash re-archives its last checkpoints (at least once): here the whole first run
     Path(day).write_bytes(first_run + first_run + rest)
 
     # the preview reads the archive, then the streams
@@ -89,7 +96,7 @@ def test_publish_from_the_archive_then_the_streams_scores_every_event_once(
     assert done.returncode == 0, done.stderr
     lines = sum(len(f.read_text().splitlines()) for f in (first, second))
     assert f"({lines:,} events replayed" in done.stdout
-    assert r.hget("ls:meta", "rules_version") == b"3"  # v2 went to the refused publish
+    assert r.hget("ls:meta", "rules_version") == b"4"  # v2 and v3 went to the refused ones
     assert_live_equals(redis_url, oracle(new, [first, second], tmp_path, "oracle"))
 
 
