@@ -22,7 +22,8 @@ DEMO_SEED ?= 7
 
 # The compiled hot path (setup.py, leadscore/accel.py): rebuilt when its sources change.
 COMPILED_SRC := leadscore/engine.py leadscore/engine.pxd leadscore/rules.py leadscore/rules.pxd \
-  leadscore/accel.py setup.py
+  leadscore/events.py leadscore/events.pxd leadscore/records.py leadscore/records.pxd \
+  flows/shards.py flows/shards.pxd leadscore/accel.py setup.py
 COMPILED := leadscore/_compiled/.built
 # What also runs on the interpreted engine (the fallback) in `make test`.
 PYTHON_ENGINE_TESTS := tests/test_engine_actions.py tests/test_engine_decay.py \
@@ -116,4 +117,4 @@ test: system-deps lint $(COMPILED)
 	LEADSCORE_ENGINE=python $(BIN)/python -m pytest -q $(PYTHON_ENGINE_TESTS)
 
 clean:
-	rm -rf demo out build leadscore/_compiled leadscore/engine.c
+	rm -rf demo out build leadscore/_compiled flows/_compiled leadscore/*.c flows/*.c

@@ -29,9 +29,9 @@ from leadscore.engine import (
     TriggerFired,
 )
 from leadscore.events import MAX_EVENT_BYTES, Event, Reject, format_ts
-from leadscore.explain import effect_record as record_of
 from leadscore.identity import Aliases
 from leadscore.merge import Merged, absorb
+from leadscore.records import effect_record as record_of
 
 log = logging.getLogger("leadscore.flow")
 RAW_HEAD_BYTES = 1024  # what a dead letter keeps of a line over MAX_EVENT_BYTES

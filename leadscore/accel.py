@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import Any
 
 # (package, module) pairs compiled by setup.py; each has a .pxd beside its .py.
-COMPILED = (("leadscore", "rules"), ("leadscore", "engine"))
+COMPILED = (
+    ("leadscore", "events"),
+    ("leadscore", "rules"),
+    ("leadscore", "engine"),
+    ("leadscore", "records"),
+    ("flows", "shards"),
+)
 COMPILED_DIR = "_compiled"
 SOURCES = "sources.json"  # beside the built modules: the sha256 of the sources they came from
 ENV = "LEADSCORE_ENGINE"

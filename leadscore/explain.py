@@ -17,13 +17,8 @@ from typing import Any
 from leadscore.engine import (
     ContactState,
     Duplicate,
-    Effect,
     Engine,
     PointChange,
-    SegmentChanged,
-    StageChanged,
-    TagChanged,
-    TriggerFired,
 )
 from leadscore.events import (
     DEFAULT_MAX_FUTURE,
@@ -37,6 +32,7 @@ from leadscore.events import (
 from leadscore.identity import Aliases
 from leadscore.merge import MERGE, Merged, merge
 from leadscore.reasons import Reason, event_reasons, pending_reasons
+from leadscore.records import effect_record
 from leadscore.rules import Rules
 
 
@@ -173,81 +169,6 @@ def rule_catalog(rules: Rules) -> dict[str, RuleInfo]:
     for f in rules.fit:
         catalog[f.id] = RuleInfo("fit", f"fit: {f.trait}")
     return catalog
-
-
-def effect_record(contact: str, effect: Effect, action: str | None = None) -> dict[str, Any] | None:
-    """The output record for one effect: THE format of the flow's outputs; None for duplicates.
-
-    Point changes also carry the event's ``action`` when the caller knows it, because the
-    change log alone does not say which action earned the points.
-    """
-    # One dict literal per kind, in output key order: no merges or temporary dicts, as this
-    # runs once per output record of the flow.
-    t = type(effect)
-    if t is PointChange:
-        rec: dict[str, Any] = {
-            "contact": contact,
-            "kind": "points",
-            "rule": effect.rule,
-            "group": effect.group,
-            "delta": effect.delta,
-            "applied": effect.applied,
-            "score_after": round4(effect.score_after),
-            "capped": effect.capped,
-            "event_id": effect.event_id,
-            "at": format_ts(effect.at),
-        }
-        if action is not None:
-            rec["action"] = action
-        if effect.reason is not None:
-            rec["reason"] = effect.reason
-        return rec
-    if t is StageChanged:
-        return {
-            "contact": contact,
-            "kind": "stage",
-            "stage": effect.stage,
-            "previous": effect.previous,
-            "cause": effect.cause,
-            "at": format_ts(effect.at),
-        }
-    if t is TriggerFired:
-        return {
-            "contact": contact,
-            "trigger": effect.trigger,
-            "score": effect.score,
-            "at": format_ts(effect.at),
-            "actions": effect.actions,
-            "cause": effect.cause,
-        }
-    if t is SegmentChanged:
-        return {
-            "contact": contact,
-            "kind": "segment",
-            "segment": effect.segment,
-            "added": effect.added,
-            "cause": effect.cause,
-            "at": format_ts(effect.at),
-        }
-    if t is TagChanged:
-        return {
-            "contact": contact,
-            "kind": "tag",
-            "tag": effect.tag,
-            "added": effect.added,
-            "cause": effect.cause,
-            "at": format_ts(effect.at),
-        }
-    if t is Merged:
-        return {
-            "contact": contact,
-            "kind": "merge",
-            "from": effect.visitor,
-            "at": format_ts(effect.at),
-        }
-    if t is Duplicate:
-        return None
-    raise TypeError(f"no record for {effect!r}")
 
 
 def explain(

@@ -28,7 +28,7 @@ import pytest
 from conftest import SHARED_DATA
 
 import leadscore.engine
-from leadscore.accel import decide
+from leadscore.accel import COMPILED, decide
 from leadscore.events import Event, parse_events
 from leadscore.generate import generate_events, write_events
 from leadscore.rules import load_rules
@@ -87,16 +87,100 @@ def test_the_compiled_engine_is_the_one_loaded_when_built() -> None:
         state.not_a_field = 1  # type: ignore[attr-defined]
 
 
-def test_python_loads_the_py_files(tmp_path: Path) -> None:
-    code = (
-        "import leadscore.engine as e, leadscore.accel as a; "
-        "print(e.__file__); print(a.is_compiled())"
-    )
-    env = {**os.environ, "LEADSCORE_ENGINE": "python", "PYTHONPATH": str(ROOT)}
+# Every module the build compiles: the engine, the rules, the event contract (parse_ts,
+# format_ts, round4), the output records and the shard logic.
+MODULES = [f"{package}.{module}" for package, module in COMPILED]
+LOADED = (
+    "import importlib, sys, leadscore.accel as a\n"
+    "for name in sys.argv[1:]: print(importlib.import_module(name).__file__)\n"
+    "print(a.is_compiled())"
+)
+
+
+def loaded_files(engine: str) -> list[str]:
+    """Which file each compiled module loads from, in a fresh process on ``engine``."""
+    env = {**os.environ, "LEADSCORE_ENGINE": engine, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-c", LOADED, *MODULES],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     )
-    assert done.stdout.splitlines() == [str(ROOT / "leadscore" / "engine.py"), "False"]
+    return done.stdout.splitlines()
+
+
+def test_every_hot_path_module_is_in_the_build() -> None:
+    assert set(MODULES) >= {
+        "leadscore.engine",
+        "leadscore.rules",
+        "leadscore.events",
+        "leadscore.records",
+        "flows.shards",
+    }
+
+
+@needs_build
+def test_compiled_loads_every_module_as_an_extension() -> None:
+    *files, compiled = loaded_files("compiled")
+    for name, file in zip(MODULES, files, strict=True):
+        path = Path(file)
+        assert path.parent.name == "_compiled", name
+        assert any(path.name.endswith(suffix) for suffix in EXTENSION_SUFFIXES), name
+    assert compiled == "True"
+
+
+def test_python_loads_the_py_files() -> None:
+    *files, compiled = loaded_files("python")
+    expected = [str(ROOT / package / f"{module}.py") for package, module in COMPILED]
+    assert files == expected
+    assert compiled == "False"
+
+
+PICKLED = (
+    "import pickle, sys\n"
+    "from flows.shards import DeadLetter, Tick\n"
+    "from leadscore.events import Event, Reject\n"
+    "items = [Tick(3, 1.5, float('inf')), DeadLetter('f:1', b'x' * 70_000, Reject('a', 'b')),\n"
+    "         Event('c', 'page.hit', 2.0, 'e1', {'p': 1}, None, ('v',))]\n"
+    "sys.stdout.buffer.write(pickle.dumps(items))"
+)
+UNPICKLED = (
+    "import pickle, sys\n"
+    "tick, dead, event = pickle.loads(sys.stdin.buffer.read())\n"
+    "print(type(tick).__module__, tick.part, tick.mark, tick.high)\n"
+    "print(dead.position, dead.size, len(dead.raw), dead.reject.reason)\n"
+    "print(event)\n"
+    "print(event.to_dict())"
+)
+
+
+@needs_build
+@pytest.mark.parametrize(("sender", "receiver"), [("compiled", "python"), ("python", "compiled")])
+def test_what_crosses_processes_unpickles_on_either_engine(sender: str, receiver: str) -> None:
+    """Bytewax pickles events, ticks and dead letters between workers: either build reads
+    what the other wrote (their classes stay Python classes with __reduce__)."""
+
+    def env(engine: str) -> dict[str, str]:
+        return {**os.environ, "LEADSCORE_ENGINE": engine, "PYTHONPATH": str(ROOT)}
+
+    sent = subprocess.run(
+        [sys.executable, "-c", PICKLED], capture_output=True, env=env(sender), check=True
+    )
+    got = subprocess.run(
+        [sys.executable, "-c", UNPICKLED],
+        input=sent.stdout,
+        capture_output=True,
+        env=env(receiver),
+        check=True,
+    )
+    assert got.stdout.decode().splitlines() == [
+        "flows.shards 3 1.5 inf",
+        "f:1 70000 1024 a: b",
+        "Event('c', 'page.hit', ts=2.0, id='e1')",
+        "{'contact': 'c', 'action': 'page.hit', 'ts': 2.0, 'id': 'e1', 'props': {'p': 1}, "
+        "'merge': ['v']}",
+    ]
 
 
 def test_without_a_build_run_says_so_once_and_scores(tmp_path: Path) -> None:

@@ -1,0 +1,6 @@
+# Cython declarations for flows/shards.py (pure-Python mode: the .py is the source).
+# ShardLogic subclasses Bytewax's StatefulBatchLogic, a Python class, so it stays a Python
+# class: its methods still compile to C, its attributes stay in its __dict__.
+cimport cython
+
+cpdef long shard_of(str contact, long shards)
