@@ -22,7 +22,8 @@ DEMO_SEED ?= 7
 
 # The compiled hot path (setup.py, leadscore/accel.py): rebuilt when its sources change.
 COMPILED_SRC := leadscore/engine.py leadscore/engine.pxd leadscore/rules.py leadscore/rules.pxd \
-  leadscore/events.py leadscore/events.pxd leadscore/records.py leadscore/records.pxd \
+  leadscore/events.py leadscore/events.pxd leadscore/typed.py leadscore/typed.pxd \
+  leadscore/records.py leadscore/records.pxd \
   flows/shards.py flows/shards.pxd leadscore/accel.py setup.py
 COMPILED := leadscore/_compiled/.built
 # What also runs on the interpreted engine (the fallback) in `make test`.

@@ -33,6 +33,7 @@ from typing import Any
 # (package, module) pairs compiled by setup.py; each has a .pxd beside its .py.
 COMPILED = (
     ("leadscore", "events"),
+    ("leadscore", "typed"),
     ("leadscore", "rules"),
     ("leadscore", "engine"),
     ("leadscore", "records"),

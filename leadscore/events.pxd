@@ -3,7 +3,14 @@
 # any Python number stay objects, so what they return keeps its Python type.
 cimport cython
 
-@cython.locals(y=cython.double, q=cython.double)
+# The formatting and calendar tables: C globals, read without a module dict lookup.
+cdef dict _HOURS
+cdef long _HOURS_MAX
+cdef tuple _MINUTES_SECONDS, _MILLIS, _DAYS_BEFORE_MONTH, _DAYS_IN_MONTH
+cdef list _LAST_FORMATTED
+cdef long _EPOCH_DAY
+
+@cython.locals(y=cython.double, q=cython.longlong)
 cpdef object round4(object x)
 
 @cython.locals(last=tuple, whole=cython.longlong, z=cython.double, us=cython.longlong,
@@ -12,3 +19,11 @@ cpdef str format_ts(double ts)
 
 @cython.locals(ts=cython.double)
 cpdef object parse_ts(object value, object now, double latest=*)
+
+@cython.locals(n=Py_ssize_t, millis=long, year=long, month=long, day=long, hour=long,
+               minute=long, second=long, leap=bint, before=long, days=long,
+               micros=cython.longlong)
+cpdef double utc_text_seconds(str text)
+
+@cython.locals(value=long, i=Py_ssize_t, c=Py_UCS4)
+cdef inline long _digits(str text, Py_ssize_t start, Py_ssize_t end)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from math import floor as _floor
 from typing import Any
 
 import orjson
@@ -148,6 +147,11 @@ def parse_ts(value: object, now: float, latest: float = _MAX_TS) -> float | Reje
     """
     kind = type(value)  # exact types, cheapest first: this runs once per event
     if kind is str:
+        ts = utc_text_seconds(value)  # the usual shapes, by hand
+        if ts >= 0.0:
+            if ts > latest:
+                return _out_of_range(value[:64], ts, latest)
+            return ts
         try:
             dt = datetime.fromisoformat(value)  # type: ignore[arg-type]
         except ValueError:
@@ -185,6 +189,76 @@ def parse_ts(value: object, now: float, latest: float = _MAX_TS) -> float | Reje
     return Reject("wrong_type", f"field 'ts' must be text or a number, got {_json_type(value)}")
 
 
+# Days before each month (1-12) of a common year, and each month's length.
+_DAYS_BEFORE_MONTH = (0, 0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)
+_DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_EPOCH_DAY = 719162  # days from 0001-01-01 to 1970-01-01 in the proleptic Gregorian calendar
+
+
+def utc_text_seconds(text: str) -> float:
+    """Epoch seconds of ``YYYY-MM-DDTHH:MM:SSZ`` or ``YYYY-MM-DDTHH:MM:SS.fffZ`` (years 1970 to
+    2199), read by hand; -1.0 for any other text, which :func:`parse_ts` reads the reference way.
+
+    ``datetime.fromisoformat(text).timestamp()`` to the bit (tests/test_events.py checks it,
+    hypothesis-driven): that is the whole microseconds since 1970 over 10**6, correctly rounded,
+    and until 2199 they are below 2**53, so a C double divides them exactly as Python's int / int
+    does. Three quarters of parse_ts's cost was fromisoformat and an aware timestamp(), which
+    builds a timedelta and divides Python ints; compiled, this is a few dozen C operations.
+    """
+    n = len(text)
+    if n != 24 and n != 20:
+        return -1.0
+    if (
+        text[4] != "-"
+        or text[7] != "-"
+        or text[10] != "T"
+        or text[13] != ":"
+        or text[16] != ":"
+        or text[n - 1] != "Z"
+    ):
+        return -1.0
+    millis = 0
+    if n == 24:
+        if text[19] != ".":
+            return -1.0
+        millis = _digits(text, 20, 23)
+    year = _digits(text, 0, 4)
+    month = _digits(text, 5, 7)
+    day = _digits(text, 8, 10)
+    hour = _digits(text, 11, 13)
+    minute = _digits(text, 14, 16)
+    second = _digits(text, 17, 19)
+    if (
+        millis < 0
+        or not 1970 <= year <= 2199
+        or not 1 <= month <= 12
+        or day < 1
+        or not 0 <= hour <= 23
+        or not 0 <= minute <= 59
+        or not 0 <= second <= 59
+    ):
+        return -1.0  # a field of -1 is not digits
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if day > _DAYS_IN_MONTH[month] + (1 if leap and month == 2 else 0):
+        return -1.0
+    before = year - 1
+    days = before * 365 + before // 4 - before // 100 + before // 400 - _EPOCH_DAY
+    days += _DAYS_BEFORE_MONTH[month] + (1 if leap and month > 2 else 0) + day - 1
+    micros = ((days * 86400 + hour * 3600 + minute * 60 + second) * 1000 + millis) * 1000
+    return micros / 1_000_000
+
+
+def _digits(text: str, start: int, end: int) -> int:
+    """The ASCII decimal number in ``text[start:end]``; -1 if any character is not a digit."""
+    value = 0
+    for i in range(start, end):
+        c = text[i]
+        if not "0" <= c <= "9":
+            return -1
+        value = value * 10 + (ord(c) - 48)
+    return value
+
+
 def _out_of_range(value: object, ts: float, latest: float) -> Reject:
     if ts < 0:
         return Reject("bad_ts", f"field 'ts' is before 1970: {value!r}")
@@ -212,24 +286,25 @@ _MILLIS = tuple(f"{ms:03d}Z" for ms in range(1000))
 
 
 # The last rendering: an event's records (points, stage, triggers) share its time, so about
-# a third of the calls repeat the previous one. One tuple, replaced whole: thread-safe.
-_LAST_FORMATTED: tuple[float, str] = (math.nan, "")
+# a third of the calls repeat the previous one. One tuple, replaced whole: thread-safe. It
+# sits in a list rather than being a module global rebound per call: compiled, every global
+# lookup is cached against the module dict's version, which rebinding a global bumps.
+_LAST_FORMATTED: list[tuple[float, str]] = [(math.nan, "")]
 
 
 def format_ts(ts: float) -> str:
     """RFC 3339 in UTC with milliseconds, the form every output uses."""
-    global _LAST_FORMATTED
-    last = _LAST_FORMATTED
+    last = _LAST_FORMATTED[0]
     if ts == last[0]:  # equal numbers render alike (NaN never matches)
         return last[1]
     if 0.0 <= ts <= _MAX_TS:  # NaN, negative and huge values take the reference path
-        whole = _floor(ts)  # the integer part (ts >= 0), cheaper than int()
+        whole = int(ts)  # the integer part: ts >= 0, so truncation is floor (compiled: a C cast)
         # fromtimestamp's rounding exactly: the fraction (exact for a float) to microseconds
         # half to even, carried into the second at 1e6; isoformat then truncates to millis.
         # floor(z + 0.5) is that rounding whenever z is not within a hair of a half (the
-        # difference is exact there); round() takes the rest.
+        # difference is exact there); round() takes the rest. z >= 0: int() is floor.
         z = (ts - whole) * 1e6
-        us = _floor(z + 0.5)
+        us = int(z + 0.5)
         if not -0.5 < z - us < 0.5:
             us = round(z)
         if us >= 1_000_000:
@@ -241,10 +316,10 @@ def format_ts(ts: float) -> str:
             if len(_HOURS) >= _HOURS_MAX:
                 _HOURS.clear()
             prefix = _HOURS[hour] = _format_ts_slow(hour * 3600)[:14]
-        text = prefix + _MINUTES_SECONDS[rest] + _MILLIS[us // 1000]
+        text = f"{prefix}{_MINUTES_SECONDS[rest]}{_MILLIS[us // 1000]}"  # one allocation
     else:
         text = _format_ts_slow(ts)
-    _LAST_FORMATTED = (ts, text)
+    _LAST_FORMATTED[0] = (ts, text)
     return text
 
 
@@ -259,7 +334,9 @@ def round4(x: float) -> float:
     """
     y = x * 10000.0
     if -1e12 < y < 1e12:
-        q = _floor(y + 0.5)
+        q = int(y + 0.5)  # toward zero; floor(y + 0.5) is q or, below zero, q - 1
+        if q > y + 0.5:
+            q -= 1
         if -0.499 < y - q < 0.499:
             return q / 10000 if q else x * 0.0
     return round(x, 4)

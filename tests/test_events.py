@@ -662,3 +662,85 @@ def test_depth_is_judged_alike_by_every_parser(levels: int, kinds: str) -> None:
     assert isinstance(got, Event) != expected_deep
     assert same(parse_events([line], NOW)[0], got)
     assert same(reference_parse_event(line, NOW), got)
+
+
+# --------------------------------------------------------------------------- RFC 3339 by hand
+
+
+def reference_seconds(text: str) -> float | None:
+    """What parse_ts took before utc_text_seconds: fromisoformat, then an aware timestamp."""
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return dt.timestamp() if dt.tzinfo is not None else None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.datetimes(min_value=datetime(1969, 12, 25), max_value=datetime(2200, 1, 10)),
+    st.booleans(),
+)
+@example(datetime(1970, 1, 1), False)
+@example(datetime(2199, 12, 31, 23, 59, 59, 999000), True)
+@example(datetime(2000, 2, 29, 12), True)
+@example(datetime(2100, 2, 28, 23, 59, 59), False)
+def test_usual_rfc3339_text_is_read_by_hand_to_the_bit(when: datetime, millis: bool) -> None:
+    from leadscore.events import parse_ts, utc_text_seconds
+
+    text = when.isoformat(timespec="milliseconds" if millis else "seconds") + "Z"
+    expected = reference_seconds(text)
+    assert expected is not None
+    got = utc_text_seconds(text)
+    if 1970 <= when.year <= 2199:
+        assert got == expected and math.copysign(1.0, got) == 1.0, text
+    else:
+        assert got == -1.0, text  # left to the reference reading
+    ts = parse_ts(text, NOW, MAX_TS)
+    assert ts == expected if expected >= 0 else type(ts) is Reject
+
+
+SHAPES = st.text(alphabet="0123456789-T:.Zt +\u0663", min_size=19, max_size=25)
+
+
+@settings(max_examples=4000, deadline=None)
+@given(
+    st.one_of(
+        SHAPES,
+        st.datetimes()
+        .map(lambda d: d.isoformat() + "Z")
+        .flatmap(
+            lambda text: st.integers(0, len(text) - 1).flatmap(
+                lambda i: st.sampled_from("0123456789-T:.Zx\u0663").map(
+                    lambda c: text[:i] + c + text[i + 1 :]
+                )
+            )
+        ),
+    )
+)
+@example("2025-02-29T10:00:00Z")  # not a leap year
+@example("2024-13-01T10:00:00Z")
+@example("2024-04-31T10:00:00Z")
+@example("2024-04-30T24:00:00Z")
+@example("2024-04-30T23:60:00Z")
+@example("2024-04-30T23:59:60Z")
+@example("2024-04-30T23:59:59.\u0663\u0663\u0663Z")  # Arabic-Indic digits: isdigit, not ASCII
+@example("2024-04-30t23:59:59Z")
+@example("2024-04-30 23:59:59Z")
+@example("2024-00-10T23:59:59Z")
+@example("2024-01-00T23:59:59Z")
+@example("2000-01-01T00:00:0:Z")  # a field that is not digits (hypothesis found it)
+def test_text_read_by_hand_is_the_reference_or_left_to_it(text: str) -> None:
+    """Any other text gives -1.0 (the reference reads it); what it reads, it reads alike."""
+    from leadscore.events import parse_ts, utc_text_seconds
+
+    got = utc_text_seconds(text)
+    expected = reference_seconds(text)
+    if got != -1.0:
+        assert got == expected, text
+    # and parse_ts as a whole decides as the reference: the same time or the same refusal
+    ts = parse_ts(text, NOW, MAX_TS)
+    if expected is None or not 0 <= expected <= MAX_TS:
+        assert type(ts) is Reject, text
+    else:
+        assert ts == expected, text
