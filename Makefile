@@ -24,7 +24,7 @@ DEMO_SEED ?= 7
 COMPILED_SRC := leadscore/engine.py leadscore/engine.pxd leadscore/rules.py leadscore/rules.pxd \
   leadscore/events.py leadscore/events.pxd leadscore/typed.py leadscore/typed.pxd \
   leadscore/records.py leadscore/records.pxd \
-  flows/shards.py flows/shards.pxd leadscore/accel.py setup.py
+  flows/shards.py flows/shards.pxd flows/parse.py flows/parse.pxd leadscore/accel.py setup.py
 COMPILED := leadscore/_compiled/.built
 # What also runs on the interpreted engine (the fallback) in `make test`.
 PYTHON_ENGINE_TESTS := tests/test_engine_actions.py tests/test_engine_decay.py \

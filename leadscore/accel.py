@@ -38,6 +38,7 @@ COMPILED = (
     ("leadscore", "engine"),
     ("leadscore", "records"),
     ("flows", "shards"),
+    ("flows", "parse"),
 )
 COMPILED_DIR = "_compiled"
 SOURCES = "sources.json"  # beside the built modules: the sha256 of the sources they came from

@@ -2,6 +2,7 @@
 # Only read when the engine is compiled (setup.py); Python never sees this file.
 cimport cython
 from leadscore.rules cimport ActionRule, GroupSpec, Trigger
+from leadscore.events cimport format_ts, round4
 
 # Effects: C types (fields untyped, so values keep their Python types and outputs their bytes).
 @cython.final

@@ -88,7 +88,7 @@ def test_the_compiled_engine_is_the_one_loaded_when_built() -> None:
 
 
 # Every module the build compiles: the engine, the rules, the event contract (parse_ts,
-# format_ts, round4), the output records and the shard logic.
+# format_ts, round4), typed decoding, the output records, the shard logic, the parse step.
 MODULES = [f"{package}.{module}" for package, module in COMPILED]
 LOADED = (
     "import importlib, sys, leadscore.accel as a\n"
@@ -115,8 +115,10 @@ def test_every_hot_path_module_is_in_the_build() -> None:
         "leadscore.engine",
         "leadscore.rules",
         "leadscore.events",
+        "leadscore.typed",
         "leadscore.records",
         "flows.shards",
+        "flows.parse",
     }
 
 

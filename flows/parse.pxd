@@ -1,0 +1,12 @@
+# Cython declarations for flows/parse.py (pure-Python mode: the .py is the source).
+cimport cython
+
+@cython.final
+cdef class Parser:
+    cdef public object rules
+    cdef public object groups
+    cdef public long shards
+    cdef public double max_future
+    cdef public dict clocks
+    cdef public list keys
+    cdef public dict shard_of_contact
