@@ -9,6 +9,7 @@ cdef long _HOURS_MAX
 cdef tuple _MINUTES_SECONDS, _MILLIS, _DAYS_BEFORE_MONTH, _DAYS_IN_MONTH
 cdef list _LAST_FORMATTED
 cdef long _EPOCH_DAY
+cdef bint _BY_HAND
 
 @cython.locals(y=cython.double, q=cython.longlong)
 cpdef object round4(object x)
