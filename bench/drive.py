@@ -7,6 +7,14 @@ compare the totals (imports and setup cost the same on both sides: subtract a 1-
     python -m bench.drive files EVENTS.jsonl 30000
     python -m bench.drive load  EVENTS.jsonl 60000 WORKDIR   # prints URL PID of a redis-server
     python -m bench.drive redis URL                          # the pre-loaded streams, once
+    python -m bench.drive apply ROUNDS                       # Engine.apply, the hot-path mix
+
+``apply`` replays the hot-path benchmark's mix (``bench/conftest.py``: 20k events, 2k
+contacts, seed 7) through ``Engine.apply`` from fresh states ROUNDS times, as
+``test_apply`` does; ``apply 0`` is the setup alone, so (instructions of ``apply 4`` minus
+``apply 0``) / 80,000 is the instructions per apply. It also prints the fastest round's CPU
+time per event (``time.process_time``), the hot-path benchmark's figure without
+pytest-benchmark.
 
 ``files`` feeds the file flow's 64 :class:`~flows.shards.ShardLogic` in chunks of 1000 parsed
 lines, then ends them (final views, summary). ``redis`` feeds each of 16
@@ -113,6 +121,33 @@ def redis_flow(url: str) -> int:
     return sum(int(client.xlen(store.keys.triggers(p))) for p in range(parts))
 
 
+def apply(rounds: int) -> str:
+    import time
+
+    from bench.common import parsed_events
+    from bench.conftest import HOTPATH_CONTACTS, HOTPATH_EVENTS, HOTPATH_SEED
+    from leadscore.engine import Engine
+    from leadscore.generate import generate_events
+    from leadscore.rules import load_rules
+
+    rules = load_rules(rules_path())
+    engine = Engine(rules)
+    lines = generate_events(HOTPATH_CONTACTS, HOTPATH_EVENTS, HOTPATH_SEED)
+    events = parsed_events(iter(lines), rules)
+    run, new_state = engine.apply, engine.new_state
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        states: dict[str, object] = {}
+        for e in events:
+            state = states.get(e.contact)
+            if state is None:
+                state = states[e.contact] = new_state()
+            run(state, e)
+        best = min(best, time.process_time() - start)
+    return f"{len(events)} events, best of {rounds}: {best / len(events) * 1e6:.3f} µs CPU/event"
+
+
 def main(argv: list[str]) -> None:
     mode, *args = argv
     if mode == "files":
@@ -121,6 +156,8 @@ def main(argv: list[str]) -> None:
         print(load(args[0], int(args[1]), args[2]))
     elif mode == "redis":
         print(redis_flow(args[0]))
+    elif mode == "apply":
+        print(apply(int(args[0])))
     else:
         sys.exit(__doc__)
 

@@ -155,6 +155,11 @@ def notice() -> str | None:
     )
 
 
+def is_c_type(cls: type) -> bool:
+    """Whether ``cls`` is a C type (its module runs compiled) rather than a Python class."""
+    return not cls.__flags__ & _HEAPTYPE
+
+
 def restore_slots(namespace: dict[str, Any], *classes: type) -> None:
     """Give dataclasses of a compiled module their ``slots=True`` back when they run as Python.
 

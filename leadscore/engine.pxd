@@ -1,6 +1,7 @@
 # Cython declarations for leadscore/engine.py (pure-Python mode: the .py is the source).
 # Only read when the engine is compiled (setup.py); Python never sees this file.
 cimport cython
+from cpython.array cimport array
 from leadscore.rules cimport ActionRule, GroupSpec, Trigger
 from leadscore.events cimport format_ts, round4
 
@@ -114,6 +115,11 @@ cdef class Engine:
 
     cpdef void _settle_all(self, ContactState state, double t)
 
+
+cdef bint _TYPED
+
+@cython.locals(ids="unsigned int *", i=Py_ssize_t)
+cdef bint _seen(array recent, unsigned int h)
 
 cpdef void _set_trigger(ContactState state, str trigger, object packed)
 

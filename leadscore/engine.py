@@ -20,7 +20,7 @@ from math import exp2, inf, log2
 from typing import Any
 from zlib import crc32
 
-from leadscore.accel import restore_slots
+from leadscore.accel import is_c_type, restore_slots
 from leadscore.events import Event, format_ts, round4
 from leadscore.model import Explanation, action_counter_key, counter_key
 from leadscore.rules import (
@@ -195,6 +195,11 @@ class ContactState:
         return f"ContactState(groups={self.groups}, stage={self.stage}, last_ts={self.last_ts})"
 
 
+# Whether this module runs compiled (ContactState is then a C type): apply takes the typed
+# paths that are faster compiled and slower interpreted.
+_TYPED = is_c_type(ContactState)
+
+
 # --------------------------------------------------------------------------- engine
 
 
@@ -304,7 +309,9 @@ class Engine:
         if event_id is not None:
             h = crc32(event_id.encode())
             recent = state.recent_ids
-            if h in recent:  # an array of uint32: the scan runs in C
+            # An array of uint32: `in` scans it in C but boxes every id into an int; compiled,
+            # _seen reads the ids as C ints instead (a fifth of the instructions).
+            if _seen(recent, h) if _TYPED else h in recent:
                 return [Duplicate(event_id)]
             recent.append(h)
             if len(recent) > RECENT_IDS:
@@ -897,6 +904,18 @@ class Engine:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _seen(recent: array[int], h: int) -> bool:
+    """Whether ``h`` is among a state's recent ids, compiled only (``_TYPED``): a C loop over
+    the array's buffer (engine.pxd types ``recent`` as Cython's ``array.array``), where ``h
+    in recent`` boxes every id into an int. Interpreted, ``in`` is the faster and apply uses
+    it, so this body never runs as Python."""
+    ids = recent.data.as_uints  # type: ignore[attr-defined]  # the C buffer (compiled only)
+    for i in range(len(recent)):  # noqa: SIM110 - a C loop compiled, no generator
+        if ids[i] == h:
+            return True
+    return False
 
 
 def _count(state: ContactState, key: str, t: float) -> None:
