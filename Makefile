@@ -22,6 +22,7 @@ DEMO_SEED ?= 7
 
 # The compiled hot path (setup.py, leadscore/accel.py): rebuilt when its sources change.
 COMPILED_SRC := leadscore/engine.py leadscore/engine.pxd leadscore/rules.py leadscore/rules.pxd \
+  leadscore/matchers.py leadscore/matchers.pxd \
   leadscore/events.py leadscore/events.pxd leadscore/typed.py leadscore/typed.pxd \
   leadscore/records.py leadscore/records.pxd \
   flows/shards.py flows/shards.pxd flows/parse.py flows/parse.pxd leadscore/accel.py setup.py

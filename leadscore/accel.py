@@ -34,6 +34,7 @@ from typing import Any
 COMPILED = (
     ("leadscore", "events"),
     ("leadscore", "typed"),
+    ("leadscore", "matchers"),
     ("leadscore", "rules"),
     ("leadscore", "engine"),
     ("leadscore", "records"),

@@ -9,7 +9,6 @@ lookups by rule id per event.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import math
 import re
 from collections.abc import Callable
@@ -24,6 +23,17 @@ from leadscore.accel import restore_slots
 from leadscore.channels import Channel, parse_channels, url_problem
 from leadscore.durations import parse_duration
 from leadscore.events import STANDARD_ACTIONS, parse_ts
+from leadscore.matchers import (
+    Condition,
+    Matcher,
+    Predicate,
+    any_test,
+    compile_matcher,
+    compile_where,
+    inline_form,
+    lowered,
+    scalar_test,
+)
 from leadscore.model import ACTION_COUNTER_PREFIX, Model, ModelError, load_model
 from leadscore.patterns import PatternError, compile_search
 from leadscore.suggest import did_you_mean
@@ -65,12 +75,6 @@ MAX_REPEAT_MAX = 1000  # {max: N, per: W} keeps up to N award times per contact 
 # Repeat kinds, as small ints because the engine branches on them per event.
 REPEAT_EVERY, REPEAT_ONCE, REPEAT_WINDOW, REPEAT_COOLDOWN = 0, 1, 2, 3
 
-_MISSING = object()
-Predicate = Callable[[Any], bool]
-# An action's matcher: props -> (the action rules whose `where` holds, in file order, and the
-# ranks of the stage rules whose `where` holds, in file order).
-Matcher = Callable[[dict[str, Any]], "tuple[tuple[ActionRule, ...], tuple[int, ...]]"]
-
 
 @dataclass(frozen=True, slots=True)
 class Problem:
@@ -95,48 +99,6 @@ class RulesError(Exception):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
-
-
-class Condition:
-    """One `where` entry: a dotted path into props and a precompiled test.
-
-    ``low`` tests an already lower-cased string (None: no string matches) and ``needle``, when
-    set, means "contains this": the engine lower-cases each prop once per event and checks
-    these inline, because matching dominates the cost of a page hit.
-    """
-
-    __slots__ = ("expected", "keys", "low", "needle", "test")
-
-    def __init__(
-        self,
-        keys: tuple[str, ...],
-        test: Predicate,
-        low: Callable[[str], bool] | None = None,
-        needle: str | None = None,
-        expected: object = None,
-    ) -> None:
-        self.keys = keys
-        self.test = test
-        self.low = low
-        self.needle = needle
-        self.expected = expected  # the value as written: compile_matcher inlines it
-
-    def holds(self, props: dict[str, Any]) -> bool:
-        if len(self.keys) == 1:
-            value = props.get(self.keys[0], _MISSING)
-            return value is not _MISSING and self.test(value)
-        value: Any = props
-        for key in self.keys:
-            if type(value) is not dict:
-                return False
-            value = value.get(key, _MISSING)
-            if value is _MISSING:
-                # A flat key like "page.url" also counts as the dotted path.
-                value = props.get(".".join(self.keys), _MISSING)
-                if value is _MISSING:
-                    return False
-                break
-        return self.test(value)
 
 
 @dataclass  # slots=True when interpreted (restore_slots below); a C type compiled
@@ -622,8 +584,8 @@ class _Compiler:
             if "active" in item:
                 self.active(where, item["active"], rule)
             rule.tracked = rule.stateful
-            rule.match = _compile_where(rule.where)
-            rule.conds = _inline(rule.where)
+            rule.match = compile_where(rule.where)
+            rule.conds = inline_form(rule.where)
             if enabled is not False:
                 compiled.append(rule)
             else:
@@ -685,7 +647,7 @@ class _Compiler:
                 continue
             test = self.matcher(where, f"where.{path}", expected)
             if test is not None:
-                low, needle = _lowered(expected)
+                low, needle = lowered(expected)
                 conditions.append(Condition(tuple(path.split(".")), test, low, needle, expected))
         return tuple(conditions)
 
@@ -694,22 +656,10 @@ class _Compiler:
             tests = [self.matcher(where, field, e) for e in expected]
             if not tests:
                 self.problem(where, field, "an empty list matches nothing")
-            found = tuple(t for t in tests if t is not None)
-            return lambda v: any(t(v) for t in found)
-        if isinstance(expected, bool):
-            return lambda v: v is expected
-        if isinstance(expected, int | float):
-            number = float(expected)
-            return lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v == number
-        if isinstance(expected, str):
-            pattern = expected.lower()
-            if not any(c in pattern for c in "*?["):
-                return lambda v: isinstance(v, str) and v.lower() == pattern
-            if not any(c in pattern for c in "?["):
-                return _star_glob(pattern)
-            regex = re.compile(fnmatch.translate(pattern), re.IGNORECASE | re.DOTALL)
-            match = regex.match
-            return lambda v: isinstance(v, str) and match(v) is not None
+            return any_test(tuple(t for t in tests if t is not None))
+        test = scalar_test(expected)
+        if test is not None:
+            return test
         self.problem(
             where,
             field,
@@ -1010,7 +960,7 @@ class _Compiler:
             conditions = self.where(where, item.get("where"))
             rank = order.index(stage)
             rules.append(
-                StageRule(on, conditions, rank, _compile_where(conditions), _inline(conditions))
+                StageRule(on, conditions, rank, compile_where(conditions), inline_form(conditions))
             )
         return order, allow_backward, rules
 
@@ -1176,87 +1126,6 @@ class _Compiler:
         return None
 
 
-def _lowered(expected: object) -> tuple[Callable[[str], bool] | None, str | None]:
-    """The test of a lower-cased string value, and its substring needle when it is one."""
-    if isinstance(expected, list):
-        tests = [t for t in (_lowered(e)[0] for e in expected) if t is not None]
-        if not tests:
-            return None, None
-        return (lambda lv: any(t(lv) for t in tests)), None
-    if not isinstance(expected, str):
-        return None, None  # numbers and booleans never equal a string
-    pattern = expected.lower()
-    if not any(c in pattern for c in "*?["):
-        return pattern.__eq__, None
-    if not any(c in pattern for c in "?["):
-        head, *middle, tail = pattern.split("*")
-        if not head and not tail and len(middle) == 1:
-            needle = middle[0]
-            return (lambda lv: needle in lv), needle
-        star = _star_glob(pattern)
-        return star, None
-    match = re.compile(fnmatch.translate(pattern), re.DOTALL).match
-    return (lambda lv: match(lv) is not None), None
-
-
-def _inline(
-    conditions: tuple[Condition, ...],
-) -> tuple[tuple[str, str | None, Callable[[str], bool] | None, Predicate], ...] | None:
-    """The (key, needle, lowered test, raw test) form the engine checks inline, when every
-    condition reads a top-level prop; None otherwise (then `match` is used)."""
-    if not conditions or any(len(c.keys) != 1 for c in conditions):
-        return None
-    return tuple((c.keys[0], c.needle, c.low, c.test) for c in conditions)
-
-
-def _compile_where(conditions: tuple[Condition, ...]) -> Callable[[dict[str, Any]], bool] | None:
-    """One callable for all of a rule's conditions; the common one-prop case is a closure."""
-    if not conditions:
-        return None
-    if len(conditions) == 1 and len(conditions[0].keys) == 1:
-        key, test = conditions[0].keys[0], conditions[0].test
-
-        def one(props: dict[str, Any]) -> bool:
-            value = props.get(key, _MISSING)
-            return value is not _MISSING and test(value)
-
-        return one
-
-    def every(props: dict[str, Any]) -> bool:
-        for condition in conditions:  # noqa: SIM110 - a plain loop: no generator per event
-            if not condition.holds(props):
-                return False
-        return True
-
-    return every
-
-
-def _star_glob(pattern: str) -> Predicate:
-    """A glob with only `*` wildcards, as substring checks: several times faster than a regex."""
-    head, *middle, tail = pattern.split("*")
-    middle = [part for part in middle if part]
-    least = len(head) + len(tail) + sum(map(len, middle))
-    if not head and not tail and len(middle) == 1:
-        needle = middle[0]
-        return lambda v: isinstance(v, str) and needle in v.lower()
-
-    def match(v: object) -> bool:
-        if not isinstance(v, str) or len(v) < least:
-            return False
-        text = v.lower()
-        if not text.startswith(head) or not text.endswith(tail):
-            return False
-        at, end = len(head), len(text) - len(tail)
-        for part in middle:
-            at = text.find(part, at, end)
-            if at < 0:
-                return False
-            at += len(part)
-        return True
-
-    return match
-
-
 def _equals(expected: object) -> Predicate:
     if isinstance(expected, str):
         folded = expected.casefold()
@@ -1287,201 +1156,3 @@ def _kind(value: object) -> str:
     if isinstance(value, list):
         return "a list"
     return f"{type(value).__name__} {value!r}"
-
-
-# --------------------------------------------------------------------------- matchers
-
-
-def compile_matcher(
-    action: str, rules: tuple[ActionRule, ...], stage_rules: tuple[StageRule, ...]
-) -> Matcher:
-    """All the `where` tests one action name selects, generated as one Python function.
-
-    Why: a page hit runs ~14 tests against the same few props, and as closures each costs a
-    call, a generator and a lower-casing. The generated function reads and lower-cases each
-    prop once, inlines substring and equality tests, computes a test shared by several rules
-    (``*/pricing*`` thrice) once, and maps the set of rules that hold to precomputed tuples.
-    Every test is pure, so the order and laziness of evaluation cannot change a result: the
-    semantics are exactly those of ``Condition.holds``, which ``match`` composes.
-    """
-    consts: dict[str, Any] = {"_MISSING": _MISSING}
-    keys: dict[str, int] = {}  # top-level prop -> its local variable index
-
-    def const(value: object) -> str:
-        name = f"k{len(consts)}"
-        consts[name] = value
-        return name
-
-    def low_expr(expected: object, lv: str) -> str | None:
-        """An expression for `low(lv)` (see _lowered), None when no string matches."""
-        if isinstance(expected, list):
-            parts = [p for p in (low_expr(e, lv) for e in expected) if p is not None]
-            return f"({' or '.join(parts)})" if parts else None
-        test, needle = _lowered(expected)
-        if test is None:
-            return None
-        if needle is not None:
-            return f"{needle!r} in {lv}"
-        if isinstance(expected, str) and not any(c in expected for c in "*?["):
-            return f"{lv} == {expected.lower()!r}"
-        return f"{const(test)}({lv})"
-
-    def inline(cond: Condition) -> str:
-        """One condition on a top-level prop, inline (same result as Condition.holds)."""
-        key = cond.keys[0]
-        i = keys.setdefault(key, len(keys))
-        v, lv = f"v{i}", f"l{i}"
-        expected = cond.expected
-        if isinstance(expected, bool):  # `v is expected`, and no string is a bool
-            return f"{v} is {expected!r}"
-        if cond.needle is not None:
-            on_str = f"{cond.needle!r} in {lv}"
-        elif cond.low is None:
-            on_str = "False"
-        else:
-            on_str = low_expr(expected, lv) or f"{const(cond.low)}({lv})"
-        if _only_text(expected):  # its raw test is False for anything but a string
-            return f"({lv} is not None and {on_str})"
-        raw = f"({v} is not _MISSING and {const(cond.test)}({v}))"
-        return f"({on_str} if {lv} is not None else {raw})"
-
-    paths: dict[tuple[str, ...], str] = {}  # dotted path -> its local variable
-    path_lines: list[str] = []
-
-    def resolve(keys_: tuple[str, ...]) -> str:
-        """Locals holding what Condition.holds reads at a dotted path (_MISSING: it fails)."""
-        var = paths.get(keys_)
-        if var is not None:
-            return var
-        var = paths[keys_] = f"d{len(paths)}"
-        flat = ".".join(keys_)
-
-        def step(i: int, cur: str, ind: str) -> list[str]:
-            x = f"{var}_{i}"
-            out = [
-                f"{ind}{x} = {cur}.get({keys_[i]!r}, _MISSING)",
-                f"{ind}if {x} is _MISSING:",  # a flat key like "utm.source" counts too
-                f"{ind}    {var} = props.get({flat!r}, _MISSING)",
-            ]
-            if i == len(keys_) - 1:
-                return [*out, f"{ind}else:", f"{ind}    {var} = {x}"]
-            deeper = step(i + 1, x, ind + "    ")
-            return [
-                *out,
-                f"{ind}elif type({x}) is dict:",
-                *deeper,
-                f"{ind}else:",
-                f"{ind}    {var} = _MISSING",
-            ]
-
-        path_lines.extend(step(0, "props", "    "))
-        return var
-
-    def raw_expr(expected: object, v: str) -> str | None:
-        """An expression for the raw test (see matcher) of a value known not to be _MISSING."""
-        if isinstance(expected, bool):
-            return f"{v} is {expected!r}"
-        if isinstance(expected, list):
-            parts = [raw_expr(e, v) for e in expected]
-            if any(p is None for p in parts):
-                return None
-            return f"({' or '.join(parts)})"  # type: ignore[arg-type]
-        if not isinstance(expected, str):
-            return None
-        _, needle = _lowered(expected)
-        if needle is not None:
-            return f"(isinstance({v}, str) and {needle!r} in {v}.lower())"
-        if not any(c in expected for c in "*?["):
-            return f"(isinstance({v}, str) and {v}.lower() == {expected.lower()!r})"
-        return None
-
-    def dotted(cond: Condition) -> str:
-        """Condition.holds, with the path walked once per event and common tests inline."""
-        if len(cond.keys) == 1:
-            return f"{const(cond.holds)}(props)"
-        var = resolve(cond.keys)
-        test = raw_expr(cond.expected, var) or f"{const(cond.test)}({var})"
-        return f"({var} is not _MISSING and {test})"
-
-    def where_expr(conds: Any, match: Any, where: tuple[Condition, ...]) -> str:
-        if conds is None:
-            if match is None:
-                return "True"
-            return " and ".join(dotted(c) for c in where)
-        return " and ".join(inline(c) for c in where)
-
-    tests = [where_expr(r.conds, r.match, r.where) for r in rules]
-    tests += [where_expr(s.conds, s.match, s.where) for s in stage_rules]
-    # Atoms used by several rules are computed once, up front.
-    atoms: dict[str, int] = {}
-    for test in tests:
-        for atom in set(_split_and(test)) - {"True"}:
-            atoms[atom] = atoms.get(atom, 0) + 1
-    shared = {atom: f"a{j}" for j, atom in enumerate(a for a, n in atoms.items() if n > 1)}
-    body, always = [], 0
-    for bit, test in enumerate(tests):
-        if test == "True":
-            always |= 1 << bit  # no `where`: folded into the starting mask
-            continue
-        expr = " and ".join(shared.get(a, a) for a in _split_and(test))
-        body += [f"    if {expr}:", f"        m |= {1 << bit}"]
-    body.append("    return resolved[m]")
-    lines = ["def match(props):"]
-    used = "\n".join([*shared, *body])
-    for key, i in keys.items():
-        lines.append(f"    v{i} = props.get({key!r}, _MISSING)")
-        if re.search(rf"\bl{i}\b", used):
-            lines.append(f"    l{i} = v{i}.lower() if type(v{i}) is str else None")
-    lines += path_lines
-    lines += [f"    {name} = {atom}" for atom, name in shared.items()]
-    lines += [f"    m = {always}", *body]
-
-    count = len(rules)
-
-    class Resolved(dict[int, tuple[tuple[ActionRule, ...], tuple[int, ...]]]):
-        def __missing__(self, m: int) -> tuple[tuple[ActionRule, ...], tuple[int, ...]]:
-            hit = tuple(r for b, r in enumerate(rules) if m >> b & 1)
-            ranks = tuple(s.rank for b, s in enumerate(stage_rules) if m >> (count + b) & 1)
-            self[m] = value = (hit, ranks)
-            return value
-
-    consts["resolved"] = Resolved()
-    source = "\n".join(lines)
-    namespace = dict(consts)
-    # Only our own text runs: every literal is repr()-quoted, every value a bound constant.
-    exec(compile(source, f"<where of {action}>", "exec"), namespace)
-    matcher: Matcher = namespace["match"]
-    matcher.source = source  # type: ignore[attr-defined]  # for debugging and tests
-    return matcher
-
-
-def _only_text(expected: object) -> bool:
-    """Whether a `where` value is text or a list of texts (so only strings can match it)."""
-    if isinstance(expected, list):
-        return all(_only_text(e) for e in expected)
-    return isinstance(expected, str)
-
-
-def _split_and(expr: str) -> list[str]:
-    """The top-level ` and `-joined atoms of a generated test (atoms are parenthesised)."""
-    out, depth, start = [], 0, 0
-    i = 0
-    while i < len(expr):
-        c = expr[i]
-        if c in "([":
-            depth += 1
-        elif c in ")]":
-            depth -= 1
-        elif c in "'\"":  # skip a string literal
-            end = i + 1
-            while expr[end] != c:
-                end += 2 if expr[end] == "\\" else 1
-            i = end
-        elif depth == 0 and expr.startswith(" and ", i):
-            out.append(expr[start:i])
-            start = i + 5
-            i += 5
-            continue
-        i += 1
-    out.append(expr[start:])
-    return out

@@ -28,6 +28,7 @@ import pytest
 from conftest import SHARED_DATA
 
 import leadscore.engine
+import leadscore.matchers
 from leadscore.accel import COMPILED, decide
 from leadscore.events import Event, parse_events
 from leadscore.generate import generate_events, write_events
@@ -81,6 +82,9 @@ def test_the_compiled_engine_is_the_one_loaded_when_built() -> None:
     assert path.parent.name == "_compiled"
     assert any(path.name.endswith(suffix) for suffix in EXTENSION_SUFFIXES)
     assert isinstance(leadscore.engine.__loader__, ExtensionFileLoader)
+    # The rules' `where` tests run as C types (leadscore.matchers compiled).
+    assert Path(leadscore.matchers.__file__ or "").parent.name == "_compiled"
+    assert isinstance(load_rules(RULES).matchers["page.hit"], leadscore.matchers.Where)
     # Cython types, not Python classes: a Python class would take a new attribute.
     state = leadscore.engine.ContactState()
     with pytest.raises(AttributeError):
@@ -114,6 +118,7 @@ def test_every_hot_path_module_is_in_the_build() -> None:
     assert set(MODULES) >= {
         "leadscore.engine",
         "leadscore.rules",
+        "leadscore.matchers",
         "leadscore.events",
         "leadscore.typed",
         "leadscore.records",
