@@ -2,7 +2,7 @@
 # Only read when the engine is compiled (setup.py); Python never sees this file.
 cimport cython
 from cpython.array cimport array
-from leadscore.rules cimport ActionRule, GroupSpec, Trigger
+from leadscore.rules cimport ActionRule, FitRule, GroupSpec, Trigger
 from leadscore.events cimport format_ts, round4
 
 # Effects: C types (fields untyped, so values keep their Python types and outputs their bytes).
@@ -103,6 +103,11 @@ cdef class Engine:
     cpdef void _evaluate(self, ContactState state, double t, object event, list effects)
 
     cpdef bint _after_ok(self, ContactState state, Trigger trigger, object fired)
+
+    @cython.locals(known=dict, changed=bint, moved=bint, before=tuple, hits=list,
+                   matched=tuple, now=bint, r=FitRule)
+    cpdef bint _identify(self, ContactState state, dict traits, double t, object event_id,
+                         list effects)
 
 
     @cython.locals(current=long)

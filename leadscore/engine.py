@@ -317,8 +317,9 @@ class Engine:
             if len(recent) > RECENT_IDS:
                 del recent[0]
         t = event.ts
+        action = event.action  # each attribute of the (Python) Event read once
         if self._action_counters:
-            counter = self._action_counters.get(event.action)
+            counter = self._action_counters.get(action)
             if counter is not None:
                 _count(state, counter, t)
         due = state.due
@@ -330,7 +331,7 @@ class Engine:
             state.last_ts = t
         moved = False
 
-        matcher = self._matchers.get(event.action)
+        matcher = self._matchers.get(action)
         if matcher is not None:
             hits, stage_ranks = matcher(event.props)
             counted = self._counted
@@ -385,11 +386,12 @@ class Engine:
         else:
             stage_ranks = ()
 
-        if event.traits and self._fit_paths:
-            moved = self._identify(state, event.traits, t, event_id, effects) or moved
+        traits = event.traits
+        if traits and self._fit_paths:
+            moved = self._identify(state, traits, t, event_id, effects) or moved
 
         for rank in stage_ranks:
-            self._move_stage(state, rank, t, event.action, effects)
+            self._move_stage(state, rank, t, action, effects)
 
         if moved and self._triggers:
             self._evaluate(state, state.last_ts, event, effects)
@@ -891,12 +893,16 @@ class Engine:
             return False
         state.traits = known
         moved = self._watch_predict  # the likelihood may have moved: triggers watch it
-        before = set(state.fit)
-        matched = tuple(r.id for r in self._fit if r.test(known.get(r.trait)))
-        now = set(matched)
+        before = state.fit
+        hits = []  # a loop, not a generator: compiled, no closure per identify
         for r in self._fit:
-            if (r.id in now) != (r.id in before):
-                points = r.points if r.id in now else -r.points
+            if r.test(known.get(r.trait)):
+                hits.append(r.id)
+        matched = tuple(hits)
+        for r in self._fit:
+            now = r.id in matched  # a few ids, in a short tuple
+            if now != (r.id in before):
+                points = r.points if now else -r.points
                 self._award(state, r.group, points, t, r.id, event_id, effects)
                 moved = True
         state.fit = matched
