@@ -126,6 +126,9 @@ cdef bint _TYPED
 @cython.locals(ids="unsigned int *", i=Py_ssize_t)
 cdef bint _seen(array recent, unsigned int h)
 
+@cython.locals(buckets=list)
+cpdef void _settle_group(GroupSpec spec, list g, double t)
+
 cpdef void _set_trigger(ContactState state, str trigger, object packed)
 
 @cython.locals(awards=object)

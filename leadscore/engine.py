@@ -597,23 +597,14 @@ class Engine:
 
     @staticmethod
     def _settle(spec: GroupSpec, g: list[Any], t: float) -> None:
-        if t <= g[1]:
-            return
-        if spec.half_life is not None:
-            g[0] *= exp2((g[1] - t) / spec.half_life)
-        elif spec.expire_after is not None:
-            buckets = g[2]
-            while buckets and buckets[0][0] <= t:
-                g[0] -= buckets.pop(0)[1]
-            if not buckets:
-                g[0] = 0.0  # no float residue once every award has expired
-        g[1] = t
+        """Bring one group to time ``t`` (identify merges use it; see _settle_group)."""
+        _settle_group(spec, g, t)
 
     def _settle_all(self, state: ContactState, t: float) -> None:
         for name, g in state.groups.items():
             spec = self._groups.get(name)
             if spec is not None:
-                self._settle(spec, g, t)
+                _settle_group(spec, g, t)
 
     def _award(
         self,
@@ -633,7 +624,7 @@ class Engine:
                 groups = state.groups = {}
             g = groups[group] = [0.0, t] if spec.expire_after is None else [0.0, t, []]
         else:
-            self._settle(spec, g, t)
+            _settle_group(spec, g, t)
         # A late event (older than the group's clock) counts as decayed since its own time.
         late = spec.half_life is not None and t < g[1]
         factor = exp2((t - g[1]) / spec.half_life) if late else 1.0  # type: ignore[operator]
@@ -922,6 +913,22 @@ def _seen(recent: array[int], h: int) -> bool:
         if ids[i] == h:
             return True
     return False
+
+
+def _settle_group(spec: GroupSpec, g: list[Any], t: float) -> None:
+    """Decay or expire a group's score to time ``t`` and move its clock there. A function,
+    not a method: compiled, the engine calls it in C."""
+    if t <= g[1]:
+        return
+    if spec.half_life is not None:
+        g[0] *= exp2((g[1] - t) / spec.half_life)
+    elif spec.expire_after is not None:
+        buckets = g[2]
+        while buckets and buckets[0][0] <= t:
+            g[0] -= buckets.pop(0)[1]
+        if not buckets:
+            g[0] = 0.0  # no float residue once every award has expired
+    g[1] = t
 
 
 def _count(state: ContactState, key: str, t: float) -> None:
