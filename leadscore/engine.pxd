@@ -84,7 +84,7 @@ cdef class Engine:
 
     @cython.locals(t=cython.double, due=cython.double, moved=bint, i=Py_ssize_t,
                    count=cython.double, previous=cython.double, last=cython.double,
-                   r=ActionRule)
+                   r=ActionRule, event_id=str, action=str)
     cpdef list apply(self, ContactState state, object event)
 
     @cython.locals(trigger=Trigger)
