@@ -72,6 +72,11 @@ log = logging.getLogger("leadscore.publish")
 PAGE = 500
 """Input entries per XRANGE of a replay; each page is applied, then written (one MULTI)."""
 
+PAGE_EVENTS = 5000
+"""Events a page aims at: entries packing many events (``send`` packs 100) make pages of fewer
+entries, so that the contacts one page loads and writes (beside ``max_contacts``) stay few
+whatever the number of contacts."""
+
 MAX_CONTACTS = 50_000
 """Contact states a replay keeps in memory per partition; the oldest loaded leave first."""
 
@@ -205,17 +210,20 @@ class Rebuilder(ShardLogic):
         key = self.keys.input(self.p)
         applied = 0
         stop = id_tuple(end)
+        count = page
         while self.upto is None or id_tuple(self.upto) < stop:
             start = "-" if self.upto is None else "(" + self.upto
-            batch = self.r.xrange(key, min=start, max=end, count=page)
+            batch = self.r.xrange(key, min=start, max=end, count=count)
             if self._trimmed():  # entries after upto are gone from the stream (read or not)
                 applied += self._replay_archive(end, progress, page)
                 continue
             if not batch:
                 break
-            applied += self._take(batch, progress)
-            if len(batch) < page:
+            events = self._take(batch, progress)
+            applied += events
+            if len(batch) < count:
                 break
+            count = max(1, min(page, PAGE_EVENTS * len(batch) // max(events, 1)))
         return applied
 
     def _take(self, batch: list[Any], progress: Progress | None) -> int:
