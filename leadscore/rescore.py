@@ -210,7 +210,7 @@ class Rebuilder(ShardLogic):
         key = self.keys.input(self.p)
         applied = 0
         stop = id_tuple(end)
-        count = page
+        count = min(page, PAGE_EVENTS // 100)  # small until the events per entry are known
         while self.upto is None or id_tuple(self.upto) < stop:
             start = "-" if self.upto is None else "(" + self.upto
             batch = self.r.xrange(key, min=start, max=end, count=count)
