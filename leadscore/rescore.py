@@ -25,15 +25,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from flows.archive import MESSAGES
+from flows.handover import MESSAGE_MARK, Handover
 from flows.shards import ShardLogic, effect_record
 from leadscore.engine import ContactState, Engine, TriggerFired
 from leadscore.events import DEFAULT_MAX_FUTURE, Event, latest_ts
 from leadscore.history import ArchiveHistory, HistoryError, oldest_retained
+from leadscore.identity import Aliases
 from leadscore.publish import CHEAP, RESCORE, UNCHANGED, Change, classify
 from leadscore.readmodel import DocumentWriter
+from leadscore.rebuild_merges import (
+    Handed,
+    ReplayMerges,
+    aliases_before,
+    messages_in,
+    replay_together,
+)
 from leadscore.rules import load_rules_text
 from leadscore.typed import parse_events
 from state.codec import decode, encode
@@ -140,10 +147,11 @@ class Progress:
 
 
 class MergesInHistory(PublishError):
-    """The history holds identity merges (issue 18), which a rebuild does not replay yet."""
+    """Identity merges the rebuild cannot replay: their hand-over messages are gone (an
+    archive keeps none, only the streams hold them)."""
 
 
-class Rebuilder(ShardLogic):
+class Rebuilder(ReplayMerges, ShardLogic):
     """Replays partition ``p``'s input entries under ``engine`` into one generation's keys.
 
     The same per-entry semantics as the live flow's partition logic on a backlog: events in
@@ -151,7 +159,9 @@ class Rebuilder(ShardLogic):
     (never past the entry's own time) and due decay timers fire. Firings are not delivered:
     they only change the states. After every page the dirty states, read models, timers, the
     clock and the position (``upto``) are written in one transaction, so a crash resumes from
-    a consistent point.
+    a consistent point. Identity merges (input entries of hand-over messages) are replayed by
+    :func:`replay_all` (``leadscore/rebuild_merges.py``): :meth:`replay` stops before the
+    first one (``stopped``).
     """
 
     def __init__(
@@ -180,6 +190,8 @@ class Rebuilder(ShardLogic):
         self.entries_done = 0
         self.fired_total = 0
         self.track = False  # also add what each flush writes to the generation's recheck set
+        self.stopped = False  # replay stopped before an entry of hand-over messages
+        self.init_merges()
         self.bind()
 
     def bind(self) -> None:
@@ -200,20 +212,20 @@ class Rebuilder(ShardLogic):
     # -- input
 
     def replay(self, end: str | None, progress: Progress | None = None, *, page: int = PAGE) -> int:
-        """Apply the entries after ``upto`` up to ``end`` (inclusive); returns events applied.
+        """Apply the entries after ``upto`` up to ``end`` (inclusive), stopping before the
+        first entry of hand-over messages (``stopped``); returns events applied.
 
         Entries the stream lost (trimmed) come from the archive (``history``); without one,
         or when it lacks some, refuses (HistoryError): the generation would miss events.
         """
         if end is None:
             return 0
-        key = self.keys.input(self.p)
         applied = 0
         stop = id_tuple(end)
         count = min(page, PAGE_EVENTS // 100)  # small until the events per entry are known
         while self.upto is None or id_tuple(self.upto) < stop:
             start = "-" if self.upto is None else "(" + self.upto
-            batch = self.r.xrange(key, min=start, max=end, count=count)
+            batch = self.r.xrange(self.keys.input(self.p), min=start, max=end, count=count)
             if self._trimmed():  # entries after upto are gone from the stream (read or not)
                 applied += self._replay_archive(end, progress, page)
                 continue
@@ -221,22 +233,37 @@ class Rebuilder(ShardLogic):
                 break
             events = self._take(batch, progress)
             applied += events
-            if len(batch) < count:
+            if self.stopped or len(batch) < count:
                 break
             count = max(1, min(page, PAGE_EVENTS * len(batch) // max(events, 1)))
         return applied
 
     def _take(self, batch: list[Any], progress: Progress | None) -> int:
-        """Apply one page of entries, then write it with the position it reached."""
-        events = self._apply_page(batch)
-        self.upto = batch[-1][0].decode()
-        self.entries_done += len(batch)
+        """Apply one page of entries (up to the first of hand-over messages), then write it
+        with the position it reached."""
+        events, entries = self._apply_page(batch)
+        self.entries_done += entries
         self.flush()
         if progress is not None:
             progress.events += events
-            progress.entries += len(batch)
+            progress.entries += entries
             progress.tick()
         return events
+
+    def read_entries(self, after: str | None, end: str, count: int) -> list[Any]:
+        """``(entry id, fields)`` of up to ``count`` input entries after ``after`` (None: from
+        the start) up to ``end``, for partitions replaying together (merges): from the
+        stream only, since an archive keeps no hand-over messages."""
+        start = "-" if after is None else "(" + after
+        batch = self.r.xrange(self.keys.input(self.p), min=start, max=end, count=count)
+        if self._trimmed():
+            raise MergesInHistory(
+                f"partition {self.p}: input entries after {after or 'the start'} were trimmed "
+                "while identity merges were replayed, which needs their hand-over messages "
+                "and only the streams hold them: nothing was switched. Keep more history "
+                "(leadscore run --source ... --retain) and publish again"
+            )
+        return batch  # type: ignore[no-any-return]
 
     def _trimmed(self) -> bool:
         """Whether entries after ``upto`` were trimmed (the generation holds the first
@@ -289,38 +316,71 @@ class Rebuilder(ShardLogic):
             )
         return applied
 
-    def _apply_page(self, batch: list[Any]) -> int:
-        parsed: list[tuple[float, list[Event]]] = []
-        wanted: set[str] = set()
-        for entry_id, fields in batch:
-            now = int(entry_id.split(b"-", 1)[0]) / 1000.0
-            latest = latest_ts(now, self.max_future)
-            if b"m" in fields:  # the flow's own hand-over messages (flows/handover.py)
-                _refuse_merges([b'{"$' + fields[b"m"][:0]], entry_id.decode(), self.p)
-            lines = fields.get(b"e", b"").split(b"\n")
-            if b'"merge"' in fields.get(b"e", b"") or b'{"$' in fields.get(b"e", b""):
-                _refuse_merges(lines, entry_id.decode(), self.p)
-            events = [
-                e
-                for e in parse_events(lines, now, latest)
-                if type(e) is Event and e.action in self.known
+    def _parse_entry(self, entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[float, list[Any]]:
+        """An entry's time and items (events whose action the rules know, hand-overs)."""
+        now = int(entry_id.split(b"-", 1)[0]) / 1000.0
+        if b"m" in fields:  # the flow's own hand-over messages (flows/handover.py)
+            return now, [
+                m for m in messages_in(fields, now) if type(m) is Handover or m.action in self.known
             ]
-            parsed.append((now, events))
-            wanted.update(e.contact for e in events)
-        self._load([c for c in wanted if c not in self.contacts])
+        payload = fields.get(b"e", b"")
+        lines = payload.split(b"\n")
+        events = parse_events(lines, now, latest_ts(now, self.max_future))
+        forged = MESSAGE_MARK in payload  # dead-lettered live as `reserved`
+        return now, [
+            e
+            for i, e in enumerate(events)
+            if type(e) is Event
+            and e.action in self.known
+            and not (forged and lines[i].startswith(MESSAGE_MARK))
+        ]
+
+    def _apply_items(self, now: float, items: list[Any]) -> int:
+        """One entry's items, as the live flow applies an entry; returns events scored."""
+        high = self.clock
         applied = 0
-        for now, events in parsed:
-            high = self.clock
-            for event in events:
-                self.score(event)
-                if event.ts > high:
-                    high = event.ts
-            applied += len(events)
-            self.dirty.update(self.touched)
-            self.reschedule()
-            self.advance_to(min(high, now))
+        for item in items:
+            if type(item) is Event:
+                applied += self.replay_event(item)
+                if item.ts > high:
+                    high = item.ts
+            elif item.kind == "take":
+                self.take(item)
+            else:
+                self.give(item)
+        self.dirty.update(self.touched)
+        self.reschedule()
+        self.advance_to(min(high, now))
         self.events_done += applied
         self.out = {}  # firings while replaying history are never delivered
+        return applied
+
+    def _apply_page(self, batch: list[Any]) -> tuple[int, int]:
+        """Apply entries up to the first of hand-over messages; (events, entries) applied."""
+        parsed: list[tuple[bytes, float, list[Any]]] = []
+        for entry_id, fields in batch:
+            if b"m" in fields:
+                self.stopped = True  # replay_all goes on, every partition together
+                break
+            parsed.append((entry_id, *self._parse_entry(entry_id, fields)))
+        wanted = {e.contact for _, _, items in parsed for e in items}
+        self._load([c for c in wanted if c not in self.contacts])
+        applied = 0
+        for _, now, items in parsed:
+            applied += self._apply_items(now, items)
+        if parsed:
+            self.upto = parsed[-1][0].decode()
+        return applied, len(parsed)
+
+    def apply_entry(self, entry_id: bytes, now: float, items: list[Any]) -> int | None:
+        """Apply one parsed entry (``replay_together``); None: a ``$give`` in it waits for its
+        ``$take`` (see ``waiting``), and nothing of the entry was applied."""
+        for item in items:
+            if type(item) is Handover and item.kind == "give" and not self.can_give(item):
+                return None
+        applied = self._apply_items(now, items)
+        self.upto = entry_id.decode()
+        self.entries_done += 1
         return applied
 
     def _load(self, contacts: list[str]) -> None:
@@ -350,10 +410,14 @@ class Rebuilder(ShardLogic):
 
     # -- output
 
-    def flush(self) -> None:
-        """Write what changed (one transaction), then let the oldest contacts leave memory."""
+    def flush(self, pipe: Any = None) -> None:
+        """Write what changed (one transaction), then let the oldest contacts leave memory.
+        Given ``pipe`` (a transaction of several partitions), only queue the writes: the
+        caller executes it, then calls :meth:`written`."""
         keys, p = self.keys, self.p
-        pipe = self.r.pipeline(transaction=True)
+        own = pipe is None
+        if own:
+            pipe = self.r.pipeline(transaction=True)
         items: dict[str, bytes] = {}
         due: dict[str, float] = {}
         gone: list[str] = []
@@ -366,6 +430,7 @@ class Rebuilder(ShardLogic):
                 gone.append(contact)
             else:
                 due[contact] = at
+        self.merge_writes(pipe)
         if items:  # MSET by name: redis-py's cluster pipeline refuses .mset (one slot here)
             pipe.execute_command("MSET", *(x for kv in items.items() for x in kv))
         if due:
@@ -380,35 +445,70 @@ class Rebuilder(ShardLogic):
         if self.upto is not None:
             mapping["id"] = self.upto
         pipe.hset(keys.upto(p), mapping=mapping)
-        pipe.execute()
+        if own:
+            pipe.execute()
+            self.written()
+
+    def written(self) -> None:
+        """After the flush's transaction: forget what it wrote, evict the oldest contacts."""
         self.dirty.clear()
+        self.merges_written()
         excess = len(self.contacts) - self.max_contacts
         if excess > 0:
             for contact in list(self.contacts)[:excess]:
                 del self.contacts[contact]
 
 
-def _refuse_merges(lines: list[bytes], entry_id: str, p: int) -> None:
-    """Raise MergesInHistory if a line is an identify with ``merge`` or a hand-over message
-    (``$take``, ``$give``, ``$fwd``: flows/handover.py); the cheap substring test that leads
-    here may also match a property value."""
-    for line in lines:
-        if line.startswith(b'{"$'):
-            found = "a merge hand-over message"
-        else:
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
+def replay_all(
+    make: Callable[[int], Rebuilder],
+    ends: dict[int, str | None],
+    progress: Progress | None = None,
+    *,
+    aliases: Aliases,
+    handed: Handed,
+    final: bool = False,
+    done: Callable[[Rebuilder], None] | None = None,
+    max_contacts: int = MAX_CONTACTS,
+    page: int = PAGE,
+) -> int:
+    """Replay every partition to its end (``ends``), merges included; returns events applied.
+
+    Without links made before (``aliases`` empty), each partition replays alone, one at a
+    time in memory, up to its first entry of hand-over messages; the partitions left then
+    replay together in entry id order (``leadscore/rebuild_merges.py``). ``done`` is called
+    with each partition's replay once it is at its end.
+    """
+    together: dict[int, Rebuilder] = {}
+    applied = 0
+    for p in sorted(ends):
+        rb = make(p)
+        rb.aliases = aliases
+        rb.init_merges(handed)
+        if progress is not None:
+            progress.partition = p
+        if not aliases.into:
+            applied += rb.replay(ends[p], progress, page=page)
+            if not rb.stopped:
+                if done is not None:
+                    done(rb)
                 continue
-            if not (isinstance(obj, dict) and obj.get("merge")):
-                continue
-            found = "an identify with merge"
-        raise MergesInHistory(
-            f"partition {p}, input entry {entry_id}: {found}. The history holds identity "
-            "merges, which publish does not replay yet (the rebuilt states would not be "
-            "merged): nothing was switched, the live rules and state are unchanged. "
-            "`leadscore publish --prune` deletes the partial generation."
+            rb.max_contacts = max(1, max_contacts // len(ends))
+            rb.written()  # evict down to its share while the others replay
+        together[p] = rb
+    waiting = {p: end for p, end in ends.items() if p in together and end is not None}
+    if waiting:
+        applied += replay_together(
+            {p: together[p] for p in waiting},
+            waiting,  # type: ignore[arg-type]
+            progress,
+            final=final,
+            page=page,
+            max_contacts=max_contacts,
         )
+    if done is not None:
+        for rb in together.values():
+            done(rb)
+    return applied
 
 
 # --------------------------------------------------------------------------- switch firings
@@ -778,10 +878,34 @@ def _execute(
 
     def rebuilder(p: int) -> Rebuilder:
         # resumed from Redis each time: one partition's contacts and timers in memory at most
+        # (unless merges make the partitions replay together: leadscore/rebuild_merges.py)
         return Rebuilder(
             r, new_keys, p, engine, max_contacts=max_contacts, max_future=max_future,
             history=history,
         )  # fmt: skip
+
+    # Identity merges: the links made before the replay's position (none when it starts from
+    # scratch) and the states between a $take and its $give, for every pass below.
+    starts = [
+        (raw.decode() if (raw := r.hget(new_keys.upto(p), "id")) else None)
+        for p in range(keys.partitions)
+    ]
+    aliases = aliases_before(r, keys, starts)
+    handed = Handed(r, new_keys)
+
+    def replay(ends: dict[int, str | None], **options: Any) -> int:
+        return replay_all(
+            options.pop("make", rebuilder),
+            ends,
+            progress,
+            aliases=aliases,
+            handed=handed,
+            max_contacts=max_contacts,
+            **options,
+        )
+
+    def ends() -> dict[int, str | None]:
+        return {p: acked_upto(r, keys, p) for p in range(keys.partitions)}
 
     if job.phase == "rebuild":
         progress.phase = "rebuild"
@@ -790,17 +914,16 @@ def _execute(
             progress.events += int(events or 0)
             progress.entries += int(entries or 0)
         progress.resumed_events, progress.resumed_entries = progress.events, progress.entries
-        for p in range(keys.partitions):
-            progress.partition = p
-            rebuilder(p).replay(acked_upto(r, keys, p), progress)
-            progress.done_partitions = p + 1
+
+        def rebuilt(rb: Rebuilder) -> None:
+            progress.done_partitions += 1
             progress.tick()
-            step(f"rebuilt:{p}")
+            step(f"rebuilt:{rb.p}")
+
+        replay(ends(), done=rebuilt)
         progress.phase = "catch-up"
         for _ in range(CATCH_UP_ROUNDS):
-            caught = 0
-            for p in range(keys.partitions):
-                caught += rebuilder(p).replay(acked_upto(r, keys, p), progress)
+            caught = replay(ends())
             step("caught-up")
             if caught < 1000:
                 break
@@ -823,20 +946,24 @@ def _execute(
     everyone = prepared is None or time.time() > float(prepared)
     step("held")
     at = time.time()
-    for p in range(keys.partitions):
-        progress.partition = p
+    last = ends()
+
+    def tracked(p: int) -> Rebuilder:
         rb = rebuilder(p)
         rb.track = True  # what the last replay changes is checked for differences again
-        end = acked_upto(r, keys, p)
-        rb.replay(end, progress)
-        old_clock = r.get(old_keys.clock(p))
+        return rb
+
+    def stopped(rb: Rebuilder) -> None:
+        old_clock = r.get(old_keys.clock(rb.p))
         if old_clock is not None:
             rb.advance_to(float(old_clock))
         rb.flush()
+        end = last[rb.p]
         if end is not None:  # where the old generation stops: a rollback resumes it from here
-            r.hset(old_keys.upto(p), mapping={"id": end, "entries": rb.entries_done})
-        del rb
+            r.hset(old_keys.upto(rb.p), mapping={"id": end, "entries": rb.entries_done})
         progress.tick()
+
+    replay(last, make=tracked, final=True, done=stopped)
     if job.on_switch == "fire":
         progress.phase = "switch firings"
         progress.fired += differences.fire(

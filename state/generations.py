@@ -422,6 +422,7 @@ def generation_keys(r: Any, keys: Keys, generation: int) -> Iterator[tuple[int, 
         wanted = [
             (f"{head}*}}:s:*", lambda rest: rest.startswith("s:")),
             (f"{head}*}}:c:*", lambda rest: rest.startswith("c:")),
+            (f"{head}*}}:h:*", lambda rest: rest.startswith("h:")),
         ]
         for single in ("timers", "clock", "upto", "switched", "differ", "recheck"):
             wanted.append((f"{head}*}}:{single}", lambda rest, single=single: rest == single))

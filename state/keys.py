@@ -103,6 +103,11 @@ class Keys:
         """Set: contacts whose state may have changed since ``differ`` was computed."""
         return self._gen(p) + "recheck"
 
+    def handed(self, p: int, visitor: str) -> str:
+        """String: a visitor's state taken by a publish's replay of its ``$take`` and not yet
+        merged by its ``$give`` (msgpack; empty: it had none). Partition ``p`` is the visitor's."""
+        return f"{self._gen(p)}h:{visitor}"
+
     def rules(self, version: int) -> str:
         """Hash: a published rules version (``sha256``, ``text``, ``generation``, ...)."""
         return f"{self.prefix}:rules:{version}"
