@@ -117,6 +117,7 @@ class LiveMerges:
         self.sends: list[tuple[str, bytes]] = []  # (input stream, line) to send at commit
         self.gone: set[str] = set()  # ids handed over: state and read model to delete
         self.new_aliases: dict[str, str] = {}  # old id -> contact, for {prefix}:aliases
+        self.handed: list[str] = []  # states a publish's replay took, merged: keys to delete
 
     def learn_aliases(self, ids: list[str]) -> None:
         """Look up the ends of these ids' known chains in ``{prefix}:aliases``, then the ids
@@ -214,7 +215,8 @@ class LiveMerges:
             self.new_aliases[known] = ""
         self.load({known})  # type: ignore[attr-defined]  # its state, unless in memory
         contacts: dict[str, ContactState] = self.contacts  # type: ignore[attr-defined]
-        visitor = None if m.state is None else decode(m.state)
+        blob = self.handed_state(m)
+        visitor = None if blob is None else decode(blob)
         merged, effects = merge(
             self.engine,  # type: ignore[attr-defined]
             contacts.get(known),
@@ -228,6 +230,17 @@ class LiveMerges:
         self.touched.add(known)  # type: ignore[attr-defined]
         metrics.MERGES.labels("give").inc()
 
+    def handed_state(self, m: Handover) -> bytes | None:
+        """The visitor's state to merge: the message's, unless a publish's replay took the
+        visitor in the generation served (its take came before the switch, this give after:
+        ``Keys.handed``, under that generation's rules); that one then, deleted with this
+        checkpoint. One GET per give (gives are rare)."""
+        key, blob = self.store.load_handed(self.p, m.visitor)  # type: ignore[attr-defined]
+        if blob is None:
+            return m.state
+        self.handed.append(key)
+        return blob or None
+
     def refuse(self, m: Handover, why: str) -> None:
         reject = Reject("merge_refused", f"{why}; the identify of {m.into!r} was scored without it")
         self.rejected[reject.code] += 1  # type: ignore[attr-defined]
@@ -240,15 +253,16 @@ class LiveMerges:
 
     def merge_writes(self) -> dict[str, Any]:
         """Checkpoint fields for what merges changed since the last commit."""
-        if not (self.sends or self.gone or self.new_aliases):
+        if not (self.sends or self.gone or self.new_aliases or self.handed):
             return {}
         p = self.p  # type: ignore[attr-defined]
         keys = self.store.keys_of(p)  # type: ignore[attr-defined]  # the generation served
         deletes = [k for c in self.gone for k in (keys.state(p, c), keys.read_model(p, c))]
+        deletes += self.handed
         return {"deletes": deletes, "aliases": dict(self.new_aliases), "sends": list(self.sends)}
 
     def merges_committed(self) -> None:
-        self.sends, self.gone, self.new_aliases = [], set(), {}
+        self.sends, self.gone, self.new_aliases, self.handed = [], set(), {}, []
 
 
 def _never_scored(state: ContactState) -> bool:

@@ -635,6 +635,12 @@ class RedisStore:
                     found[p][contact] = value
         return found
 
+    def load_handed(self, p: int, visitor: str) -> tuple[str, bytes | None]:
+        """The key and value of ``visitor``'s state taken by a publish's replay of its
+        ``$take`` in the generation served for ``p`` (``Keys.handed``; None: none)."""
+        key = self.keys_of(p).handed(self.keys.partition(visitor), visitor)
+        return key, self._call("load handed state", lambda: self.r.get(key))
+
     def load_aliases(self, ids: Iterable[str]) -> dict[str, str]:
         """Which of ``ids`` were merged into another contact, and into which (one HMGET)."""
         wanted = list(ids)
