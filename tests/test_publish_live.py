@@ -17,9 +17,11 @@ import httpx
 import orjson
 import pytest
 import redis
+from bytewax.testing import cluster_main
 from conftest import LiveService
 from test_cli_redis import LEADSCORE, ROOT, RULES, cli
 
+from flows.scoring import FlowConfig, build_flow
 from leadscore.readmodel import view_at
 from state.keys import Keys
 from state.redis_store import RedisStore
@@ -79,10 +81,14 @@ def oracle(rules: Path, files: list[Path], tmp_path: Path, name: str) -> dict[st
     return {c["contact"]: c for c in map(json.loads, contacts)}
 
 
+def triggers_of(out: Path) -> set[tuple[str, str]]:
+    lines = (out / "triggers.jsonl").read_text().splitlines()
+    return {(t["contact"], t["trigger"]) for t in map(json.loads, lines)}
+
+
 def fired(rules: Path, files: list[Path], tmp_path: Path, name: str) -> set[tuple[str, str]]:
     oracle(rules, files, tmp_path, name)
-    lines = (tmp_path / name / "triggers.jsonl").read_text().splitlines()
-    return {(t["contact"], t["trigger"]) for t in map(json.loads, lines)}
+    return triggers_of(tmp_path / name)
 
 
 FIELDS = ("scores", "total", "normalized", "grade", "stage", "segments", "tags")
@@ -210,22 +216,105 @@ def test_a_cheap_change_switches_without_replay(redis_url: str, tmp_path: Path) 
     assert publish(redis_url, "--rules", str(cheap), "--yes").stdout.startswith("nothing")
 
 
-def test_a_history_with_merges_is_refused_and_nothing_changes(
+def identify(contact: str, n: int, *merged: str) -> bytes:
+    return orjson.dumps({"contact": contact, "action": "identify", "ts": T0 + n, "merge": merged})
+
+
+def sent(url: str, tmp_path: Path, lines: list[bytes], name: str) -> Path:
+    """``send`` in this process (a CLI start costs more than the sending)."""
+    path = tmp_path / f"{name}.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with RedisStore(url) as store:
+        store.ensure(P)
+        store.send_events(lines)
+    return path
+
+
+def settle(url: str, rules: Path) -> None:
+    """Drain (in this process) until every entry is acknowledged, hand-overs included (a
+    hand-over sent by a run's last checkpoint waits for the next run)."""
+    for _ in range(10):
+        config = FlowConfig(
+            rules=str(rules), source="redis", redis_url=url, partitions=P, tail=False,
+            stop=threading.Event(),
+        )  # fmt: skip
+        cluster_main(build_flow(config), [], 0, worker_count_per_proc=1)
+        if caught_up(url):
+            return
+    raise AssertionError("the input never settled")
+
+
+def roots(pairs: set[tuple[str, str]], into: dict[str, str]) -> set[tuple[str, str]]:
+    """(contact, trigger) with each contact followed to the one it was merged into."""
+
+    def root(c: str) -> str:
+        while c in into:
+            c = into[c]
+        return c
+
+    return {(root(c), t) for c, t in pairs}
+
+
+@pytest.mark.slow
+def test_publish_replays_identity_merges_as_the_live_flow_made_them(
     redis_url: str, tmp_path: Path
 ) -> None:
-    merge = orjson.dumps(
-        {"contact": "c-3", "action": "identify", "ts": T0 + 500, "merge": ["visitor-1"]}
-    )
-    send(redis_url, tmp_path, [*batch(0, 8), merge], "history")
-    drain(redis_url, RULES)
+    """A history with merges across partitions (two visitors into c-3, then c-3 into c-5: a
+    chain), a refused merge, an id that never existed, and events for old ids after their
+    merge: publish rebuilds what `leadscore run` makes of the same events under the new
+    rules, fires the differences once, and a rollback catches up on merges made since."""
+    keys = Keys("ls", P)
+    assert len({keys.partition(c) for c in ("v-1", "c-3", "c-5", "c-9")}) == 4
+    visitors = [ev("v-1", n) for n in range(7)] + [ev("v-2", 10 + n) for n in range(9)]
+    visitors += [ev("v-2", 30, "page.hit"), *(ev("anon-5", 40 + n) for n in range(4))]
+    waves = [
+        # the visitors' takes reach their streams after their events: merged whole
+        [*batch(0, 12), *visitors, identify("c-3", 200, "v-1", "v-2")],
+        # the chain; v-1 was merged before (refused); anon-2 never existed
+        [identify("c-5", 300, "c-3"), identify("c-9", 301, "v-1"), identify("c-7", 302, "anon-2")],
+        [*(ev("v-1", 400 + n) for n in range(3)), ev("c-3", 410), ev("c-3", 411)],
+    ]
+    files = []
+    for i, wave in enumerate(waves):
+        files.append(sent(redis_url, tmp_path, wave, f"wave{i}"))
+        settle(redis_url, RULES)
     r = redis.Redis.from_url(redis_url)
-    done = publish(redis_url, "--rules", str(new_rules(tmp_path)), "--yes")
-    assert done.returncode == 1 and "does not replay yet" in done.stderr
-    assert "Traceback" not in done.stderr
-    assert r.hget("ls:meta", "rules_version") == b"1" and r.exists("ls:publish") == 0
-    assert [r.get(Keys("ls", P).live(p)) for p in range(P)] == [None] * P
-    assert "pruned generation 1" in publish(redis_url, "--prune").stdout
-    drain(redis_url, RULES)  # the flow runs on as before
+    into = {"v-1": "c-3", "v-2": "c-3", "c-3": "c-5", "anon-2": "c-7"}
+    assert {k.decode(): v.decode() for k, v in r.hgetall(keys.aliases).items()} == into
+    refused = [d for d in RedisStore(redis_url).read_dead() if d["code"] == "merge_refused"]
+    assert len(refused) == 1
+
+    new = new_rules(tmp_path)
+    done = publish(redis_url, "--rules", str(new), "--yes")
+    assert done.returncode == 0, done.stderr
+    assert [r.get(keys.live(p)) for p in range(P)] == [b"1:2"] * P
+    expected = oracle(new, files, tmp_path, "new")
+    fired_new = triggers_of(tmp_path / "new")
+    assert "c-5" in expected and not {"v-1", "v-2", "c-3"} & set(expected)
+    assert_live_equals(redis_url, expected)
+    g1 = keys.at(1)
+    for gone in into:
+        assert not r.exists(g1.state(keys.partition(gone), gone)), gone
+    assert not list(r.scan_iter(match="ls:{*}:g1:h:*"))  # no hand-over left half done
+    assert {k.decode(): v.decode() for k, v in r.hgetall(keys.aliases).items()} == into
+    # the switch fires the differences of the merged contacts, once
+    differ = roots(fired_new, into) - roots(fired(RULES, files, tmp_path, "fo"), into)
+    switch = switch_firings(redis_url)
+    assert ("c-5", "mql") not in differ  # MQL under both rules: nothing to fire
+    assert differ and {(t["contact"], t["trigger"]) for t in switch} == differ
+    assert len(switch) == len(differ)
+
+    # merges after the switch (live, under the new rules), then a rollback: the old
+    # generation replays them from where it stopped
+    files.append(sent(redis_url, tmp_path, [identify("c-9", 500, "anon-5")], "later"))
+    settle(redis_url, new)
+    assert r.hget(keys.aliases, "anon-5") == b"c-9"
+    done = publish(redis_url, "--rollback")
+    assert done.returncode == 0, done.stderr
+    assert [r.get(keys.live(p)) for p in range(P)] == [b"0:1"] * P
+    assert_live_equals(redis_url, oracle(RULES, files, tmp_path, "old2"))
+    assert not r.exists(keys.state(keys.partition("anon-5"), "anon-5"))
+    assert not list(r.scan_iter(match="ls:{*}:h:*"))
 
 
 # --------------------------------------------------------------------------- live + crashes

@@ -68,6 +68,15 @@ def states(r: redis.Redis, keys: Keys) -> dict[str, bytes]:
     return out
 
 
+def placed(r: redis.Redis, keys: Keys) -> dict[tuple[int, str], bytes]:
+    """Every contact state with the partition it is in."""
+    return {
+        (p, name.decode()[len(keys.state(p, "")) :]): r.get(name)
+        for p in range(P)
+        for name in r.scan_iter(match=keys.state(p, "*"))
+    }
+
+
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -161,24 +170,164 @@ def test_marked_differences_fire_what_a_check_of_every_contact_fires(redis_url: 
     assert fired() == everyone and len(everyone) == len(set(everyone))
 
 
-def test_a_history_with_merges_is_refused_naming_the_entry(redis_url: str) -> None:
-    """Publish does not replay identity merges yet: the rebuild stops at the first one."""
-    from leadscore.rescore import MergesInHistory
+def test_merges_are_replayed_as_the_live_flow_made_them(redis_url: str) -> None:
+    """A live flow (in this process) merges across partitions: two visitors into c-1, c-1
+    into c-4 (a chain), a refused merge, an id that never existed, events for old ids after
+    their merge. Rebuilt under the same rules, with one contact in memory and one entry per
+    write, or stopped part way and resumed by another process, the generation holds exactly
+    the live flow's states, and no hand-over is left half done."""
+    import threading
+    import time
 
-    keys = load(redis_url, [(i % 10, "email.click", i, "/pricing") for i in range(40)], 4)
+    from bytewax.testing import cluster_main
+
+    from flows.scoring import FlowConfig, build_flow
+    from leadscore.rebuild_merges import Handed, aliases_before
+    from leadscore.rescore import replay_all
+
     r = redis.Redis.from_url(redis_url)
+    r.flushall()
+    keys = Keys("ls", P)
+    assert keys.partition("c-1") != keys.partition("c-4") == keys.partition("v-1")
+    t = time.time() - 3600
+
+    def ev(contact: str, dt: float, action: str = "email.click", **extra: object) -> bytes:
+        return orjson.dumps({"contact": contact, "action": action, "ts": t + dt, **extra})
+
+    chain = [ev("c-4", 30, "identify", merge=["c-1"]), ev("c-9", 31, "identify", merge=["v-1"])]
+    waves = [
+        [ev(c, n) for n in range(6) for c in ("c-1", "v-1", "v-2", "c-4", "c-9")]
+        + [ev("v-2", 10, "page.hit", props={"url": "https://acme.com/pricing"})]
+        + [ev("c-1", 20, "identify", merge=["v-1", "v-2"])],
+        [*chain, ev("c-9", 32, "identify", merge=["never-seen"])],
+        [ev("v-1", 40), ev("c-1", 41), ev("v-2", 42, "form.submit", props={"form": "x"})],
+    ]
+    for wave in waves:
+        with RedisStore(redis_url) as store:
+            store.ensure(P)
+            store.send_events(wave, batch=2)
+        for _ in range(10):
+            config = FlowConfig(
+                rules="examples/rules.yaml", source="redis", redis_url=redis_url,
+                partitions=P, tail=False, stop=threading.Event(),
+            )  # fmt: skip
+            cluster_main(build_flow(config), [], 0, worker_count_per_proc=1)
+            if not any(r.xinfo_groups(keys.input(p))[0]["pending"] for p in range(P)) and all(
+                not r.xinfo_groups(keys.input(p))[0].get("lag") for p in range(P)
+            ):
+                break
+    assert r.hgetall(keys.aliases) == {
+        b"v-1": b"c-1",
+        b"v-2": b"c-1",
+        b"c-1": b"c-4",
+        b"never-seen": b"c-9",
+    }
+    live = placed(r, keys)
+    assert (keys.partition("c-4"), "c-4") in live
+    assert not {"v-1", "v-2", "c-1"} & {c for _, c in live}
+    engine = Engine(RULES)
+    ends = {p: acked_upto(r, keys, p) for p in range(P)}
+
+    def rebuild(generation: int, ends: dict[int, str | None], **options: object) -> None:
+        g = keys.at(generation)
+        starts = [(v.decode() if (v := r.hget(g.upto(p), "id")) else None) for p in range(P)]
+        replay_all(
+            lambda p: Rebuilder(r, g, p, engine, max_contacts=1),
+            ends,
+            aliases=aliases_before(r, keys, starts),
+            handed=Handed(r, g),
+            **options,  # type: ignore[arg-type]
+        )
+
+    rebuild(1, ends, page=1, max_contacts=1, final=True)
+    assert placed(r, keys.at(1)) == live
+    # stopped half way through every stream (a kill), resumed with nothing in memory
+    half = {p: r.xrange(keys.input(p))[r.xlen(keys.input(p)) // 2][0].decode() for p in range(P)}
+    rebuild(2, half, page=3)  # type: ignore[arg-type]
+    assert any(r.exists(keys.at(2).upto(p)) for p in range(P))
+    rebuild(2, ends, final=True)
+    assert placed(r, keys.at(2)) == live
+    assert not list(r.scan_iter(match="ls:{*}:g*:h:*"))
+
+
+def test_a_give_in_flight_at_the_switch_merges_the_state_the_replay_took(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A $take acknowledged before the hold and its $give read after the switch: the replay
+    took the visitor under the new rules (Keys.handed), so the live flow merges that state,
+    not the one the message carries (the old rules'), and deletes it."""
+    import threading
+    import time
+
+    from bytewax.testing import cluster_main
+
+    from flows.scoring import FlowConfig, build_flow
+    from leadscore.rebuild_merges import Handed, aliases_before
+    from leadscore.rescore import execute, plan, replay_all
+    from leadscore.rules import load_rules_text
+
+    r = redis.Redis.from_url(redis_url)
+    r.flushall()
+    keys = Keys("ls", P)
+    q, pv = keys.partition("c-1"), keys.partition("v-1")
+    assert q != pv
+    t = time.time() - 3600
+    text = Path("examples/rules.yaml").read_text()
+    assert "    points: 4\n    repeat: true" in text
+    new_text = text.replace("    points: 4\n    repeat: true", "    points: 9\n    repeat: true")
+    new_path = tmp_path / "new.yaml"
+    new_path.write_text(new_text)
+
+    def settle(rules: str) -> None:
+        for _ in range(10):
+            config = FlowConfig(
+                rules=rules, source="redis", redis_url=redis_url, partitions=P, tail=False,
+                stop=threading.Event(),
+            )  # fmt: skip
+            cluster_main(build_flow(config), [], 0, worker_count_per_proc=1)
+            if all(acked_upto(r, keys, p) == _last(r, keys, p) for p in range(P)):
+                return
+        raise AssertionError("the input never settled")
+
+    lines = [
+        orjson.dumps({"contact": "v-1", "action": "email.click", "ts": t + n}) for n in range(5)
+    ]
+    lines += [orjson.dumps({"contact": "c-1", "action": "email.click", "ts": t + 10})]
+    lines += [
+        orjson.dumps({"contact": "c-1", "action": "identify", "ts": t + 20, "merge": ["v-1"]})
+    ]
     with RedisStore(redis_url) as store:
-        merge = {"contact": "c-1", "action": "identify", "ts": 1_700_000_100, "merge": ["v-9"]}
-        store.send_events([orjson.dumps(merge)])
-    p = keys.partition("c-1")
-    last = r.xrevrange(keys.input(p), count=1)[0][0].decode()
-    with pytest.raises(MergesInHistory, match=f"input entry {last}: an identify with merge"):
-        Rebuilder(r, keys.at(1), p, Engine(RULES)).replay(last)
-    # a property that merely mentions "merge" is no merge
-    keys = load(redis_url, [(1, "email.click", 5, "/pricing")], 1)
-    with RedisStore(redis_url) as store:
-        hit = {"contact": "c-1", "action": "page.hit", "ts": 1_700_000_100,
-               "props": {"url": "https://acme.com/merge", "note": '"merge"'}}  # fmt: skip
-        store.send_events([orjson.dumps(hit)])
-    last = r.xrevrange(keys.input(p), count=1)[0][0].decode()
-    assert Rebuilder(r, keys.at(1), p, Engine(RULES)).replay(last) == 2
+        store.ensure(P)
+        store.send_events(lines)
+    settle("examples/rules.yaml")
+    give = [e for e, f in r.xrange(keys.input(q)) if b"m" in f and b'"$give"' in f[b"m"]]
+    assert len(give) == 1
+    before = r.xrevrange(keys.input(q), max="(" + give[0].decode(), count=1)[0][0]
+    r.xgroup_setid(keys.input(q), "leadscore", before)  # the give is not read yet
+
+    made = plan(r, keys, new_text.encode(), on_switch="silent")
+    execute(r, keys, made)
+    g1 = keys.at(1)
+    assert r.exists(g1.handed(pv, "v-1")) and not r.exists(g1.state(pv, "v-1"))
+    settle(str(new_path))  # the live flow, now on generation 1, reads the give
+    assert not r.exists(g1.handed(pv, "v-1"))
+
+    engine = Engine(load_rules_text(new_text))
+    g5 = keys.at(5)  # the oracle: the whole history, give included, replayed under NEW
+    replay_all(
+        lambda p: Rebuilder(r, g5, p, engine),
+        {p: acked_upto(r, keys, p) for p in range(P)},
+        aliases=aliases_before(r, keys, [None] * P),
+        handed=Handed(r, g5),
+        final=True,
+    )
+    at = t + 86_400
+    got, want = (decode(r.get(g.state(q, "c-1"))) for g in (g1, g5))
+    assert engine.view("c-1", got, at)["total"] == engine.view("c-1", want, at)["total"]
+    # six clicks at the new points, decayed for a day: far above the old points' 6 * 4
+    assert engine.view("c-1", got, at)["total"] > 6 * 4 * 1.5
+
+
+def _last(r: redis.Redis, keys: Keys, p: int) -> str | None:
+    last = r.xrevrange(keys.input(p), count=1)
+    return last[0][0].decode() if last else None
