@@ -120,15 +120,29 @@ def _in_fresh_process(spec: dict[str, Any]) -> dict[str, Any]:
     return orjson.loads(done.stdout.splitlines()[-1])
 
 
-def prepare(url: str, events: Path, rules: Path) -> dict[str, Any]:
+def prepare(url: str, events: Path, rules: Path, *, merges: bool = False) -> dict[str, Any]:
     """The input in Redis, acknowledged, with ``rules`` recorded as v1 (generation 0 empty:
-    every contact's old state is absent, so the switch fires all its triggers)."""
+    every contact's old state is absent, so the switch fires all its triggers). ``merges``:
+    each stream starts with a hand-over message (a ``$take`` of an id that never existed), so
+    the whole rebuild replays every partition together (leadscore/rebuild_merges.py): its
+    worst case."""
+    from flows.handover import take_line
+    from state.keys import partition_of
     from state.redis_store import RedisStore
     from state.versions import check_rules
 
     with RedisStore(url) as store:
         keys = store.ensure(PARTITIONS)
         check_rules(store.r, keys, rules.read_bytes(), str(rules))
+        if merges:
+            ids = (f"anon-{i}" for i in range(10_000))
+            first = {}
+            for visitor in ids:
+                first.setdefault(partition_of(visitor, PARTITIONS), visitor)
+                if len(first) == PARTITIONS:
+                    break
+            for p, visitor in first.items():
+                store.r.xadd(keys.input(p), {"m": take_line(visitor, "known-0", 1.0)})
         with events.open("rb") as fh:
             sent = store.send_events(fh)
         for p in range(PARTITIONS):
@@ -220,6 +234,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--max-contacts", type=int, default=50_000)
     parser.add_argument("--rules", default=None)
+    parser.add_argument(
+        "--merges", action="store_true", help="also publish a history with hand-over messages"
+    )
     parser.add_argument("--json", default=str(RESULTS / "publish.json"))
     parser.add_argument("--history", action="store_true", help="rebuild from an archive")
     parser.add_argument(
@@ -265,6 +282,15 @@ def main() -> None:
             timers = max(client.zcard(f"ls:{{{p}}}:g1:timers") for p in range(PARTITIONS))
         finally:
             server.stop()
+        merged: dict[str, Any] | None = None
+        if args.merges:
+            server = load_redis_server().RedisServer(Path(tmp) / "redis-merges").start()
+            try:
+                prepare(server.url, events, rules, merges=True)
+                spec = {"design": "publish", "url": server.url, "new": str(new)}
+                merged = _in_fresh_process({**spec, "max_contacts": args.max_contacts})
+            finally:
+                server.stop()
     report = {
         "machine": machine_info(),
         "config": {
@@ -281,6 +307,12 @@ def main() -> None:
     if run is not None:
         report["run"] = {**run, "events_per_s": lines / run["seconds"]}
         report["ratio_publish_to_run"] = report["publish"]["events_per_s"] / lines * run["seconds"]
+    if merged is not None:
+        report["publish_with_merges"] = {
+            **merged,
+            "events_per_s": merged["events"] / merged["seconds"],
+            "ratio_to_publish": pub["seconds"] / merged["seconds"],
+        }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
