@@ -103,6 +103,17 @@ def parse_message(raw: bytes, now: float) -> Handover | Event | Reject:
     return Handover(kind, visitor, into, float(at), blob, raw)
 
 
+def merge_visitor(logic: Any, known: str, visitor: ContactState | None, m: Handover) -> None:
+    """Merge a handed-over visitor's state into ``known`` (its state in ``logic.contacts``),
+    record it with its effects: the give of the live flow and of a publish's replay alike."""
+    contacts: dict[str, ContactState] = logic.contacts
+    merged, effects = merge(logic.engine, contacts.get(known), visitor, m.at, visitor_id=m.visitor)
+    contacts[known] = merged
+    logic.record(known, [Merged(m.visitor, m.at), *effects])
+    logic.merged += 1
+    logic.touched.add(known)
+
+
 class LiveMerges:
     """The partition logic's part in merges (a mixin of ``flows.redis_flow.PartitionLogic``).
 
@@ -214,20 +225,9 @@ class LiveMerges:
             del aliases.into[known]
             self.new_aliases[known] = ""
         self.load({known})  # type: ignore[attr-defined]  # its state, unless in memory
-        contacts: dict[str, ContactState] = self.contacts  # type: ignore[attr-defined]
         blob = self.handed_state(m)
         visitor = None if blob is None else decode(blob)
-        merged, effects = merge(
-            self.engine,  # type: ignore[attr-defined]
-            contacts.get(known),
-            visitor,
-            m.at,
-            visitor_id=m.visitor,
-        )
-        contacts[known] = merged
-        self.record(known, [Merged(m.visitor, m.at), *effects])  # type: ignore[attr-defined]
-        self.merged += 1  # type: ignore[attr-defined]
-        self.touched.add(known)  # type: ignore[attr-defined]
+        merge_visitor(self, known, visitor, m)
         metrics.MERGES.labels("give").inc()
 
     def handed_state(self, m: Handover) -> bytes | None:

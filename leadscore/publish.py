@@ -186,6 +186,16 @@ class Exported:
     archived: int = 0  # events of them from the archive (``older``)
 
 
+def _note_action(line: bytes, actions: set[str]) -> None:
+    """Add the line's action to ``actions`` (a line that is not a JSON object has none)."""
+    try:
+        action = orjson.loads(line).get("action")
+    except (orjson.JSONDecodeError, AttributeError):
+        return
+    if isinstance(action, str):
+        actions.add(action)
+
+
 def export_history(
     r: Any,
     input_key: Callable[[int], str],
@@ -210,12 +220,7 @@ def export_history(
             for line in older(p) if older is not None else ():
                 fh.write(line + b"\n")
                 archived += 1
-                try:
-                    action = orjson.loads(line).get("action")
-                except (orjson.JSONDecodeError, AttributeError):
-                    continue
-                if isinstance(action, str):
-                    actions.add(action)
+                _note_action(line, actions)
             start = "-"
             while True:
                 batch = r.xrange(input_key(p), min=start, count=page)
@@ -228,12 +233,7 @@ def export_history(
                             continue
                         fh.write(line.rstrip(b"\r") + b"\n")
                         events += 1
-                        try:
-                            action = orjson.loads(line).get("action")
-                        except (orjson.JSONDecodeError, AttributeError):
-                            continue
-                        if isinstance(action, str):
-                            actions.add(action)
+                        _note_action(line, actions)
                 entries += len(batch)
                 if on_progress is not None:
                     on_progress(p, events)

@@ -37,10 +37,9 @@ import logging
 from collections import deque
 from typing import Any
 
-from flows.handover import MESSAGE_MARK, Handover, _never_scored, parse_message
+from flows.handover import MESSAGE_MARK, Handover, _never_scored, merge_visitor, parse_message
 from leadscore.events import Event
 from leadscore.identity import Aliases
-from leadscore.merge import Merged, merge
 from state.codec import decode, encode
 from state.generations import PublishError, id_tuple
 from state.keys import Keys, partition_of
@@ -197,21 +196,9 @@ class ReplayMerges:
             aliases.into.setdefault(m.visitor, known)  # (set already, unless handed at its give)
         if known in aliases.into:  # our own id, in a cycle: a root again
             del aliases.into[known]
-        contacts = self.contacts  # type: ignore[attr-defined]
-        if known not in contacts:
+        if known not in self.contacts:  # type: ignore[attr-defined]
             self._load([known])  # type: ignore[attr-defined]
-        visitor = decode(blob) if blob else None
-        merged, effects = merge(
-            self.engine,  # type: ignore[attr-defined]
-            contacts.get(known),
-            visitor,
-            m.at,
-            visitor_id=m.visitor,
-        )
-        contacts[known] = merged
-        self.record(known, [Merged(m.visitor, m.at), *effects])  # type: ignore[attr-defined]
-        self.merged += 1  # type: ignore[attr-defined]
-        self.touched.add(known)  # type: ignore[attr-defined]
+        merge_visitor(self, known, decode(blob) if blob else None, m)
 
     def merge_writes(self, pipe: Any) -> None:
         """Queue what merges changed since the last write (in the page's transaction)."""
