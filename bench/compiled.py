@@ -3,6 +3,12 @@
 ``python -m bench.compiled [--events 1000000 --contacts 100000 --seed 7] [--rounds 2]
 [--baseline REV] [--json bench/results/compiled.json]``
 
+``python -m bench.compiled --callgrind [--events 100000 --contacts 10000]``: the same three
+``leadscore run``s, once each under callgrind, counted in instructions per event (the whole
+process, Bytewax included; minus a 1-line run of the same variant, which is start-up). On a
+shared box CPU seconds swing by 20% between identical runs; instruction counts do not (they
+do not see cache misses either: read both).
+
 Three variants, interleaved round by round so a busy minute hurts each alike:
 
 - ``baseline``: the tree of ``REV`` (default: the commit before the compiled engine),
@@ -113,6 +119,61 @@ def timed_run(variant: str, tree: Path, events: Path, out: Path, rules: Path) ->
     return {"seconds": seconds, "cpu_seconds": cpu}
 
 
+def instructions(variant: str, tree: Path, events: Path, out: Path, rules: Path) -> int:
+    """Instructions callgrind counts for ``leadscore run`` on ``events`` (the whole process)."""
+    report = out.with_suffix(".callgrind")
+    command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={report}"]
+    command += [sys.executable, "-m", "leadscore.cli", "run", "-r", str(rules), "-e", str(events)]
+    command += ["--out", str(out), "--workers", "1", "--no-progress"]
+    done = subprocess.run(command, cwd=tree, env=env_for(variant, tree), capture_output=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{variant}: leadscore run failed:\n{done.stderr.decode()[-3000:]}")
+    for line in report.read_text().splitlines():
+        if line.startswith("totals:") or line.startswith("summary:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{variant}: no totals in {report}")
+
+
+def callgrind_main(args: argparse.Namespace, rules: Path, events: Path, lines: int) -> None:
+    """Instructions per event of each variant's whole run, start-up subtracted."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--callgrind needs valgrind: apt-get install valgrind")
+    tmp = Path(tempfile.mkdtemp(prefix="leadscore-callgrind-"))
+    trees = {"python": ROOT, "compiled": ROOT}
+    one = tmp / "one.jsonl"
+    with events.open("rb") as source:
+        one.write_bytes(source.readline())
+    table: dict[str, dict[str, Any]] = {}
+    try:
+        baseline = extract(args.baseline or default_baseline(), tmp / "baseline")
+        trees["baseline"] = tmp / "baseline"
+        for variant in VARIANTS:
+            start = instructions(variant, trees[variant], one, tmp / f"one-{variant}", rules)
+            total = instructions(variant, trees[variant], events, tmp / f"out-{variant}", rules)
+            per_event = (total - start) / lines
+            table[variant] = {"startup": start, "total": total, "per_event": per_event}
+            print(f"{variant}: {per_event:,.0f} instructions per event", flush=True)
+        same = {
+            "compiled_vs_python": compare(
+                outputs(tmp / "out-compiled"), outputs(tmp / "out-python")
+            ),
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    base = table["baseline"]["per_event"]
+    print(f"\n{lines:,} lines, baseline {baseline}, whole process under callgrind:")
+    print(f"{'variant':<10}{'instr./event':>14}{'x base':>8}")
+    for variant, row in table.items():
+        row["ratio"] = base / row["per_event"]
+        print(f"{variant:<10}{row['per_event']:>14,.0f}{row['ratio']:>8.2f}")
+    print(f"outputs byte-identical: {same}")
+    report = {"baseline": baseline, "lines": lines, "identical": same, "variants": table}
+    report["machine"] = machine_info()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    print(f"report: {args.json}")
+
+
 def apply_us(variant: str, tree: Path) -> tuple[float, str]:
     done = subprocess.run(
         [sys.executable, "-c", APPLY],
@@ -147,13 +208,20 @@ def compare(a: dict[str, bytes], b: dict[str, bytes]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.compiled", description=__doc__)
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--contacts", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=None, help="default 1M (callgrind 100k)")
+    parser.add_argument("--contacts", type=int, default=None, help="default 100k (callgrind 10k)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--baseline", default=None, help="git revision (default: see above)")
-    parser.add_argument("--json", type=Path, default=RESULTS / "compiled.json")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--callgrind", action="store_true", help="instructions per event under callgrind, once"
+    )
     args = parser.parse_args(argv)
+    small = args.callgrind
+    args.events = args.events or (100_000 if small else 1_000_000)
+    args.contacts = args.contacts or (10_000 if small else 100_000)
+    args.json = args.json or RESULTS / ("compiled-callgrind.json" if small else "compiled.json")
 
     os.environ["LEADSCORE_ENGINE"] = "compiled"  # fail here, not mid-run, if it is not built
     from leadscore.accel import decide
@@ -162,6 +230,9 @@ def main(argv: list[str] | None = None) -> None:
     rules = rules_path()
     events = events_file(args.events, args.contacts, args.seed)
     lines = count_lines([events])
+    if args.callgrind:
+        callgrind_main(args, rules, events, lines)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="leadscore-compiled-"))
     trees = {"python": ROOT, "compiled": ROOT}
     try:
