@@ -2,6 +2,6 @@
 # ShardLogic subclasses Bytewax's StatefulBatchLogic, a Python class, so it stays a Python
 # class: its methods still compile to C, its attributes stay in its __dict__.
 cimport cython
-from leadscore.records cimport effect_record as record_of
+from leadscore.records cimport dump_line, effect_line
 
 cpdef long shard_of(str contact, long shards)

@@ -31,7 +31,7 @@ from leadscore.engine import (
 from leadscore.events import MAX_EVENT_BYTES, Event, Reject, format_ts
 from leadscore.identity import Aliases
 from leadscore.merge import Merged, absorb
-from leadscore.records import effect_record as record_of
+from leadscore.records import dump_line, effect_line
 
 log = logging.getLogger("leadscore.flow")
 RAW_HEAD_BYTES = 1024  # what a dead letter keeps of a line over MAX_EVENT_BYTES
@@ -107,12 +107,12 @@ class Tick:
 
 
 def effect_record(contact: str, effect: Effect) -> tuple[str, bytes]:
-    """The output kind and JSON line for one effect (the record format lives in explain)."""
+    """The output kind and JSON line for one effect (the record format: leadscore.records)."""
     kind = "triggers" if type(effect) is TriggerFired else "changes"
-    return kind, _dumps(record_of(contact, effect))
+    return kind, effect_line(contact, effect)  # type: ignore[return-value]  # not a Duplicate
 
 
-_dumps = orjson.dumps  # a global, not an attribute lookup, once per output record
+_dumps = orjson.dumps  # a global, not an attribute lookup
 
 
 # --------------------------------------------------------------------------- shard logic
@@ -221,7 +221,7 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
                 summary["as_of"] = format_ts(at)
             view = self.engine.view
             for contact, state in self.contacts.items():
-                self.emit("contacts", orjson.dumps(view(contact, state, at)))
+                self.emit("contacts", dump_line(view(contact, state, at)))
             self.emit("summary", orjson.dumps(summary))
             chunks = self.drain()
             # An empty chunk for every output: each file is opened (and so truncated) even when
@@ -284,7 +284,7 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
         # effect_record and emit inlined: this runs once per output record.
         out = self.out
         for effect in effects:
-            line = _dumps(record_of(contact, effect))
+            line = effect_line(contact, effect)
             if type(effect) is TriggerFired:
                 self.fired[effect.trigger] += 1
                 kind = "triggers"

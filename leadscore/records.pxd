@@ -5,6 +5,266 @@ cimport cython
 from leadscore.events cimport format_ts, round4
 from leadscore.engine cimport PointChange, SegmentChanged, StageChanged, TagChanged, TriggerFired
 
+# The compiled JSON writer (records.py `dump_line`, `effect_line`): orjson's bytes written
+# straight into a buffer, for the values it can prove orjson writes alike; anything else
+# makes it answer None and the caller takes orjson (tests/test_records_json.py checks both
+# against orjson.dumps with hypothesis). Interpreted, records.py never calls these.
+cdef extern from *:
+    """
+    #include <string.h>
+    #include <math.h>
+
+    /* A growable byte buffer, on the stack until a record outgrows it. */
+    typedef struct { char *p; Py_ssize_t n, cap; char stack[768]; } ls_buf;
+
+    static int ls_grow(ls_buf *b, Py_ssize_t extra) {
+        Py_ssize_t cap = b->cap * 2;
+        char *p;
+        while (cap < b->n + extra) cap *= 2;
+        if (b->p == b->stack) {
+            p = (char *)PyMem_Malloc(cap);
+            if (p == NULL) { PyErr_NoMemory(); return -1; }
+            memcpy(p, b->p, b->n);
+        } else {
+            p = (char *)PyMem_Realloc(b->p, cap);
+            if (p == NULL) { PyErr_NoMemory(); return -1; }
+        }
+        b->p = p;
+        b->cap = cap;
+        return 0;
+    }
+
+    #define LS_RESERVE(b, k) \\
+        if ((b)->n + (Py_ssize_t)(k) > (b)->cap && ls_grow((b), (Py_ssize_t)(k)) < 0) return -1;
+
+    /* Each function returns 0 (written), 1 (not provably orjson's bytes: the caller falls back
+       to orjson) or -1 (a Python error is set). */
+
+    static int ls_raw(ls_buf *b, const char *s, Py_ssize_t n) {
+        char *d;
+        LS_RESERVE(b, n);
+        d = b->p + b->n;
+        b->n += n;
+        if (n > 32) { memcpy(d, s, n); return 0; }
+        while (n--) *d++ = *s++;  /* keys and separators: shorter than a call to memcpy */
+        return 0;
+    }
+
+    /* orjson's escapes: the two-character forms for \\b \\t \\n \\f \\r, \\u00xx (lower-case
+       hex) for the other controls, \\" and \\\\; everything else (DEL and non-ASCII too) as
+       UTF-8. ls_plain[c]: byte c is written as it is. */
+    static const char ls_hex[] = "0123456789abcdef";
+    static unsigned char ls_plain[256];
+    static int ls_plain_ready = 0;
+
+    static void ls_plain_init(void) {
+        int c;
+        for (c = 0; c < 256; c++) ls_plain[c] = c >= 0x20 && c != '"' && c != '\\\\';
+        ls_plain_ready = 1;
+    }
+
+    static int ls_str(ls_buf *b, PyObject *o) {
+        Py_ssize_t n, i;
+        const unsigned char *s;
+        char *d;
+        if (PyUnicode_IS_ASCII(o)) {
+            s = (const unsigned char *)PyUnicode_DATA(o);
+            n = PyUnicode_GET_LENGTH(o);
+        } else {
+            s = (const unsigned char *)PyUnicode_AsUTF8AndSize(o, &n);
+            if (s == NULL) {  /* surrogates: orjson raises; let it, on the fallback path */
+                PyErr_Clear();
+                return 1;
+            }
+        }
+        if (!ls_plain_ready) ls_plain_init();
+        i = 0;
+        while (i < n && ls_plain[s[i]]) i++;
+        if (i == n) {  /* the usual case: nothing to escape */
+            LS_RESERVE(b, n + 2);
+            d = b->p + b->n;
+            *d++ = '"';
+            memcpy(d, s, n);
+            d[n] = '"';
+            b->n += n + 2;
+            return 0;
+        }
+        LS_RESERVE(b, 6 * n + 2);
+        d = b->p + b->n;
+        *d++ = '"';
+        memcpy(d, s, i);
+        d += i;
+        for (; i < n; i++) {
+            unsigned char c = s[i];
+            if (ls_plain[c]) {
+                *d++ = (char)c;
+                continue;
+            }
+            *d++ = '\\\\';
+            switch (c) {
+            case '"': *d++ = '"'; break;
+            case '\\\\': *d++ = '\\\\'; break;
+            case '\\b': *d++ = 'b'; break;
+            case '\\t': *d++ = 't'; break;
+            case '\\n': *d++ = 'n'; break;
+            case '\\f': *d++ = 'f'; break;
+            case '\\r': *d++ = 'r'; break;
+            default:
+                *d++ = 'u'; *d++ = '0'; *d++ = '0';
+                *d++ = ls_hex[c >> 4]; *d++ = ls_hex[c & 15];
+            }
+        }
+        *d++ = '"';
+        b->n = d - b->p;
+        return 0;
+    }
+
+    static int ls_digits(ls_buf *b, unsigned long long v) {
+        char tmp[24];
+        int k = 0;
+        LS_RESERVE(b, 24);
+        do { tmp[k++] = (char)('0' + v % 10); v /= 10; } while (v);
+        while (k) b->p[b->n++] = tmp[--k];
+        return 0;
+    }
+
+    static int ls_int(ls_buf *b, PyObject *o) {
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (overflow) return 1;  /* orjson writes up to 2**64 - 1, then raises: its call */
+        if (v == -1 && PyErr_Occurred()) return -1;
+        if (v < 0) {
+            if (ls_raw(b, "-", 1) < 0) return -1;
+            return ls_digits(b, 0ULL - (unsigned long long)v);
+        }
+        return ls_digits(b, (unsigned long long)v);
+    }
+
+    /* A float as orjson writes it, which is repr's text wherever 1e-4 <= |x| < 1e16 (and for
+       zeros). A multiple of 1e-4 below 1e11 (round4's results: scores, most points) is written
+       from that integer: there a double's spacing is under 1e-4, so no shorter decimal reads
+       back as x and the four-decimal form, trailing zeros dropped, is repr's shortest one. */
+    static int ls_float(ls_buf *b, double x) {
+        double ax = fabs(x);
+        if (x == 0.0) return signbit(x) ? ls_raw(b, "-0.0", 4) : ls_raw(b, "0.0", 3);
+        if (!(ax < 1e16)) return 1;  /* NaN, inf (orjson: null) and exponent forms */
+        if (ax < 1e11) {
+            double y = x * 10000.0;
+            long long q = (long long)(y + (y >= 0 ? 0.5 : -0.5));
+            if ((double)q / 10000.0 == x) {
+                unsigned long long a = q < 0 ? 0ULL - (unsigned long long)q : (unsigned long long)q;
+                unsigned long long frac = a % 10000;
+                int places = 4;
+                if (q < 0 && ls_raw(b, "-", 1) < 0) return -1;
+                if (ls_digits(b, a / 10000) < 0) return -1;
+                LS_RESERVE(b, 5);
+                b->p[b->n++] = '.';
+                if (frac == 0) {
+                    b->p[b->n++] = '0';
+                    return 0;
+                }
+                while (frac % 10 == 0) { frac /= 10; places--; }
+                for (int k = places - 1; k >= 0; k--) {
+                    b->p[b->n + k] = (char)('0' + frac % 10);
+                    frac /= 10;
+                }
+                b->n += places;
+                return 0;
+            }
+        }
+        if (ax < 1e-4) return 1;  /* repr 1e-05, orjson 0.00001 */
+        {
+            char *s = PyOS_double_to_string(x, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+            int r;
+            if (s == NULL) return -1;
+            r = ls_raw(b, s, (Py_ssize_t)strlen(s));
+            PyMem_Free(s);
+            return r;
+        }
+    }
+
+    static int ls_value(ls_buf *b, PyObject *o, int depth) {
+        PyTypeObject *t = Py_TYPE(o);
+        int r;
+        if (t == &PyUnicode_Type) return ls_str(b, o);
+        if (t == &PyFloat_Type) return ls_float(b, PyFloat_AS_DOUBLE(o));
+        if (o == Py_None) return ls_raw(b, "null", 4);
+        if (o == Py_True) return ls_raw(b, "true", 4);
+        if (o == Py_False) return ls_raw(b, "false", 5);
+        if (t == &PyLong_Type) return ls_int(b, o);
+        if (depth > 64) return 1;  /* orjson's own limit is 255: leave deep nests to it */
+        if (t == &PyList_Type || t == &PyTuple_Type) {
+            Py_ssize_t i, n = Py_SIZE(o);
+            PyObject **items = t == &PyList_Type ? ((PyListObject *)o)->ob_item
+                                                 : ((PyTupleObject *)o)->ob_item;
+            if (ls_raw(b, "[", 1) < 0) return -1;
+            for (i = 0; i < n; i++) {
+                if (i && ls_raw(b, ",", 1) < 0) return -1;
+                /* a list read while written: only our own C code runs, no Python */
+                if ((r = ls_value(b, items[i], depth + 1)) != 0) return r;
+            }
+            return ls_raw(b, "]", 1);
+        }
+        if (t == &PyDict_Type) {
+            Py_ssize_t pos = 0;
+            PyObject *k, *v;
+            int first = 1;
+            if (ls_raw(b, "{", 1) < 0) return -1;
+            while (PyDict_Next(o, &pos, &k, &v)) {
+                if (Py_TYPE(k) != &PyUnicode_Type) return 1;
+                if (!first && ls_raw(b, ",", 1) < 0) return -1;
+                first = 0;
+                if ((r = ls_str(b, k)) != 0) return r;
+                if (ls_raw(b, ":", 1) < 0) return -1;
+                if ((r = ls_value(b, v, depth + 1)) != 0) return r;
+            }
+            return ls_raw(b, "}", 1);
+        }
+        return 1;  /* subclasses, dataclasses, datetimes...: orjson's to write */
+    }
+
+    static PyObject *ls_finish(ls_buf *b, int r) {
+        PyObject *out = NULL;
+        if (r == 0) out = PyBytes_FromStringAndSize(b->p, b->n);
+        else if (r == 1) { Py_INCREF(Py_None); out = Py_None; }
+        if (b->p != b->stack) PyMem_Free(b->p);
+        return out;
+    }
+
+    /* The JSON of ``value`` as orjson.dumps writes it, or None. */
+    static PyObject *ls_dump(PyObject *value) {
+        ls_buf b;
+        b.p = b.stack; b.n = 0; b.cap = sizeof(b.stack);
+        return ls_finish(&b, ls_value(&b, value, 0));
+    }
+
+    /* frags[0] + json(values[0]) + frags[1] + ... + json(values[n-1]) + frags[n], or None:
+       an object whose keys (and the separators around them) are written once, as bytes. */
+    static PyObject *ls_dump_frags(PyObject *frags, PyObject *values) {
+        ls_buf b;
+        Py_ssize_t i, n = PyTuple_GET_SIZE(values);
+        int r = 0;
+        b.p = b.stack; b.n = 0; b.cap = sizeof(b.stack);
+        for (i = 0; i <= n && r == 0; i++) {
+            PyObject *f = PyTuple_GET_ITEM(frags, i);
+            r = ls_raw(&b, PyBytes_AS_STRING(f), PyBytes_GET_SIZE(f));
+            if (r == 0 && i < n) r = ls_value(&b, PyTuple_GET_ITEM(values, i), 0);
+        }
+        return ls_finish(&b, r);
+    }
+    """
+    object _c_dump "ls_dump"(object value)
+    object _c_dump_frags "ls_dump_frags"(tuple frags, tuple values)
+
+cdef bint _WRITER
+
 @cython.locals(p=PointChange, s=StageChanged, f=TriggerFired, g=SegmentChanged, a=TagChanged,
                rec=dict)
 cpdef dict effect_record(str contact, object effect, object action=*)
+
+@cython.locals(p=PointChange, s=StageChanged, f=TriggerFired, g=SegmentChanged, a=TagChanged,
+               line=object)
+cpdef object effect_line(str contact, object effect, object action=*)
+
+@cython.locals(line=object)
+cpdef bytes dump_line(object value)

@@ -8,7 +8,10 @@ hot path of every output line: it is compiled with the engine (``leadscore/accel
 
 from __future__ import annotations
 
+from types import FunctionType
 from typing import Any
+
+import orjson
 
 from leadscore.engine import (
     Duplicate,
@@ -102,3 +105,107 @@ def effect_record(contact: str, effect: Effect, action: str | None = None) -> di
     if t is Duplicate:
         return None
     raise TypeError(f"no record for {effect!r}")
+
+
+# ---------------------------------------------------------------------------- JSON lines
+#
+# Compiled, a record's JSON is written straight into a C buffer (records.pxd: `_c_dump`,
+# `_c_dump_frags`) with the bytes orjson.dumps writes: the keys and separators as constant
+# fragments, the values by a writer that answers None for anything it cannot prove orjson
+# writes alike (NaN, exponent-form floats, huge ints, subclasses, surrogates): those, and
+# every record interpreted, go through the dict and orjson as before.
+
+_dumps = orjson.dumps
+
+
+def _frags(*keys: str) -> tuple[bytes, ...]:
+    """The bytes around each value of an object with these keys, in order; ``"k=v"`` is a key
+    whose value is the constant string ``v`` (part of a fragment)."""
+    frags: list[bytes] = []
+    cur = b"{"
+    for key in keys:
+        name, eq, const = key.partition("=")
+        cur += (b"," if len(cur) > 1 or frags else b"") + _dumps(name) + b":"
+        if eq:
+            cur += _dumps(const)
+        else:
+            frags.append(cur)
+            cur = b""
+    frags.append(cur + b"}")
+    return tuple(frags)
+
+
+_POINTS = ("contact", "kind=points", "rule", "group", "delta", "applied", "score_after")
+_POINTS_TAIL = ("capped", "event_id", "at")
+# Indexed by (action given) + 2 * (reason given).
+_POINTS_FRAGS = (
+    _frags(*_POINTS, *_POINTS_TAIL),
+    _frags(*_POINTS, *_POINTS_TAIL, "action"),
+    _frags(*_POINTS, *_POINTS_TAIL, "reason"),
+    _frags(*_POINTS, *_POINTS_TAIL, "action", "reason"),
+)
+_STAGE_FRAGS = _frags("contact", "kind=stage", "stage", "previous", "cause", "at")
+_TRIGGER_FRAGS = _frags("contact", "trigger", "score", "at", "actions", "cause")
+_SEGMENT_FRAGS = _frags("contact", "kind=segment", "segment", "added", "cause", "at")
+_TAG_FRAGS = _frags("contact", "kind=tag", "tag", "added", "cause", "at")
+
+
+def effect_line(contact: str, effect: Effect, action: str | None = None) -> bytes | None:
+    """``orjson.dumps(effect_record(contact, effect, action))``, byte for byte; None for
+    duplicates. Compiled, most records skip the dict: their bytes are written in C."""
+    if _WRITER:
+        t = type(effect)
+        line = None
+        if t is PointChange:
+            p = effect
+            head = (contact, p.rule, p.group, p.delta, p.applied, round4(p.score_after))
+            tail = (p.capped, p.event_id, format_ts(p.at))
+            if action is None:
+                if p.reason is None:
+                    line = _c_dump_frags(_POINTS_FRAGS[0], head + tail)  # noqa: F821
+                else:
+                    line = _c_dump_frags(_POINTS_FRAGS[2], head + tail + (p.reason,))  # noqa: F821
+            elif p.reason is None:
+                line = _c_dump_frags(_POINTS_FRAGS[1], head + tail + (action,))  # noqa: F821
+            else:
+                line = _c_dump_frags(  # noqa: F821
+                    _POINTS_FRAGS[3], head + tail + (action, p.reason)
+                )
+        elif t is TriggerFired:
+            f = effect
+            line = _c_dump_frags(  # noqa: F821
+                _TRIGGER_FRAGS, (contact, f.trigger, f.score, format_ts(f.at), f.actions, f.cause)
+            )
+        elif t is StageChanged:
+            s = effect
+            line = _c_dump_frags(  # noqa: F821
+                _STAGE_FRAGS, (contact, s.stage, s.previous, s.cause, format_ts(s.at))
+            )
+        elif t is SegmentChanged:
+            g = effect
+            line = _c_dump_frags(  # noqa: F821
+                _SEGMENT_FRAGS, (contact, g.segment, g.added, g.cause, format_ts(g.at))
+            )
+        elif t is TagChanged:
+            a = effect
+            line = _c_dump_frags(  # noqa: F821
+                _TAG_FRAGS, (contact, a.tag, a.added, a.cause, format_ts(a.at))
+            )
+        if line is not None:
+            return line  # type: ignore[no-any-return]
+    record = effect_record(contact, effect, action)
+    return None if record is None else _dumps(record)
+
+
+def dump_line(value: Any) -> bytes:
+    """``orjson.dumps(value)``, byte for byte; compiled, written in C when it can be."""
+    if _WRITER:
+        line = _c_dump(value)  # noqa: F821
+        if line is not None:
+            return line  # type: ignore[no-any-return]
+    return _dumps(value)
+
+
+# True only when this module runs compiled (its functions are then not Python functions):
+# the C writer exists only there.
+_WRITER = not isinstance(effect_line, FunctionType)
