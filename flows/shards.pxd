@@ -5,3 +5,9 @@ cimport cython
 from leadscore.records cimport dump_line, effect_line
 
 cpdef long shard_of(str contact, long shards)
+
+from leadscore.engine cimport ContactState, Engine
+
+@cython.locals(engine=Engine, contacts=dict, touched=set, state=ContactState, effects=list,
+               scored=long, duplicates=long)
+cpdef void score_events(object logic, list items)

@@ -126,6 +126,9 @@ cdef bint _TYPED
 @cython.locals(ids="unsigned int *", i=Py_ssize_t)
 cdef bint _seen(array recent, unsigned int h)
 
+@cython.locals(y=cython.double, q=cython.longlong)
+cpdef double _round1(double x)
+
 @cython.locals(buckets=list)
 cpdef void _settle_group(GroupSpec spec, list g, double t)
 

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scoring_helpers import DAY, HOUR, MINUTE, T0, engine, ev, of_type, rules
 
-from leadscore.engine import Duplicate, Engine, PointChange
+from leadscore.engine import Duplicate, Engine, PointChange, _round1
 from leadscore.events import Event
 from leadscore.rules import load_rules
 from state.codec import FIELDS, decode, encode
@@ -649,3 +649,18 @@ def test_next_due_is_the_same_to_the_last_bit_after_a_reload_on_a_realistic_stre
                 differ.append((contact, event.ts))
     assert len(by_contact) > 1000
     assert not differ
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.floats(min_value=0.0, max_value=100.0),
+        st.integers(min_value=0, max_value=1000).map(lambda k: k / 10),
+        st.integers(min_value=0, max_value=1000).map(lambda k: (k + 0.5) / 10),
+        st.integers(min_value=0, max_value=10**6).map(lambda k: k * 100.0 / 999_983),
+    )
+)
+def test_views_round_the_normalized_score_as_round_does(x: float) -> None:
+    """A view's normalized score (0-100, one place) is round(x, 1) to the bit, half-way
+    cases included, without round()'s decimal round trip."""
+    assert struct.pack("<d", _round1(x)) == struct.pack("<d", round(x, 1)), x
