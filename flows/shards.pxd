@@ -11,3 +11,6 @@ from leadscore.engine cimport ContactState, Engine
 @cython.locals(engine=Engine, contacts=dict, touched=set, state=ContactState, effects=list,
                scored=long, duplicates=long)
 cpdef void score_events(object logic, list items)
+
+cpdef void schedule_timer(Engine engine, list timers, dict due_of, double clock, str contact,
+                          ContactState state)

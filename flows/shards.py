@@ -302,21 +302,19 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
 
     def reschedule(self) -> None:
         """Once per batch, not per event: a busy contact's timer is computed once."""
+        engine, contacts, timers, due_of, clock = (
+            self.engine,
+            self.contacts,
+            self.timers,
+            self.due_of,
+            self.clock,
+        )
         for contact in self.touched:
-            self.schedule(contact, self.contacts[contact])
+            schedule_timer(engine, timers, due_of, clock, contact, contacts[contact])
         self.touched.clear()
 
     def schedule(self, contact: str, state: ContactState) -> None:
-        due = self.engine.wake_at(state)  # maybe a bound: fire_due checks it against next_due
-        if due is not None and due <= self.clock:
-            # A bound the clock has passed would wake at once only to re-arm: solve it now.
-            # (Live, event times trail the wall clock, so a contact's bound often has.)
-            due = self.engine.next_due(state)
-        if due is None:
-            self.due_of.pop(contact, None)
-        elif self.due_of.get(contact) != due:
-            self.due_of[contact] = due
-            heapq.heappush(self.timers, (due, contact))
+        schedule_timer(self.engine, self.timers, self.due_of, self.clock, contact, state)
 
     def tick(self, tick: Tick) -> None:
         if tick.mark > self.marks[tick.part]:
@@ -420,3 +418,25 @@ def score_events(logic: ShardLogic, items: list[Any]) -> None:
         touched.add(contact)
     logic.scored += scored
     logic.duplicates += duplicates
+
+
+def schedule_timer(
+    engine: Engine,
+    timers: list[tuple[float, str]],
+    due_of: dict[str, float],
+    clock: float,
+    contact: str,
+    state: ContactState,
+) -> None:
+    """Arm ``contact``'s one live timer (``due_of``, on the heap ``timers``) for its next
+    decay work, or drop it. A function: compiled, the engine's calls are C calls."""
+    due = engine.wake_at(state)  # maybe a bound: fire_due checks it against next_due
+    if due is not None and due <= clock:
+        # A bound the clock has passed would wake at once only to re-arm: solve it now.
+        # (Live, event times trail the wall clock, so a contact's bound often has.)
+        due = engine.next_due(state)
+    if due is None:
+        due_of.pop(contact, None)
+    elif due_of.get(contact) != due:
+        due_of[contact] = due
+        heapq.heappush(timers, (due, contact))

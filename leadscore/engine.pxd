@@ -120,6 +120,10 @@ cdef class Engine:
 
     cpdef void _settle_all(self, ContactState state, double t)
 
+    # The flows' timers ask these once per touched contact per batch (flows/shards.py).
+    cpdef object next_due(self, ContactState state)
+    cpdef object wake_at(self, ContactState state)
+
 
 cdef bint _TYPED
 
