@@ -231,6 +231,54 @@ cdef extern from *:
         return out;
     }
 
+    /* The text events.format_ts gives a time in [0, 9999-12-31T23:59:59], in quotes: its
+       microseconds rounded half to even exactly as there (then truncated to milliseconds),
+       the date from the day number (proleptic Gregorian, as datetime). Else 1: the caller
+       takes format_ts itself. tests/test_records_json.py checks the two agree. */
+    static int ls_ts(ls_buf *b, double ts) {
+        long long whole, us, days, secs, era, doe, yoe, doy, mp, y, m, d, ms;
+        double z, low;
+        char *p;
+        if (!(0.0 <= ts && ts <= 253402300799.0)) return 1;
+        whole = (long long)ts;
+        z = (ts - (double)whole) * 1e6;
+        us = (long long)(z + 0.5);
+        if (!(-0.5 < z - (double)us && z - (double)us < 0.5)) {
+            us = (long long)z;  /* z >= 0: floor; then half to even, as round() */
+            low = z - (double)us;
+            if (low > 0.5 || (low == 0.5 && (us & 1))) us += 1;
+        }
+        if (us >= 1000000) { whole += 1; us -= 1000000; }
+        days = whole / 86400;
+        secs = whole % 86400;
+        /* civil_from_days (H. Hinnant), days since 1970-01-01 >= 0 */
+        days += 719468;
+        era = days / 146097;
+        doe = days - era * 146097;
+        yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+        y = yoe + era * 400;
+        doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        mp = (5 * doy + 2) / 153;
+        d = doy - (153 * mp + 2) / 5 + 1;
+        m = mp < 10 ? mp + 3 : mp - 9;
+        if (m <= 2) y += 1;
+        ms = us / 1000;
+        LS_RESERVE(b, 26);
+        p = b->p + b->n;
+        p[0] = '"';
+        p[1] = (char)('0' + y / 1000); p[2] = (char)('0' + y / 100 % 10);
+        p[3] = (char)('0' + y / 10 % 10); p[4] = (char)('0' + y % 10);
+        p[5] = '-'; p[6] = (char)('0' + m / 10); p[7] = (char)('0' + m % 10);
+        p[8] = '-'; p[9] = (char)('0' + d / 10); p[10] = (char)('0' + d % 10);
+        p[11] = 'T'; p[12] = (char)('0' + secs / 36000); p[13] = (char)('0' + secs / 3600 % 10);
+        p[14] = ':'; p[15] = (char)('0' + secs % 3600 / 600); p[16] = (char)('0' + secs % 600 / 60);
+        p[17] = ':'; p[18] = (char)('0' + secs % 60 / 10); p[19] = (char)('0' + secs % 10);
+        p[20] = '.'; p[21] = (char)('0' + ms / 100); p[22] = (char)('0' + ms / 10 % 10);
+        p[23] = (char)('0' + ms % 10); p[24] = 'Z'; p[25] = '"';
+        b->n += 26;
+        return 0;
+    }
+
     /* The JSON of ``value`` as orjson.dumps writes it, or None. */
     static PyObject *ls_dump(PyObject *value) {
         ls_buf b;
@@ -239,8 +287,9 @@ cdef extern from *:
     }
 
     /* frags[0] + json(values[0]) + frags[1] + ... + json(values[n-1]) + frags[n], or None:
-       an object whose keys (and the separators around them) are written once, as bytes. */
-    static PyObject *ls_dump_frags(PyObject *frags, PyObject *values) {
+       an object whose keys (and the separators around them) are written once, as bytes.
+       values[at], a float, is a time: written as format_ts's text. */
+    static PyObject *ls_dump_frags(PyObject *frags, PyObject *values, Py_ssize_t at) {
         ls_buf b;
         Py_ssize_t i, n = PyTuple_GET_SIZE(values);
         int r = 0;
@@ -248,13 +297,27 @@ cdef extern from *:
         for (i = 0; i <= n && r == 0; i++) {
             PyObject *f = PyTuple_GET_ITEM(frags, i);
             r = ls_raw(&b, PyBytes_AS_STRING(f), PyBytes_GET_SIZE(f));
-            if (r == 0 && i < n) r = ls_value(&b, PyTuple_GET_ITEM(values, i), 0);
+            if (r != 0 || i == n) continue;
+            if (i == at) {
+                PyObject *v = PyTuple_GET_ITEM(values, i);
+                r = PyFloat_CheckExact(v) ? ls_ts(&b, PyFloat_AS_DOUBLE(v)) : 1;
+            } else {
+                r = ls_value(&b, PyTuple_GET_ITEM(values, i), 0);
+            }
         }
         return ls_finish(&b, r);
     }
+
+    /* A time as format_ts writes it, for the tests (None: format_ts's own path). */
+    static PyObject *ls_dump_ts(double ts) {
+        ls_buf b;
+        b.p = b.stack; b.n = 0; b.cap = sizeof(b.stack);
+        return ls_finish(&b, ls_ts(&b, ts));
+    }
     """
     object _c_dump "ls_dump"(object value)
-    object _c_dump_frags "ls_dump_frags"(tuple frags, tuple values)
+    object _c_dump_frags "ls_dump_frags"(tuple frags, tuple values, Py_ssize_t at)
+    object _c_dump_ts "ls_dump_ts"(double ts)
 
 cdef bint _WRITER
 
@@ -268,3 +331,5 @@ cpdef object effect_line(str contact, object effect, object action=*)
 
 @cython.locals(line=object)
 cpdef bytes dump_line(object value)
+
+cpdef object time_json(double ts)

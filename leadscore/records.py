@@ -152,44 +152,45 @@ _TAG_FRAGS = _frags("contact", "kind=tag", "tag", "added", "cause", "at")
 
 def effect_line(contact: str, effect: Effect, action: str | None = None) -> bytes | None:
     """``orjson.dumps(effect_record(contact, effect, action))``, byte for byte; None for
-    duplicates. Compiled, most records skip the dict: their bytes are written in C."""
+    duplicates. Compiled, most records skip the dict: their bytes are written in C, ``at``
+    too (format_ts's text, from the float)."""
     if _WRITER:
         t = type(effect)
         line = None
         if t is PointChange:
             p = effect
             head = (contact, p.rule, p.group, p.delta, p.applied, round4(p.score_after))
-            tail = (p.capped, p.event_id, format_ts(p.at))
+            tail = (p.capped, p.event_id, p.at)
             if action is None:
                 if p.reason is None:
-                    line = _c_dump_frags(_POINTS_FRAGS[0], head + tail)  # noqa: F821
+                    line = _c_dump_frags(_POINTS_FRAGS[0], head + tail, 8)  # noqa: F821
                 else:
-                    line = _c_dump_frags(_POINTS_FRAGS[2], head + tail + (p.reason,))  # noqa: F821
+                    line = _c_dump_frags(_POINTS_FRAGS[2], head + tail + (p.reason,), 8)  # noqa: F821
             elif p.reason is None:
-                line = _c_dump_frags(_POINTS_FRAGS[1], head + tail + (action,))  # noqa: F821
+                line = _c_dump_frags(_POINTS_FRAGS[1], head + tail + (action,), 8)  # noqa: F821
             else:
                 line = _c_dump_frags(  # noqa: F821
-                    _POINTS_FRAGS[3], head + tail + (action, p.reason)
+                    _POINTS_FRAGS[3], head + tail + (action, p.reason), 8
                 )
         elif t is TriggerFired:
             f = effect
             line = _c_dump_frags(  # noqa: F821
-                _TRIGGER_FRAGS, (contact, f.trigger, f.score, format_ts(f.at), f.actions, f.cause)
+                _TRIGGER_FRAGS, (contact, f.trigger, f.score, f.at, f.actions, f.cause), 3
             )
         elif t is StageChanged:
             s = effect
             line = _c_dump_frags(  # noqa: F821
-                _STAGE_FRAGS, (contact, s.stage, s.previous, s.cause, format_ts(s.at))
+                _STAGE_FRAGS, (contact, s.stage, s.previous, s.cause, s.at), 4
             )
         elif t is SegmentChanged:
             g = effect
             line = _c_dump_frags(  # noqa: F821
-                _SEGMENT_FRAGS, (contact, g.segment, g.added, g.cause, format_ts(g.at))
+                _SEGMENT_FRAGS, (contact, g.segment, g.added, g.cause, g.at), 4
             )
         elif t is TagChanged:
             a = effect
             line = _c_dump_frags(  # noqa: F821
-                _TAG_FRAGS, (contact, a.tag, a.added, a.cause, format_ts(a.at))
+                _TAG_FRAGS, (contact, a.tag, a.added, a.cause, a.at), 4
             )
         if line is not None:
             return line  # type: ignore[no-any-return]
@@ -204,6 +205,14 @@ def dump_line(value: Any) -> bytes:
         if line is not None:
             return line  # type: ignore[no-any-return]
     return _dumps(value)
+
+
+def time_json(ts: float) -> bytes | None:
+    """``format_ts(ts)`` as a JSON string, as the compiled writer puts a record's ``at``;
+    None when it leaves the time to format_ts (or runs interpreted). For the tests."""
+    if _WRITER:
+        return _c_dump_ts(ts)  # type: ignore[no-any-return]  # noqa: F821
+    return None
 
 
 # True only when this module runs compiled (its functions are then not Python functions):

@@ -25,8 +25,9 @@ from leadscore.engine import (
     TagChanged,
     TriggerFired,
 )
+from leadscore.events import format_ts
 from leadscore.merge import Merged
-from leadscore.records import dump_line, effect_line, effect_record
+from leadscore.records import dump_line, effect_line, effect_record, time_json
 
 # Strings a user can put in an id or a name: controls, quotes, backslashes, DEL, non-ASCII of
 # every width, lone surrogates (which orjson refuses: so must the writer).
@@ -43,6 +44,27 @@ floats = st.one_of(
     st.integers(min_value=-(10**15), max_value=10**15).map(lambda q: q / 10000),
     st.sampled_from([0.0, -0.0, 1e-4, -1e-4, 9.99e-5, 1e11, 1e16, 9.999999999999998e15, 0.1]),
 )
+# Times: any format_ts writes (up to the end of 9999), half-microsecond and millisecond edges,
+# leap days; and ones the compiled writer must leave to format_ts (negative, NaN, past 9999).
+times = st.one_of(
+    st.floats(min_value=0, max_value=4e9),
+    st.floats(min_value=0, max_value=253402300799.0),
+    st.integers(min_value=0, max_value=253402300799 * 10**6).map(lambda us: us / 1e6),
+    st.integers(min_value=0, max_value=2 * 10**15).map(lambda k: (k + 0.5) / 1e6),
+    st.sampled_from(
+        [
+            0.0,
+            1e-7,
+            0.0005,
+            0.9999995,
+            951782400.0,
+            4107542399.9995,
+            253402300799.0,
+            253402300798.9999996,
+        ]
+    ),
+)
+beyond = st.sampled_from([253402300799.0000305, -1.0, -0.0, float("nan"), float("inf"), 1e12])
 numbers = st.one_of(floats, st.integers(min_value=-(2**70), max_value=2**70), st.booleans())
 scalars = st.one_of(st.none(), hostile, numbers)
 
@@ -82,6 +104,20 @@ def test_floats_are_orjsons(x: float) -> None:
     assert dump_line([x, -x]) == orjson.dumps([x, -x])
 
 
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(times, beyond))
+def test_times_are_format_ts_text(ts: float) -> None:
+    line = time_json(ts)
+    if line is not None:  # compiled, and a time it writes itself
+        assert line == orjson.dumps(format_ts(ts)), ts
+    else:  # interpreted, or a time left to format_ts (out of its range)
+        assert not is_compiled() or not 0 <= ts <= 253402300799.0 or ts == -0.0
+
+
+def is_compiled() -> bool:
+    return time_json(1.0) is not None
+
+
 def test_deep_and_odd_values_are_left_to_orjson() -> None:
     deep: Any = []
     for _ in range(200):
@@ -105,10 +141,7 @@ def record_bytes(contact: str, effect: Any, action: str | None) -> bytes | type 
 
 
 def effects() -> st.SearchStrategy[Any]:
-    ts = st.one_of(
-        st.floats(min_value=0, max_value=4e9),
-        st.sampled_from([0.0, 1700000000.1235, 253402300799.0]),
-    )
+    ts = st.one_of(times, st.integers(min_value=0, max_value=4 * 10**9))
     reasons = st.one_of(st.none(), hostile)
 
     def points(rule, group, delta, applied, after, event_id, at, capped, reason):  # type: ignore[no-untyped-def]
