@@ -500,13 +500,21 @@ class Engine:
             value = (
                 total if rules.scale_score == TOTAL else scores.get(rules.scale_score or "", 0.0)
             )
-            normalized = _round1(min(100.0, max(0.0, value * 100.0 / rules.scale_max)))
+            # min(100.0, max(0.0, x)) without the two builtin calls (NaN gives 0.0, as there)
+            x = value * 100.0 / rules.scale_max
+            x = x if x > 0.0 else 0.0
+            normalized = _round1(x if x < 100.0 else 100.0)
         grade = None
         if self._grade_bands:  # a loop, not a join over a generator: a view per dirty contact
             grade = ""
             for bands in self._grade_bands:
                 value = total if bands.group == TOTAL else scores.get(bands.group, 0.0)
-                grade += bands.grade(value)
+                label = bands.otherwise  # GradeBands.grade, inline: two calls per view
+                for band, minimum in bands.bands:
+                    if value >= minimum:
+                        label = band
+                        break
+                grade += label
         updated_at = format_ts(last) if last else None
         view = {
             "contact": contact,
