@@ -3,7 +3,7 @@
 cimport cython
 from cpython.array cimport array
 from leadscore.rules cimport ActionRule, FitRule, GroupSpec, Trigger
-from leadscore.events cimport format_ts, round4
+from leadscore.events cimport Event, format_ts, round4
 
 # Effects: C types (fields untyped, so values keep their Python types and outputs their bytes).
 @cython.final
@@ -85,7 +85,7 @@ cdef class Engine:
     @cython.locals(t=cython.double, due=cython.double, moved=bint, i=Py_ssize_t,
                    count=cython.double, previous=cython.double, last=cython.double,
                    r=ActionRule, event_id=str, action=str)
-    cpdef list apply(self, ContactState state, object event)
+    cpdef list apply(self, ContactState state, Event event)
 
     @cython.locals(trigger=Trigger)
     cpdef list advance(self, ContactState state, double t)

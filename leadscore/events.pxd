@@ -3,6 +3,19 @@
 # any Python number stay objects, so what they return keeps its Python type.
 cimport cython
 
+# The event: a C struct its producers (typed.py) write and the engine reads. contact and action
+# are exact str (the parsers only make those); id, props, traits and merge keep whatever a
+# caller gives, as the Python class does; ts is a C double, as the engine reads it.
+@cython.final
+cdef class Event:
+    cdef public str contact
+    cdef public str action
+    cdef public double ts
+    cdef public object id
+    cdef public object props
+    cdef public object traits
+    cdef public object merge
+
 # The formatting and calendar tables: C globals, read without a module dict lookup.
 cdef dict _HOURS
 cdef long _HOURS_MAX
@@ -20,6 +33,9 @@ cpdef str format_ts(double ts)
 
 @cython.locals(ts=cython.double)
 cpdef object parse_ts(object value, object now, double latest=*)
+
+@cython.locals(ts=cython.double)
+cpdef double ts_seconds(object value, object now, double latest=*)
 
 @cython.locals(n=Py_ssize_t, millis=long, year=long, month=long, day=long, hour=long,
                minute=long, second=long, leap=bint, before=long, days=long,

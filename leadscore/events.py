@@ -54,7 +54,13 @@ STANDARD_ACTIONS = frozenset(
 
 
 class Event:
-    """One validated event. Slotted: the hot path creates one per input line."""
+    """One validated event. Slotted: the hot path creates one per input line.
+
+    Compiled (``leadscore/accel.py``), a C type (``events.pxd``): its fields are a C struct that
+    the typed parser writes and the engine reads directly, ``ts`` a C double (always a float).
+    Made without ``__init__`` by ``Event.__new__(Event)`` (``object.__new__`` refuses a C
+    type); pickled by ``__reduce__``, so either build reads what the other wrote.
+    """
 
     __slots__ = ("action", "contact", "id", "merge", "props", "traits", "ts")
 
@@ -108,9 +114,6 @@ class Event:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Event) and self.to_dict() == other.to_dict()
-
-
-_new = object.__new__
 
 
 class Reject:
@@ -187,6 +190,20 @@ def parse_ts(value: object, now: float, latest: float = _MAX_TS) -> float | Reje
     if kind is bool:
         return Reject("wrong_type", "field 'ts' must be RFC 3339 text or an epoch number")
     return Reject("wrong_type", f"field 'ts' must be text or a number, got {_json_type(value)}")
+
+
+def ts_seconds(value: object, now: float, latest: float = _MAX_TS) -> float:
+    """What :func:`parse_ts` returns when that is a float, else NaN (ask parse_ts why).
+
+    The typed parser's fast path: compiled, the usual text comes back as a C double, with no
+    float object or Reject made for it; anything else is parse_ts's own answer.
+    """
+    if _BY_HAND and type(value) is str:
+        ts = utc_text_seconds(value)  # type: ignore[arg-type]
+        if 0.0 <= ts <= latest:
+            return ts
+    seconds = parse_ts(value, now, latest)
+    return seconds if type(seconds) is float else math.nan
 
 
 # Compiled (leadscore/accel.py), parse_ts reads the usual RFC 3339 text by hand: ~2k
@@ -438,7 +455,7 @@ def validate_event(
         if type(merge) is Reject:
             return merge
     # Slots set directly: calling the class costs ~0.15 µs more (it runs __init__ from C).
-    event = _new(Event)
+    event = Event.__new__(Event)
     event.contact = contact
     event.action = action
     event.ts = ts  # type: ignore[assignment]
@@ -517,7 +534,7 @@ def parse_event(raw: bytes | str, now: float, latest: float = _MAX_TS) -> Event 
                 and type(ts := parse_ts(value, now, latest)) is float
                 and (len(raw) <= _SHALLOW_BYTES or not _too_deep_line(raw, obj))
             ):
-                event = _new(Event)
+                event = Event.__new__(Event)
                 event.contact = contact
                 event.action = action
                 event.ts = ts
@@ -558,7 +575,7 @@ def parse_events(
     loads = orjson.loads
     decode_error = orjson.JSONDecodeError
     fromisoformat = datetime.fromisoformat
-    new = _new
+    new = Event.__new__
     event_type = Event
     max_ts = latest
     shallow_bytes = _SHALLOW_BYTES

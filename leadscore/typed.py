@@ -33,7 +33,7 @@ from leadscore.events import (
     Event,
     Reject,
     parse_event,
-    parse_ts,
+    ts_seconds,
 )
 
 _Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
@@ -55,7 +55,6 @@ class _Line(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 _decode = msgspec.json.Decoder(_Line).decode
-_new = object.__new__
 
 
 def parse_events(
@@ -66,8 +65,6 @@ def parse_events(
     append = out.append
     decode = _decode
     decode_error = msgspec.DecodeError  # ValidationError is one
-    new = _new
-    event_type = Event
     slow = parse_event  # looked up per call: tests replace it
     for raw in lines:
         if type(raw) is not bytes or len(raw) > MAX_EVENT_BYTES:
@@ -78,12 +75,12 @@ def parse_events(
         except decode_error:
             append(slow(raw, now, latest))
             continue
-        ts = parse_ts(line.ts, now, latest)  # the reference's own time checks, whatever they become
-        if type(ts) is not float:
-            append(slow(raw, now, latest))  # a rejected or unusual time: the reference decides
+        ts = ts_seconds(line.ts, now, latest)  # the reference's own time checks (parse_ts)
+        if ts != ts:  # NaN: a rejected or unusual time, the reference decides
+            append(slow(raw, now, latest))
             continue
         props = line.props
-        event = new(event_type)
+        event = Event.__new__(Event)  # compiled: the C type's own allocation, no __init__
         event.contact = line.contact
         event.action = line.action
         event.ts = ts
