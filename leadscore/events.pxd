@@ -21,7 +21,7 @@ cdef dict _HOURS
 cdef long _HOURS_MAX
 cdef tuple _MINUTES_SECONDS, _MILLIS, _DAYS_BEFORE_MONTH, _DAYS_IN_MONTH
 cdef list _LAST_FORMATTED
-cdef long _EPOCH_DAY
+cdef long _EPOCH_DAY, _DIGIT_AT
 cdef bint _BY_HAND
 
 @cython.locals(y=cython.double, q=cython.longlong)
@@ -38,9 +38,7 @@ cpdef object parse_ts(object value, object now, double latest=*)
 cpdef double ts_seconds(object value, object now, double latest=*)
 
 @cython.locals(n=Py_ssize_t, millis=long, year=long, month=long, day=long, hour=long,
-               minute=long, second=long, leap=bint, before=long, days=long,
+               minute=long, second=long, value=long, k=long, i=Py_ssize_t, c=Py_UCS4,
+               leap=bint, month_days=long, before=long, days=long, before_month=long,
                micros=cython.longlong)
 cpdef double utc_text_seconds(str text)
-
-@cython.locals(value=long, i=Py_ssize_t, c=Py_UCS4)
-cdef inline long _digits(str text, Py_ssize_t start, Py_ssize_t end)

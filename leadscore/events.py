@@ -214,6 +214,8 @@ _BY_HAND = not __file__.endswith(".py")
 _DAYS_BEFORE_MONTH = (0, 0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)
 _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _EPOCH_DAY = 719162  # days from 0001-01-01 to 1970-01-01 in the proleptic Gregorian calendar
+# The digit positions of YYYY-MM-DDTHH:MM:SS.fffZ, one bit each (the rest are separators).
+_DIGIT_AT = sum(1 << i for i in (0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22))
 
 
 def utc_text_seconds(text: str) -> float:
@@ -229,55 +231,70 @@ def utc_text_seconds(text: str) -> float:
     n = len(text)
     if n != 24 and n != 20:
         return -1.0
+    # One pass over the characters (compiled: a C loop over the text's buffer, where indexing
+    # would check the bounds of each of the 24 reads): a digit position adds to the number
+    # being read, a separator position must hold its separator and ends that number.
+    year = month = day = hour = minute = second = millis = 0
+    value = 0
+    k = 0  # separators passed so far: which field the digits belong to
+    i = 0
+    for c in text:
+        if _DIGIT_AT >> i & 1:
+            if not "0" <= c <= "9":
+                return -1.0
+            value = value * 10 + (ord(c) - 48)
+        else:
+            if k < 2:
+                if c != "-":
+                    return -1.0
+                if k == 0:
+                    year = value
+                else:
+                    month = value
+            elif k == 2:
+                if c != "T":
+                    return -1.0
+                day = value
+            elif k < 5:
+                if c != ":":
+                    return -1.0
+                if k == 3:
+                    hour = value
+                else:
+                    minute = value
+            elif k == 5:
+                if n == 24:
+                    if c != ".":
+                        return -1.0
+                elif c != "Z":
+                    return -1.0
+                second = value
+            else:
+                if c != "Z":
+                    return -1.0
+                millis = value
+            value = 0
+            k += 1
+        i += 1
     if (
-        text[4] != "-"
-        or text[7] != "-"
-        or text[10] != "T"
-        or text[13] != ":"
-        or text[16] != ":"
-        or text[n - 1] != "Z"
-    ):
-        return -1.0
-    millis = 0
-    if n == 24:
-        if text[19] != ".":
-            return -1.0
-        millis = _digits(text, 20, 23)
-    year = _digits(text, 0, 4)
-    month = _digits(text, 5, 7)
-    day = _digits(text, 8, 10)
-    hour = _digits(text, 11, 13)
-    minute = _digits(text, 14, 16)
-    second = _digits(text, 17, 19)
-    if (
-        millis < 0
-        or not 1970 <= year <= 2199
+        not 1970 <= year <= 2199
         or not 1 <= month <= 12
         or day < 1
-        or not 0 <= hour <= 23
-        or not 0 <= minute <= 59
-        or not 0 <= second <= 59
+        or hour > 23
+        or minute > 59
+        or second > 59
     ):
-        return -1.0  # a field of -1 is not digits
+        return -1.0
     leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-    if day > _DAYS_IN_MONTH[month] + (1 if leap and month == 2 else 0):
+    month_days = _DAYS_IN_MONTH[month]
+    if day > month_days + (1 if leap and month == 2 else 0):
         return -1.0
     before = year - 1
     days = before * 365 + before // 4 - before // 100 + before // 400 - _EPOCH_DAY
-    days += _DAYS_BEFORE_MONTH[month] + (1 if leap and month > 2 else 0) + day - 1
+    before_month = _DAYS_BEFORE_MONTH[month]
+    days += before_month + (1 if leap and month > 2 else 0) + day - 1
     micros = ((days * 86400 + hour * 3600 + minute * 60 + second) * 1000 + millis) * 1000
     return micros / 1_000_000
-
-
-def _digits(text: str, start: int, end: int) -> int:
-    """The ASCII decimal number in ``text[start:end]``; -1 if any character is not a digit."""
-    value = 0
-    for i in range(start, end):
-        c = text[i]
-        if not "0" <= c <= "9":
-            return -1
-        value = value * 10 + (ord(c) - 48)
-    return value
 
 
 def _out_of_range(value: object, ts: float, latest: float) -> Reject:
