@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from typing import Annotated, Union
 
 import msgspec
+from msgspec.structs import astuple
 
 from leadscore.events import (
     MAX_CONTACT_CHARS,
@@ -44,7 +45,8 @@ _Level1 = Union[str, bool, None, _Int, float, list[_Level2], dict[str, _Level2]]
 
 
 class _Line(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """The common case of one event line, as msgspec checks it."""
+    """The common case of one event line, as msgspec checks it (parse_events unpacks its
+    fields in this order)."""
 
     contact: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CONTACT_CHARS)]
     action: Annotated[str, msgspec.Meta(min_length=1)]
@@ -55,6 +57,8 @@ class _Line(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 _decode = msgspec.json.Decoder(_Line).decode
+# A decoded line's fields in _Line's order, in one C call (six attribute reads cost ~4x more).
+_fields = astuple
 
 
 def parse_events(
@@ -75,18 +79,18 @@ def parse_events(
         except decode_error:
             append(slow(raw, now, latest))
             continue
-        ts = ts_seconds(line.ts, now, latest)  # the reference's own time checks (parse_ts)
+        contact, action, value, event_id, props, traits = _fields(line)
+        ts = ts_seconds(value, now, latest)  # the reference's own time checks (parse_ts)
         if ts != ts:  # NaN: a rejected or unusual time, the reference decides
             append(slow(raw, now, latest))
             continue
-        props = line.props
         event = Event.__new__(Event)  # compiled: the C type's own allocation, no __init__
-        event.contact = line.contact
-        event.action = line.action
+        event.contact = contact
+        event.action = action
         event.ts = ts
-        event.id = line.id
+        event.id = event_id
         event.props = {} if props is None else props
-        event.traits = line.traits
+        event.traits = traits
         event.merge = None  # a line with merge is an unknown field here: the reference's
         append(event)
     return out
