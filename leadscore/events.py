@@ -13,6 +13,11 @@ from typing import Any
 
 import orjson
 
+try:
+    import cython  # compiled: directives; interpreted: Cython's shadow module, which ignores them
+except ImportError:  # Cython not installed (a plain `pip install`): nothing is compiled anyway
+    from leadscore import _pure as cython
+
 MAX_EVENT_BYTES = 64 * 1024
 MAX_CONTACT_CHARS = 256
 MAX_DEPTH = 200
@@ -53,13 +58,19 @@ STANDARD_ACTIONS = frozenset(
 )
 
 
+@cython.no_gc  # compiled: not tracked by the garbage collector (see below)
+@cython.cclass
 class Event:
     """One validated event. Slotted: the hot path creates one per input line.
 
     Compiled (``leadscore/accel.py``), a C type (``events.pxd``): its fields are a C struct that
     the typed parser writes and the engine reads directly, ``ts`` a C double (always a float).
     Made without ``__init__`` by ``Event.__new__(Event)`` (``object.__new__`` refuses a C
-    type); pickled by ``__reduce__``, so either build reads what the other wrote.
+    type); pickled by ``__reduce__``, so either build reads what the other wrote. Compiled, the
+    garbage collector does not track events (``no_gc``): one is made per line, and each one
+    tracked made the young generation fill, and be traversed, that much sooner. An event holds
+    decoded JSON, which cannot refer back to it; a cycle built by hand through an event's
+    ``props`` would never be collected.
     """
 
     __slots__ = ("action", "contact", "id", "merge", "props", "traits", "ts")
@@ -237,8 +248,7 @@ def utc_text_seconds(text: str) -> float:
     year = month = day = hour = minute = second = millis = 0
     value = 0
     k = 0  # separators passed so far: which field the digits belong to
-    i = 0
-    for c in text:
+    for i, c in enumerate(text):
         if _DIGIT_AT >> i & 1:
             if not "0" <= c <= "9":
                 return -1.0
@@ -275,7 +285,6 @@ def utc_text_seconds(text: str) -> float:
                 millis = value
             value = 0
             k += 1
-        i += 1
     if (
         not 1970 <= year <= 2199
         or not 1 <= month <= 12

@@ -27,6 +27,7 @@ import orjson
 import pytest
 from conftest import SHARED_DATA
 
+import leadscore.accel
 import leadscore.engine
 import leadscore.matchers
 from leadscore.accel import COMPILED, decide
@@ -218,6 +219,41 @@ def test_without_a_build_run_says_so_once_and_scores(tmp_path: Path) -> None:
         "LEADSCORE_ENGINE=python to silence this"
     ]
     assert b'"scored":400' in (tmp_path / "out" / "summary.json").read_bytes()
+
+
+WITHOUT_CYTHON = (
+    "import pickle, sys\n"
+    "sys.modules['cython'] = None  # what a plain `pip install` has: no Cython at all\n"
+    "from leadscore.events import Event, parse_event\n"
+    "from leadscore.typed import parse_events\n"
+    'line = b\'{"contact": "c", "action": "page.hit", "ts": "2026-03-02T09:00:00Z"}\'\n'
+    "event, = parse_events([line], -1.0)\n"
+    "assert event == parse_event(line, -1.0) == pickle.loads(pickle.dumps(event))\n"
+    "print(type(event).__module__, event)"
+)
+
+
+def test_the_interpreted_events_need_no_cython() -> None:
+    """events.py's Cython class decorators do nothing, and import, without Cython."""
+    env = {**os.environ, "LEADSCORE_ENGINE": "python", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_CYTHON], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "leadscore.events Event('c', 'page.hit', ts=1772442000.0, id=None)\n"
+
+
+@needs_build
+def test_compiled_events_are_a_c_type_made_without_init() -> None:
+    """The parsers make events by Event.__new__, which both builds accept (object.__new__
+    refuses a C type); compiled, ts is a C double, so an int given is kept as a float."""
+    assert leadscore.accel.is_c_type(Event)
+    with pytest.raises(TypeError):
+        object.__new__(Event)
+    event = Event.__new__(Event)
+    event.contact, event.action, event.ts = "c", "page.hit", 5
+    assert repr(event) == "Event('c', 'page.hit', ts=5.0, id=None)"
+    assert Event("c", "page.hit", 2).to_dict() == {"contact": "c", "action": "page.hit", "ts": 2.0}
 
 
 # --------------------------------------------------------------------------- same bytes
