@@ -1,5 +1,6 @@
 # Cython declarations for flows/parse.py (pure-Python mode: the .py is the source).
 cimport cython
+from leadscore.events cimport Event
 
 @cython.final
 cdef class Parser:

@@ -16,6 +16,11 @@ from leadscore.events import DEFAULT_MAX_FUTURE, NO_TS, Event, Reject, latest_ts
 from leadscore.rules import Rules
 from leadscore.typed import parse_events
 
+try:
+    import cython  # compiled: local types below; interpreted: Cython's shadow, which ignores them
+except ImportError:  # Cython not installed (a plain `pip install`): nothing is compiled anyway
+    from leadscore import _pure as cython
+
 _SHARD_CACHE_MAX = 1 << 17
 _UNDATED = Reject(
     "bad_ts",
@@ -56,6 +61,7 @@ class Parser:
         # contact -> shard: a dict probe instead of encode + crc32 per event; bounded.
         self.shard_of_contact: dict[str, int] = {}
 
+    @cython.locals(e=Event, ts=cython.double, clock=cython.double)
     def __call__(self, chunk: tuple[int, str, int, list[bytes] | None]) -> list[tuple[str, Any]]:
         """One ``(shard key, [items in line order])`` per shard with anything from the chunk.
 
@@ -76,8 +82,9 @@ class Parser:
         accepted = False
         for offset, event in enumerate(parse_events(lines, NO_TS, latest)):
             if type(event) is Event:
-                if event.action in known:
-                    ts = event.ts
+                e = event  # compiled: the C type, its fields read and written as struct members
+                if e.action in known:
+                    ts = e.ts
                     if ts > clock:
                         if ts < 0.0:  # NO_TS, and nothing earlier in the file to date it by
                             position = f"{path}:{first_line + offset}"
@@ -86,14 +93,14 @@ class Parser:
                             continue
                         clock = ts
                     elif ts < 0.0:  # NO_TS: the partition's replay clock
-                        event.ts = clock
-                    if event.merge is not None and self.groups is None:
+                        e.ts = clock
+                    if e.merge is not None and self.groups is None:
                         position = f"{path}:{first_line + offset}"
                         dead = DeadLetter(position, lines[offset], _UNROUTED)
                         by_shard[crc32(path.encode()) % shards].append(dead)
                         continue
                     accepted = True
-                    contact = event.contact
+                    contact = e.contact
                     shard = shard_of_contact.get(contact)
                     if shard is None:
                         if len(shard_of_contact) >= _SHARD_CACHE_MAX:

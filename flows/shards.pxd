@@ -2,6 +2,7 @@
 # ShardLogic subclasses Bytewax's StatefulBatchLogic, a Python class, so it stays a Python
 # class: its methods still compile to C, its attributes stay in its __dict__.
 cimport cython
+from leadscore.events cimport Event
 from leadscore.records cimport dump_line, effect_line
 
 cpdef long shard_of(str contact, long shards)
@@ -9,7 +10,7 @@ cpdef long shard_of(str contact, long shards)
 from leadscore.engine cimport ContactState, Engine
 
 @cython.locals(engine=Engine, contacts=dict, touched=set, state=ContactState, effects=list,
-               scored=long, duplicates=long)
+               scored=long, duplicates=long, event=Event)
 cpdef void score_events(object logic, list items)
 
 cpdef void schedule_timer(Engine engine, list timers, dict due_of, double clock, str contact,

@@ -33,6 +33,11 @@ from leadscore.identity import Aliases
 from leadscore.merge import Merged, absorb
 from leadscore.records import dump_line, effect_line
 
+try:
+    import cython  # compiled: local types below; interpreted: Cython's shadow, which ignores them
+except ImportError:  # Cython not installed (a plain `pip install`): nothing is compiled anyway
+    from leadscore import _pure as cython
+
 log = logging.getLogger("leadscore.flow")
 RAW_HEAD_BYTES = 1024  # what a dead letter keeps of a line over MAX_EVENT_BYTES
 INF = float("inf")
@@ -240,6 +245,7 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
 
     # ---- scoring
 
+    @cython.locals(event=Event)  # compiled: the C type, its fields read as struct members
     def score(self, event: Event) -> None:
         contact = event.contact
         if self.aliases.into:  # an empty dict is false: no cost until the first merge
@@ -401,14 +407,15 @@ def score_events(logic: ShardLogic, items: list[Any]) -> None:
         if type(item) is not Event:
             logic.other(item)
             continue
-        if aliases.into or item.merge is not None:
-            logic.score(item)
+        event = item  # compiled: the C type, its fields read as struct members
+        if aliases.into or event.merge is not None:
+            logic.score(event)
             continue
-        contact = item.contact
+        contact = event.contact
         state = contacts.get(contact)
         if state is None:
             state = contacts[contact] = engine.new_state()
-        effects = engine.apply(state, item)
+        effects = engine.apply(state, event)
         if effects:  # most events change nothing worth a record
             if type(effects[0]) is Duplicate:
                 duplicates += 1

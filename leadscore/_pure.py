@@ -1,15 +1,18 @@
-"""Cython's class decorators as plain Python, for when Cython is not installed.
+"""Cython's decorators and types as plain Python, for when Cython is not installed.
 
-``leadscore/events.py`` marks ``Event`` with ``@cython.cclass`` and ``@cython.no_gc``, which
-only the compiled build reads. Interpreted, Cython's own shadow module makes them do nothing;
-a plain ``pip install`` without Cython has no such module, so this one stands in for it.
+``leadscore/events.py`` marks ``Event`` with ``@cython.cclass`` and ``@cython.no_gc``, and
+``flows/parse.py`` and ``flows/shards.py`` type a few locals with ``@cython.locals``: only the
+compiled build reads them. Interpreted, Cython's own shadow module makes them do nothing; a
+plain ``pip install`` without Cython has no such module, so this one stands in for it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+double = float
 
 
 def cclass(cls: T) -> T:
@@ -18,3 +21,7 @@ def cclass(cls: T) -> T:
 
 def no_gc(cls: T) -> T:
     return cls
+
+
+def locals(**types: object) -> Callable[[T], T]:  # Cython's name for it
+    return lambda function: function
