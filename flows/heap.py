@@ -27,6 +27,14 @@ import time
 FREEZE_EVERY = 0.2
 """Seconds between two freezes of the surviving heap (see the module's docstring)."""
 
+YOUNG = 20_000
+"""The youngest generation's threshold while a run lasts (CPython's default is 700).
+
+Most of what an event allocates (its dicts, effects, records) dies by reference counting
+within its batch; a collection every 700 allocations walks those still alive and moves
+them to generation 1, to be walked again. At 20,000 most of them are gone first: callgrind,
+the file flow's shard logic over 30k lines, 1.35k fewer instructions per line (3%)."""
+
 FULL_EVERY = 600.0
 """Seconds between two full collections of the whole heap while a run lasts."""
 
@@ -49,7 +57,8 @@ def settle_heap() -> None:
         _frozen_at = now
         if _thresholds is None:
             _thresholds = gc.get_threshold()
-            gc.set_threshold(_thresholds[0], _thresholds[1], 1 << 30)  # no automatic full ones
+            # Fewer young collections, and no automatic full ones.
+            gc.set_threshold(max(_thresholds[0], YOUNG), _thresholds[1], 1 << 30)
             _full_at = now + FULL_EVERY
         if now >= _full_at:
             _full_at = now + FULL_EVERY

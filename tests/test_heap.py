@@ -28,6 +28,7 @@ def test_a_run_freezes_survivors_and_hands_everything_back() -> None:
     thresholds = gc.get_threshold()
     heap.settle_heap()
     assert gc.get_threshold()[2] > 10**6  # no automatic full collections while it runs
+    assert gc.get_threshold()[0] == max(thresholds[0], heap.YOUNG)  # fewer young ones
     assert gc.get_freeze_count() > 0
     heap.release_heap()
     assert gc.get_threshold() == thresholds
