@@ -167,7 +167,8 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
 
     def on_batch(self, values: list[Any]) -> tuple[list[tuple[str, bytes]], bool]:
         score = self.score
-        plain = type(self).score is ShardLogic.score  # else a subclass scores its own way
+        cls = type(self)  # a subclass that scores or records its own way: its methods, per event
+        plain = cls.score is ShardLogic.score and cls.record is ShardLogic.record
         for value in values:
             kind = type(value)
             if kind is list:  # Parser sends one list per shard per chunk (in line order)
@@ -228,9 +229,9 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
                     summary["as_of_refused"] = format_ts(self.as_of)
             if at is not None:
                 summary["as_of"] = format_ts(at)
-            view = self.engine.view
-            for contact, state in self.contacts.items():
-                self.emit("contacts", dump_line(view(contact, state, at)))
+            views = final_views(self.engine, self.contacts, at)
+            if views:  # a shard without contacts writes no line (drain would write a blank one)
+                self.out.setdefault("contacts", []).extend(views)
             self.emit("summary", orjson.dumps(summary))
             chunks = self.drain()
             # An empty chunk for every output: each file is opened (and so truncated) even when
@@ -291,20 +292,7 @@ class ShardLogic(StatefulBatchLogic[Any, tuple[str, bytes], None]):
         return DeadLetter(f"merge:{event.contact}", raw, reject).record()
 
     def record(self, contact: str, effects: list[Effect]) -> None:
-        # effect_record and emit inlined: this runs once per output record.
-        out = self.out
-        for effect in effects:
-            line = effect_line(contact, effect)
-            if type(effect) is TriggerFired:
-                self.fired[effect.trigger] += 1
-                kind = "triggers"
-            else:
-                kind = "changes"
-            lines = out.get(kind)
-            if lines is None:
-                out[kind] = [line]
-            else:
-                lines.append(line)
+        record_effects(self.out, self.fired, contact, effects)
 
     def reschedule(self) -> None:
         """Once per batch, not per event: a busy contact's timer is computed once."""
@@ -395,12 +383,14 @@ def score_events(logic: ShardLogic, items: list[Any]) -> None:
     """:meth:`ShardLogic.score` for each event of a list (what the parser sends, in line
     order), and :meth:`ShardLogic.other` for the rest: the logic's attributes read once per
     list rather than several times per event, and compiled, the engine called in C (types in
-    shards.pxd). Events of merged ids and identifies that merge take ``score`` itself."""
+    shards.pxd). Events of merged ids and identifies that merge take ``score`` itself; the
+    records go through :func:`record_effects`, as ``record`` writes them."""
     engine = logic.engine
     contacts = logic.contacts
     touched = logic.touched
     aliases = logic.aliases
-    record = logic.record
+    out = logic.out  # a batch's lines; drain() replaces it only between batches
+    fired = logic.fired
     scored = 0
     duplicates = 0
     for item in items:
@@ -420,7 +410,7 @@ def score_events(logic: ShardLogic, items: list[Any]) -> None:
             if type(effects[0]) is Duplicate:
                 duplicates += 1
                 continue
-            record(contact, effects)
+            record_effects(out, fired, contact, effects)
         scored += 1
         touched.add(contact)
     logic.scored += scored
@@ -447,3 +437,27 @@ def schedule_timer(
     elif due_of.get(contact) != due:
         due_of[contact] = due
         heapq.heappush(timers, (due, contact))
+
+
+def record_effects(
+    out: dict[str, list[bytes]], fired: Counter[str], contact: str, effects: list[Effect]
+) -> None:
+    """Each effect's output line into ``out`` (changes or triggers), triggers counted in
+    ``fired``: :meth:`ShardLogic.record`, once per event with effects."""
+    for effect in effects:
+        line = effect_line(contact, effect)
+        if type(effect) is TriggerFired:
+            fired[effect.trigger] += 1
+            kind = "triggers"
+        else:
+            kind = "changes"
+        lines = out.get(kind)
+        if lines is None:
+            out[kind] = [line]
+        else:
+            lines.append(line)
+
+
+def final_views(engine: Engine, contacts: dict[str, ContactState], at: float | None) -> list[bytes]:
+    """Every contact's view as of ``at``, one JSON line each (``contacts.jsonl``)."""
+    return [dump_line(engine.view(contact, state, at)) for contact, state in contacts.items()]

@@ -124,6 +124,11 @@ cdef class Engine:
     cpdef object next_due(self, ContactState state)
     cpdef object wake_at(self, ContactState state)
 
+    # A view per contact at the end of a file run, per dirty contact per checkpoint live.
+    cpdef dict view(self, object contact, ContactState state, object at=*)
+    @cython.locals(last=cython.double, t=cython.double)
+    cpdef tuple view_and_rest(self, object contact, ContactState state, object at=*)
+
 
 cdef bint _TYPED
 
