@@ -2,6 +2,9 @@
 # Only read when the engine is compiled (setup.py); Python never sees this file.
 cimport cython
 from cpython.array cimport array
+# engine.py's `import math`: compiled, math.exp2 and math.log2 are libm's (the same functions
+# CPython's math module calls, so the same bits), without a Python call or boxing.
+from libc cimport math
 from leadscore.rules cimport ActionRule, FitRule, GroupSpec, Trigger
 from leadscore.events cimport Event, format_ts, round4
 
@@ -99,7 +102,9 @@ cdef class Engine:
     cpdef double _award(self, ContactState state, str group, double points, double t,
                         str rule, object event_id, list effects)
 
-    @cython.locals(score=cython.double, s=cython.double, trigger=Trigger)
+    @cython.locals(score=cython.double, s=cython.double, trigger=Trigger, total=cython.double,
+                   half_life=cython.double, anchor=cython.double, expires=cython.double,
+                   points=cython.double, likely=cython.double, n=Py_ssize_t, index=Py_ssize_t)
     cpdef void _evaluate(self, ContactState state, double t, object event, list effects)
 
     cpdef bint _after_ok(self, ContactState state, Trigger trigger, object fired)
@@ -116,6 +121,11 @@ cdef class Engine:
 
     @cython.locals(best=cython.double, trigger=Trigger)
     cpdef tuple _next_crossing(self, ContactState state)
+
+    @cython.locals(t0=cython.double, constant=cython.double, s=cython.double, c=cython.double,
+                   expires=cython.double, points=cython.double, spec=GroupSpec, names=tuple,
+                   groups=dict, specs=dict, waves=list, expiries=list)
+    cpdef tuple _profile(self, ContactState state, str name)
 
 
     cpdef void _settle_all(self, ContactState state, double t)
@@ -149,3 +159,17 @@ cpdef bint _window_ok(ContactState state, ActionRule r, double t)
 cpdef object _last_fire(Trigger trigger, object packed)
 
 cpdef bint _below_armed(Trigger trigger, object packed)
+
+@cython.locals(t0=cython.double, constant=cython.double, margin=cython.double,
+               wave=cython.double, v=cython.double, waves=list, expiries=list)
+cpdef object _crossing(tuple profile, double threshold, bint rising)
+
+@cython.locals(ratio=cython.double)
+cpdef object _wave_crossing(double wave, double half_life, double constant, double threshold,
+                            double t0, bint rising)
+
+cdef double _EPSILON
+
+cdef object _lookup(dict data, str path)
+
+cdef object _storable(object value)

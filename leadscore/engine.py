@@ -12,11 +12,12 @@ timer asks :meth:`Engine.next_due` when its score will cross a ``below`` thresho
 
 from __future__ import annotations
 
+import math  # compiled, engine.pxd cimports libc's math in its place: math.exp2 is a C call
 import sys
 from array import array
 from bisect import insort
 from dataclasses import dataclass
-from math import exp2, inf, log2
+from math import inf
 from typing import Any
 from zlib import crc32
 
@@ -273,10 +274,10 @@ class Engine:
         )
         self._below = tuple(t for t in rules.triggers if t.below)
         self._rising_set = frozenset(self._rising_groups)
-        # For _evaluate: (name, half_life, expire_after) per group, and each trigger with the
+        # For _evaluate: (name, half_life or 0.0, expire_after) per group, and each trigger with the
         # index of its score among the groups' scores followed by the total.
         self._score_plan = tuple(
-            (name, spec.half_life, spec.expire_after) for name, spec in rules.groups.items()
+            (name, spec.half_life or 0.0, spec.expire_after) for name, spec in rules.groups.items()
         )
         self._trigger_plan = tuple(
             (
@@ -589,7 +590,7 @@ class Engine:
         score = g[0]
         if spec.half_life is not None:
             if t > g[1]:
-                score *= exp2((g[1] - t) / spec.half_life)
+                score *= math.exp2((g[1] - t) / spec.half_life)
         elif spec.expire_after is not None:
             for expires, points in g[2]:
                 if expires > t:
@@ -636,7 +637,7 @@ class Engine:
             _settle_group(spec, g, t)
         # A late event (older than the group's clock) counts as decayed since its own time.
         late = spec.half_life is not None and t < g[1]
-        factor = exp2((t - g[1]) / spec.half_life) if late else 1.0  # type: ignore[operator]
+        factor = math.exp2((t - g[1]) / spec.half_life) if late else 1.0  # type: ignore[operator]
         before = g[0]
         after = before + points * factor
         capped = False
@@ -686,7 +687,7 @@ class Engine:
             profile = profiles.get(trigger.score)
             if profile is None:
                 profile = profiles[trigger.score] = self._profile(state, trigger.score)
-            due = _crossing(profile, trigger.rearm_below)  # type: ignore[arg-type]
+            due = _crossing(profile, trigger.rearm_below, False)  # type: ignore[arg-type]
             if due is not None and due < best:
                 best, best_trigger = due, trigger
         rising: bool | None = None  # computed when first needed
@@ -742,7 +743,7 @@ class Engine:
             if spec is None:
                 continue
             if spec.half_life is not None:
-                s = g[0] * exp2((g[1] - t0) / spec.half_life) if t0 > g[1] else g[0]
+                s = g[0] * math.exp2((g[1] - t0) / spec.half_life) if t0 > g[1] else g[0]
                 waves.append((s, spec.half_life))
             elif spec.expire_after is not None:
                 c = g[0]
@@ -760,30 +761,36 @@ class Engine:
     # ---- triggers, stages, segments
 
     def _evaluate(self, state: ContactState, t: float, event: Event, effects: list[Effect]) -> None:
-        # Every score a trigger reads, once: each group's, then the total (firing a trigger
-        # changes no score). The same arithmetic as score(), so the same bits.
+        # Every score a trigger reads (firing a trigger changes no score): the total, summed
+        # in the order score() sums it, and a group's own score only for a trigger on it. The
+        # same arithmetic as score(), so the same bits. No list of scores: compiled, these
+        # are C doubles (a group that is absent adds nothing: a sum from 0.0 is never -0.0).
         groups = state.groups
-        values: list[float] = []
+        total = 0.0
         for name, half_life, expire_after in self._score_plan:
             g = groups.get(name)
             if g is None:
-                values.append(0.0)
                 continue
             score = g[0]
-            if half_life is not None:
-                if t > g[1]:
-                    score *= exp2((g[1] - t) / half_life)
+            if half_life:  # 0.0: the group does not decay
+                anchor = g[1]
+                if t > anchor:
+                    score *= math.exp2((anchor - t) / half_life)
             elif expire_after is not None:
                 for expires, points in g[2]:
                     if expires > t:
                         break
                     score -= points
-            values.append(score)
-        values.append(sum(values))  # TOTAL, summed in the order score() sums it
-        if self._watch_predict:
-            values.append(self.likelihood(state, t))  # type: ignore[arg-type]
+            total += score
+        likely = self.likelihood(state, t) if self._watch_predict else 0.0
+        n = len(self._score_plan)
         for trigger, index in self._trigger_plan:
-            s = values[index]
+            if index == n:
+                s = total
+            elif index > n:
+                s = likely  # type: ignore[assignment]
+            else:
+                s = self._group_score(state, self._group_names[index], t)
             fired = state.triggers.get(trigger.id)  # not cached: _set_trigger may replace it
             if trigger.below:
                 armed = _below_armed(trigger, fired)
@@ -943,7 +950,7 @@ def _settle_group(spec: GroupSpec, g: list[Any], t: float) -> None:
     if t <= g[1]:
         return
     if spec.half_life is not None:
-        g[0] *= exp2((g[1] - t) / spec.half_life)
+        g[0] *= math.exp2((g[1] - t) / spec.half_life)
     elif spec.expire_after is not None:
         buckets = g[2]
         while buckets and buckets[0][0] <= t:
@@ -980,9 +987,10 @@ def _set_trigger(state: ContactState, trigger: str, packed: int) -> None:
 def _window_ok(state: ContactState, r: Any, t: float) -> bool:
     """The `{max, per}` repeat kind: at most N awards in any window of length `per`."""
     windows = state.windows
-    try:
+    # A membership test, not try/except ValueError: compiled, an exception costs a traceback.
+    if r.id in windows:
         awards: array[float] = windows[windows.index(r.id) + 1]  # type: ignore[assignment]
-    except ValueError:
+    else:
         awards = array("d")
         state.windows = (*windows, r.id, awards)
     # Only the newest N are kept, so an event older than all of them is refused: what was
@@ -991,7 +999,10 @@ def _window_ok(state: ContactState, r: Any, t: float) -> bool:
         if t - awards[0] < r.repeat_per:
             return False
         del awards[0]
-    insort(awards, t)
+    if not awards or t >= awards[-1]:
+        awards.append(t)  # what insort does with the newest time, without the call
+    else:
+        insort(awards, t)
     return True
 
 
@@ -1013,7 +1024,7 @@ def _below_armed(trigger: Trigger, packed: int | None) -> bool:
 _Profile = tuple[float, float, list[tuple[float, float]], list[tuple[float, float]]]
 
 
-def _crossing(profile: _Profile, threshold: float, rising: bool = False) -> float | None:
+def _crossing(profile: _Profile, threshold: float, rising: bool) -> float | None:
     """First time decay alone takes a score under ``threshold`` (or, rising, to it).
 
     Closed form between award expiries when one half-life drives the score; bisection when
@@ -1031,12 +1042,20 @@ def _crossing(profile: _Profile, threshold: float, rising: bool = False) -> floa
         if not waves:
             return None
         return _wave_crossing(wave, waves[0][1], constant, threshold, t0, rising)
+    return _mixed_crossing(profile, threshold, rising)
+
+
+def _mixed_crossing(profile: _Profile, threshold: float, rising: bool) -> float | None:
+    """:func:`_crossing` when award expiries or several half-lives shape the score (a
+    function of its own: compiled, its closures stay out of the common case's C function)."""
+    t0, constant, waves, expiries = profile
+    margin = _EPSILON * max(1.0, abs(threshold))
 
     def reached(v: float) -> bool:
         return v >= threshold if rising else v < threshold
 
     def value(t: float, c: float) -> float:
-        return c + sum(s * exp2((t0 - t) / h) for s, h in waves)
+        return c + sum(s * math.exp2((t0 - t) / h) for s, h in waves)
 
     start = t0
     v = value(start, constant)
@@ -1066,7 +1085,7 @@ def _wave_crossing(
         return None  # the asymptote (constant) never gets there
     # Within float noise of the threshold already: the crossing is now, not a hair later (a
     # timer a hair later would move the contact's clock by noise, differently per run).
-    return t0 + half_life * log2(1 / ratio) if ratio < 1 - _EPSILON else t0
+    return t0 + half_life * math.log2(1 / ratio) if ratio < 1 - _EPSILON else t0
 
 
 def _solve(
@@ -1110,7 +1129,7 @@ def _storable(value: Any) -> Any:
     """A trait value as state keeps it: a bounded scalar that msgpack can always write."""
     if isinstance(value, str):
         return value[:MAX_TRAIT_CHARS]
-    if isinstance(value, bool | float):
+    if isinstance(value, (bool, float)):  # a tuple: compiled, tested in C
         return value
     if isinstance(value, int):
         return value if -(2**63) <= value < 2**64 else float(value)
