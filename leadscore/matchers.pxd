@@ -4,6 +4,7 @@
 cimport cython
 
 cdef object _MISSING
+cdef object _UNRESOLVED
 cdef bint _TYPED
 
 cdef int LOW_EQ, LOW_IN, LOW_ANY, LOW_CALL
@@ -22,6 +23,8 @@ cdef class Atom:
     cdef public bint lowered
     cdef public Test low
     cdef public Test raw
+    cdef public tuple path
+    cdef public str flat
 
 @cython.final
 cdef class Where:
@@ -39,11 +42,11 @@ cdef class Where:
     @cython.locals(nkeys=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, vals=list, lows=list,
                    m=cython.ulonglong, known=cython.ulonglong, truth=cython.ulonglong,
                    one=cython.ulonglong, plan="const unsigned char *", n=Py_ssize_t, p=Py_ssize_t, bit=int, count=int, k=int, a=int, end=Py_ssize_t,
-                   ok=bint, found=tuple)
+                   ok=bint, found=tuple, text=str)
     cpdef tuple match(self, dict props)
 
 @cython.locals(lv=object)
-cdef bint _holds(Atom a, list vals, list lows)
+cdef bint _holds(Atom a, list vals, list lows, dict props)
 
 @cython.locals(kind=int, part=Test)
 cdef bint _low(Test t, str lv)

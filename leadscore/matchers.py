@@ -27,6 +27,7 @@ ActionRule = Any
 StageRule = Any
 
 _MISSING = object()
+_UNRESOLVED = object()  # a dotted path's value not read yet (Where reads them lazily)
 Predicate = Callable[[Any], bool]
 # An action's matcher: props -> (the action rules whose `where` holds, in file order, and the
 # ranks of the stage rules whose `where` holds, in file order).
@@ -411,6 +412,9 @@ class Atom:
         self.lowered = lowered
         self.low = low
         self.raw = raw
+        # A dotted path's keys and its flat spelling ("utm.source"): read when first needed.
+        self.path: tuple[str, ...] = ()
+        self.flat = ""
 
 
 def low_test(expected: object) -> Test | None:
@@ -486,15 +490,16 @@ class Where:
 
     def match(self, props: dict[str, Any]) -> tuple[tuple[ActionRule, ...], tuple[int, ...]]:
         nkeys = len(self.keys)
-        vals = [_MISSING] * (nkeys + len(self.paths))
+        # Dotted paths are read when an atom first needs one (a rule on utm.source and
+        # utm.medium reads the second only if the first holds).
+        vals = [_MISSING] * nkeys + [_UNRESOLVED] * len(self.paths)
         lows: list[str | None] = [None] * nkeys
         for i in range(nkeys):
             v = props.get(self.keys[i], _MISSING)
             vals[i] = v
             if self.lowers[i] and type(v) is str:
-                lows[i] = v.lower()
-        for j in range(len(self.paths)):
-            vals[nkeys + j] = _resolve(props, self.paths[j], self.flats[j])
+                text = v  # compiled: typed str, so lower() is called in C, not looked up
+                lows[i] = text.lower()
         m = self.always
         known = 0
         truth = 0
@@ -516,7 +521,7 @@ class Where:
                     if known >> a & 1:
                         ok = bool(truth >> a & 1)
                     else:
-                        ok = _holds(self.atoms[a], vals, lows)
+                        ok = _holds(self.atoms[a], vals, lows, props)
                         known |= one << a
                         if ok:
                             truth |= one << a
@@ -542,12 +547,14 @@ class Where:
         return found
 
 
-def _holds(a: Atom, vals: list[Any], lows: list[str | None]) -> bool:
+def _holds(a: Atom, vals: list[Any], lows: list[str | None], props: dict[str, Any]) -> bool:
     if a.lowered:
         lv = lows[a.source]
         if lv is not None:
             return a.low is not None and _low(a.low, lv)
     v = vals[a.source]
+    if v is _UNRESOLVED:
+        v = vals[a.source] = _resolve(props, a.path, a.flat)
     if v is _MISSING:
         return False
     return _raw(a.raw, v)
@@ -654,8 +661,11 @@ def typed_matcher(
     if len(made) > MAX_TYPED or any(x > 255 for x in plan):
         return None
     nkeys = len(keys)
+    dotted = list(paths)
     for a in made:
         if a.source < 0:
+            path = dotted[-1 - a.source]
+            a.path, a.flat = path, ".".join(path)
             a.source = nkeys - 1 - a.source
     return Where(
         tuple(keys),
