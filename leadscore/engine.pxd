@@ -7,6 +7,7 @@ from cpython.array cimport array
 from libc cimport math
 from leadscore.rules cimport ActionRule, FitRule, GroupSpec, Trigger
 from leadscore.events cimport Event, format_ts, round4
+from leadscore.matchers cimport Where
 
 # Effects: C types (fields untyped, so values keep their Python types and outputs their bytes).
 @cython.final
@@ -87,7 +88,7 @@ cdef class Engine:
 
     @cython.locals(t=cython.double, due=cython.double, moved=bint, i=Py_ssize_t,
                    count=cython.double, previous=cython.double, last=cython.double,
-                   r=ActionRule, event_id=str, action=str)
+                   r=ActionRule, event_id=str, action=str, where=Where)
     cpdef list apply(self, ContactState state, Event event)
 
     @cython.locals(trigger=Trigger)
@@ -147,6 +148,11 @@ cdef bint _seen(array recent, unsigned int h)
 
 @cython.locals(y=cython.double, q=cython.longlong)
 cpdef double _round1(double x)
+
+@cython.locals(key=object, tracked=tuple, n=Py_ssize_t, i=Py_ssize_t, k=Py_ssize_t,
+               tracks=array, cells="double *", count=cython.double, previous=cython.double,
+               last=cython.double)
+cdef bint _track_ok(ContactState state, ActionRule r, double t) except -1
 
 @cython.locals(buckets=list)
 cpdef void _settle_group(GroupSpec spec, list g, double t)

@@ -23,6 +23,7 @@ from zlib import crc32
 
 from leadscore.accel import is_c_type, restore_slots
 from leadscore.events import Event, format_ts, round4
+from leadscore.matchers import Where
 from leadscore.model import Explanation, action_counter_key, counter_key
 from leadscore.rules import (
     REPEAT_COOLDOWN,
@@ -334,7 +335,11 @@ class Engine:
 
         matcher = self._matchers.get(action)
         if matcher is not None:
-            hits, stage_ranks = matcher(event.props)
+            if _TYPED and type(matcher) is Where:
+                where = matcher  # compiled: Where.match called in C, not through __call__
+                hits, stage_ranks = where.match(event.props)
+            else:
+                hits, stage_ranks = matcher(event.props)
             counted = self._counted
             for r in hits:
                 if r.active_from is not None and t < r.active_from:
@@ -343,10 +348,13 @@ class Engine:
                     continue
                 if counted and r.id in counted:  # a count the model reads, no repeat checks
                     _count(state, r.id, t)
+                elif _TYPED:  # compiled: the same checks on the trackers' C buffer
+                    if r.tracked and not _track_ok(state, r, t):
+                        continue
                 elif r.tracked:
                     # The repeat tracker, checked inline (`_window_ok` only for {max, per}):
                     # most page hits match a tracked rule, and a call costs as much as the
-                    # checks. See ContactState for the layout.
+                    # checks. See ContactState for the layout. Keep _track_ok the same.
                     tracks = state.tracks
                     tracked = state.tracked
                     if r.id in tracked:  # a short tuple of shared ids: found by identity, in C
@@ -942,6 +950,55 @@ def _round1(x: float) -> float:
     if -0.499 < y - q < 0.499:
         return q / 10
     return round(x, 1)
+
+
+def _track_ok(state: ContactState, r: Any, t: float) -> bool:
+    """A tracked rule's hit counted and its repeat checks (whether it earns its points),
+    compiled only (``_TYPED``): apply's inline block, with the trackers' doubles read and
+    written through the array's C buffer (engine.pxd types ``tracks`` as Cython's
+    ``array.array``), where ``tracks[i] = x`` parses its argument like a Python call.
+    Interpreted, apply runs its inline block and this body never runs: keep the two alike."""
+    key = r.id
+    tracked = state.tracked
+    n = len(tracked)
+    i = -1
+    for k in range(n):  # tracked.index(key) in one scan, by identity first
+        other = tracked[k]
+        if other is key or other == key:
+            i = k * 3
+            break
+    if i < 0:
+        i = len(state.tracks)
+        state.tracked = (*tracked, key)
+        state.tracks = state.tracks + _NEW_TRACK
+    tracks = state.tracks
+    cells = tracks.data.as_doubles  # type: ignore[attr-defined]  # the C buffer (compiled only)
+    count = cells[i] + 1.0
+    cells[i] = count
+    previous = cells[i + 1]
+    if t > previous:
+        cells[i + 1] = t
+    if r.hits and count < r.hits:
+        return False
+    # NEVER seen before: t - previous is inf, outside any `returns_within`.
+    if r.returns_within is not None and not 0 <= t - previous <= r.returns_within:
+        return False
+    if r.returns_after is not None and (previous == NEVER or t - previous < r.returns_after):
+        return False
+    kind = r.repeat
+    if kind == REPEAT_COOLDOWN:
+        last = cells[i + 2]
+        if abs(t - last) < r.cooldown:  # NEVER: inf, no cooldown that long
+            return False
+        if t > last:
+            cells[i + 2] = t
+    elif kind == REPEAT_ONCE:
+        if cells[i + 2] != NEVER:
+            return False
+        cells[i + 2] = 1.0
+    elif kind == REPEAT_WINDOW and not _window_ok(state, r, t):
+        return False
+    return True
 
 
 def _settle_group(spec: GroupSpec, g: list[Any], t: float) -> None:
