@@ -492,7 +492,9 @@ class Where:
         nkeys = len(self.keys)
         # Dotted paths are read when an atom first needs one (a rule on utm.source and
         # utm.medium reads the second only if the first holds).
-        vals = [_MISSING] * nkeys + [_UNRESOLVED] * len(self.paths)
+        vals = [_MISSING] * (nkeys + len(self.paths))
+        for j in range(nkeys, len(vals)):
+            vals[j] = _UNRESOLVED
         lows: list[str | None] = [None] * nkeys
         for i in range(nkeys):
             v = props.get(self.keys[i], _MISSING)
@@ -563,6 +565,10 @@ def _holds(a: Atom, vals: list[Any], lows: list[str | None], props: dict[str, An
 def _low(t: Test, lv: str) -> bool:
     kind = t.kind
     if kind == LOW_IN:
+        if _TYPED:  # compiled: memmem over two ASCII strings' bytes (-1: not both ASCII)
+            found = _ascii_contains(lv, t.text)  # noqa: F821 - C, declared in matchers.pxd
+            if found >= 0:
+                return found == 1
         return t.text in lv
     if kind == LOW_EQ:
         return lv == t.text
