@@ -1,7 +1,7 @@
 # Cython declarations for leadscore/engine.py (pure-Python mode: the .py is the source).
 # Only read when the engine is compiled (setup.py); Python never sees this file.
 cimport cython
-from cpython.array cimport array
+from cpython.array cimport array, resize_smart
 # engine.py's `import math`: compiled, math.exp2 and math.log2 are libm's (the same functions
 # CPython's math module calls, so the same bits), without a Python call or boxing.
 from libc cimport math
@@ -105,7 +105,8 @@ cdef class Engine:
 
     @cython.locals(score=cython.double, s=cython.double, trigger=Trigger, total=cython.double,
                    half_life=cython.double, anchor=cython.double, expires=cython.double,
-                   points=cython.double, likely=cython.double, n=Py_ssize_t, index=Py_ssize_t)
+                   points=cython.double, likely=cython.double, n=Py_ssize_t, index=Py_ssize_t,
+                   threshold=cython.double)
     cpdef void _evaluate(self, ContactState state, double t, object event, list effects)
 
     cpdef bint _after_ok(self, ContactState state, Trigger trigger, object fired)
@@ -143,8 +144,8 @@ cdef class Engine:
 
 cdef bint _TYPED
 
-@cython.locals(ids="unsigned int *", i=Py_ssize_t)
-cdef bint _seen(array recent, unsigned int h)
+@cython.locals(ids="unsigned int *", i=Py_ssize_t, n=Py_ssize_t)
+cdef bint _remember(array recent, unsigned int h) except -1
 
 @cython.locals(y=cython.double, q=cython.longlong)
 cpdef double _round1(double x)

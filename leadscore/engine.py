@@ -312,12 +312,16 @@ class Engine:
             h = crc32(event_id.encode())
             recent = state.recent_ids
             # An array of uint32: `in` scans it in C but boxes every id into an int; compiled,
-            # _seen reads the ids as C ints instead (a fifth of the instructions).
-            if _seen(recent, h) if _TYPED else h in recent:
-                return [Duplicate(event_id)]
-            recent.append(h)
-            if len(recent) > RECENT_IDS:
-                del recent[0]
+            # _remember reads (and writes) the ids as C ints instead.
+            if _TYPED:
+                if _remember(recent, h):
+                    return [Duplicate(event_id)]
+            else:
+                if h in recent:
+                    return [Duplicate(event_id)]
+                recent.append(h)
+                if len(recent) > RECENT_IDS:
+                    del recent[0]
         t = event.ts
         action = event.action  # compiled: struct reads of the Event (a C type, events.pxd)
         if self._action_counters:
@@ -800,9 +804,10 @@ class Engine:
             else:
                 s = self._group_score(state, self._group_names[index], t)
             fired = state.triggers.get(trigger.id)  # not cached: _set_trigger may replace it
+            threshold = trigger.threshold  # compiled: a C double, compared without boxing s
             if trigger.below:
                 armed = _below_armed(trigger, fired)
-                if s >= trigger.threshold:
+                if s >= threshold:
                     if not armed:
                         _set_trigger(state, trigger.id, -_last_fire(trigger, fired) - 1)
                         state.due = _UNKNOWN
@@ -822,7 +827,7 @@ class Engine:
                     _set_trigger(state, trigger.id, fired)
                     state.due = _UNKNOWN
                     state.floor = -inf
-                if s >= trigger.threshold and (fired is None or fired < 0):
+                if s >= threshold and (fired is None or fired < 0):
                     self._fire(state, trigger, s, t, _cause(event, effects), effects)
 
     def _after_ok(self, state: ContactState, trigger: Trigger, fired: int | None) -> bool:
@@ -927,15 +932,25 @@ class Engine:
 # --------------------------------------------------------------------------- helpers
 
 
-def _seen(recent: array[int], h: int) -> bool:
-    """Whether ``h`` is among a state's recent ids, compiled only (``_TYPED``): a C loop over
-    the array's buffer (engine.pxd types ``recent`` as Cython's ``array.array``), where ``h
-    in recent`` boxes every id into an int. Interpreted, ``in`` is the faster and apply uses
-    it, so this body never runs as Python."""
+def _remember(recent: array[int], h: int) -> bool:
+    """Whether ``h`` is among a state's recent ids, remembering it when not (the oldest
+    dropped beyond RECENT_IDS), compiled only (``_TYPED``): C loops over the array's buffer
+    (engine.pxd types ``recent`` as Cython's ``array.array``), where ``h in recent`` boxes
+    every id into an int and ``append`` parses its argument. Interpreted, apply's own
+    ``in``/``append``/``del`` are the faster, so this body never runs as Python."""
     ids = recent.data.as_uints  # type: ignore[attr-defined]  # the C buffer (compiled only)
-    for i in range(len(recent)):  # noqa: SIM110 - a C loop compiled, no generator
+    n = len(recent)
+    for i in range(n):  # a C loop compiled
         if ids[i] == h:
             return True
+    if n < RECENT_IDS:
+        resize_smart(recent, n + 1)  # noqa: F821 - cpython.array's, cimported by engine.pxd
+        ids = recent.data.as_uints  # type: ignore[attr-defined]  # it may have moved
+        ids[n] = h
+    else:  # as append then `del recent[0]`: the ids move down one, h goes last
+        for i in range(n - 1):
+            ids[i] = ids[i + 1]
+        ids[n - 1] = h
     return False
 
 
@@ -962,11 +977,15 @@ def _track_ok(state: ContactState, r: Any, t: float) -> bool:
     tracked = state.tracked
     n = len(tracked)
     i = -1
-    for k in range(n):  # tracked.index(key) in one scan, by identity first
-        other = tracked[k]
-        if other is key or other == key:
+    for k in range(n):  # tracked.index(key): the rule's own id object, found by identity
+        if tracked[k] is key:
             i = k * 3
             break
+    else:
+        for k in range(n):  # an equal id from elsewhere (a state read back from storage)
+            if tracked[k] == key:
+                i = k * 3
+                break
     if i < 0:
         i = len(state.tracks)
         state.tracked = (*tracked, key)
