@@ -3,24 +3,6 @@
 # without calls into interpreted Python (except a glob with `?`/`[` or several `*`).
 cimport cython
 
-# `part in text` for two ASCII strings, by libc's memmem over their one-byte buffers (which
-# CPython's own search beats only on long texts); -1 when either is not ASCII, then `in`.
-cdef extern from *:
-    """
-    #include <string.h>
-    static int leadscore_ascii_contains(PyObject *text, PyObject *part) {
-        Py_ssize_t n, m;
-        if (!PyUnicode_IS_ASCII(text) || !PyUnicode_IS_ASCII(part)) return -1;
-        n = PyUnicode_GET_LENGTH(text);
-        m = PyUnicode_GET_LENGTH(part);
-        if (m == 0) return 1;
-        if (m > n) return 0;
-        return memmem(PyUnicode_1BYTE_DATA(text), (size_t)n,
-                      PyUnicode_1BYTE_DATA(part), (size_t)m) != NULL;
-    }
-    """
-    int _ascii_contains "leadscore_ascii_contains"(str text, str part)
-
 cdef object _MISSING
 cdef object _UNRESOLVED
 cdef bint _TYPED
@@ -66,7 +48,7 @@ cdef class Where:
 @cython.locals(lv=object)
 cdef bint _holds(Atom a, list vals, list lows, dict props)
 
-@cython.locals(kind=int, part=Test, found=int)
+@cython.locals(kind=int, part=Test)
 cdef bint _low(Test t, str lv)
 
 @cython.locals(kind=int, part=Test)

@@ -565,10 +565,6 @@ def _holds(a: Atom, vals: list[Any], lows: list[str | None], props: dict[str, An
 def _low(t: Test, lv: str) -> bool:
     kind = t.kind
     if kind == LOW_IN:
-        if _TYPED:  # compiled: memmem over two ASCII strings' bytes (-1: not both ASCII)
-            found = _ascii_contains(lv, t.text)  # noqa: F821 - C, declared in matchers.pxd
-            if found >= 0:
-                return found == 1
         return t.text in lv
     if kind == LOW_EQ:
         return lv == t.text
