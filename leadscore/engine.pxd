@@ -150,6 +150,10 @@ cdef bint _remember(array recent, unsigned int h) except -1
 @cython.locals(y=cython.double, q=cython.longlong)
 cpdef double _round1(double x)
 
+@cython.locals(change=PointChange)
+cdef PointChange _point_change(str rule, str group, double delta, double applied,
+                               double score_after, object event_id, double at, bint capped)
+
 @cython.locals(key=object, tracked=tuple, n=Py_ssize_t, i=Py_ssize_t, k=Py_ssize_t,
                tracks=array, cells="double *", count=cython.double, previous=cython.double,
                last=cython.double)

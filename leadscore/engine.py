@@ -666,7 +666,11 @@ class Engine:
                 state.due = _UNKNOWN
                 if points <= 0:
                     state.floor = -inf
-            effects.append(PointChange(rule, group, points, applied, before, event_id, t, capped))
+            effects.append(
+                _point_change(rule, group, points, applied, before, event_id, t, capped)
+                if _TYPED
+                else PointChange(rule, group, points, applied, before, event_id, t, capped)
+            )
             return applied
         g[0] = after
         # Points move crossings, so the cached due goes, unless no trigger can cross at all
@@ -683,7 +687,11 @@ class Engine:
                 buckets[-1][1] += applied
             else:
                 insort(buckets, [expires, applied])
-        effects.append(PointChange(rule, group, points, applied, after, event_id, t, capped))
+        effects.append(
+            _point_change(rule, group, points, applied, after, event_id, t, capped)
+            if _TYPED
+            else PointChange(rule, group, points, applied, after, event_id, t, capped)
+        )
         return applied
 
     def _next_crossing(self, state: ContactState) -> tuple[float, Trigger | None]:
@@ -801,8 +809,21 @@ class Engine:
                 s = total
             elif index > n:
                 s = likely  # type: ignore[assignment]
-            else:
-                s = self._group_score(state, self._group_names[index], t)
+            else:  # a trigger on one group: its score as summed above (inline: no call)
+                name, half_life, expire_after = self._score_plan[index]
+                g = groups.get(name)
+                s = 0.0
+                if g is not None:
+                    s = g[0]
+                    if half_life:
+                        anchor = g[1]
+                        if t > anchor:
+                            s *= math.exp2((anchor - t) / half_life)
+                    elif expire_after is not None:
+                        for expires, points in g[2]:
+                            if expires > t:
+                                break
+                            s -= points
             fired = state.triggers.get(trigger.id)  # not cached: _set_trigger may replace it
             threshold = trigger.threshold  # compiled: a C double, compared without boxing s
             if trigger.below:
@@ -965,6 +986,32 @@ def _round1(x: float) -> float:
     if -0.499 < y - q < 0.499:
         return q / 10
     return round(x, 1)
+
+
+def _point_change(
+    rule: str,
+    group: str,
+    delta: float,
+    applied: float,
+    score_after: float,
+    event_id: str | None,
+    at: float,
+    capped: bool,
+) -> PointChange:
+    """``PointChange(...)`` without its ``__init__``'s argument parsing, compiled only
+    (``_TYPED``: the fields are struct members written in C); interpreted, ``_award`` calls
+    the dataclass and this body never runs."""
+    change = PointChange.__new__(PointChange)
+    change.rule = rule
+    change.group = group
+    change.delta = delta
+    change.applied = applied
+    change.score_after = score_after
+    change.event_id = event_id
+    change.at = at
+    change.capped = capped
+    change.reason = None
+    return change
 
 
 def _track_ok(state: ContactState, r: Any, t: float) -> bool:
