@@ -6,6 +6,13 @@ always runs on a warmer or a quieter box), each in a fresh process with its own 
 code. Reported per design: the median of events per wall-clock second and per CPU second on
 each side, and their ratios head/base. Redis designs get a private redis-server, emptied and
 pre-loaded before every run (not timed), and checked to end with nothing pending.
+
+``--compiled head`` (or ``base,head``) builds that side's frozen tree with ``setup.py
+build_ext --inplace`` (not timed) and runs it with ``LEADSCORE_ENGINE=compiled``, so a build
+that falls back to Python fails instead of passing for a compiled one; the other side runs
+with ``LEADSCORE_ENGINE=python``. ``python -m bench.ab --base 5dce17e --designs d1
+--compiled head --rounds 4`` is issue 19's d1 figure: the compiled head against the
+interpreted main it started from.
 """
 
 from __future__ import annotations
@@ -48,7 +55,22 @@ def freeze(ref: str, into: Path) -> str:
     return commit
 
 
-def one_run(tree: Path, design: str, ctx: Context, timeout: float) -> dict[str, Any]:
+def build(tree: Path) -> None:
+    """Compile ``tree``'s hot path in place (Cython, as ``make compiled`` does)."""
+    done = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace", "-j", "2"],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree), "LEADSCORE_ENGINE": "compiled"},
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"building {tree} failed:\n{done.stderr.decode()[-3000:]}")
+
+
+def one_run(
+    tree: Path, design: str, ctx: Context, timeout: float, engine: str = "python"
+) -> dict[str, Any]:
     out = Path(tempfile.mkdtemp(prefix=f"{design}-", dir=ctx.tmp))
     mode = MODES[design]
     spec: dict[str, Any] = {"mode": mode, "rules": ctx.rules, "out": str(out), "workers": 1}
@@ -63,7 +85,7 @@ def one_run(tree: Path, design: str, ctx: Context, timeout: float) -> dict[str, 
         proc = subprocess.run(
             [sys.executable, "-m", "bench.runner", orjson.dumps(spec).decode()],
             cwd=tree,
-            env={**os.environ, "PYTHONPATH": str(tree)},
+            env={**os.environ, "PYTHONPATH": str(tree), "LEADSCORE_ENGINE": engine},
             capture_output=True,
             timeout=timeout,
             check=False,
@@ -96,7 +118,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--contacts", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument(
+        "--compiled",
+        nargs="?",
+        const="head",
+        default="",
+        help="sides to build and run compiled: head (the default with the flag), base or "
+        "base,head; the others run LEADSCORE_ENGINE=python",
+    )
     args = parser.parse_args(argv)
+    compiled = {side for side in args.compiled.split(",") if side}
+    if not compiled <= {"base", "head"}:
+        parser.error(f"--compiled takes base, head or base,head, not {args.compiled!r}")
+    engines = {side: "compiled" if side in compiled else "python" for side in ("base", "head")}
     # SIGTERM unwinds like Ctrl-C, so the private redis-server and the snapshots are removed.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     designs = args.designs.split(",")
@@ -108,6 +142,9 @@ def main(argv: list[str] | None = None) -> None:
             side: freeze(ref, trees[side])
             for side, ref in (("base", args.base), ("head", args.head))
         }
+        for side in sorted(compiled):
+            print(f"building {side} ({commits[side]}) compiled", flush=True)
+            build(trees[side])
         single = events_file(args.events, args.contacts, args.seed)
         ctx = Context(str(rules_path()), single, split_file(single, 2), count_lines([single]), tmp)
         if any(MODES[d] == "redis" for d in designs):
@@ -118,15 +155,22 @@ def main(argv: list[str] | None = None) -> None:
             sides = ("base", "head") if r % 2 == 0 else ("head", "base")
             for design in designs:
                 for side in sides:
-                    got = one_run(trees[side], design, ctx, args.timeout)
+                    got = one_run(trees[side], design, ctx, args.timeout, engines[side])
+                    got["load"] = os.getloadavg()[0]
                     runs.setdefault((design, side), []).append(got)
                     print(
                         f"round {r + 1} {design} {side} ({commits[side]}): "
                         f"{got['events_per_s']:,.0f} events/s, "
-                        f"{got['events_per_cpu_s']:,.0f} per CPU s",
+                        f"{got['events_per_cpu_s']:,.0f} per CPU s, {engines[side]}, "
+                        f"load {got['load']:.1f}",
                         flush=True,
                     )
-        report: dict[str, Any] = {"commits": commits, "rounds": args.rounds, "designs": {}}
+        report: dict[str, Any] = {
+            "commits": commits,
+            "engines": engines,
+            "rounds": args.rounds,
+            "designs": {},
+        }
         for design in designs:
             row: dict[str, Any] = {}
             for side in ("base", "head"):
