@@ -155,13 +155,16 @@ class LiveMerges:
     # ---- events
 
     def score(self, event: Event) -> None:
-        root = self.aliases.resolve(event.contact)  # type: ignore[attr-defined]
-        if root != event.contact:
-            if self.home(root) != self.p:  # type: ignore[attr-defined]
-                self.send(root, forward_line(event))  # its history is elsewhere now
-                metrics.MERGES.labels("forward").inc()
-                return
-            self.load({root})  # type: ignore[attr-defined]  # (only those not in memory)
+        aliases = self.aliases  # type: ignore[attr-defined]
+        contact = event.contact
+        if contact in aliases.into:  # a merged id (resolve answers any other id itself)
+            root = aliases.resolve(contact)
+            if root != contact:
+                if self.home(root) != self.p:  # type: ignore[attr-defined]
+                    self.send(root, forward_line(event))  # its history is elsewhere now
+                    metrics.MERGES.labels("forward").inc()
+                    return
+                self.load({root})  # type: ignore[attr-defined]  # (only those not in memory)
         super().score(event)  # type: ignore[misc]
 
     def absorb(self, known: str, event: Event) -> None:
