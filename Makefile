@@ -25,7 +25,9 @@ COMPILED_SRC := leadscore/engine.py leadscore/engine.pxd leadscore/rules.py lead
   leadscore/matchers.py leadscore/matchers.pxd \
   leadscore/events.py leadscore/events.pxd leadscore/typed.py leadscore/typed.pxd \
   leadscore/records.py leadscore/records.pxd \
-  flows/shards.py flows/shards.pxd flows/parse.py flows/parse.pxd leadscore/accel.py setup.py
+  flows/shards.py flows/shards.pxd flows/parse.py flows/parse.pxd \
+  flows/redis_flow.py flows/redis_flow.pxd leadscore/readmodel.py leadscore/readmodel.pxd \
+  state/codec.py state/codec.pxd leadscore/accel.py setup.py
 COMPILED := leadscore/_compiled/.built
 # What also runs on the interpreted hot path (the fallback) in `make test`.
 PYTHON_ENGINE_TESTS := tests/test_engine_actions.py tests/test_engine_decay.py \
@@ -120,4 +122,4 @@ test: system-deps lint $(COMPILED)
 	LEADSCORE_ENGINE=python $(BIN)/python -m pytest -q $(PYTHON_ENGINE_TESTS)
 
 clean:
-	rm -rf demo out build leadscore/_compiled flows/_compiled leadscore/*.c flows/*.c
+	rm -rf demo out build leadscore/_compiled flows/_compiled state/_compiled leadscore/*.c flows/*.c state/*.c

@@ -40,6 +40,9 @@ COMPILED = (
     ("leadscore", "records"),
     ("flows", "shards"),
     ("flows", "parse"),
+    ("flows", "redis_flow"),
+    ("leadscore", "readmodel"),
+    ("state", "codec"),
 )
 COMPILED_DIR = "_compiled"
 SOURCES = "sources.json"  # beside the built modules: the sha256 of the sources they came from

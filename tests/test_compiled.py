@@ -93,7 +93,8 @@ def test_the_compiled_engine_is_the_one_loaded_when_built() -> None:
 
 
 # Every module the build compiles: the engine, the rules, the event contract (parse_ts,
-# format_ts, round4), typed decoding, the output records, the shard logic, the parse step.
+# format_ts, round4), typed decoding, the output records, the shard logic, the parse step,
+# the Redis flow's partition logic, its read model and its state codec.
 MODULES = [f"{package}.{module}" for package, module in COMPILED]
 LOADED = (
     "import importlib, sys, leadscore.accel as a\n"
@@ -125,6 +126,9 @@ def test_every_hot_path_module_is_in_the_build() -> None:
         "leadscore.records",
         "flows.shards",
         "flows.parse",
+        "flows.redis_flow",
+        "leadscore.readmodel",
+        "state.codec",
     }
 
 
@@ -379,3 +383,70 @@ def test_engine_effects_states_and_views_are_identical_event_by_event() -> None:
         assert orjson.dumps(c_engine.view(contact, state, at)) == orjson.dumps(
             p_engine.view(contact, p_states[contact], at)
         )
+
+
+def redis_contents(url: str) -> dict[str, Any]:
+    """Every key the flow wrote, by value: strings as bytes, streams as their entries' fields
+    in order, sorted sets and hashes whole. What depends on when it ran is left out: input
+    streams, the flow lease, the clocks (a drained run ends at the wall clock), the rules'
+    publication time, and the entry ids (times) that dead letters' positions name."""
+    import re
+
+    import redis
+
+    client = redis.Redis.from_url(url)
+    out: dict[str, Any] = {}
+    for raw in client.scan_iter(count=10_000):
+        name = raw.decode()
+        if name.endswith((":in", ":clock")) or "lease" in name:
+            continue
+        kind = client.type(raw).decode()
+        if kind == "string":
+            out[name] = client.get(raw)
+        elif kind == "stream":
+            out[name] = [
+                {k: re.sub(rb"/\d+-\d+/", b"/ID/", v) for k, v in fields.items()}
+                for _, fields in client.xrange(raw)
+            ]
+        elif kind == "zset":
+            out[name] = client.zrange(raw, 0, -1, withscores=True)
+        elif kind == "hash":
+            out[name] = client.hgetall(raw)
+            out[name].pop(b"rules_published", None)
+        else:
+            out[name] = (kind, sorted(client.smembers(raw)) if kind == "set" else None)
+    client.close()
+    return out
+
+
+@needs_build
+@pytest.mark.slow
+def test_the_redis_flow_leaves_the_same_bytes_in_redis_on_either_engine(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The Redis flow (its partition logic, the codec and the read model compile too): the
+    same input drained by each build leaves the same states, read models, timers, clocks,
+    checkpoints and record streams, byte for byte."""
+    from test_redis_flow import FlowProcess, send, with_db
+
+    lines = list(generate_events(400, 12_000, 29))  # with a few malformed lines
+    got = {}
+    for db, engine in ((1, "python"), (2, "compiled")):
+        url = with_db(redis_url, db)
+        send(url, lines, batch=50)
+        flow = FlowProcess(
+            tmp_path / f"{engine}.log",
+            url,
+            tail=False,
+            LEADSCORE_ENGINE=engine,
+            PYTHONPATH=str(ROOT),
+            LEADSCORE_FLUSH_EVENTS="2000",
+        )
+        assert flow.finish() == 0, flow.output()[-3000:]
+        got[engine] = redis_contents(url)
+    python, compiled = got["python"], got["compiled"]
+    assert sum(":s:" in name for name in python) >= 300  # states were written
+    assert any(name.endswith(":triggers") and python[name] for name in python)
+    assert python.keys() == compiled.keys()
+    differ = sorted(name for name in python if python[name] != compiled[name])
+    assert not differ, f"{len(differ)} keys differ, e.g. {differ[:5]}"
