@@ -136,7 +136,7 @@ class LiveMerges:
         longest new chain; usually one)."""
         aliases = self.aliases  # type: ignore[attr-defined]
         into = aliases.into
-        wanted = {aliases.chain(i)[-1] for i in ids}
+        wanted = {aliases.chain(i)[-1] if i in into else i for i in ids}  # chain(i): [i]
         for _ in range(MAX_CHAIN):
             if not wanted:
                 return

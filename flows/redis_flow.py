@@ -651,13 +651,16 @@ class PartitionLogic(LiveMerges, ShardLogic):
             # An id without state here may have been merged into another contact: its
             # events (and hand-overs) go to that contact, whose state may then be needed.
             self.learn_aliases([c for c in missing if c not in blobs])
-            resolve = self.aliases.resolve
-            roots = {r for c in missing if (r := resolve(c)) != c and self.home(r) == self.p}
+            # Only an id the alias cache holds resolves to another (most hold none).
+            resolve, into = self.aliases.resolve, self.aliases.into
+            roots: set[str] = set()
             for contact in missing:
-                if resolve(contact) != contact:
+                if contact in into and (root := resolve(contact)) != contact:
                     # Not a contact of its own: an alias (its state, if Redis still has it,
                     # was handed over by a checkpoint this partition has not committed yet).
                     del self.contacts[contact]
+                    if self.home(root) == self.p:
+                        roots.add(root)
             self.load(roots)
 
     def apply(self, entries: list[tuple[str, list[Any]]], now: float) -> None:
