@@ -29,6 +29,7 @@ import orjson
 import redis
 
 from bench.common import PARSE_NOW, ROOT, iter_lines
+from flows.config import FlowConfig
 from leadscore.engine import Engine, TriggerFired
 from leadscore.events import Event, parse_event
 from leadscore.rules import Rules, load_rules
@@ -202,8 +203,12 @@ def measure_latency(
     probe_ms: float = 20.0,
     warmup: float = 1.0,
     grace: float = 5.0,
+    flush_ms: int | None = None,
 ) -> dict[str, Any]:
-    """Start the live flow, load it at ``rate`` and time probes for ``duration`` seconds."""
+    """Start the live flow, load it at ``rate`` and time probes for ``duration`` seconds.
+
+    ``flush_ms``: the flow's checkpoint cadence (None: ``LEADSCORE_FLUSH_MS`` if set, else
+    the default), which bounds how long a caught-up partition's applied entries wait."""
     rules = load_rules(rules_path)
     engine = Engine(rules)
     probe = find_probe(rules, iter_lines(Path(events_path)))
@@ -218,6 +223,8 @@ def measure_latency(
         "partitions": partitions,
         "tail": True,
     }
+    if flush_ms is not None:
+        spec["flush_ms"] = flush_ms
     flow = subprocess.Popen(
         [sys.executable, "-m", "bench.runner", orjson.dumps(spec).decode()],
         cwd=ROOT,
@@ -325,6 +332,9 @@ def measure_latency(
         trend = round(tail / head, 2) if head > 0 else None
     return {
         "rate_target": rate,
+        "flush_ms": spec.get("flush_ms")
+        or int(os.environ.get("LEADSCORE_FLUSH_MS") or 0)
+        or FlowConfig.__dataclass_fields__["flush_ms"].default,
         "rate_achieved": produced.get("events_per_s"),
         "events_per_entry": produced.get("events_per_entry"),
         "duration_s": duration,

@@ -10,7 +10,8 @@ inside it.
 Spec keys: ``mode`` (limit | engine | naive | files | redis), ``rules``, ``events`` (paths),
 ``out`` (directory), ``workers`` (threads in this process), ``proc_id`` and ``addresses``
 (for a multi-process cluster), ``redis_url``, ``partitions``, ``shards``, ``tail``,
-``engine`` (``python`` or ``compiled``: ``LEADSCORE_ENGINE`` for this run).
+``flush_ms`` (redis; else ``LEADSCORE_FLUSH_MS``, else the default), ``engine`` (``python`` or
+``compiled``: ``LEADSCORE_ENGINE`` for this run).
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from flows.config import FlowConfig
 
 
 def run_limit(paths: list[str]) -> dict[str, Any]:
@@ -127,20 +131,34 @@ def build(spec: dict[str, Any]) -> Any:
             shards=spec.get("shards", 64),
         )
     elif mode == "redis":
-        config = FlowConfig(
-            rules=spec["rules"],
-            source="redis",
-            redis_url=spec["redis_url"],
-            partitions=spec.get("partitions", 16),
-            tail=spec.get("tail", False),
-            out=spec.get("out"),
-            # a cluster's process 0 takes the flow lease, the others join it (state/lease.py)
-            process_id=spec.get("proc_id", 0),
-            processes=len(spec.get("addresses") or [None]),
-        )
+        config = redis_config(spec)
     else:
         raise ValueError(f"unknown mode {mode!r}")
     return build_flow(config)
+
+
+def redis_config(spec: dict[str, Any]) -> FlowConfig:
+    """The live flow's FlowConfig of a ``redis`` spec.
+
+    ``flush_ms`` (the checkpoint cadence of a caught-up partition) is the spec's, else
+    ``LEADSCORE_FLUSH_MS`` as ``leadscore run`` reads it: until 2026-12-06 both were ignored
+    here, so every benchmark flow ran with the default whatever the variable said.
+    """
+    from flows.config import FlowConfig
+
+    flush = spec.get("flush_ms") or os.environ.get("LEADSCORE_FLUSH_MS")
+    return FlowConfig(
+        **({"flush_ms": int(flush)} if flush else {}),
+        rules=spec["rules"],
+        source="redis",
+        redis_url=spec["redis_url"],
+        partitions=spec.get("partitions", 16),
+        tail=spec.get("tail", False),
+        out=spec.get("out"),
+        # a cluster's process 0 takes the flow lease, the others join it (state/lease.py)
+        process_id=spec.get("proc_id", 0),
+        processes=len(spec.get("addresses") or [None]),
+    )
 
 
 def null_engine() -> None:
@@ -207,6 +225,10 @@ def main(argv: list[str]) -> None:
         os.environ["LEADSCORE_ENGINE"] = "python"  # see null_engine
     if spec.get("engine"):  # which engine leadscore loads: python or compiled (bench.compiled)
         os.environ["LEADSCORE_ENGINE"] = spec["engine"]
+    if os.environ.get("LEADSCORE_TRACE"):  # where a live entry's latency goes (bench/trace.py)
+        from bench.trace import install
+
+        install(os.environ["LEADSCORE_TRACE"])
     result = run(spec)
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
     sys.stdout.flush()

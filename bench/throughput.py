@@ -519,6 +519,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, default=None, help="default 20")
     parser.add_argument("--latency-rate", type=float, default=None, help="one fixed rate")
     parser.add_argument(
+        "--latency-flush-ms",
+        type=int,
+        default=None,
+        help="the live flow's flush_ms (default: LEADSCORE_FLUSH_MS, else the flow's default)",
+    )
+    parser.add_argument(
         "--latency-fractions",
         default="0.5,0.25,0.1",
         help="rates as fractions of d1 (quick: the first only)",
@@ -621,6 +627,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         duration=latency_seconds,
                         partitions=PARTITIONS,
                         grace=2.0 if quick else 5.0,
+                        flush_ms=args.latency_flush_ms,
                     )
                 runs.append({"fraction_of_d1": fraction, **result})
             report["latency"] = {"d1_events_per_s": d1, "runs": runs}

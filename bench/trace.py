@@ -1,0 +1,211 @@
+"""Where a live entry's latency goes: timestamps of the Redis flow's read, apply and commit.
+
+``LEADSCORE_TRACE=/path/trace.json python -m bench.runner '<redis spec>'`` (or the latency
+benchmark, whose flow process inherits the variable) wraps, before the flow is built, the
+source's reads, the partition logics' callbacks and the store's checkpoints with timers, and
+writes what it saw at exit. Every input entry's id carries the Redis time of its XADD (ms),
+so each entry's path is: XADD -> read (XREADGROUP returned it) -> on_batch (Bytewax handed it
+to the logic) -> apply -> committed (its checkpoint's round trip returned). ``python -m
+bench.trace FILE`` prints the stages' percentiles. Off unless the variable is set: nothing
+in the flow itself knows about it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+T: dict[str, Any] = {
+    "xrg": [],  # [t0, t1, block, streams, entries]
+    "read": {},  # entry id -> [t_read, probe?]
+    "batch": {},  # entry id -> t on_batch
+    "apply": {},  # entry id -> t apply
+    "commit": {},  # entry id -> [t0, t1] of its checkpoint's round trip
+    "ckpt": [],  # [t0, t1, partitions, triggers]
+    "notify": [],  # [t, p, due or None]
+    "on_notify": [],  # [t, p]
+    "run": [],  # [t0, t1, queued partitions]
+}
+
+
+def install(path: str) -> None:
+    """Wrap the flow's read, callbacks and checkpoints; write ``path`` at exit."""
+    from flows import redis_flow, redis_io
+    from state.redis_store import RedisStore
+
+    now = time.time
+
+    emit = redis_io._StreamPartition._emit
+
+    def _emit(self: Any, entries: list[Any]) -> Any:
+        t = now()
+        reads = T["read"]
+        for entry_id, fields in entries:
+            eid = f"{self._p}/{entry_id.decode()}"  # ids repeat across streams
+            if eid not in reads:
+                reads[eid] = [t, b"probe-" in (fields.get(b"e") or b"")]
+        return emit(self, entries)
+
+    redis_io._StreamPartition._emit = _emit
+
+    read_new = redis_io._Worker.read_new
+
+    def _read_new(self: Any, caller: Any) -> Any:
+        t0 = now()
+        out = read_new(self, caller)
+        T["xrg"].append([t0, now(), None, 0, len(out)])
+        return out
+
+    redis_io._Worker.read_new = _read_new
+
+    on_batch = redis_flow.PartitionLogic.on_batch
+
+    def _on_batch(self: Any, values: list[Any]) -> Any:
+        t = now()
+        batch = T["batch"]
+        for p, eid, _ in values:
+            if eid:
+                batch.setdefault(f"{p}/{eid}", t)
+        return on_batch(self, values)
+
+    redis_flow.PartitionLogic.on_batch = _on_batch
+
+    apply = redis_flow.PartitionLogic.apply
+
+    def _apply(self: Any, entries: list[Any], t_now: float) -> Any:
+        t = now()
+        applied = T["apply"]
+        for eid, _ in entries:
+            if eid:
+                applied.setdefault(f"{self.p}/{eid}", t)
+        return apply(self, entries, t_now)
+
+    redis_flow.PartitionLogic.apply = _apply
+
+    notify_at = redis_flow.PartitionLogic.notify_at
+
+    def _notify_at(self: Any) -> Any:
+        due = notify_at(self)
+        T["notify"].append([now(), self.p, due.timestamp() if due is not None else None])
+        return due
+
+    redis_flow.PartitionLogic.notify_at = _notify_at
+
+    on_notify = redis_flow.PartitionLogic.on_notify
+
+    def _on_notify(self: Any) -> Any:
+        T["on_notify"].append([now(), self.p])
+        return on_notify(self)
+
+    redis_flow.PartitionLogic.on_notify = _on_notify
+
+    run = redis_flow.WorkerLogics.run
+
+    def _run(self: Any) -> Any:
+        t0 = now()
+        queued = len(self.queued)
+        out = run(self)
+        if queued:
+            T["run"].append([t0, now(), queued])
+        return out
+
+    redis_flow.WorkerLogics.run = _run
+
+    many = RedisStore.checkpoint_many
+
+    def _many(self: Any, batches: list[Any]) -> Any:
+        t0 = now()
+        out = many(self, batches)
+        t1 = now()
+        commit = T["commit"]
+        for b in batches:
+            for eid in b.ack_ids:
+                commit[f"{b.p}/{eid}"] = [t0, t1]
+        T["ckpt"].append([t0, t1, len(batches), sum(len(b.triggers) for b in batches)])
+        return out
+
+    RedisStore.checkpoint_many = _many
+
+    def dump() -> None:
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps(T))
+        os.replace(tmp, path)
+
+    def keep_dumping() -> None:  # the flow may be killed rather than stopped
+        while True:
+            time.sleep(2.0)
+            dump()
+
+    threading.Thread(target=keep_dumping, daemon=True).start()
+    atexit.register(dump)
+
+
+def _pct(values: list[float]) -> str:
+    if not values:
+        return "-"
+    v = sorted(values)
+    n = len(v)
+    return (
+        "  ".join(
+            f"{name} {v[min(n - 1, int(n * q))]:7.2f}"
+            for name, q in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
+        )
+        + f"  mean {sum(v) / n:7.2f}  n {n}"
+    )
+
+
+def report(path: str) -> None:
+    """Per-stage milliseconds over every entry read (and the probes' alone)."""
+    t = orjson.loads(Path(path).read_bytes())
+    stages: dict[str, dict[str, list[float]]] = {"all": {}, "probe": {}}
+    for eid, (t_read, probe) in t["read"].items():
+        added = int(eid.split("/")[1].split("-")[0]) / 1000.0
+        b, a, c = t["batch"].get(eid), t["apply"].get(eid), t["commit"].get(eid)
+        if b is None or a is None or c is None:
+            continue
+        steps = {
+            "xadd->read": t_read - added,
+            "read->on_batch": b - t_read,
+            "on_batch->apply": a - b,
+            "apply->commit sent": c[0] - a,
+            "commit round trip": c[1] - c[0],
+            "xadd->committed": c[1] - added,
+        }
+        for kind in ("all", "probe") if probe else ("all",):
+            for name, s in steps.items():
+                stages[kind].setdefault(name, []).append(s * 1000.0)
+    for kind, by in stages.items():
+        print(f"-- {kind} entries (ms; XADD time from the entry id, 1 ms resolution)")
+        for name, values in by.items():
+            print(f"{name:20s} {_pct(values)}")
+    xrg = t["xrg"]
+    if xrg:
+        span = xrg[-1][1] - xrg[0][0]
+        print(
+            f"source reads: {len(xrg)} ({len(xrg) / span:.0f}/s), in them "
+            f"{sum(x[1] - x[0] for x in xrg) / span:.0%} of the time; ms: "
+            + _pct([(x[1] - x[0]) * 1000 for x in xrg])
+        )
+    ck = t["ckpt"]
+    if ck:
+        span = ck[-1][1] - ck[0][0]
+        print(
+            f"checkpoint round trips: {len(ck)} ({len(ck) / span:.0f}/s), "
+            f"{sum(x[2] for x in ck) / len(ck):.1f} partitions each; ms: "
+            + _pct([(x[1] - x[0]) * 1000 for x in ck])
+        )
+    runs = t["run"]
+    if runs:
+        print("worker runs (apply) ms: " + _pct([(x[1] - x[0]) * 1000 for x in runs]))
+
+
+if __name__ == "__main__":
+    report(sys.argv[1])
