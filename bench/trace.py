@@ -31,7 +31,8 @@ T: dict[str, Any] = {
     "ckpt": [],  # [t0, t1, partitions, triggers]
     "notify": [],  # [t, p, due or None]
     "on_notify": [],  # [t, p]
-    "run": [],  # [t0, t1, queued partitions]
+    "run": [],  # [t0, t1, queued partitions, thread CPU s, queued values]
+    "polls": [],  # [t0, t1, partition, what it had: none|buffer|empty, items]
 }
 
 
@@ -54,6 +55,18 @@ def install(path: str) -> None:
         return emit(self, entries)
 
     redis_io._StreamPartition._emit = _emit
+
+    next_batch = redis_io._StreamPartition.next_batch
+
+    def _next_batch(self: Any) -> Any:
+        t0 = now()
+        buffered = self._buffer
+        out = next_batch(self)
+        kind = "none" if buffered is None else "buffer" if buffered else "empty"
+        T["polls"].append([t0, now(), self._p, kind, len(out)])
+        return out
+
+    redis_io._StreamPartition.next_batch = _next_batch
 
     read_new = redis_io._Worker.read_new
 
@@ -109,11 +122,12 @@ def install(path: str) -> None:
     run = redis_flow.WorkerLogics.run
 
     def _run(self: Any) -> Any:
-        t0 = now()
+        t0, c0 = now(), time.thread_time()
         queued = len(self.queued)
+        events = sum(len(v) for v in self.queued.values())
         out = run(self)
         if queued:
-            T["run"].append([t0, now(), queued])
+            T["run"].append([t0, now(), queued, time.thread_time() - c0, events])
         return out
 
     redis_flow.WorkerLogics.run = _run

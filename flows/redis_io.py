@@ -56,6 +56,9 @@ IDLE = ""
 
 _wake = threading.local()
 
+_ANY_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+"""A ``next_awake`` that has passed: poll at every sweep."""
+
 
 def wake_by(t: float) -> None:
     """Ask this thread's source not to block in Redis past ``t`` (``time.time()``).
@@ -99,6 +102,27 @@ class _Worker:
         self.block_ms = block_ms
         # Weak references let partitions of finished runs go.
         self.parts: weakref.WeakSet[_StreamPartition] = weakref.WeakSet()
+        self._first: _StreamPartition | None = None  # see first()
+
+    def add(self, part: _StreamPartition) -> None:
+        self.parts.add(part)
+        self._first = None  # it may come first
+
+    def first(self) -> _StreamPartition | None:
+        """The partition Bytewax polls first in a sweep of this worker's partitions.
+
+        Bytewax polls a worker's partitions once per activation in the order of their keys
+        (as strings: "0", "1", "10", ..., "9") and runs the steps downstream once they all
+        have been polled. This one reads for all at every poll: what the read finds for the
+        others is handed out by their polls in the same sweep. A read by any later partition
+        found entries for siblings already polled, which waited for the next activation (at
+        15k events/s, every entry but the reader's waited a round of the flow's work, and
+        each round took two checkpoint round trips instead of one; bench/README.md, "lat").
+        """
+        if self._first is None or self._first._done:
+            live = [s for s in self.parts if not s._done]
+            self._first = min(live, key=lambda s: s._part) if live else None
+        return self._first
 
     def read_new(self, caller: _StreamPartition) -> list[Item]:
         """New entries for ``caller``, and for its reading siblings into their buffers.
@@ -194,7 +218,7 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
         if self._done or (self._stop is not None and self._stop.is_set()):
             self._done = True  # no sibling reads for it any more
             raise StopIteration
-        if buffered is not None:
+        if buffered is not None and self is not self._worker.first():
             return []  # a sibling's read since its last poll found nothing new for it
         try:
             batch = self._read()
@@ -221,6 +245,13 @@ class _StreamPartition(StatefulSourcePartition[Item, None]):
         return batch
 
     def next_awake(self) -> datetime | None:
+        if self._awake is None and self._worker.combine:
+            # Polled in every sweep, even after an empty poll (Bytewax would wait 1 ms): the
+            # sweep's first poll reads for all (see _Worker.first), and when that read blocked
+            # until an entry came, a partition still cooling down (Bytewax judges that by the
+            # sweep's start) would hand out what it found only in the next sweep. No busy
+            # loop: when every partition is idle, that first read blocks in Redis.
+            return _ANY_TIME
         return self._awake
 
     def snapshot(self) -> None:
@@ -483,5 +514,5 @@ class RedisStreamSource(FixedPartitionedSource[Item, None]):
             mark_idle=self._mark_idle,
             guard=self._guard,
         )
-        worker.parts.add(part)
+        worker.add(part)
         return part

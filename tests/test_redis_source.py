@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import bytewax.operators as op
@@ -159,7 +160,8 @@ def test_source_waits_out_a_redis_crash_without_failing(
     with caplog.at_level(logging.INFO, logger="leadscore.redis"):
         after = part.next_batch()
     assert [orjson.loads(payload)["contact"] for _, (_, payload) in after] == ["c"]
-    assert part.next_awake() is None
+    awake = part.next_awake()  # no back-off any more: polled again at once
+    assert awake is None or awake <= datetime.now(UTC)
     assert "reachable again after 2 failed reads" in caplog.text
     part.close()
 
@@ -300,6 +302,56 @@ def test_one_read_of_an_idle_worker_covers_all_of_its_streams(store: RedisStore)
     assert got[-1] == ("3", (IDLE, b""))  # a short read: caught up with it
     assert all(part.next_batch() == [] for part in parts)
     for part in parts:
+        part.close()
+
+
+def test_a_sweep_hands_out_everything_its_read_found(store: RedisStore) -> None:
+    # Bytewax polls a worker's partitions once per activation, in the order of their keys
+    # (strings: "0", "1", "10", ..., "9"), and runs the steps downstream after the sweep.
+    # Entries that a read in the middle of a sweep found for partitions already polled waited
+    # for the next sweep: a second round of the flow's work and checkpoints for every
+    # activation, and live entries held up by it (bench/README.md, "lat").
+    source = RedisStreamSource(store.url, store.keys, mark_idle=True, block_ms=5)
+    order = sorted(range(P), key=str)
+    parts = [source.build_part("in", str(p), None) for p in order]  # one worker thread
+
+    def sweep() -> dict[int, list[Item]]:
+        return {p: part.next_batch() for p, part in zip(order, parts, strict=True)}
+
+    def reads() -> int:
+        return int(store.r.info("commandstats")["cmdstat_xreadgroup"]["calls"])
+
+    for _ in range(3):
+        sweep()  # caught up: every partition has read everything and said so
+    for _ in range(3):
+        contacts = {}
+        for i in range(1000):
+            contacts.setdefault(partition_of(f"c-{i}", P), f"c-{i}")
+            if len(contacts) == P:
+                break
+        store.send_events([event(c, 1) for c in contacts.values()])
+        before = reads()
+        got = sweep()
+        assert reads() - before == 1  # one read for the worker's streams...
+        for p, items in got.items():  # ...whose entries every partition hands out at once
+            assert [orjson.loads(v)["id"] for _, (_, v) in items[:-1]] == [f"{contacts[p]}/1"]
+            assert items[-1] == (str(p), (IDLE, b""))
+        assert all(items == [] for items in sweep().values())  # each once
+    for part in parts:
+        part.close()
+
+
+def test_partitions_sharing_reads_are_polled_at_every_sweep(store: RedisStore) -> None:
+    # After an empty poll Bytewax waits 1 ms (judged from the sweep's start) unless
+    # next_awake says otherwise: a sweep whose first read blocked until an entry came would
+    # skip the partitions it read for, and they would hand out their entries a sweep late.
+    source = RedisStreamSource(store.url, store.keys, mark_idle=True, block_ms=5)
+    parts = [source.build_part("in", str(p), None) for p in range(P)]
+    _drain(parts)
+    for part in parts:
+        assert part.next_batch() == []
+        awake = part.next_awake()
+        assert awake is not None and awake <= datetime.now(UTC)
         part.close()
 
 
