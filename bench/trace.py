@@ -147,6 +147,27 @@ def install(path: str) -> None:
 
     RedisStore.checkpoint_many = _many
 
+    def span(owner: Any, name: str, key: str) -> None:
+        """Time every call of ``owner.name`` into ``T[key]`` as ``[t0, t1]``."""
+        fn = getattr(owner, name)
+        spans = T.setdefault(key, [])
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = now()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spans.append([t0, now()])
+
+        setattr(owner, name, timed)
+
+    # What else a worker's loop does besides reading, applying and checkpointing.
+    span(redis_flow, "settle_heap", "x_settle_heap")
+    span(redis_flow.WorkerLogics, "maintain", "x_maintain")
+    span(RedisStore, "load_states_many", "x_mget")
+    span(redis_flow.PartitionLogic, "begin_flush", "x_begin_flush")
+    span(redis_flow.PartitionLogic, "end_flush", "x_end_flush")
+
     def dump() -> None:
         tmp = path + ".tmp"
         with open(tmp, "wb") as f:
@@ -216,6 +237,15 @@ def report(path: str) -> None:
             f"{sum(x[2] for x in ck) / len(ck):.1f} partitions each; ms: "
             + _pct([(x[1] - x[0]) * 1000 for x in ck])
         )
+    for key in sorted(k for k in t if k.startswith("x_")):
+        spans = t[key]
+        if spans:
+            span_s = spans[-1][1] - spans[0][0] or 1.0
+            print(
+                f"{key[2:]}: {len(spans)} ({len(spans) / span_s:.0f}/s), "
+                f"{sum(x[1] - x[0] for x in spans) / span_s:.1%} of the time; ms: "
+                + _pct([(x[1] - x[0]) * 1000 for x in spans])
+            )
     runs = t["run"]
     if runs:
         print("worker runs (apply) ms: " + _pct([(x[1] - x[0]) * 1000 for x in runs]))
