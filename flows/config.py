@@ -28,7 +28,10 @@ class FlowConfig:
     partitions: int = 16
     prefix: str = "ls"
     flush_events: int = 2000
-    flush_ms: int = 20
+    # A caught-up partition checkpoints at most every flush_ms (bench/README.md, "lat": 20
+    # held live triggers 10 ms on average at half load for ~8% less flow CPU; near the
+    # flow's limit rounds are longer than either and it makes no difference).
+    flush_ms: int = 2
     max_contacts: int = 100_000
     changes_maxlen: int = 100_000
     tail: bool = True  # Redis: keep waiting for new entries; False stops once drained

@@ -181,7 +181,7 @@ def run(
             "or trigger waits to be visible.",
             rich_help_panel=_LIVE,
         ),
-    ] = 20,
+    ] = 2,
     max_contacts: Annotated[
         int,
         typer.Option(
