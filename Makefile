@@ -27,13 +27,13 @@ COMPILED_SRC := leadscore/engine.py leadscore/engine.pxd leadscore/rules.py lead
   leadscore/records.py leadscore/records.pxd \
   flows/shards.py flows/shards.pxd flows/parse.py flows/parse.pxd \
   flows/redis_flow.py flows/redis_flow.pxd leadscore/readmodel.py leadscore/readmodel.pxd \
-  state/codec.py state/codec.pxd leadscore/accel.py setup.py
+  state/codec.py state/codec.pxd state/resp.py state/resp.pxd leadscore/accel.py setup.py
 COMPILED := leadscore/_compiled/.built
 # What also runs on the interpreted hot path (the fallback) in `make test`.
 PYTHON_ENGINE_TESTS := tests/test_engine_actions.py tests/test_engine_decay.py \
   tests/test_engine_fit_stages.py tests/test_engine_properties.py tests/test_engine_triggers.py \
   tests/test_merge.py tests/test_events.py tests/test_typed.py tests/test_flow.py \
-  tests/test_matchers.py tests/test_records_json.py
+  tests/test_matchers.py tests/test_records_json.py tests/test_resp.py
 
 .PHONY: help demo test lint system-deps build-deps compiled clean
 

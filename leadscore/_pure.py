@@ -13,6 +13,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 double = float
+compiled = False  # what Cython's shadow module says when nothing is compiled
 
 
 def cclass(cls: T) -> T:

@@ -43,6 +43,7 @@ COMPILED = (
     ("flows", "redis_flow"),
     ("leadscore", "readmodel"),
     ("state", "codec"),
+    ("state", "resp"),
 )
 COMPILED_DIR = "_compiled"
 SOURCES = "sources.json"  # beside the built modules: the sha256 of the sources they came from

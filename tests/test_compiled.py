@@ -94,7 +94,7 @@ def test_the_compiled_engine_is_the_one_loaded_when_built() -> None:
 
 # Every module the build compiles: the engine, the rules, the event contract (parse_ts,
 # format_ts, round4), typed decoding, the output records, the shard logic, the parse step,
-# the Redis flow's partition logic, its read model and its state codec.
+# the Redis flow's partition logic, its read model, its state codec and its command packer.
 MODULES = [f"{package}.{module}" for package, module in COMPILED]
 LOADED = (
     "import importlib, sys, leadscore.accel as a\n"
@@ -129,6 +129,7 @@ def test_every_hot_path_module_is_in_the_build() -> None:
         "flows.redis_flow",
         "leadscore.readmodel",
         "state.codec",
+        "state.resp",
     }
 
 
