@@ -81,16 +81,24 @@ class DocumentWriter:
 
     def document(self, contact: str, state: ContactState) -> dict[str, Any]:
         """The view at the contact's last update, plus what :func:`view_at` needs."""
-        doc, rest = self.engine.view_and_rest(contact, state)
-        decay = {"t": state.last_ts, "groups": state.groups, "params": self._params}
-        if rest is not None:
-            decay["predict"] = rest
-        doc["decay"] = decay
-        return doc
+        return _document(self.engine, self._params, contact, state)
 
     def encode(self, contact: str, state: ContactState) -> bytes:
         """:meth:`document` as the JSON bytes the flow stores."""
-        return orjson.dumps(self.document(contact, state))
+        return orjson.dumps(_document(self.engine, self._params, contact, state))
+
+
+def _document(
+    engine: Engine, fragment: orjson.Fragment, contact: str, state: ContactState
+) -> dict[str, Any]:
+    """:meth:`DocumentWriter.document`; a function, so that compiled the engine's view is a C
+    call (readmodel.pxd): one document per dirty contact per checkpoint."""
+    doc, rest = engine.view_and_rest(contact, state)
+    decay = {"t": state.last_ts, "groups": state.groups, "params": fragment}
+    if rest is not None:
+        decay["predict"] = rest
+    doc["decay"] = decay
+    return doc
 
 
 def view_at(doc: Mapping[str, Any], at: float) -> dict[str, Any]:
