@@ -150,6 +150,21 @@ def test_python_loads_the_py_files() -> None:
     assert compiled == "False"
 
 
+def test_the_py_files_load_without_cython() -> None:
+    # a plain `pip install` without Cython: leadscore/_pure.py stands in for its decorators
+    env = {**os.environ, "LEADSCORE_ENGINE": "python", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['cython'] = None\n" + LOADED, *MODULES],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    *files, compiled = done.stdout.splitlines()
+    assert files == [str(ROOT / package / f"{module}.py") for package, module in COMPILED]
+    assert compiled == "False"
+
+
 PICKLED = (
     "import pickle, sys\n"
     "from flows.shards import DeadLetter, Tick\n"
