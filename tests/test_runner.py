@@ -6,14 +6,22 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flows import runner
 from flows.config import FlowConfig
-from flows.runner import FileRunReport, run_files, top_contacts
+from flows.runner import (
+    FileRunReport,
+    read_jsonl,
+    run_files,
+    top_contacts,
+    top_contacts_of_file,
+)
 from leadscore.generate import write_events
 from leadscore.inputs import input_size, read_lines
 
@@ -81,6 +89,34 @@ def test_a_missing_events_file_fails_before_the_run(tmp_path: Path) -> None:
 def test_top_contacts_are_the_highest_totals_ties_by_id(rows: list[dict], n: int) -> None:
     top = top_contacts(iter(rows), n)
     assert top == sorted(rows, key=lambda r: (-(r["total"] or 0.0), r["contact"]))[:n]
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "contact": st.text(max_size=3),
+                "total": st.one_of(st.none(), st.floats(-1e6, 1e6), st.sampled_from([0.0, 1.5])),
+                "scores": st.dictionaries(st.text(max_size=2), st.floats(-9, 9), max_size=2),
+            }
+        ),
+        max_size=40,
+    ),
+    st.integers(0, 10),
+    st.sampled_from([1, 7, 64, 1 << 20]),
+    st.booleans(),
+)
+def test_the_file_report_ranks_contacts_jsonl_as_top_contacts_does(
+    tmp_path: Path, rows: list[dict], n: int, block: int, blank: bool
+) -> None:
+    """The run's table reads contacts.jsonl in blocks, only contact and total: the same rows in
+    the same order as ranking every decoded line (ties by id, then line order)."""
+    path = tmp_path / "contacts.jsonl"
+    lines = [orjson.dumps(row) for row in rows]
+    path.write_bytes(b"\n".join(lines) + (b"\n\n" if blank else b""))
+    with patch.object(runner, "_RANK_BLOCK", block):
+        assert top_contacts_of_file(path, n) == top_contacts(read_jsonl(path), n)
 
 
 def test_the_report_counts_every_line_read() -> None:
