@@ -159,6 +159,7 @@ def merge_lines(paths: Iterable[str]) -> Iterator[bytes]:
 
 def _merge_lines(stream: IO[bytes], needle: bytes) -> Iterator[bytes]:
     carry = b""  # the start of a line the last block cut
+    edge = len(needle) - 1
     for block in iter(lambda: stream.read(_BLOCK), b""):
         cut = block.rfind(b"\n")
         if cut < 0:
@@ -166,10 +167,12 @@ def _merge_lines(stream: IO[bytes], needle: bytes) -> Iterator[bytes]:
             # is still needed, to find where the next line starts.
             carry = b"" if len(carry) > MAX_EVENT_BYTES else carry + block
             continue
-        head = carry + block[: cut + 1]
-        carry = block[cut + 1 :]
-        if needle in head:
+        # The block is searched where it lies: copies only when it holds the word. The line
+        # the last block cut (carry) is searched with the block's start, for a word across.
+        if needle in block or (carry and needle in carry + block[:edge]):
+            head = carry + block[: cut + 1]
             yield from (line for line in head.split(b"\n") if needle in line)
+        carry = block[cut + 1 :]
     if needle in carry:
         yield carry
 

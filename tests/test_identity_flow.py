@@ -8,10 +8,12 @@ one contact doing both histories (rules whose awards add up exactly, docs/ARCHIT
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import orjson
 import pytest
@@ -23,6 +25,7 @@ from scoring_helpers import DAY, HOUR, T0
 from flows.config import FlowConfig
 from flows.scoring import build_flow
 from flows.shards import shard_of
+from leadscore import identity
 from leadscore.engine import Engine
 from leadscore.events import Event
 from leadscore.identity import Aliases, merge_groups
@@ -294,3 +297,24 @@ def test_every_parser_decides_merge_lines_alike(action: str, merge: object, ts: 
     if isinstance(results[0], Event) and results[0].merge is not None:
         assert KNOWN not in results[0].merge and len(set(results[0].merge)) == len(results[0].merge)
         assert action == "identify" and len(results[0].merge) <= 16
+
+
+@settings(max_examples=80)
+@given(
+    st.lists(
+        st.sampled_from([b'{"merge":["a"]}', b'{"x":"merg"}', b'"merge"', b"merge", b"", b"ab"]),
+        max_size=30,
+    ),
+    st.integers(1, 40),
+    st.booleans(),
+)
+def test_merge_lines_finds_every_line_with_the_word_whatever_the_blocks(
+    parts: list[bytes], block: int, newline_at_end: bool
+) -> None:
+    """The first pass reads blocks and searches each where it lies: a word cut by a block's
+    end, or in the line a block cut, is still found, and only lines holding it come back."""
+    data = b"\n".join(p + q for p, q in zip(parts, reversed(parts), strict=True))
+    data += b"\n" if newline_at_end else b""
+    expected = [line for line in data.split(b"\n") if b'"merge"' in line]
+    with patch.object(identity, "_BLOCK", block):
+        assert list(identity._merge_lines(io.BytesIO(data), b'"merge"')) == expected
