@@ -3,7 +3,7 @@
 # class: its methods still compile to C, its attributes stay in its __dict__.
 cimport cython
 from leadscore.events cimport Event
-from leadscore.records cimport dump_line, effect_line
+from leadscore.records cimport effect_line, view_line
 
 cpdef long shard_of(str contact, long shards)
 

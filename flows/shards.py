@@ -31,7 +31,7 @@ from leadscore.engine import (
 from leadscore.events import MAX_EVENT_BYTES, Event, Reject, format_ts
 from leadscore.identity import Aliases
 from leadscore.merge import Merged, absorb
-from leadscore.records import dump_line, effect_line
+from leadscore.records import effect_line, view_line
 
 try:
     import cython  # compiled: local types below; interpreted: Cython's shadow, which ignores them
@@ -460,4 +460,4 @@ def record_effects(
 
 def final_views(engine: Engine, contacts: dict[str, ContactState], at: float | None) -> list[bytes]:
     """Every contact's view as of ``at``, one JSON line each (``contacts.jsonl``)."""
-    return [dump_line(engine.view(contact, state, at)) for contact, state in contacts.items()]
+    return [view_line(engine, contact, state, at) for contact, state in contacts.items()]

@@ -140,6 +140,7 @@ cdef class Engine:
     cpdef dict view(self, object contact, ContactState state, object at=*)
     @cython.locals(last=cython.double, t=cython.double)
     cpdef tuple view_and_rest(self, object contact, ContactState state, object at=*)
+    cpdef tuple view_scores(self, ContactState state, double t)
 
 
 cdef bint _TYPED

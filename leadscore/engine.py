@@ -503,6 +503,36 @@ class Engine:
         """
         last = state.last_ts
         t = last if at is None or at < last else at
+        scores, total, normalized, grade = self.view_scores(state, t)
+        updated_at = format_ts(last) if last else None
+        view = {
+            "contact": contact,
+            "scores": scores,
+            "total": total,
+            "normalized": normalized,
+            "grade": grade,
+            "stage": self._stage_order[state.stage] if state.stage >= 0 else None,
+            "segments": list(state.segments),
+            "tags": list(state.tags),
+            "updated_at": updated_at,
+            "as_of": updated_at if t == last else format_ts(t) if t else None,
+        }
+        model = self._model
+        if model is None:
+            return view, None
+        # Once per view (per dirty contact per flush, not per event), as of ``t`` like the
+        # scores: decaying scores among its features move it between events too.
+        view[self._predict_as], rest = model.of_state(
+            state.traits, scores, state.tracked, state.tracks
+        )
+        return view, rest if model.tail_plan else None
+
+    def view_scores(
+        self, state: ContactState, t: float
+    ) -> tuple[dict[str, float], float, float | None, str | None]:
+        """A view's scores as of ``t`` (no earlier than the contact's last update), their
+        total, normalized score and grade: :meth:`view_and_rest`'s arithmetic, shared with
+        the final views written without a dict (``records.view_line``)."""
         # round4 is round(x, 4) to the bit, without its decimal round trip: a view is built
         # for every dirty contact at every flush.
         scores = {name: round4(self._group_score(state, name, t)) for name in self._group_names}
@@ -528,28 +558,7 @@ class Engine:
                         label = band
                         break
                 grade += label
-        updated_at = format_ts(last) if last else None
-        view = {
-            "contact": contact,
-            "scores": scores,
-            "total": total,
-            "normalized": normalized,
-            "grade": grade,
-            "stage": self._stage_order[state.stage] if state.stage >= 0 else None,
-            "segments": list(state.segments),
-            "tags": list(state.tags),
-            "updated_at": updated_at,
-            "as_of": updated_at if t == last else format_ts(t) if t else None,
-        }
-        model = self._model
-        if model is None:
-            return view, None
-        # Once per view (per dirty contact per flush, not per event), as of ``t`` like the
-        # scores: decaying scores among its features move it between events too.
-        view[self._predict_as], rest = model.of_state(
-            state.traits, scores, state.tracked, state.tracks
-        )
-        return view, rest if model.tail_plan else None
+        return scores, total, normalized, grade
 
     # ---- prediction (rules' `predict`)
 

@@ -3,7 +3,8 @@
 # attribute lookups; format_ts and round4 are direct C calls (events.pxd).
 cimport cython
 from leadscore.events cimport format_ts, round4
-from leadscore.engine cimport PointChange, SegmentChanged, StageChanged, TagChanged, TriggerFired
+from leadscore.engine cimport (ContactState, Engine, PointChange, SegmentChanged, StageChanged,
+                               TagChanged, TriggerFired)
 
 # The compiled JSON writer (records.py `dump_line`, `effect_line`): orjson's bytes written
 # straight into a buffer, for the values it can prove orjson writes alike; anything else
@@ -307,6 +308,28 @@ cdef extern from *:
         return ls_finish(&b, r);
     }
 
+    /* ls_dump_frags with the values at the bits of ``times`` written as times: a float as
+       format_ts's text (else 1: format_ts's own path), None as null. */
+    static PyObject *ls_dump_times(PyObject *frags, PyObject *values, unsigned long times) {
+        ls_buf b;
+        Py_ssize_t i, n = PyTuple_GET_SIZE(values);
+        int r = 0;
+        b.p = b.stack; b.n = 0; b.cap = sizeof(b.stack);
+        for (i = 0; i <= n && r == 0; i++) {
+            PyObject *f = PyTuple_GET_ITEM(frags, i);
+            r = ls_raw(&b, PyBytes_AS_STRING(f), PyBytes_GET_SIZE(f));
+            if (r != 0 || i == n) continue;
+            {
+                PyObject *v = PyTuple_GET_ITEM(values, i);
+                if ((times >> i) & 1 && v != Py_None)
+                    r = PyFloat_CheckExact(v) ? ls_ts(&b, PyFloat_AS_DOUBLE(v)) : 1;
+                else
+                    r = ls_value(&b, v, 0);
+            }
+        }
+        return ls_finish(&b, r);
+    }
+
     /* A time as format_ts writes it, for the tests (None: format_ts's own path). */
     static PyObject *ls_dump_ts(double ts) {
         ls_buf b;
@@ -317,6 +340,7 @@ cdef extern from *:
     object _c_dump "ls_dump"(object value)
     object _c_dump_frags "ls_dump_frags"(tuple frags, tuple values, Py_ssize_t at)
     object _c_dump_ts "ls_dump_ts"(double ts)
+    object _c_dump_times "ls_dump_times"(tuple frags, tuple values, unsigned long times)
 
 cdef bint _WRITER
 
@@ -332,3 +356,6 @@ cpdef object effect_line(str contact, object effect, object action=*)
 cpdef bytes dump_line(object value)
 
 cpdef object time_json(double ts)
+
+@cython.locals(last=cython.double, t=cython.double, line=object)
+cpdef bytes view_line(Engine engine, str contact, ContactState state, object at)

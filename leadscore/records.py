@@ -14,8 +14,10 @@ from typing import Any
 import orjson
 
 from leadscore.engine import (
+    ContactState,
     Duplicate,
     Effect,
+    Engine,
     PointChange,
     SegmentChanged,
     StageChanged,
@@ -196,6 +198,49 @@ def effect_line(contact: str, effect: Effect, action: str | None = None) -> byte
             return line  # type: ignore[no-any-return]
     record = effect_record(contact, effect, action)
     return None if record is None else _dumps(record)
+
+
+_VIEW_FRAGS = _frags(
+    "contact",
+    "scores",
+    "total",
+    "normalized",
+    "grade",
+    "stage",
+    "segments",
+    "tags",
+    "updated_at",
+    "as_of",
+)
+_VIEW_TIMES = (1 << 8) | (1 << 9)  # updated_at and as_of: floats written as format_ts's text
+
+
+def view_line(engine: Engine, contact: str, state: ContactState, at: float | None) -> bytes:
+    """``dump_line(engine.view(contact, state, at))``, byte for byte: a final view's line
+    (``contacts.jsonl``). Compiled, without the view's dict: its scores from
+    ``Engine.view_scores``, its times written in C (format_ts's text), its segments and tags
+    from the state's tuples. A model's likelihood, a time format_ts writes its own way, or a
+    value the writer leaves to orjson: the dict and dump_line, as before."""
+    if _WRITER and engine._model is None:
+        last = state.last_ts
+        t = last if at is None or at < last else at
+        scores, total, normalized, grade = engine.view_scores(state, t)
+        values = (
+            contact,
+            scores,
+            total,
+            normalized,
+            grade,
+            engine._stage_order[state.stage] if state.stage >= 0 else None,
+            state.segments,
+            state.tags,
+            last if last else None,
+            t if t else None,
+        )
+        line = _c_dump_times(_VIEW_FRAGS, values, _VIEW_TIMES)  # noqa: F821
+        if line is not None:
+            return line  # type: ignore[no-any-return]
+    return dump_line(engine.view(contact, state, at))
 
 
 def dump_line(value: Any) -> bytes:

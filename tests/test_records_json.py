@@ -10,6 +10,7 @@ functions are orjson itself, and these tests check that too.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,15 +20,18 @@ from hypothesis import strategies as st
 
 from leadscore.engine import (
     Duplicate,
+    Engine,
     PointChange,
     SegmentChanged,
     StageChanged,
     TagChanged,
     TriggerFired,
 )
-from leadscore.events import format_ts
+from leadscore.events import Event, format_ts, parse_event
+from leadscore.generate import generate_events
 from leadscore.merge import Merged
-from leadscore.records import dump_line, effect_line, effect_record, time_json
+from leadscore.records import dump_line, effect_line, effect_record, time_json, view_line
+from leadscore.rules import load_rules
 
 # Strings a user can put in an id or a name: controls, quotes, backslashes, DEL, non-ASCII of
 # every width, lone surrogates (which orjson refuses: so must the writer).
@@ -193,3 +197,70 @@ def test_points_records_as_before(x: float) -> None:
         effect_record("c", change, "page_view")
     )
     assert not math.isnan(x)
+
+
+# ---------------------------------------------------------------------------- final views
+
+_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _scored_states(rules_file: Path, seed: int) -> tuple[Engine, list[tuple[str, Any]]]:
+    """An engine and real contact states: generated events applied, as a run would."""
+    rules = load_rules(rules_file)
+    engine = Engine(rules)
+    states: dict[str, Any] = {}
+    for line in generate_events(25, 600, seed):
+        event = parse_event(line, 4e9)
+        if type(event) is Event and event.action in rules.known_actions:
+            state = states.get(event.contact)
+            if state is None:
+                state = states[event.contact] = engine.new_state()
+            engine.apply(state, event)
+    return engine, sorted(states.items())
+
+
+_ENGINES = {
+    name: _scored_states(path, 3)
+    for name, path in (
+        ("examples", _EXAMPLES / "rules.yaml"),
+        ("model", _EXAMPLES / "xeducation" / "rules.yaml"),
+    )
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(sorted(_ENGINES)),
+    st.integers(0, 10**6),
+    hostile,
+    st.one_of(st.none(), times, beyond),
+    st.one_of(st.none(), times, beyond),
+    st.one_of(st.none(), st.lists(hostile, max_size=3).map(tuple)),
+)
+@example("examples", 0, "c-1", None, None, None)
+@example("examples", 1, "c-1", 0.0, 0.0, ())
+def test_final_view_lines_are_the_views_orjson_bytes(
+    rules: str, pick: int, contact: str, last: Any, at: Any, names: Any
+) -> None:
+    """contacts.jsonl's lines: compiled, written without the view's dict (its times in C);
+    always the bytes orjson writes for ``Engine.view``, or the same error."""
+    engine, states = _ENGINES[rules]
+    state = states[pick % len(states)][1]
+    kept = (state.last_ts, state.segments, state.tags)
+    try:
+        if last is not None:
+            state.last_ts = last
+        if names is not None:
+            state.segments = state.tags = names
+        assert view_or_error(lambda: view_line(engine, contact, state, at)) == view_or_error(
+            lambda: orjson.dumps(engine.view(contact, state, at))
+        )
+    finally:
+        state.last_ts, state.segments, state.tags = kept
+
+
+def view_or_error(fn: Any) -> bytes | type[BaseException]:
+    try:
+        return fn()  # type: ignore[no-any-return]
+    except Exception as exc:
+        return type(exc)
