@@ -26,6 +26,7 @@ import orjson
 import pytest
 from bytewax.testing import cluster_main, run_main
 
+import flows.io
 from flows.scoring import FlowConfig, ShardLogic, build_flow
 from leadscore.events import MAX_EVENT_BYTES, format_ts
 from leadscore.generate import generate_events
@@ -383,11 +384,14 @@ def timer_events() -> tuple[list[dict[str, Any]], dict[str, float]]:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_decay_timer_fires_at_its_due_time_without_a_new_event(
-    tmp_path: Path, workers: int
+    tmp_path: Path, workers: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rules = write(tmp_path / "rules.yaml", TIMER_RULES)
     lines, due = timer_events()
     events = write_lines(tmp_path / "events.jsonl", lines)
+    # Timers fire between input chunks: chunks of 2,048 lines put a's crossing (line ~2,300)
+    # and b's last event (line ~10,000) in different ones.
+    monkeypatch.setattr(flows.io, "LINES_PER_CHUNK", 2048)
     out = run_flow(rules, [events], tmp_path / "out", workers=workers)
 
     triggers = read_jsonl(out / "triggers.jsonl")
