@@ -11,7 +11,6 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from itertools import islice
-from operator import methodcaller
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,7 +21,6 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from leadscore.inputs import open_input
 
 STDIO = "-"
-_rstrip_eol = methodcaller("rstrip", b"\r\n")
 # Sorted: Bytewax routes by index into the sorted list of partitions.
 OUTPUT_KINDS = ("changes", "contacts", "dead_letter", "summary", "triggers")
 
@@ -69,7 +67,7 @@ class _LinesPartition(StatefulSourcePartition[Chunk, int]):
         self._line += len(raw)
         if progress_hook is not None and raw:
             progress_hook(sum(map(len, raw)))
-        lines = list(map(_rstrip_eol, raw))  # map: no bytecode per line
+        lines = [line.rstrip(b"\r\n") for line in raw]
         # Blank lines carry nothing; every other line becomes an event or a dead letter.
         batch: list[Chunk] = []
         if lines:

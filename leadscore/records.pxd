@@ -349,7 +349,7 @@ cdef bint _WRITER
 cpdef dict effect_record(str contact, object effect, object action=*)
 
 @cython.locals(p=PointChange, s=StageChanged, f=TriggerFired, g=SegmentChanged, a=TagChanged,
-               line=object)
+               line=object, values=tuple, head=tuple, tail=tuple)
 cpdef object effect_line(str contact, object effect, object action=*)
 
 @cython.locals(line=object)

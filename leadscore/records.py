@@ -161,19 +161,31 @@ def effect_line(contact: str, effect: Effect, action: str | None = None) -> byte
         line = None
         if t is PointChange:
             p = effect
-            head = (contact, p.rule, p.group, p.delta, p.applied, round4(p.score_after))
-            tail = (p.capped, p.event_id, p.at)
-            if action is None:
-                if p.reason is None:
-                    line = _c_dump_frags(_POINTS_FRAGS[0], head + tail, 8)  # noqa: F821
-                else:
-                    line = _c_dump_frags(_POINTS_FRAGS[2], head + tail + (p.reason,), 8)  # noqa: F821
-            elif p.reason is None:
-                line = _c_dump_frags(_POINTS_FRAGS[1], head + tail + (action,), 8)  # noqa: F821
-            else:
-                line = _c_dump_frags(  # noqa: F821
-                    _POINTS_FRAGS[3], head + tail + (action, p.reason), 8
+            score_after = round4(p.score_after)
+            if action is None and p.reason is None:  # the usual record: one tuple, no concat
+                values = (
+                    contact,
+                    p.rule,
+                    p.group,
+                    p.delta,
+                    p.applied,
+                    score_after,
+                    p.capped,
+                    p.event_id,
+                    p.at,
                 )
+                line = _c_dump_frags(_POINTS_FRAGS[0], values, 8)  # noqa: F821
+            else:
+                head = (contact, p.rule, p.group, p.delta, p.applied, score_after)
+                tail = (p.capped, p.event_id, p.at)
+                if action is None:
+                    line = _c_dump_frags(_POINTS_FRAGS[2], head + tail + (p.reason,), 8)  # noqa: F821
+                elif p.reason is None:
+                    line = _c_dump_frags(_POINTS_FRAGS[1], head + tail + (action,), 8)  # noqa: F821
+                else:
+                    line = _c_dump_frags(  # noqa: F821
+                        _POINTS_FRAGS[3], head + tail + (action, p.reason), 8
+                    )
         elif t is TriggerFired:
             f = effect
             line = _c_dump_frags(  # noqa: F821
