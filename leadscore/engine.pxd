@@ -94,7 +94,7 @@ cdef class Engine:
     @cython.locals(trigger=Trigger)
     cpdef list advance(self, ContactState state, double t)
 
-    @cython.locals(score=cython.double, spec=GroupSpec)
+    @cython.locals(spec=GroupSpec)
     cpdef double _group_score(self, ContactState state, str name, double t)
 
     @cython.locals(before=cython.double, after=cython.double, factor=cython.double,
@@ -103,13 +103,15 @@ cdef class Engine:
     cpdef double _award(self, ContactState state, str group, double points, double t,
                         str rule, object event_id, list effects)
 
-    @cython.locals(score=cython.double, s=cython.double, trigger=Trigger, total=cython.double,
-                   half_life=cython.double, anchor=cython.double, expires=cython.double,
-                   points=cython.double, likely=cython.double, n=Py_ssize_t, index=Py_ssize_t,
-                   threshold=cython.double)
+    @cython.locals(s=cython.double, trigger=Trigger, total=cython.double,
+                   half_life=cython.double, g=list, likely=cython.double, n=Py_ssize_t,
+                   index=Py_ssize_t, threshold=cython.double)
     cpdef void _evaluate(self, ContactState state, double t, object event, list effects)
 
     cpdef bint _after_ok(self, ContactState state, Trigger trigger, object fired)
+
+    cpdef void _fire(self, ContactState state, Trigger trigger, object score, double t,
+                     str cause, list effects)
 
     @cython.locals(known=dict, changed=bint, moved=bint, before=tuple, hits=list,
                    matched=tuple, now=bint, r=FitRule)
@@ -155,10 +157,21 @@ cpdef double _round1(double x)
 cdef PointChange _point_change(str rule, str group, double delta, double applied,
                                double score_after, object event_id, double at, bint capped)
 
+@cython.locals(fired=TriggerFired)
+cdef TriggerFired _trigger_fired(str trigger, object score, double at, list actions, str cause)
+
+@cython.locals(change=StageChanged)
+cdef StageChanged _stage_changed(str stage, object previous, double at, str cause)
+
 @cython.locals(key=object, tracked=tuple, n=Py_ssize_t, i=Py_ssize_t, k=Py_ssize_t,
                tracks=array, cells="double *", count=cython.double, previous=cython.double,
                last=cython.double)
 cdef bint _track_ok(ContactState state, ActionRule r, double t) except -1
+
+# The one copy of a group's decay arithmetic (_evaluate, _group_score): a static C function.
+@cython.locals(score=cython.double, anchor=cython.double, expires=cython.double,
+               points=cython.double)
+cdef double _decayed(list g, double half_life, object expire_after, double t) except? -1
 
 @cython.locals(buckets=list)
 cpdef void _settle_group(GroupSpec spec, list g, double t)

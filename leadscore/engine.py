@@ -608,16 +608,7 @@ class Engine:
         spec = self._groups.get(name)
         if spec is None:
             return 0.0
-        score = g[0]
-        if spec.half_life is not None:
-            if t > g[1]:
-                score *= math.exp2((g[1] - t) / spec.half_life)
-        elif spec.expire_after is not None:
-            for expires, points in g[2]:
-                if expires > t:
-                    break
-                score -= points
-        return score
+        return _decayed(g, spec.half_life or 0.0, spec.expire_after, t)
 
     def _may_have_risen(self, state: ContactState) -> bool:
         for name in self._rising_groups:
@@ -798,19 +789,8 @@ class Engine:
         total = 0.0
         for name, half_life, expire_after in self._score_plan:
             g = groups.get(name)
-            if g is None:
-                continue
-            score = g[0]
-            if half_life:  # 0.0: the group does not decay
-                anchor = g[1]
-                if t > anchor:
-                    score *= math.exp2((anchor - t) / half_life)
-            elif expire_after is not None:
-                for expires, points in g[2]:
-                    if expires > t:
-                        break
-                    score -= points
-            total += score
+            if g is not None:
+                total += _decayed(g, half_life, expire_after, t)
         likely = self.likelihood(state, t) if self._watch_predict else 0.0
         n = len(self._score_plan)
         for trigger, index in self._trigger_plan:
@@ -818,21 +798,10 @@ class Engine:
                 s = total
             elif index > n:
                 s = likely  # type: ignore[assignment]
-            else:  # a trigger on one group: its score as summed above (inline: no call)
+            else:  # a trigger on one group: its score as summed above
                 name, half_life, expire_after = self._score_plan[index]
                 g = groups.get(name)
-                s = 0.0
-                if g is not None:
-                    s = g[0]
-                    if half_life:
-                        anchor = g[1]
-                        if t > anchor:
-                            s *= math.exp2((anchor - t) / half_life)
-                    elif expire_after is not None:
-                        for expires, points in g[2]:
-                            if expires > t:
-                                break
-                            s -= points
+                s = 0.0 if g is None else _decayed(g, half_life, expire_after, t)
             fired = state.triggers.get(trigger.id)  # not cached: _set_trigger may replace it
             threshold = trigger.threshold  # compiled: a C double, compared without boxing s
             if trigger.below:
@@ -881,7 +850,11 @@ class Engine:
         _set_trigger(state, trigger.id, state.seq)
         state.due = _UNKNOWN
         state.floor = -inf
-        effects.append(TriggerFired(trigger.id, round4(score), t, list(trigger.actions), cause))
+        effects.append(
+            _trigger_fired(trigger.id, round4(score), t, list(trigger.actions), cause)
+            if _TYPED
+            else TriggerFired(trigger.id, round4(score), t, list(trigger.actions), cause)
+        )
         for kind, arg in self._trigger_ops[trigger.id]:
             if kind == "add_segment":
                 if arg not in state.segments:
@@ -889,7 +862,7 @@ class Engine:
                     effects.append(SegmentChanged(arg, True, t, trigger.id))
             elif kind == "remove_segment":
                 if arg in state.segments:
-                    state.segments = tuple(s for s in state.segments if s != arg)
+                    state.segments = tuple([s for s in state.segments if s != arg])
                     effects.append(SegmentChanged(arg, False, t, trigger.id))
             elif kind == "add_tag":
                 if arg not in state.tags:
@@ -897,7 +870,7 @@ class Engine:
                     effects.append(TagChanged(arg, True, t, trigger.id))
             elif kind == "remove_tag":
                 if arg in state.tags:
-                    state.tags = tuple(s for s in state.tags if s != arg)
+                    state.tags = tuple([s for s in state.tags if s != arg])
                     effects.append(TagChanged(arg, False, t, trigger.id))
             elif kind == "set_stage":
                 self._move_stage(state, self._stage_order.index(arg), t, trigger.id, effects)
@@ -911,7 +884,12 @@ class Engine:
             return
         state.stage = rank
         previous = self._stage_order[current] if current >= 0 else None
-        effects.append(StageChanged(self._stage_order[rank], previous, t, cause))
+        stage = self._stage_order[rank]
+        effects.append(
+            _stage_changed(stage, previous, t, cause)
+            if _TYPED
+            else StageChanged(stage, previous, t, cause)
+        )
 
     def _identify(
         self,
@@ -1023,6 +1001,29 @@ def _point_change(
     return change
 
 
+def _trigger_fired(
+    trigger: str, score: float, at: float, actions: list[dict[str, str]], cause: str
+) -> TriggerFired:
+    """``TriggerFired(...)`` with its C fields written, compiled only (as _point_change)."""
+    fired = TriggerFired.__new__(TriggerFired)
+    fired.trigger = trigger
+    fired.score = score
+    fired.at = at
+    fired.actions = actions
+    fired.cause = cause
+    return fired
+
+
+def _stage_changed(stage: str, previous: str | None, at: float, cause: str) -> StageChanged:
+    """``StageChanged(...)`` with its C fields written, compiled only (as _point_change)."""
+    change = StageChanged.__new__(StageChanged)
+    change.stage = stage
+    change.previous = previous
+    change.at = at
+    change.cause = cause
+    return change
+
+
 def _track_ok(state: ContactState, r: Any, t: float) -> bool:
     """A tracked rule's hit counted and its repeat checks (whether it earns its points),
     compiled only (``_TYPED``): apply's inline block, with the trackers' doubles read and
@@ -1074,6 +1075,24 @@ def _track_ok(state: ContactState, r: Any, t: float) -> bool:
     elif kind == REPEAT_WINDOW and not _window_ok(state, r, t):
         return False
     return True
+
+
+def _decayed(g: list[Any], half_life: float, expire_after: float | None, t: float) -> float:
+    """A group's score ``[score, as_of, buckets]`` as of ``t`` (``half_life`` 0.0: it does
+    not halve), without moving it: what ``_evaluate``, ``score`` and the views read. One
+    copy of the arithmetic, so every reader gets the same bits (``readmodel.view_at``
+    repeats it for stored documents); compiled, an inline C function on C doubles."""
+    score = g[0]
+    if half_life:
+        anchor = g[1]
+        if t > anchor:
+            score *= math.exp2((anchor - t) / half_life)
+    elif expire_after is not None:
+        for expires, points in g[2]:
+            if expires > t:
+                break
+            score -= points
+    return score
 
 
 def _settle_group(spec: GroupSpec, g: list[Any], t: float) -> None:
@@ -1280,8 +1299,9 @@ def _lookup(data: dict[str, Any], path: str) -> Any:
 
 
 def _cause(event: Event, effects: list[Effect]) -> str:
+    # A list, not a generator: compiled, no generator object per firing.
     changes = ", ".join(
-        f"{e.rule} {e.applied:+g}" for e in effects if type(e) is PointChange and e.applied
+        [f"{e.rule} {e.applied:+g}" for e in effects if type(e) is PointChange and e.applied]
     )
     origin = f"{event.action} {event.id}" if event.id else event.action
     return f"{origin}: {changes}" if changes else origin
