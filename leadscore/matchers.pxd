@@ -38,6 +38,8 @@ cdef class Where:
     cdef public dict resolved
     cdef public tuple rules
     cdef public tuple stage_rules
+    cdef unsigned long long last_mask
+    cdef tuple last_found
 
     @cython.locals(nkeys=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, vals=list, lows=list,
                    m=cython.ulonglong, known=cython.ulonglong, truth=cython.ulonglong,

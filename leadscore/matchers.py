@@ -424,13 +424,7 @@ def low_test(expected: object) -> Test | None:
         return Test(LOW_ANY, parts=parts) if parts else None
     if not isinstance(expected, str):
         return None
-    test, needle = lowered(expected)
-    if needle is not None:
-        return Test(LOW_IN, needle)
-    pattern = expected.lower()
-    if not any(c in pattern for c in "*?["):
-        return Test(LOW_EQ, pattern)
-    return Test(LOW_CALL, value=test)
+    return _string_test(expected, (LOW_IN, LOW_EQ, LOW_CALL))
 
 
 def raw_test(expected: object) -> Test | None:
@@ -444,13 +438,21 @@ def raw_test(expected: object) -> Test | None:
         return Test(RAW_NUMBER, value=float(expected))
     if not isinstance(expected, str):
         return None
-    _, needle = lowered(expected)
+    return _string_test(expected, (RAW_STR_IN, RAW_STR_EQ, RAW_CALL))
+
+
+def _string_test(expected: str, kinds: tuple[int, int, int]) -> Test:
+    """A text `where` value's Test of the family ``kinds`` (its contains, equals and call
+    kinds): ``*x*`` is a substring test, text without wildcards an equality, any other glob
+    a call (``lowered``'s test of a lower-cased string, or ``scalar_test``'s of a value)."""
+    contains, equals, call = kinds
+    test, needle = lowered(expected)
     if needle is not None:
-        return Test(RAW_STR_IN, needle)
+        return Test(contains, needle)
     pattern = expected.lower()
     if not any(c in pattern for c in "*?["):
-        return Test(RAW_STR_EQ, pattern)
-    return Test(RAW_CALL, value=scalar_test(expected))
+        return Test(equals, pattern)
+    return Test(call, value=test if call == LOW_CALL else scalar_test(expected))
 
 
 class Where:
@@ -484,6 +486,12 @@ class Where:
         self.resolved: dict[int, tuple[tuple[ActionRule, ...], tuple[int, ...]]] = {}
         self.rules = rules
         self.stage_rules = stage_rules
+        # The last mask and its answer: consecutive events of an action mostly hold the same
+        # tests (often none), and a C comparison costs less than boxing m for the dict.
+        # Compiled, match reads and writes the pair with no Python code between (one GIL
+        # hold), so threads sharing the engine never see half an update.
+        self.last_mask = always
+        self.last_found = self.resolve(always)
 
     def __call__(self, props: dict[str, Any]) -> tuple[tuple[ActionRule, ...], tuple[int, ...]]:
         return self.match(props)
@@ -535,9 +543,13 @@ class Where:
             p = end
             if ok:
                 m |= one << bit
+        if m == self.last_mask:
+            return self.last_found
         found = self.resolved.get(m)
         if found is None:
             found = self.resolve(m)
+        self.last_mask = m
+        self.last_found = found
         return found
 
     def resolve(self, m: int) -> tuple[tuple[ActionRule, ...], tuple[int, ...]]:

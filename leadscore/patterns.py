@@ -82,6 +82,9 @@ def compile_search(pattern: str) -> Search:
         return found
 
     search.pattern = pattern  # type: ignore[attr-defined]  # for messages and tests
+    # The remembered answers, for a caller that looks a text up before calling (a fit rule's
+    # test: a hit then costs a dict read, not a call into this interpreted function).
+    search.seen = seen  # type: ignore[attr-defined]
     search.re2 = translated  # type: ignore[attr-defined]
     return search
 

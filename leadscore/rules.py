@@ -734,7 +734,16 @@ class _Compiler:
             except PatternError as exc:
                 self.problem(where, "matches", f"{arg!r}: {exc}")
                 return None
-            return lambda v: v is not None and search(v if type(v) is str else str(v))
+            seen = search.seen  # type: ignore[attr-defined]
+
+            def matches(v: object) -> bool:
+                if v is None:
+                    return False
+                text = v if type(v) is str else str(v)
+                found = seen.get(text)  # search's remembered answer: no call on a hit
+                return search(text) if found is None else found
+
+            return matches
         # between
         if (
             not isinstance(arg, list)
