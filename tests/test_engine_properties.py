@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import random
 import struct
 import zlib
@@ -664,3 +665,60 @@ def test_views_round_the_normalized_score_as_round_does(x: float) -> None:
     """A view's normalized score (0-100, one place) is round(x, 1) to the bit, half-way
     cases included, without round()'s decimal round trip."""
     assert struct.pack("<d", _round1(x)) == struct.pack("<d", round(x, 1)), x
+
+
+def _decay_as_before(
+    half_life: float | None, expire_after: float | None, g: list[Any], t: float
+) -> float:
+    """The group decay as _group_score and _evaluate wrote it out before it became one
+    function (engine._decayed): the reference the folded copy must equal to the bit."""
+    score = g[0]
+    if half_life is not None:
+        if t > g[1]:
+            score *= math.exp2((g[1] - t) / half_life)
+    elif expire_after is not None:
+        for expires, points in g[2]:
+            if expires > t:
+                break
+            score -= points
+    return score
+
+
+_SCORES = st.floats(-1e9, 1e9, allow_nan=False) | st.sampled_from([0.0, -0.0, 1e-300, 5.0])
+
+
+@FAST
+@given(
+    engagement=st.tuples(_SCORES, st.floats(0, 1e10)),
+    product=st.tuples(
+        _SCORES,
+        st.floats(0, 1e10),
+        st.lists(st.tuples(st.floats(0, 1e10), _SCORES), max_size=6),
+    ),
+    fit=st.tuples(_SCORES, st.floats(0, 1e10)),
+    t=st.floats(0, 1e10),
+)
+def test_scores_decay_with_the_same_bits_as_the_written_out_arithmetic(
+    engagement: tuple[float, float],
+    product: tuple[float, float, list[tuple[float, float]]],
+    fit: tuple[float, float],
+    t: float,
+) -> None:
+    """score() (and through the same function _evaluate's trigger scores) gives each group's
+    decayed score, and the total, bit for bit as the arithmetic written out inline did."""
+    eng = rich()
+    state = eng.new_state()
+    buckets = sorted([list(b) for b in product[2]])
+    state.groups = {
+        "engagement": list(engagement),
+        "product": [product[0], product[1], buckets],
+        "fit": list(fit),
+    }
+    specs = eng.rules.groups
+    total = 0.0
+    for name in eng.rules.groups:
+        spec = specs[name]
+        expected = _decay_as_before(spec.half_life, spec.expire_after, state.groups[name], t)
+        assert struct.pack("<d", eng.score(state, name, t)) == struct.pack("<d", expected), name
+        total += expected
+    assert struct.pack("<d", eng.score(state, "total", t)) == struct.pack("<d", total)
