@@ -365,7 +365,7 @@ class Engine:
                         i = tracked.index(r.id) * 3
                     else:
                         i = len(tracks)
-                        state.tracked = (*tracked, r.id)
+                        state.tracked = tracked + (r.id,)  # noqa: RUF005 - no list, as *tracked builds
                         tracks = state.tracks = tracks + _NEW_TRACK
                     count = tracks[i] + 1.0
                     tracks[i] = count
@@ -1045,7 +1045,7 @@ def _track_ok(state: ContactState, r: Any, t: float) -> bool:
                 break
     if i < 0:
         i = len(state.tracks)
-        state.tracked = (*tracked, key)
+        state.tracked = tracked + (key,)  # noqa: RUF005 - no list, as *tracked builds
         state.tracks = state.tracks + _NEW_TRACK
     tracks = state.tracks
     cells = tracks.data.as_doubles  # type: ignore[attr-defined]  # the C buffer (compiled only)
@@ -1120,7 +1120,7 @@ def _count(state: ContactState, key: str, t: float) -> None:
         tracks = state.tracks
     else:
         i = len(state.tracks)
-        state.tracked = (*tracked, key)
+        state.tracked = tracked + (key,)  # noqa: RUF005 - no list, as *tracked builds
         tracks = state.tracks = state.tracks + _NEW_TRACK
     tracks[i] += 1.0
     if t > tracks[i + 1]:
@@ -1143,7 +1143,7 @@ def _window_ok(state: ContactState, r: Any, t: float) -> bool:
         awards: array[float] = windows[windows.index(r.id) + 1]  # type: ignore[assignment]
     else:
         awards = array("d")
-        state.windows = (*windows, r.id, awards)
+        state.windows = windows + (r.id, awards)  # noqa: RUF005 - no list in between
     # Only the newest N are kept, so an event older than all of them is refused: what was
     # dropped might have been near it.
     if len(awards) >= r.repeat_max:
