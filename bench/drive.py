@@ -8,6 +8,7 @@ compare the totals (imports and setup cost the same on both sides: subtract a 1-
     python -m bench.drive load  EVENTS.jsonl 60000 WORKDIR   # prints URL PID of a redis-server
     python -m bench.drive redis URL                          # the pre-loaded streams, once
     python -m bench.drive apply ROUNDS                       # Engine.apply, the hot-path mix
+    python -m bench.drive parse EVENTS.jsonl 30000 ROUNDS    # typed.parse_events alone
 
 ``apply`` replays the hot-path benchmark's mix (``bench/conftest.py``: 20k events, 2k
 contacts, seed 7) through ``Engine.apply`` from fresh states ROUNDS times, as
@@ -15,6 +16,12 @@ contacts, seed 7) through ``Engine.apply`` from fresh states ROUNDS times, as
 ``apply 0``) / 80,000 is the instructions per apply. It also prints the fastest round's CPU
 time per event (``time.process_time``), the hot-path benchmark's figure without
 pytest-benchmark.
+
+``parse`` decodes and checks the first N lines (without their line ends) with
+:func:`leadscore.typed.parse_events` in chunks of 1000, as the file flow's ``Parser`` does,
+ROUNDS times: ``parse ... 0`` is the setup alone, so (instructions of ``parse ... R`` minus
+``parse ... 0``) / (N * R) is the instructions per line of the decode and the contract's
+checks, events built, nothing else.
 
 ``files`` feeds the file flow's 64 :class:`~flows.shards.ShardLogic` in chunks of 1000 parsed
 lines, then ends them (final views, summary). ``redis`` feeds each of 16
@@ -148,6 +155,19 @@ def apply(rounds: int) -> str:
     return f"{len(events)} events, best of {rounds}: {best / len(events) * 1e6:.3f} µs CPU/event"
 
 
+def parse(path: str, n: int, rounds: int) -> int:
+    from leadscore.events import NO_TS, Event
+    from leadscore.typed import parse_events
+
+    with open(path, "rb") as fh:
+        lines = [line.rstrip(b"\n") for line in itertools.islice(fh, n)]
+    events = 0
+    for _ in range(rounds):
+        for i in range(0, len(lines), 1000):
+            events += sum(type(e) is Event for e in parse_events(lines[i : i + 1000], NO_TS))
+    return events
+
+
 def main(argv: list[str]) -> None:
     mode, *args = argv
     if mode == "files":
@@ -156,6 +176,8 @@ def main(argv: list[str]) -> None:
         print(load(args[0], int(args[1]), args[2]))
     elif mode == "redis":
         print(redis_flow(args[0]))
+    elif mode == "parse":
+        print(parse(args[0], int(args[1]), int(args[2])))
     elif mode == "apply":
         print(apply(int(args[0])))
     else:

@@ -2,5 +2,8 @@
 cimport cython
 from leadscore.events cimport Event, ts_seconds
 
-@cython.locals(out=list, event=Event, ts=cython.double)
+cdef Py_ssize_t _MAX_CONTACT, _MAX_BYTES
+
+@cython.locals(out=list, event=Event, ts=cython.double, contact=str, action=str,
+               size=Py_ssize_t)
 cpdef list parse_events(object lines, object now, double latest=*)

@@ -214,7 +214,9 @@ def test_the_common_case_never_reaches_the_reference(monkeypatch: object) -> Non
         b'{"contact":"c","action":"page.hit","ts":"2026-11-22T10:00:00.123Z","id":"e-1",'
         b'"props":{"url":"https://x.io/a","utm":{"source":"li"},"n":[1,2.5]}}',
         b'{"contact":"c","action":"identify","ts":1793491372061,"traits":{"plan":"pro"}}',
+        b'{"contact":"' + "\u00e9".encode() * 256 + b'","action":"a"}',  # the longest contact
     ]
     events = typed.parse_events(lines, NOW)
-    assert [type(e) for e in events] == [Event, Event]
+    assert [type(e) for e in events] == [Event, Event, Event]
+    assert len(events[2].contact) == 256
     assert events[0].props["utm"] == {"source": "li"} and events[1].ts == 1793491372.061
