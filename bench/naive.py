@@ -36,7 +36,8 @@ def _parser(known: frozenset[str]) -> Any:
             return []
         now = time.time()
         out: list[Event | Record] = []
-        for offset, raw in enumerate(lines):
+        for offset, line in enumerate(lines):
+            raw = line.rstrip(b"\r\n")  # the source hands lines with their line ends
             event = parse_event(raw, now)
             if type(event) is Event:
                 if event.action in known:

@@ -14,7 +14,7 @@ from zlib import crc32
 from flows.shards import INF, DeadLetter, Tick
 from leadscore.events import DEFAULT_MAX_FUTURE, NO_TS, Event, Reject, latest_ts
 from leadscore.rules import Rules
-from leadscore.typed import parse_events
+from leadscore.typed import parse_events, unended
 
 try:
     import cython  # compiled: local types below; interpreted: Cython's shadow, which ignores them
@@ -80,7 +80,7 @@ class Parser:
         shard_of_contact = self.shard_of_contact
         clock = self.clocks.get(part, -INF)
         accepted = False
-        for offset, event in enumerate(parse_events(lines, NO_TS, latest)):
+        for offset, event in enumerate(parse_events(lines, NO_TS, latest, True)):
             if type(event) is Event:
                 e = event  # compiled: the C type, its fields read and written as struct members
                 if e.action in known:
@@ -88,7 +88,7 @@ class Parser:
                     if ts > clock:
                         if ts < 0.0:  # NO_TS, and nothing earlier in the file to date it by
                             position = f"{path}:{first_line + offset}"
-                            dead = DeadLetter(position, lines[offset], _UNDATED)
+                            dead = DeadLetter(position, unended(lines[offset]), _UNDATED)
                             by_shard[crc32(position.encode()) % shards].append(dead)
                             continue
                         clock = ts
@@ -96,7 +96,7 @@ class Parser:
                         e.ts = clock
                     if e.merge is not None and self.groups is None:
                         position = f"{path}:{first_line + offset}"
-                        dead = DeadLetter(position, lines[offset], _UNROUTED)
+                        dead = DeadLetter(position, unended(lines[offset]), _UNROUTED)
                         by_shard[crc32(path.encode()) % shards].append(dead)
                         continue
                     accepted = True
@@ -115,7 +115,7 @@ class Parser:
                     "or to known_actions",
                 )
             position = f"{path}:{first_line + offset}"
-            dead = DeadLetter(position, lines[offset], event)
+            dead = DeadLetter(position, unended(lines[offset]), event)
             # Every dead letter of a file goes to one shard, which emits them in the order it
             # receives them: dead_letter.jsonl keeps each file's line order, whatever the
             # workers (spread by line, shards would interleave them).

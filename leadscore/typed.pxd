@@ -6,4 +6,4 @@ cdef Py_ssize_t _MAX_CONTACT, _MAX_BYTES
 
 @cython.locals(out=list, event=Event, ts=cython.double, contact=str, action=str,
                size=Py_ssize_t)
-cpdef list parse_events(object lines, object now, double latest=*)
+cpdef list parse_events(object lines, object now, double latest=*, bint ended=*)

@@ -63,10 +63,23 @@ _decode = msgspec.json.Decoder(_Line).decode
 _fields = astuple
 
 
+def unended(raw: bytes | str) -> bytes | str:
+    """A line without its line end (its trailing CR and LF): what the reference parser and a
+    dead letter see of a line a file gave."""
+    return raw.rstrip(b"\r\n") if type(raw) is bytes else raw.rstrip("\r\n")  # type: ignore[arg-type]
+
+
 def parse_events(
-    lines: Iterable[bytes | str], now: float, latest: float = MAX_TS
+    lines: Iterable[bytes | str], now: float, latest: float = MAX_TS, ended: bool = False
 ) -> list[Event | Reject]:
-    """``[events.parse_event(raw, now, latest) for raw in lines]``, by msgspec where it can."""
+    """``[events.parse_event(raw, now, latest) for raw in lines]``, by msgspec where it can.
+
+    ``ended``: the lines may still end with their line ends, as a file gives them (the file
+    flow's source no longer copies each line to strip it); each is taken as
+    :func:`unended` of it. The decode needs no stripping (a line end is trailing
+    whitespace to JSON, and whitespace after a value never makes bad JSON good), so only
+    the lines sent to the reference are stripped, and the size limit is the stripped one.
+    """
     out: list[Event | Reject] = []
     append = out.append
     decode = _decode
@@ -75,21 +88,22 @@ def parse_events(
     fields = _fields
     for raw in lines:
         if type(raw) is not bytes or len(raw) > _MAX_BYTES:
-            append(slow(raw, now, latest))
+            append(slow(unended(raw) if ended else raw, now, latest))
             continue
         try:
             line = decode(raw)
         except decode_error:
-            append(slow(raw, now, latest))
+            append(slow(unended(raw) if ended else raw, now, latest))
             continue
         contact, action, value, event_id, props, traits = fields(line)
         size = len(contact)
         if size == 0 or size > _MAX_CONTACT or not action:
-            append(slow(raw, now, latest))  # the reference says which field and why
+            # the reference says which field and why
+            append(slow(unended(raw) if ended else raw, now, latest))
             continue
         ts = ts_seconds(value, now, latest)  # the reference's own time checks (parse_ts)
         if ts != ts:  # NaN: a rejected or unusual time, the reference decides
-            append(slow(raw, now, latest))
+            append(slow(unended(raw) if ended else raw, now, latest))
             continue
         event = Event.__new__(Event)  # compiled: the C type's own allocation, no __init__
         event.contact = contact

@@ -291,6 +291,32 @@ def test_every_kind_of_bad_line_is_dead_lettered_and_nothing_is_lost(tmp_path: P
     assert summary["as_of"] == format_ts(T0 + 60)
 
 
+def test_line_ends_are_not_part_of_an_event_or_a_dead_letter(tmp_path: Path) -> None:
+    # The source hands lines with their line ends (no copy per line); the parse step decides
+    # on the line without them: CRLF files score, a line at the size limit is not too large
+    # for its line end, dead letters and their sizes do not show it.
+    rules = write(tmp_path / "rules.yaml", RULES)
+    good = orjson.dumps({"contact": "c-1", "action": "page.hit", "ts": T0, "id": "e1"})
+    head = b'{"contact":"c-2","action":"page.hit","ts":' + str(T0).encode() + b',"pad":"'
+    at_limit = head + b"x" * (MAX_EVENT_BYTES - len(head) - 2) + b'"}'
+    over = head + b"x" * (MAX_EVENT_BYTES - len(head) - 1) + b'"}'
+    assert len(at_limit) == MAX_EVENT_BYTES and len(over) == MAX_EVENT_BYTES + 1
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(
+        good + b"\r\n" + b"{not json\r\n" + at_limit + b"\r\n" + over + b"\n \r\n" + b"[1]"
+    )
+    out = run_flow(rules, [events], tmp_path / "out")
+    dead = {d["position"]: d for d in read_jsonl(out / "dead_letter.jsonl")}
+    assert {p: (d["code"], d["raw"]) for p, d in dead.items() if d["code"] != "too_large"} == {
+        f"{events}:2": ("invalid_json", "{not json"),
+        f"{events}:6": ("not_an_object", "[1]"),
+    }
+    assert dead[f"{events}:4"]["size"] == MAX_EVENT_BYTES + 1
+    assert len(dead) == 3  # line 3, at the limit, is the event; line 5 is blank
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    assert summary["scored"] == 2 and summary["rejected"] == 3
+
+
 def test_a_rerun_into_the_same_directory_leaves_no_stale_output(tmp_path: Path) -> None:
     """Every output of a directory belongs to its latest run.
 

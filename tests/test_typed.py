@@ -37,6 +37,19 @@ def same_as_reference(lines: list[bytes | str]) -> None:
         assert len(got) == len(lines)
         for raw, result in zip(lines, got, strict=True):
             assert shape(result) == shape(parse_event(raw, now, latest)), (raw, now, latest)
+    # As the file flow parses: each line with a line end, taken as the line stripped of its
+    # trailing CR and LF (what the file source handed out before it kept them).
+    for end in LINE_ENDS:
+        ended = [raw + (end if type(raw) is bytes else end.decode()) for raw in lines]
+        got = parse_events(ended, NOW, latest_ts(NOW), ended=True)
+        for line, result in zip(ended, got, strict=True):
+            raw = line.rstrip(b"\r\n") if type(line) is bytes else line.rstrip("\r\n")
+            assert shape(result) == shape(parse_event(raw, NOW, latest_ts(NOW))), line
+
+
+# What a file's line may end with (the flow strips trailing CR and LF), and none at all: the
+# last line of a file without a final line end.
+LINE_ENDS = [b"\n", b"\r\n", b"\r\r\n", b""]
 
 
 # Every reject code the contract has, and the unusual inputs msgspec and orjson read
@@ -98,6 +111,9 @@ EDGE_LINES: list[bytes | str] = [
     b'{"contact":5,"contact":"c","action":"a"}',
     b'{"contact":"c","action":"a","props":{"x":"\\ud800"}}',
     b' {"contact":"c","action":"a"} ',
+    b'{"contact":"c","action":"a"}\r',  # a line end of its own, and one the flow strips
+    b'{"contact":"c","action":"a","pad":"' + b"y" * (MAX_EVENT_BYTES - 37) + b'"}',  # the limit
+    b'{"contact":"c","action":"a","pad":"' + b"y" * (MAX_EVENT_BYTES - 36) + b'"}',
     "not bytes",
     '{"contact":"c","action":"a"}',
 ]
