@@ -22,7 +22,7 @@ place. What the struct must not accept, because orjson would decode it different
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated, Union
+from typing import Annotated, Any, Union
 
 import msgspec
 from msgspec.structs import astuple
@@ -44,12 +44,24 @@ _Level2 = Union[str, bool, None, _Int, float, list[_Level3], dict[str, _Level3]]
 _Level1 = Union[str, bool, None, _Int, float, list[_Level2], dict[str, _Level2]]  # noqa: UP007
 
 
+# Compiled, the contact's and the action's lengths are checked after the decode as C lengths
+# (msgspec's Meta checks cost ~130 instructions a line); interpreted, that check would be
+# ~300 instructions of bytecode, so msgspec checks them as before.
+_LENGTHS_AFTER = not __file__.endswith(".py")
+if _LENGTHS_AFTER:
+    _Contact: Any = str
+    _Action: Any = str
+else:
+    _Contact = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CONTACT_CHARS)]
+    _Action = Annotated[str, msgspec.Meta(min_length=1)]
+
+
 class _Line(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """The common case of one event line, as msgspec checks it (parse_events unpacks its
     fields in this order)."""
 
-    contact: str  # 1 to MAX_CONTACT_CHARS characters, action not empty: checked after the
-    action: str  # decode, by length (msgspec's Meta checks cost ~130 instructions a line)
+    contact: _Contact  # 1 to MAX_CONTACT_CHARS characters
+    action: _Action  # not empty
     ts: Union[str, _Int, float, None] = None  # noqa: UP007
     id: Union[str, None] = None  # noqa: UP007
     props: Union[dict[str, _Level1], None] = None  # noqa: UP007
@@ -86,6 +98,7 @@ def parse_events(
     decode_error = msgspec.DecodeError  # ValidationError is one
     slow = parse_event  # looked up per call: tests replace it
     fields = _fields
+    lengths = _LENGTHS_AFTER
     for raw in lines:
         if type(raw) is not bytes or len(raw) > _MAX_BYTES:
             append(slow(unended(raw) if ended else raw, now, latest))
@@ -96,11 +109,12 @@ def parse_events(
             append(slow(unended(raw) if ended else raw, now, latest))
             continue
         contact, action, value, event_id, props, traits = fields(line)
-        size = len(contact)
-        if size == 0 or size > _MAX_CONTACT or not action:
-            # the reference says which field and why
-            append(slow(unended(raw) if ended else raw, now, latest))
-            continue
+        if lengths:
+            size = len(contact)
+            if size == 0 or size > _MAX_CONTACT or not action:
+                # the reference says which field and why
+                append(slow(unended(raw) if ended else raw, now, latest))
+                continue
         ts = ts_seconds(value, now, latest)  # the reference's own time checks (parse_ts)
         if ts != ts:  # NaN: a rejected or unusual time, the reference decides
             append(slow(unended(raw) if ended else raw, now, latest))
