@@ -26,6 +26,7 @@ from leadscore.engine import (
 )
 from leadscore.events import format_ts, round4
 from leadscore.merge import Merged
+from leadscore.rules import VIEW_FIELDS
 
 
 def effect_record(contact: str, effect: Effect, action: str | None = None) -> dict[str, Any] | None:
@@ -212,18 +213,7 @@ def effect_line(contact: str, effect: Effect, action: str | None = None) -> byte
     return None if record is None else _dumps(record)
 
 
-_VIEW_FRAGS = _frags(
-    "contact",
-    "scores",
-    "total",
-    "normalized",
-    "grade",
-    "stage",
-    "segments",
-    "tags",
-    "updated_at",
-    "as_of",
-)
+_VIEW_FRAGS = _frags(*VIEW_FIELDS)
 _VIEW_TIMES = (1 << 8) | (1 << 9)  # updated_at and as_of: floats written as format_ts's text
 
 

@@ -39,7 +39,7 @@ from leadscore.patterns import PatternError, compile_search
 from leadscore.suggest import did_you_mean
 
 TOTAL = "total"
-# The fields of a contact's view (Engine.view, readmodel.view_at), in order.
+# The fields of a contact's view (Engine.view, readmodel.view_at, records.view_line), in order.
 VIEW_FIELDS = (
     "contact",
     "scores",
