@@ -341,6 +341,10 @@ def test_out_must_not_be_a_file(rules: Path, events: Path, tmp_path: Path) -> No
     assert target.read_text() == "keep me"
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_the_run_with_one_line(rules: Path, tmp_path: Path) -> None:
     line = orjson.dumps(ev("x", "email.open", T0, "")) + b"\n"
     events = tmp_path / "many.jsonl"
@@ -350,9 +354,12 @@ def test_ctrl_c_stops_the_run_with_one_line(rules: Path, tmp_path: Path) -> None
         [*LEADSCORE, "run", "-r", str(rules), "-e", str(events), "-o", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # Ctrl-C reaches a terminal's foreground job; a suite started in the background
+        # (`pytest &`, nohup) ignores SIGINT and its children would inherit that
+        preexec_fn=_default_sigint,
     )
     try:
-        while not (out / "changes.jsonl").exists():  # written once scoring has begun
+        while not (out / "changes.jsonl").exists():  # opened when the flow is built
             assert proc.poll() is None, proc.stderr.read()  # type: ignore[union-attr]
             time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
