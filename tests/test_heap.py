@@ -63,3 +63,30 @@ def test_settling_more_often_than_freeze_every_does_nothing(
     heap.settle_heap()
     assert gc.get_freeze_count() == frozen
     assert keep
+
+
+def test_a_freeze_walks_nothing_until_full_every(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A freeze is a splice of the collector's lists: no collection, so no pause that grows
+    with the objects alive (the batch in flight) every FREEZE_EVERY."""
+    clock = [1000.0]
+    monkeypatch.setattr(heap.time, "monotonic", lambda: clock[0])
+    collected: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collected.append(info["generation"])
+
+    heap.settle_heap()  # the run starts
+    gc.callbacks.append(seen)
+    try:
+        for _ in range(3):
+            keep = [Node() for _ in range(50)]
+            clock[0] += heap.FREEZE_EVERY
+            heap.settle_heap()
+            assert keep
+        assert collected == []
+        clock[0] += heap.FULL_EVERY
+        heap.settle_heap()
+        assert collected == [2]  # the periodic full collection, once
+    finally:
+        gc.callbacks.remove(seen)
