@@ -288,29 +288,10 @@ cdef extern from *:
 
     /* frags[0] + json(values[0]) + frags[1] + ... + json(values[n-1]) + frags[n], or None:
        an object whose keys (and the separators around them) are written once, as bytes.
-       values[at], a float, is a time: written as format_ts's text. */
-    static PyObject *ls_dump_frags(PyObject *frags, PyObject *values, Py_ssize_t at) {
-        ls_buf b;
-        Py_ssize_t i, n = PyTuple_GET_SIZE(values);
-        int r = 0;
-        b.p = b.stack; b.n = 0; b.cap = sizeof(b.stack);
-        for (i = 0; i <= n && r == 0; i++) {
-            PyObject *f = PyTuple_GET_ITEM(frags, i);
-            r = ls_raw(&b, PyBytes_AS_STRING(f), PyBytes_GET_SIZE(f));
-            if (r != 0 || i == n) continue;
-            if (i == at) {
-                PyObject *v = PyTuple_GET_ITEM(values, i);
-                r = PyFloat_CheckExact(v) ? ls_ts(&b, PyFloat_AS_DOUBLE(v)) : 1;
-            } else {
-                r = ls_value(&b, PyTuple_GET_ITEM(values, i), 0);
-            }
-        }
-        return ls_finish(&b, r);
-    }
-
-    /* ls_dump_frags with the values at the bits of ``times`` written as times: a float as
-       format_ts's text (else 1: format_ts's own path), None as null. */
-    static PyObject *ls_dump_times(PyObject *frags, PyObject *values, unsigned long times) {
+       The values at the bits of ``times`` are times: a float written as format_ts's text
+       (else 1: format_ts's own path), None as null where ``nulls`` says so, else also 1. */
+    static PyObject *ls_dump_times(PyObject *frags, PyObject *values, unsigned long times,
+                                   int nulls) {
         ls_buf b;
         Py_ssize_t i, n = PyTuple_GET_SIZE(values);
         int r = 0;
@@ -321,13 +302,18 @@ cdef extern from *:
             if (r != 0 || i == n) continue;
             {
                 PyObject *v = PyTuple_GET_ITEM(values, i);
-                if ((times >> i) & 1 && v != Py_None)
+                if ((times >> i) & 1 && !(nulls && v == Py_None))
                     r = PyFloat_CheckExact(v) ? ls_ts(&b, PyFloat_AS_DOUBLE(v)) : 1;
                 else
                     r = ls_value(&b, v, 0);
             }
         }
         return ls_finish(&b, r);
+    }
+
+    /* ls_dump_times with one time, values[at] (0 <= at < 64), which must be a float. */
+    static PyObject *ls_dump_frags(PyObject *frags, PyObject *values, Py_ssize_t at) {
+        return ls_dump_times(frags, values, 1UL << at, 0);
     }
 
     /* A time as format_ts writes it, for the tests (None: format_ts's own path). */
@@ -340,7 +326,8 @@ cdef extern from *:
     object _c_dump "ls_dump"(object value)
     object _c_dump_frags "ls_dump_frags"(tuple frags, tuple values, Py_ssize_t at)
     object _c_dump_ts "ls_dump_ts"(double ts)
-    object _c_dump_times "ls_dump_times"(tuple frags, tuple values, unsigned long times)
+    object _c_dump_times "ls_dump_times"(tuple frags, tuple values, unsigned long times,
+                                         bint nulls)
 
 cdef bint _WRITER
 

@@ -239,7 +239,7 @@ def view_line(engine: Engine, contact: str, state: ContactState, at: float | Non
             last if last else None,
             t if t else None,
         )
-        line = _c_dump_times(_VIEW_FRAGS, values, _VIEW_TIMES)  # noqa: F821
+        line = _c_dump_times(_VIEW_FRAGS, values, _VIEW_TIMES, True)  # noqa: F821
         if line is not None:
             return line  # type: ignore[no-any-return]
     return dump_line(engine.view(contact, state, at))
