@@ -455,6 +455,50 @@ def _string_test(expected: str, kinds: tuple[int, int, int]) -> Test:
     return Test(call, value=test if call == LOW_CALL else scalar_test(expected))
 
 
+class Scan:
+    """The substring atoms (``*/pricing*``: ``LOW_IN``) of one top-level prop, tested in one
+    pass over its value when that is ASCII text, compiled only (``ls_scan`` in matchers.pxd):
+    it folds the case as it reads, so no lower-cased copy is made and the text is read once,
+    not once per needle (a page hit's URL against five needles: ~1.4k instructions as
+    ``str.lower`` and five searches). ASCII text lower-cases byte by byte, A-Z only, which is
+    what makes the folding exact; any other text takes the atoms one by one, as before.
+    Only needles that are ASCII, non-empty and at most 255 characters are scanned; the
+    others stay with ``_holds``."""
+
+    def __init__(self, source: int, needles: list[tuple[str, int]]) -> None:
+        self.source = source
+        self.blob = b"".join(needle.encode() for needle, _ in needles)
+        self.lens = bytes(len(needle) for needle, _ in needles)
+        self.atoms = bytes(atom for _, atom in needles)
+        first = bytearray(256)
+        for needle, _ in needles:
+            first[ord(needle[0])] = 1
+        self.first = bytes(first)
+        self.count = len(needles)
+        heads = {needle[0] for needle, _ in needles}
+        head = min(heads)
+        # One first byte that is no letter (`/` for URL paths): memchr finds its places.
+        self.single = ord(head) if len(heads) == 1 and not head.isalpha() else -1
+        self.mask = sum(1 << atom for _, atom in needles)  # the atoms it answers
+
+
+def scans_of(atoms: tuple[Atom, ...]) -> tuple[Scan, ...]:
+    """A :class:`Scan` per top-level prop that has scannable substring atoms."""
+    by_source: dict[int, list[tuple[str, int]]] = {}
+    for index, a in enumerate(atoms):
+        low = a.low
+        if (
+            a.lowered
+            and low is not None
+            and low.kind == LOW_IN
+            and low.text
+            and low.text.isascii()
+            and len(low.text) <= 255
+        ):
+            by_source.setdefault(a.source, []).append((low.text, index))
+    return tuple(Scan(source, needles) for source, needles in by_source.items())
+
+
 class Where:
     """An action's matcher, compiled: props -> (rules that hold, stage ranks that hold).
 
@@ -481,6 +525,7 @@ class Where:
         self.paths = paths
         self.flats = tuple(".".join(p) for p in paths)
         self.atoms = atoms
+        self.scans = scans_of(atoms)
         self.plan = plan
         self.always = always
         self.resolved: dict[int, tuple[tuple[ActionRule, ...], tuple[int, ...]]] = {}
@@ -503,16 +548,27 @@ class Where:
         vals = [_MISSING] * (nkeys + len(self.paths))
         for j in range(nkeys, len(vals)):
             vals[j] = _UNRESOLVED
-        lows: list[str | None] = [None] * nkeys
+        lows: list[str | None] = [None] * nkeys  # lower-cased when an atom first needs it
         for i in range(nkeys):
-            v = props.get(self.keys[i], _MISSING)
-            vals[i] = v
-            if self.lowers[i] and type(v) is str:
-                text = v  # compiled: typed str, so lower() is called in C, not looked up
-                lows[i] = text.lower()
+            vals[i] = props.get(self.keys[i], _MISSING)
         m = self.always
         known = 0
         truth = 0
+        if _TYPED:  # compiled: each prop's substring atoms in one pass over ASCII text
+            for s in self.scans:
+                v = vals[s.source]
+                if type(v) is str and PyUnicode_IS_ASCII(v):  # noqa: F821 - matchers.pxd's
+                    truth |= ls_scan(  # noqa: F821 - C, in matchers.pxd
+                        PyUnicode_DATA(v),  # noqa: F821
+                        PyUnicode_GET_LENGTH(v),  # noqa: F821
+                        s.blob,
+                        s.lens,
+                        s.atoms,
+                        s.first,
+                        s.count,
+                        s.single,
+                    )
+                    known |= s.mask
         one = 1  # an unsigned 64-bit 1 compiled: `1 << bit` would shift a C int
         plan = self.plan  # compiled: the bytes' own buffer, read as C bytes
         n = len(self.plan)
@@ -562,11 +618,13 @@ class Where:
 
 
 def _holds(a: Atom, vals: list[Any], lows: list[str | None], props: dict[str, Any]) -> bool:
-    if a.lowered:
-        lv = lows[a.source]
-        if lv is not None:
-            return a.low is not None and _low(a.low, lv)
     v = vals[a.source]
+    if a.lowered and type(v) is str:  # a top-level text prop, lower-cased once per event
+        lv = lows[a.source]
+        if lv is None:
+            text = v  # compiled: typed str, so lower() is called in C, not looked up
+            lv = lows[a.source] = text.lower()
+        return a.low is not None and _low(a.low, lv)
     if v is _UNRESOLVED:
         v = vals[a.source] = _resolve(props, a.path, a.flat)
     if v is _MISSING:

@@ -38,6 +38,10 @@ PATTERNS = (
     "",
     "paid",
     "Paid",
+    "*DOCS/*",
+    "*Ng*",
+    "*/*",
+    "*k*",
 )
 scalars = st.one_of(
     st.sampled_from(PATTERNS),
@@ -52,7 +56,11 @@ values = st.one_of(
     st.sampled_from(TEXTS),
     st.sampled_from(("https://acme.com/Pricing", "https://www.acme.com/docs/x", "PAID")),
     st.sampled_from(("whitepaper-1", "case-study-2", "case-Study", "K", "k", "İstanbul")),
+    st.sampled_from(("HTTPS://WWW.ACME.COM/DOCS/X/PRICING", "/pricin", "/blog", "x/BLOG/")),
     st.text(max_size=12),
+    # ASCII text of the needles' letters: the compiled one-pass scan's case folding, its
+    # partial matches and matches at either end.
+    st.text(alphabet="/aAbBcCdDgGiIkKlLnNoOpPrRsS", max_size=16),
     st.booleans(),
     st.integers(-2, 3),
     st.sampled_from((1.0, 2.5, 0.0, -0.0)),
