@@ -1,13 +1,42 @@
 # Cython declarations for leadscore/engine.py (pure-Python mode: the .py is the source).
 # Only read when the engine is compiled (setup.py); Python never sees this file.
 cimport cython
-from cpython.array cimport array, resize_smart
+from cpython.array cimport array, clone, resize_smart
 # engine.py's `import math`: compiled, math.exp2 and math.log2 are libm's (the same functions
 # CPython's math module calls, so the same bits), without a Python call or boxing.
 from libc cimport math
 from leadscore.rules cimport ActionRule, FitRule, GroupSpec, Trigger
 from leadscore.events cimport Event, format_ts, round4
 from leadscore.matchers cimport Where
+
+# Compiled only: zlib.crc32 of an ASCII event id, read from the str's own buffer (an ASCII
+# str's characters are its UTF-8 bytes): no `encode` copy, no Python call, the same value
+# (CRC-32/ISO-HDLC, zlib's; tests/test_engine_properties.py checks it against zlib.crc32).
+cdef extern from *:
+    """
+    static unsigned int ls_crc_table[256];
+    static int ls_crc_ready = 0;
+
+    static CYTHON_INLINE unsigned int ls_crc32(const void *data, Py_ssize_t n) {
+        const unsigned char *p = (const unsigned char *)data;
+        unsigned int c = 0xFFFFFFFFu;
+        if (!ls_crc_ready) {  /* the same table whichever thread fills it first */
+            unsigned int i, k, v;
+            for (i = 0; i < 256; i++) {
+                v = i;
+                for (k = 0; k < 8; k++) v = (v & 1u) ? 0xEDB88320u ^ (v >> 1) : v >> 1;
+                ls_crc_table[i] = v;
+            }
+            ls_crc_ready = 1;
+        }
+        while (n-- > 0) c = ls_crc_table[(c ^ *p++) & 0xFFu] ^ (c >> 8);
+        return c ^ 0xFFFFFFFFu;
+    }
+    """
+    unsigned int ls_crc32(const void *data, Py_ssize_t n)
+    bint PyUnicode_IS_ASCII(object text)
+    const void *PyUnicode_DATA(object text)
+    Py_ssize_t PyUnicode_GET_LENGTH(object text)
 
 # Effects: C types (fields untyped, so values keep their Python types and outputs their bytes).
 @cython.final
@@ -88,7 +117,7 @@ cdef class Engine:
 
     @cython.locals(t=cython.double, due=cython.double, moved=bint, i=Py_ssize_t,
                    count=cython.double, previous=cython.double, last=cython.double,
-                   r=ActionRule, event_id=str, action=str, where=Where)
+                   r=ActionRule, event_id=str, action=str, where=Where, h="unsigned int")
     cpdef list apply(self, ContactState state, Event event)
 
     @cython.locals(trigger=Trigger)
@@ -163,9 +192,9 @@ cdef TriggerFired _trigger_fired(str trigger, object score, double at, list acti
 @cython.locals(change=StageChanged)
 cdef StageChanged _stage_changed(str stage, object previous, double at, str cause)
 
-@cython.locals(key=object, tracked=tuple, n=Py_ssize_t, i=Py_ssize_t, k=Py_ssize_t,
+@cython.locals(key=str, tracked=tuple, n=Py_ssize_t, i=Py_ssize_t, k=Py_ssize_t,
                tracks=array, cells="double *", count=cython.double, previous=cython.double,
-               last=cython.double, kind=long)
+               last=cython.double, kind=long, cooldown=cython.double)
 cdef bint _track_ok(ContactState state, ActionRule r, double t) except -1
 
 # The one copy of a group's decay arithmetic (_evaluate, _group_score): a static C function.
@@ -178,7 +207,7 @@ cpdef void _settle_group(GroupSpec spec, list g, double t)
 
 cpdef void _set_trigger(ContactState state, str trigger, object packed)
 
-@cython.locals(awards=object)
+@cython.locals(awards=array, n=Py_ssize_t)
 cpdef bint _window_ok(ContactState state, ActionRule r, double t)
 
 cpdef object _last_fire(Trigger trigger, object packed)

@@ -309,7 +309,11 @@ class Engine:
         """Score one event. Updates ``state`` in place and returns what happened, in order."""
         event_id = event.id
         if event_id is not None:
-            h = crc32(event_id.encode())
+            if _TYPED and PyUnicode_IS_ASCII(event_id):  # noqa: F821 - engine.pxd's
+                # compiled: the same crc32, in C from the str's buffer (engine.pxd)
+                h = ls_crc32(PyUnicode_DATA(event_id), PyUnicode_GET_LENGTH(event_id))  # noqa: F821
+            else:
+                h = crc32(event_id.encode())
             recent = state.recent_ids
             # An array of uint32: `in` scans it in C but boxes every id into an int; compiled,
             # _remember reads (and writes) the ids as C ints instead.
@@ -1040,7 +1044,7 @@ def _track_ok(state: ContactState, r: Any, t: float) -> bool:
             break
     else:
         for k in range(n):  # an equal id from elsewhere (a state read back from storage)
-            if tracked[k] == key:
+            if key == tracked[k]:  # compiled: key is a typed str, compared in C
                 i = k * 3
                 break
     if i < 0:
@@ -1064,7 +1068,8 @@ def _track_ok(state: ContactState, r: Any, t: float) -> bool:
     kind = r.repeat
     if kind == REPEAT_COOLDOWN:
         last = cells[i + 2]
-        if abs(t - last) < r.cooldown:  # NEVER: inf, no cooldown that long
+        cooldown = r.cooldown  # compiled: a C double, so the test boxes nothing
+        if abs(t - last) < cooldown:  # NEVER: inf, no cooldown that long
             return False
         if t > last:
             cells[i + 2] = t
@@ -1141,17 +1146,26 @@ def _window_ok(state: ContactState, r: Any, t: float) -> bool:
     # A membership test, not try/except ValueError: compiled, an exception costs a traceback.
     if r.id in windows:
         awards: array[float] = windows[windows.index(r.id) + 1]  # type: ignore[assignment]
+    elif _TYPED:  # compiled: a new empty array('d') in C, not array("d") through Python
+        awards = clone(_NO_TRACKS, 0, False)  # noqa: F821 - cpython.array's (engine.pxd)
+        state.windows = windows + (r.id, awards)  # noqa: RUF005 - no list in between
     else:
         awards = array("d")
         state.windows = windows + (r.id, awards)  # noqa: RUF005 - no list in between
     # Only the newest N are kept, so an event older than all of them is refused: what was
     # dropped might have been near it.
-    if len(awards) >= r.repeat_max:
+    n = len(awards)
+    if n >= r.repeat_max:
         if t - awards[0] < r.repeat_per:
             return False
         del awards[0]
-    if not awards or t >= awards[-1]:
-        awards.append(t)  # what insort does with the newest time, without the call
+        n -= 1
+    if not n or t >= awards[n - 1]:  # what insort does with the newest time, without it
+        if _TYPED:  # compiled: written in the C buffer (no `append` call parsing t)
+            resize_smart(awards, n + 1)  # noqa: F821 - cpython.array's (engine.pxd)
+            awards.data.as_doubles[n] = t  # type: ignore[attr-defined]
+        else:
+            awards.append(t)
     else:
         insort(awards, t)
     return True

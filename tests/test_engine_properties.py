@@ -722,3 +722,25 @@ def test_scores_decay_with_the_same_bits_as_the_written_out_arithmetic(
         assert struct.pack("<d", eng.score(state, name, t)) == struct.pack("<d", expected), name
         total += expected
     assert struct.pack("<d", eng.score(state, "total", t)) == struct.pack("<d", total)
+
+
+@FAST
+@given(
+    ids=st.lists(st.one_of(st.text(max_size=40), st.text(alphabet="ab-0", max_size=6)), max_size=24)
+)
+def test_remembered_event_ids_are_their_zlib_crc32(ids: list[str]) -> None:
+    """A state remembers an event id as zlib.crc32 of its UTF-8, whichever engine runs (the
+    compiled one computes it in C from an ASCII id's buffer): stored states and the
+    duplicate check must not depend on it."""
+    eng = rich()
+    state = eng.new_state()
+    remembered: list[int] = []
+    for i, event_id in enumerate(ids):
+        h = zlib.crc32(event_id.encode())
+        effects = eng.apply(state, ev("email.open", T0 + i, id=event_id))
+        if h in remembered:
+            assert of_type(effects, Duplicate)
+        else:
+            assert not of_type(effects, Duplicate)
+            remembered = [*remembered, h][-16:]
+        assert list(state.recent_ids) == remembered
