@@ -134,9 +134,9 @@ def install(path: str) -> None:
 
     many = RedisStore.checkpoint_many
 
-    def _many(self: Any, batches: list[Any]) -> Any:
-        t0 = now()
-        out = many(self, batches)
+    def _many(self: Any, batches: list[Any], **kwargs: Any) -> Any:
+        t0 = now()  # with ``sent``: the batches went out before, this reads their replies
+        out = many(self, batches, **kwargs)
         t1 = now()
         commit = T["commit"]
         for b in batches:

@@ -61,7 +61,13 @@ from leadscore.typed import parse_events
 from state.codec import decode, encode
 from state.keys import Keys, parse_live
 from state.lease import FlowLease
-from state.redis_store import Checkpoint, CheckpointConflict, LiveChanged, RedisStore
+from state.redis_store import (
+    Checkpoint,
+    CheckpointConflict,
+    LiveChanged,
+    RedisStore,
+    SentCheckpoints,
+)
 from state.retention import InputRetention, RetentionPolicy, StreamId, format_id
 from state.versions import check_rules
 
@@ -305,45 +311,65 @@ class WorkerLogics:
         done: dict[PartitionLogic, list[tuple[str, bytes]]] = {}
         begun: list[tuple[PartitionLogic, Checkpoint, float]] = []
         size = 0
-        for i, logic in enumerate(logics):
-            got = logic.begin_flush()
-            if got is not None:
-                begun.append((logic, *got))
-                size += checkpoint_bytes(got[0])
-            if begun and (size >= COMMIT_BYTES or i == len(logics) - 1):
-                if self.archive is not None:  # before the commit: at least once (archive.py)
-                    parts = [logic.take_archived() for logic, _, _ in begun]
-                    self.archive.append(parts, time.time())
-                try:
-                    results = self.store.checkpoint_many([batch for _, batch, _ in begun])
-                    moved: dict[int, str] = {}
-                except LiveChanged as err:  # a publish switched (or holds) some partitions
-                    results, moved = err.results, err.live
-                refused = [
-                    b
-                    for (_, b, _), ok in zip(begun, results, strict=True)
-                    if not ok and b.p not in moved
-                ]
-                if refused:
-                    # "Already committed" on a first attempt: another writer committed this
-                    # sequence. Dropping the batch would lose its records and acks: stop.
-                    raise CheckpointConflict(
-                        "partition "
-                        + ", ".join(f"{b.p} (seq {b.seq})" for b in refused)
-                        + ": another process committed this checkpoint sequence first, so "
-                        "another flow is writing the same partitions. This flow stops; "
-                        "nothing of the refused batch was written, its input is read again."
-                    )
-                for committer, batch, started in begun:
-                    if batch.p in moved:
-                        committer.moved(moved[batch.p])
-                        continue
-                    committed = done[committer] = committer.end_flush(batch, started)
-                    if keep and committed and committer.config.out:
-                        committer.ready += committed
-                begun, size = [], 0
+        # Each checkpoint is written as soon as it is built, its reply read after the last
+        # (SentCheckpoints): Redis runs the scripts while the next ones are built. Not with
+        # --archive, whose lines must be appended before anything of theirs commits.
+        ahead = self.archive is None
+        sent = SentCheckpoints() if ahead else None
+        try:
+            for i, logic in enumerate(logics):
+                got = logic.begin_flush()
+                if got is not None:
+                    begun.append((logic, *got))
+                    size += checkpoint_bytes(got[0])
+                    if sent is not None:
+                        self.store.send_checkpoint(sent, got[0])
+                if begun and (size >= COMMIT_BYTES or i == len(logics) - 1):
+                    self._committed(begun, done, keep, sent)
+                    begun, size = [], 0
+                    sent = SentCheckpoints() if ahead else None
+        finally:
+            if sent is not None and sent.conn is not None:
+                self.store.discard_sent(sent)  # raised before reading its replies
         self.maintain(list(done))
         return [done.get(logic, []) for logic in logics]
+
+    def _committed(
+        self,
+        begun: list[tuple[PartitionLogic, Checkpoint, float]],
+        done: dict[PartitionLogic, list[tuple[str, bytes]]],
+        keep: bool,
+        sent: SentCheckpoints | None,
+    ) -> None:
+        """Commit ``begun`` (written already if ``sent``), then each logic's bookkeeping."""
+        if self.archive is not None:  # before the commit: at least once (archive.py)
+            parts = [logic.take_archived() for logic, _, _ in begun]
+            self.archive.append(parts, time.time())
+        try:
+            results = self.store.checkpoint_many([batch for _, batch, _ in begun], sent=sent)
+            moved: dict[int, str] = {}
+        except LiveChanged as err:  # a publish switched (or holds) some partitions
+            results, moved = err.results, err.live
+        refused = [
+            b for (_, b, _), ok in zip(begun, results, strict=True) if not ok and b.p not in moved
+        ]
+        if refused:
+            # "Already committed" on a first attempt: another writer committed this
+            # sequence. Dropping the batch would lose its records and acks: stop.
+            raise CheckpointConflict(
+                "partition "
+                + ", ".join(f"{b.p} (seq {b.seq})" for b in refused)
+                + ": another process committed this checkpoint sequence first, so "
+                "another flow is writing the same partitions. This flow stops; "
+                "nothing of the refused batch was written, its input is read again."
+            )
+        for committer, batch, started in begun:
+            if batch.p in moved:
+                committer.moved(moved[batch.p])
+                continue
+            committed = done[committer] = committer.end_flush(batch, started)
+            if keep and committed and committer.config.out:
+                committer.ready += committed
 
     def maintain(self, logics: list[PartitionLogic], *, force: bool = False) -> None:
         """After their checkpoints: trim what ``logics`` acknowledged beyond the retention

@@ -178,6 +178,27 @@ class Checkpoint:
     sends: Sequence[tuple[str, bytes]] = ()
 
 
+class SentCheckpoints:
+    """Checkpoint script calls written to Redis ahead of reading their replies.
+
+    :meth:`RedisStore.send_checkpoint` writes each partition's call as soon as it is built and
+    :meth:`RedisStore.checkpoint_many` (``sent=``) reads the replies: Redis runs one
+    partition's script while the flow builds the next one's, instead of all of them after
+    the last is built (the flow's thread waited ~3 ms a round for them at 27k events/s;
+    bench/README.md, "lat3"). Nothing changes for what a reply means: until it is read, a
+    checkpoint is not committed as far as the flow knows.
+    """
+
+    __slots__ = ("batches", "calls", "conn", "error", "written")
+
+    def __init__(self) -> None:
+        self.batches: list[Checkpoint] = []
+        self.calls: list[tuple[list[str], list[Any], list[Any]]] = []
+        self.conn: Any = None  # the connection holding the unread replies
+        self.written = 0  # calls written on ``conn``
+        self.error: BaseException | None = None  # a write failed: checkpoint_many retries
+
+
 CHECKPOINT_LUA = """#!lua
 local ckpt, input, triggers, changes, dead, timers, clock, fence, live = unpack(KEYS, 1, 9)
 local seq, committed = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -712,7 +733,61 @@ class RedisStore:
         )
         return self.checkpoint_many([batch])[0]
 
-    def checkpoint_many(self, batches: Sequence[Checkpoint]) -> list[bool]:
+    def send_checkpoint(self, sent: SentCheckpoints, batch: Checkpoint) -> None:
+        """Write ``batch``'s script call now; :meth:`checkpoint_many` with ``sent`` reads its
+        reply (with those of the other batches ``sent`` holds). On Redis Cluster, or once a
+        write failed, the call is only kept: ``checkpoint_many`` sends it as it would have."""
+        call = self._script_args(batch)
+        sent.batches.append(batch)
+        sent.calls.append(call)
+        if self.cluster or sent.error is not None:
+            return
+        names, head, tail = call
+        head[1] = self._committed.get(batch.p, 0)
+        try:
+            if sent.conn is None:
+                sent.conn = self.r.connection_pool.get_connection()
+            command = ("EVALSHA", CHECKPOINT_SHA, len(names), *names, *head, *tail)
+            sent.conn.send_packed_command([_packed(sent.conn, [command])])
+            sent.written += 1
+        except Exception as err:  # raised by checkpoint_many, which retries what it can
+            sent.error = err
+            self.discard_sent(sent)
+
+    def discard_sent(self, sent: SentCheckpoints) -> None:
+        """Drop ``sent``'s connection if replies on it are unread (a failure, or the flow
+        stopping before it read them): a connection never goes back to the pool with replies
+        pending. What was sent is committed or not; the flow's next run finds out (its seq)."""
+        conn, sent.conn = sent.conn, None
+        if conn is not None:
+            conn.disconnect()
+            self.r.connection_pool.release(conn)
+
+    def _sent_replies(self, sent: SentCheckpoints) -> list[Any]:
+        """The replies of what :meth:`send_checkpoint` wrote (a ResponseError in place)."""
+        if sent.error is not None:
+            err, sent.error = sent.error, None
+            raise err
+        conn, sent.conn = sent.conn, None
+        replies: list[Any] = []
+        if conn is None:
+            return replies
+        try:
+            for _ in range(sent.written):
+                try:
+                    replies.append(conn.read_response())
+                except ResponseError as err:
+                    replies.append(err)
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            self.r.connection_pool.release(conn)
+        return replies
+
+    def checkpoint_many(
+        self, batches: Sequence[Checkpoint], *, sent: SentCheckpoints | None = None
+    ) -> list[bool]:
         """Commit several partitions' checkpoints in ONE round trip; a bool per batch.
 
         Each batch is its own script call, so each partition commits atomically and is
@@ -723,19 +798,28 @@ class RedisStore:
         commits are recorded, then the refusal is raised. A retry after a connection failure
         re-sends every call; those that had committed answer "already" and are not applied
         twice. On Redis Cluster the calls go one by one (each partition is its own slot).
+
+        ``sent``: ``batches`` were written already by :meth:`send_checkpoint` (in this order);
+        the first attempt reads their replies, a retry sends them again as above.
         """
         parts = [b.p for b in batches]
         if len(set(parts)) != len(parts):
             raise ValueError(f"one checkpoint per partition per call, got partitions {parts}")
-        calls = [self._script_args(b) for b in batches]
+        if sent is not None and [b.p for b in sent.batches] != parts:
+            raise ValueError(f"sent checkpoints of partitions {[b.p for b in sent.batches]}")
+        calls = sent.calls if sent is not None else [self._script_args(b) for b in batches]
         attempts = 0
 
         def attempt() -> list[bool]:
             nonlocal attempts
             attempts += 1
-            for b, (_, head, _) in zip(batches, calls, strict=True):
-                head[1] = self._committed.get(b.p, 0)
-            replies = self._run_checkpoints(calls)
+            ahead = sent if attempts == 1 and sent is not None and not self.cluster else None
+            if ahead is None:
+                if sent is not None:
+                    self.discard_sent(sent)  # a retry: what is still unread there is abandoned
+                for b, (_, head, _) in zip(batches, calls, strict=True):
+                    head[1] = self._committed.get(b.p, 0)
+            replies = self._run_checkpoints(calls, ahead)
             results: list[bool] = []
             refused: StoreError | None = None
             moved: dict[int, str] = {}
@@ -857,10 +941,12 @@ class RedisStore:
         return names, head, tail
 
     def _run_checkpoints(
-        self, calls: Sequence[tuple[list[str], list[Any], list[Any]]]
+        self,
+        calls: Sequence[tuple[list[str], list[Any], list[Any]]],
+        sent: SentCheckpoints | None = None,
     ) -> list[tuple[int, Any]]:
-        """EVALSHA every call in one pipeline; EVAL (which caches it) those Redis answered
-        NOSCRIPT.
+        """EVALSHA every call in one pipeline (or read the replies of those ``sent`` wrote);
+        EVAL (which caches it) those Redis answered NOSCRIPT.
 
         Redis forgets scripts on restart, failover or SCRIPT FLUSH: NOSCRIPT (nothing ran) costs
         one more round trip, once. Running the script twice is harmless (it checks ``ckpt``
@@ -869,9 +955,12 @@ class RedisStore:
         """
         if self.cluster:
             return [self._run_checkpoint(*call) for call in calls]
-        replies = self._one_write(
-            [("EVALSHA", CHECKPOINT_SHA, len(n), *n, *head, *tail) for n, head, tail in calls]
-        )
+        if sent is not None:
+            replies = self._sent_replies(sent)
+        else:
+            replies = self._one_write(
+                [("EVALSHA", CHECKPOINT_SHA, len(n), *n, *head, *tail) for n, head, tail in calls]
+            )
         again = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if again:
             evals = [

@@ -50,7 +50,7 @@ from leadscore.readmodel import view_at
 from leadscore.rules import load_rules
 from state.codec import decode
 from state.keys import GROUP, Keys, partition_of
-from state.redis_store import CHECKPOINT_LUA, RedisStore
+from state.redis_store import CHECKPOINT_LUA, RedisStore, SentCheckpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "examples" / "rules.yaml"
@@ -592,11 +592,20 @@ def test_a_caught_up_partition_checkpoints_without_waiting_for_flush_ms(redis_ur
 
 
 def test_the_partitions_of_a_worker_share_their_state_loads_and_checkpoints(
-    redis_url: str, socket_writes: list[int]
+    redis_url: str, socket_writes: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Bytewax calls ``on_batch`` for each partition with input, then ``notify_at`` for each:
     the first ``notify_at`` applies what all of them queued, with ONE MGET for all their
-    contacts not in memory and one round trip for all their checkpoints (a script each)."""
+    contacts not in memory and one round trip for all their checkpoints (a script each,
+    written as soon as it is built, the replies read once after the last)."""
+    reads: list[int] = []
+    sent_replies = RedisStore._sent_replies
+
+    def counted(self: RedisStore, sent: SentCheckpoints) -> list[Any]:
+        reads.append(sent.written)
+        return sent_replies(self, sent)
+
+    monkeypatch.setattr(RedisStore, "_sent_replies", counted)
     store = RedisStore(redis_url)
     store.ensure(P)
     contacts = [f"w{i}@acme.com" for i in range(40)]
@@ -621,7 +630,8 @@ def test_the_partitions_of_a_worker_share_their_state_loads_and_checkpoints(
     store.r.script_load(CHECKPOINT_LUA)  # cached, as in any run after the first checkpoint
     socket_writes.clear()  # the setup's own writes
     logics[parts[0]].notify_at()
-    assert socket_writes == [len(parts)]  # every partition's script in one socket write
+    assert socket_writes == []  # no round trip of its own: every script was sent ahead
+    assert reads == [len(parts)]  # and every reply read in one go
     stats = {
         k.removeprefix("cmdstat_"): v["calls"] for k, v in store.r.info("commandstats").items()
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,7 @@ from state.redis_store import (
     RedisLostCheckpoints,
     RedisStore,
     RetryPolicy,
+    SentCheckpoints,
 )
 
 FAST_RETRY = RetryPolicy(attempts=60, base=0.01, cap=0.2)
@@ -378,6 +380,68 @@ def test_checkpoint_many_refuses_a_stale_partition_and_commits_the_others(
     assert triggers == [(3, 1), (3, 2), (4, 1), (4, 2), (4, 3), (6, 1)]
     with pytest.raises(ValueError, match="one checkpoint per partition"):
         store.checkpoint_many([batch(1, 1), batch(1, 2)])
+
+
+def test_checkpoints_sent_ahead_run_before_their_replies_are_read(store: RedisStore) -> None:
+    """send_checkpoint writes a partition's script call at once: Redis commits it while the
+    caller goes on (the flow builds the next partition's); checkpoint_many(sent=) then reads
+    the replies and records the commits as it does for its own round trip."""
+    store.send_events([event(f"c-{i}", n) for i in range(40) for n in range(3)], batch=5)
+    acks = {p: deliver(store, p) for p in (1, 2, 5)}
+    store.r.script_load(CHECKPOINT_LUA)
+    sent = SentCheckpoints()
+    for p in (1, 2, 5):
+        store.send_checkpoint(sent, batch(p, 1, acks[p]))
+    direct = redis.Redis.from_url(store.url)
+    deadline = time.monotonic() + 30
+    while direct.get(store.keys.checkpoint(5)) != b"1" and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert direct.get(store.keys.checkpoint(5)) == b"1"  # committed, its reply not read yet
+    assert store.checkpoint_many(sent.batches, sent=sent) == [True] * 3
+    for p in (1, 2, 5):
+        assert store.last_checkpoint(p) == 1 and store.pending(p) == 0
+        assert store.load_states(p, [f"c{p}-1"]) == {f"c{p}-1": f"state-{p}-1".encode()}
+    assert sorted((t["p"], t["seq"]) for t in store.read_triggers()) == [(1, 1), (2, 1), (5, 1)]
+    # Redis forgot the script: NOSCRIPT replies, the calls are sent again with EVAL.
+    store.r.script_flush()
+    sent = SentCheckpoints()
+    for p in (1, 2):
+        store.send_checkpoint(sent, batch(p, 2))
+    assert store.checkpoint_many(sent.batches, sent=sent) == [True, True]
+    assert len(store.read_triggers()) == 5
+    # The next commit of the same partitions, sent ahead, is checked against what these did.
+    other = RedisStore(store.url)
+    other.last_checkpoint(2)
+    other.checkpoint_many([batch(2, 3)])
+    other.checkpoint_many([batch(2, 4)])
+    sent = SentCheckpoints()
+    for p in (1, 2):
+        store.send_checkpoint(sent, batch(p, 3))
+    with pytest.raises(CheckpointConflict, match="partition 2: committed checkpoint is 4"):
+        store.checkpoint_many(sent.batches, sent=sent)
+    assert store.last_checkpoint(1) == 3
+    with pytest.raises(ValueError, match="sent checkpoints of partitions"):
+        store.checkpoint_many([batch(1, 4)], sent=sent)
+
+
+def test_a_sent_ahead_checkpoint_whose_reply_is_lost_is_not_applied_twice(
+    redis_url: str, tcp_proxy: Callable[..., TcpProxy], caplog: pytest.LogCaptureFixture
+) -> None:
+    direct = RedisStore(redis_url)
+    direct.ensure(8)
+    proxy = tcp_proxy()
+    store = proxied_store(proxy)
+    store.last_checkpoint(2)  # the connection is up before the proxy is armed
+    proxy.arm("drop_reply", SCRIPT_CALL, committed=committed(direct, 2, 1))
+    sent = SentCheckpoints()
+    with caplog.at_level(logging.INFO, logger="leadscore.redis"):
+        store.send_checkpoint(sent, batch(2, 1))
+        store.send_checkpoint(sent, batch(7, 1))  # may find the connection gone: sent again
+        assert store.checkpoint_many(sent.batches, sent=sent) == [True, True]
+    assert proxy.fired.is_set()
+    assert "checkpoint p=2 seq=1 had committed before its connection failed" in caplog.text
+    assert sorted((t["p"], t["seq"]) for t in direct.read_triggers()) == [(2, 1), (7, 1)]
+    assert direct.last_checkpoint(2) == 1 and direct.last_checkpoint(7) == 1
 
 
 def test_checkpoint_many_survives_redis_forgetting_the_script(store: RedisStore) -> None:
