@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -337,6 +338,42 @@ def test_a_sweep_hands_out_everything_its_read_found(store: RedisStore) -> None:
             assert [orjson.loads(v)["id"] for _, (_, v) in items[:-1]] == [f"{contacts[p]}/1"]
             assert items[-1] == (str(p), (IDLE, b""))
         assert all(items == [] for items in sweep().values())  # each once
+    for part in parts:
+        part.close()
+
+
+def test_a_read_woken_by_a_burst_takes_all_of_it(store: RedisStore) -> None:
+    # A blocking read returns as soon as the first entry of a burst lands: Redis serves the
+    # blocked reader right after the XADD that woke it, before the rest of the producer's
+    # pipeline. What came after it waited a whole round of the flow (apply, checkpoint) for
+    # the next sweep; one more read, not blocking, hands the whole burst out in this sweep.
+    source = RedisStreamSource(store.url, store.keys, mark_idle=True, block_ms=5)
+    order = sorted(range(P), key=str)
+    parts = [source.build_part("in", str(p), None) for p in order]  # one worker thread
+    _drain(parts)
+    parts[0]._worker.block_ms = 20_000  # from now on the idle read waits for the burst
+    contacts: dict[int, str] = {}
+    for i in range(1000):
+        contacts.setdefault(partition_of(f"c-{i}", P), f"c-{i}")
+        if len(contacts) == P:
+            break
+    got: dict[int, list[Item]] = {}
+
+    def sweep() -> None:
+        got.update({p: part.next_batch() for p, part in zip(order, parts, strict=True)})
+
+    sweeper = threading.Thread(target=sweep)
+    sweeper.start()
+    deadline = time.monotonic() + 30
+    while store.r.info("clients")["blocked_clients"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert store.r.info("clients")["blocked_clients"] == 1  # the sweep's read is waiting
+    store.send_events([event(c, 1) for c in contacts.values()])  # one pipeline of P XADDs
+    sweeper.join(timeout=30)
+    assert not sweeper.is_alive()
+    for p, items in got.items():  # every partition hands its entry out in this one sweep
+        assert [orjson.loads(v)["id"] for _, (_, v) in items[:-1]] == [f"{contacts[p]}/1"]
+        assert items[-1] == (str(p), (IDLE, b""))
     for part in parts:
         part.close()
 
