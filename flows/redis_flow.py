@@ -234,6 +234,10 @@ class WorkerLogics:
         # A flow's workers manage the garbage collector (settle_heap) until on_eof; logics
         # driven by hand (tests) leave it alone.
         self.settle = settle
+        # Checkpoints begun and written (SentCheckpoints) as soon as their partition was
+        # applied and due, whose replies the next commit reads (see apply).
+        self.ahead: list[tuple[PartitionLogic, Checkpoint, float]] = []
+        self.sent = SentCheckpoints()
 
     def queue(self, logic: PartitionLogic, values: list[Value]) -> None:
         got = self.queued.get(logic)
@@ -280,8 +284,22 @@ class WorkerLogics:
             for logic, _ in parsed:
                 if logic.p in wanted:
                     logic.loaded(wanted[logic.p], blobs[logic.p])
+        # A partition due once applied is checkpointed at once: Redis runs its script while
+        # the next partitions are applied (its reply is read by the commit after the group),
+        # and its entries do not wait for the others' (bench/README.md, "lat3"). Not with
+        # --archive, whose lines must be appended before anything of theirs commits.
+        early = self.archive is None
         for logic, entries in parsed:
             logic.apply(entries, now)
+            if early and logic.due(time.time()):
+                self.send_ahead(logic)
+
+    def send_ahead(self, logic: PartitionLogic) -> None:
+        """Begin ``logic``'s checkpoint and write it to Redis; the next commit reads its reply."""
+        got = logic.begin_flush()
+        if got is not None:
+            self.ahead.append((logic, *got))
+            self.store.send_checkpoint(self.sent, got[0])
 
     def commit_due(self, now: float) -> None:
         """If a partition is due, commit it with every sibling due within ``flush_ms / 2``.
@@ -291,16 +309,22 @@ class WorkerLogics:
         9.6k events/s over 16 partitions. A sibling whose deadline is near commits a little
         early, in the same round trip: at most two checkpoints per ``flush_ms``.
         """
-        due = [logic for logic in self.logics if logic.due(now)]
-        if not due:
-            return
-        soon = now + due[0].config.flush_ms / 2000.0
-        due += [
-            logic
-            for logic in self.logics
-            if logic.deadline is not None and logic.deadline <= soon and not logic.due(now)
-        ]
-        self.commit(due)
+        sent = {logic for logic, _, _ in self.ahead}
+        due = [logic for logic in self.logics if logic not in sent and logic.due(now)]
+        if due or sent:
+            soon = now + (due or list(sent))[0].config.flush_ms / 2000.0
+            due += [
+                logic
+                for logic in self.logics
+                if logic.deadline is not None
+                and logic.deadline <= soon
+                and logic not in sent
+                and not logic.due(now)
+            ]
+        if due:
+            self.commit(due)
+        elif sent:
+            self.commit([])  # read what was sent ahead
 
     def commit(
         self, logics: list[PartitionLogic], *, keep: bool = True
@@ -309,27 +333,33 @@ class WorkerLogics:
         committed records, which ``keep`` also leaves for the logic's next callback if
         ``config.out`` wants them."""
         done: dict[PartitionLogic, list[tuple[str, bytes]]] = {}
-        begun: list[tuple[PartitionLogic, Checkpoint, float]] = []
-        size = 0
         # Each checkpoint is written as soon as it is built, its reply read after the last
         # (SentCheckpoints): Redis runs the scripts while the next ones are built. Not with
-        # --archive, whose lines must be appended before anything of theirs commits.
+        # --archive, whose lines must be appended before anything of theirs commits. The
+        # checkpoints apply() sent ahead come first (their records always kept: no caller
+        # asked for them).
         ahead = self.archive is None
-        sent = SentCheckpoints() if ahead else None
+        begun, sent = self.ahead, self.sent
+        early = {logic for logic, _, _ in begun}
+        self.ahead, self.sent = [], SentCheckpoints()
+        size = sum([checkpoint_bytes(batch) for _, batch, _ in begun])
         try:
-            for i, logic in enumerate(logics):
+            for logic in logics:
+                if logic in early:
+                    continue  # begun already: its reply is read below
                 got = logic.begin_flush()
                 if got is not None:
                     begun.append((logic, *got))
                     size += checkpoint_bytes(got[0])
-                    if sent is not None:
+                    if ahead:
                         self.store.send_checkpoint(sent, got[0])
-                if begun and (size >= COMMIT_BYTES or i == len(logics) - 1):
-                    self._committed(begun, done, keep, sent)
-                    begun, size = [], 0
-                    sent = SentCheckpoints() if ahead else None
+                if begun and size >= COMMIT_BYTES:
+                    self._committed(begun, done, keep, sent if ahead else None, early)
+                    begun, size, sent = [], 0, SentCheckpoints()
+            if begun:
+                self._committed(begun, done, keep, sent if ahead else None, early)
         finally:
-            if sent is not None and sent.conn is not None:
+            if sent.conn is not None:
                 self.store.discard_sent(sent)  # raised before reading its replies
         self.maintain(list(done))
         return [done.get(logic, []) for logic in logics]
@@ -340,8 +370,10 @@ class WorkerLogics:
         done: dict[PartitionLogic, list[tuple[str, bytes]]],
         keep: bool,
         sent: SentCheckpoints | None,
+        early: set[PartitionLogic],
     ) -> None:
-        """Commit ``begun`` (written already if ``sent``), then each logic's bookkeeping."""
+        """Commit ``begun`` (written already if ``sent``), then each logic's bookkeeping;
+        committed records stay for the logic's next callback if ``keep`` or it is ``early``."""
         if self.archive is not None:  # before the commit: at least once (archive.py)
             parts = [logic.take_archived() for logic, _, _ in begun]
             self.archive.append(parts, time.time())
@@ -368,7 +400,7 @@ class WorkerLogics:
                 committer.moved(moved[batch.p])
                 continue
             committed = done[committer] = committer.end_flush(batch, started)
-            if keep and committed and committer.config.out:
+            if (keep or committer in early) and committed and committer.config.out:
                 committer.ready += committed
 
     def maintain(self, logics: list[PartitionLogic], *, force: bool = False) -> None:

@@ -643,6 +643,54 @@ def test_the_partitions_of_a_worker_share_their_state_loads_and_checkpoints(
     assert all(logic.notify_at() is None for logic in logics.values())  # nothing left to do
 
 
+def test_a_partition_due_once_applied_is_committed_while_the_next_is_applied(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's sweep applies its partitions one after another: a partition due once its
+    entries are applied has its checkpoint written at once, so Redis commits it while the next
+    partition is applied (its reply is read after the last), not after all of them."""
+    store = RedisStore(redis_url)
+    store.ensure(P)
+    contacts: dict[int, str] = {}
+    for i in range(1000):
+        contacts.setdefault(partition_of(f"e{i}@acme.com", P), f"e{i}@acme.com")
+        if len(contacts) == 3:
+            break
+    store.send_events(
+        orjson.dumps({"contact": c, "action": "email.click", "id": f"{c}-1", "ts": START})
+        for c in contacts.values()
+    )
+    config = FlowConfig(
+        rules=str(RULES), source="redis", redis_url=redis_url, partitions=P, flush_ms=600_000
+    )
+    engine = Engine(load_rules(RULES))
+    worker = WorkerLogics(RedisStore(redis_url, partitions=P))
+    logics = {p: PartitionLogic(engine, config, worker) for p in contacts}
+    seen: dict[int, list[int]] = {}  # partition -> the checkpoints Redis held when applied
+    apply = PartitionLogic.apply
+
+    def watched(self: PartitionLogic, entries: list[Any], now: float) -> None:
+        before = [q for q in contacts if q in seen]  # applied before this one
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(
+            store.last_checkpoint(q) == 1 for q in before
+        ):
+            time.sleep(0.005)
+        seen[self.p] = [store.last_checkpoint(q) for q in before]
+        apply(self, entries, now)
+
+    monkeypatch.setattr(PartitionLogic, "apply", watched)
+    store.r.script_load(CHECKPOINT_LUA)  # cached, as in any run after the first checkpoint
+    for p, logic in logics.items():
+        reply = store.r.xreadgroup(GROUP, Keys.consumer(p), {store.keys.input(p): ">"})
+        values = [(p, eid.decode(), f[b"e"]) for eid, f in reply[0][1]]
+        logic.on_batch([*values, (p, IDLE, b"")])  # caught up: due at once
+    next(iter(logics.values())).notify_at()
+    assert sorted(len(held) for held in seen.values()) == [0, 1, 2]
+    assert all(held == [1] * len(held) for held in seen.values())  # committed before the next
+    assert all(store.last_checkpoint(p) == 1 and store.pending(p) == 0 for p in contacts)
+
+
 def test_a_run_leaves_the_garbage_collector_as_it_found_it(redis_url: str) -> None:
     """The live flow freezes its heap and turns automatic full collections off while it runs
     (flows.heap); a process that goes on after the run gets both back."""
