@@ -373,7 +373,8 @@ class WorkerLogics:
         early: set[PartitionLogic],
     ) -> None:
         """Commit ``begun`` (written already if ``sent``), then each logic's bookkeeping;
-        committed records stay for the logic's next callback if ``keep`` or it is ``early``."""
+        committed records go to ``done``, and stay for the logic's next callback if ``keep``
+        (those of ``early`` logics only stay)."""
         if self.archive is not None:  # before the commit: at least once (archive.py)
             parts = [logic.take_archived() for logic, _, _ in begun]
             self.archive.append(parts, time.time())
@@ -399,8 +400,14 @@ class WorkerLogics:
             if batch.p in moved:
                 committer.moved(moved[batch.p])
                 continue
-            committed = done[committer] = committer.end_flush(batch, started)
-            if (keep or committer in early) and committed and committer.config.out:
+            committed = committer.end_flush(batch, started)
+            if committer in early:  # sent ahead by apply(): no caller is handed its records
+                done[committer] = []
+                if committed and committer.config.out:
+                    committer.ready += committed  # handed to Bytewax at its next callback
+                continue
+            done[committer] = committed
+            if keep and committed and committer.config.out:
                 committer.ready += committed
 
     def maintain(self, logics: list[PartitionLogic], *, force: bool = False) -> None:
