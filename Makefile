@@ -33,7 +33,7 @@ COMPILED := leadscore/_compiled/.built
 PYTHON_ENGINE_TESTS := tests/test_engine_actions.py tests/test_engine_decay.py \
   tests/test_engine_fit_stages.py tests/test_engine_properties.py tests/test_engine_triggers.py \
   tests/test_merge.py tests/test_events.py tests/test_typed.py tests/test_flow.py \
-  tests/test_matchers.py tests/test_records_json.py tests/test_resp.py
+  tests/test_matchers.py tests/test_records_json.py tests/test_resp.py tests/test_codec.py
 
 .PHONY: help demo test lint system-deps build-deps compiled clean
 

@@ -25,6 +25,11 @@ from typing import Any
 
 import msgpack
 
+try:
+    import cython  # compiled: the C writer and local types from codec.pxd
+except ImportError:  # pragma: no cover - a plain install without Cython
+    from leadscore import _pure as cython
+
 from leadscore.engine import NEVER, NO_GROUPS, NO_TRAITS, NO_TRIGGERS, ContactState
 
 FORMAT_VERSION = 3
@@ -59,8 +64,19 @@ class StateFormatError(ValueError):
 
 _packers = threading.local()
 
+# Compiled (and little-endian, as the stored bins are), encode writes a compiled engine's
+# states in C (codec.pxd: msgpack's bytes, ~5x fewer instructions than building the list and
+# packing it); interpreted, msgpack's Packer is the faster writer.
+_WRITER = cython.compiled and not _BIG_ENDIAN
+WRITES_IN_C: bool = _WRITER  # the same, for Python to read (tests)
+
 
 def encode(state: ContactState) -> bytes:
+    """The state as format 3's msgpack bytes (the order of FIELDS after the version)."""
+    if _WRITER and type(state) is ContactState:
+        blob = _encode_c(state)
+        if blob is not None:
+            return blob  # type: ignore[no-any-return]
     try:
         pack = _packers.pack
     except AttributeError:
@@ -85,6 +101,27 @@ def encode(state: ContactState) -> bytes:
             state.last_ts,
             _to_bytes(state.recent_ids),
         ]
+    )
+
+
+def _encode_c(state: ContactState) -> bytes | None:
+    """:func:`encode` by the compiled writer: None when it cannot prove msgpack writes the
+    same bytes (a value of a type it leaves to msgpack)."""
+    return _c_pack_state(  # type: ignore[no-any-return]  # noqa: F821
+        state.groups,
+        state.tracked,
+        state.tracks,
+        state.windows,
+        state.triggers,
+        state.seq,
+        state.stage,
+        state.segments,
+        state.tags,
+        state.traits,
+        state.fit,
+        state.last_ts,
+        state.recent_ids,
+        array,
     )
 
 
