@@ -44,8 +44,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+try:
+    import cython  # compiled: the C writer (records.pxd) and local types from readmodel.pxd
+except ImportError:  # pragma: no cover - a plain install without Cython
+    from leadscore import _pure as cython
+
 from leadscore.events import format_ts, round4
 from leadscore.model import percent_of_raw, score_tail
+from leadscore.records import _frags
 from leadscore.rules import TOTAL, Rules
 from leadscore.rules import VIEW_FIELDS as VIEW_FIELDS  # the fields view_at answers, in order
 
@@ -77,7 +83,9 @@ class DocumentWriter:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         # One pre-encoded fragment: a document is built per dirty contact per checkpoint.
-        self._params = orjson.Fragment(orjson.dumps(params(engine.rules)))
+        encoded = orjson.dumps(params(engine.rules))
+        self._params = orjson.Fragment(encoded)
+        self._frags = _document_frags(encoded)
 
     def document(self, contact: str, state: ContactState) -> dict[str, Any]:
         """The view at the contact's last update, plus what :func:`view_at` needs."""
@@ -85,20 +93,78 @@ class DocumentWriter:
 
     def encode(self, contact: str, state: ContactState) -> bytes:
         """:meth:`document` as the JSON bytes the flow stores."""
+        if _WRITER:
+            return _encode(self.engine, self._params, self._frags, contact, state)
         return orjson.dumps(_document(self.engine, self._params, contact, state))
+
+
+def _document_frags(encoded_params: bytes) -> tuple[bytes, ...]:
+    """The bytes around each value of a document (the compiled writer's): the view's keys,
+    then ``decay``'s, its params written into the last one."""
+    view = _frags(*VIEW_FIELDS)  # ..., b',"as_of":', b'}'
+    return (
+        *view[:-1],
+        b',"decay":{"t":',
+        b',"groups":',
+        b',"params":' + encoded_params + b"}}",
+    )
+
+
+# The times among a document's values (updated_at, as_of): written as format_ts's text.
+_DOCUMENT_TIMES = (1 << 8) | (1 << 9)
+
+
+def _encode(
+    engine: Engine,
+    fragment: orjson.Fragment,
+    frags: tuple[bytes, ...],
+    contact: str,
+    state: ContactState,
+) -> bytes:
+    """:meth:`DocumentWriter.encode` compiled: ``orjson.dumps(document)``, byte for byte,
+    without the view's and decay's dicts (``records.view_line``'s writer and
+    ``Engine.view_scores``): once per dirty contact per checkpoint. A model's likelihood, a
+    time format_ts writes its own way, or a value the writer leaves to orjson: the dicts and
+    orjson, as before."""
+    if engine._model is None:
+        last = state.last_ts
+        scores, total, normalized, grade = engine.view_scores(state, last)
+        stamp = last if last else None  # updated_at, and as_of (the view as of its update)
+        values = (
+            contact,
+            scores,
+            total,
+            normalized,
+            grade,
+            engine._stage_order[state.stage] if state.stage >= 0 else None,
+            state.segments,
+            state.tags,
+            stamp,
+            stamp,
+            last,
+            state.groups,
+        )
+        line = _c_dump_times(frags, values, _DOCUMENT_TIMES, True)  # noqa: F821
+        if line is not None:
+            return line  # type: ignore[no-any-return]
+    return orjson.dumps(_document(engine, fragment, contact, state))
 
 
 def _document(
     engine: Engine, fragment: orjson.Fragment, contact: str, state: ContactState
 ) -> dict[str, Any]:
     """:meth:`DocumentWriter.document`; a function, so that compiled the engine's view is a C
-    call (readmodel.pxd): one document per dirty contact per checkpoint."""
+    call (readmodel.pxd)."""
     doc, rest = engine.view_and_rest(contact, state)
     decay = {"t": state.last_ts, "groups": state.groups, "params": fragment}
     if rest is not None:
         decay["predict"] = rest
     doc["decay"] = decay
     return doc
+
+
+# Compiled, documents are written by records.pxd's C writer; interpreted, orjson is faster.
+_WRITER = cython.compiled
 
 
 def view_at(doc: Mapping[str, Any], at: float) -> dict[str, Any]:

@@ -264,3 +264,40 @@ def view_or_error(fn: Any) -> bytes | type[BaseException]:
         return fn()  # type: ignore[no-any-return]
     except Exception as exc:
         return type(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(sorted(_ENGINES)),
+    st.integers(0, 10**6),
+    hostile,
+    st.one_of(st.none(), times, beyond),
+    st.one_of(st.none(), st.lists(hostile, max_size=3).map(tuple)),
+    st.one_of(st.none(), st.dictionaries(hostile, st.lists(numbers, max_size=3), max_size=3)),
+)
+@example("examples", 0, "c-1", None, None, None)
+@example("examples", 1, "c-1", 0.0, (), {})
+def test_read_models_are_the_documents_orjson_bytes(
+    rules: str, pick: int, contact: str, last: Any, names: Any, groups: Any
+) -> None:
+    """What the Redis flow stores per dirty contact (``DocumentWriter.encode``): compiled,
+    written without the view's and decay's dicts; always the bytes orjson writes for the
+    document, or the same error."""
+    from leadscore.readmodel import DocumentWriter
+
+    engine, states = _ENGINES[rules]
+    writer = DocumentWriter(engine)
+    state = states[pick % len(states)][1]
+    kept = (state.last_ts, state.segments, state.tags, state.groups)
+    try:
+        if last is not None:
+            state.last_ts = last
+        if names is not None:
+            state.segments = state.tags = names
+        if groups is not None:  # decay's groups: as stored, whatever they hold
+            state.groups = {**state.groups, **groups}
+        assert view_or_error(lambda: writer.encode(contact, state)) == view_or_error(
+            lambda: orjson.dumps(writer.document(contact, state))
+        )
+    finally:
+        state.last_ts, state.segments, state.tags, state.groups = kept
