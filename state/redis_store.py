@@ -637,7 +637,7 @@ class RedisStore:
         for i in range(0, len(wanted), self.mget_batch):
             chunk = wanted[i : i + self.mget_batch]
             names = [prefix + c for c in chunk]
-            values = self._call(f"load states p={p}", lambda names=names: self.r.mget(names))
+            values = self._call(f"load states p={p}", lambda names=names: self._mget(names))
             for contact, value in zip(chunk, values, strict=True):
                 if value is not None:
                     found[contact] = value
@@ -659,11 +659,27 @@ class RedisStore:
             chunk = pairs[i : i + self.mget_batch]
             names = [prefixes[p] + c for p, c in chunk]
             what = f"load states of {len(wanted)} partitions"
-            values = self._call(what, lambda names=names: self.r.mget(names))
+            values = self._call(what, lambda names=names: self._mget(names))
             for (p, contact), value in zip(chunk, values, strict=True):
                 if value is not None:
                     found[p][contact] = value
         return found
+
+    def _mget(self, names: list[str]) -> list[bytes | None]:
+        return self._read(self.r.mget, "MGET", *names)  # type: ignore[no-any-return]
+
+    def _read(self, command: Callable[..., Any], *args: Any) -> Any:
+        """A read of several keys or fields (MGET, HMGET): ``command(*args[1:])``, redis-py's.
+        Not on a cluster, it is written as ``args`` by :meth:`_round_trip`, so that compiled
+        its arguments are packed by ``state.resp`` rather than redis-py's serializer and
+        hiredis (~2,000 instructions a key: the states and aliases of contacts first seen).
+        The same command and reply: these have no reply callback in redis-py."""
+        if self.cluster:
+            return command(*args[1:])
+        reply = self._round_trip([args])[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     def load_handed(self, p: int, visitor: str) -> tuple[str, bytes | None]:
         """The key and value of ``visitor``'s state taken by a publish's replay of its
@@ -677,7 +693,7 @@ class RedisStore:
         if not wanted:
             return {}
         key = self.keys.aliases
-        values = self._call("load aliases", lambda: self.r.hmget(key, wanted))
+        values = self._call("load aliases", lambda: self._read(self.r.hmget, "HMGET", key, *wanted))
         # "" is an alias removed (a merge cycle broken, flows/handover.py): not merged.
         return {i: v.decode() for i, v in zip(wanted, values, strict=True) if v}
 
@@ -985,6 +1001,11 @@ class RedisStore:
         of microseconds of client CPU. Any other failure drops the connection, so its socket
         never holds half-read replies.
         """
+        return self._round_trip(commands)
+
+    def _round_trip(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """:meth:`_one_write`'s work, which reads (:meth:`_read`) share: tests count the
+        writes of checkpoints by wrapping that one."""
         pool = self.r.connection_pool
         conn = pool.get_connection()
         try:
