@@ -431,8 +431,11 @@ READER = textwrap.dedent(
     import json, os, sys, redis
     r = redis.Redis.from_url(sys.argv[1])
     key, stop = sys.argv[2], sys.argv[3]
-    seen, reads, missing, errors, last = [], 0, 0, [], ""
-    while not os.path.exists(stop):
+    seen, reads, missing, errors, last, done = [], 0, 0, [], "", False
+    while not done:
+        # one read more once told to stop: the last write is then seen however starved this
+        # reader was while the flow wrote (the test stops it after that write)
+        done = os.path.exists(stop)
         raw = r.get(key)
         reads += 1
         if raw is None:
