@@ -309,18 +309,19 @@ class Engine:
         """Score one event. Updates ``state`` in place and returns what happened, in order."""
         event_id = event.id
         if event_id is not None:
-            if _TYPED and PyUnicode_IS_ASCII(event_id):  # noqa: F821 - engine.pxd's
-                # compiled: the same crc32, in C from the str's buffer (engine.pxd)
-                h = ls_crc32(PyUnicode_DATA(event_id), PyUnicode_GET_LENGTH(event_id))  # noqa: F821
-            else:
-                h = crc32(event_id.encode())
             recent = state.recent_ids
             # An array of uint32: `in` scans it in C but boxes every id into an int; compiled,
             # _remember reads (and writes) the ids as C ints instead.
             if _TYPED:
+                if PyUnicode_IS_ASCII(event_id):  # noqa: F821 - engine.pxd's
+                    # the same crc32, in C from the str's own buffer (engine.pxd)
+                    h = ls_crc32(PyUnicode_DATA(event_id), PyUnicode_GET_LENGTH(event_id))  # noqa: F821
+                else:
+                    h = crc32(event_id.encode())
                 if _remember(recent, h):
                     return [Duplicate(event_id)]
             else:
+                h = crc32(event_id.encode())
                 if h in recent:
                     return [Duplicate(event_id)]
                 recent.append(h)
@@ -1154,20 +1155,21 @@ def _window_ok(state: ContactState, r: Any, t: float) -> bool:
         state.windows = windows + (r.id, awards)  # noqa: RUF005 - no list in between
     # Only the newest N are kept, so an event older than all of them is refused: what was
     # dropped might have been near it.
-    n = len(awards)
-    if n >= r.repeat_max:
+    if len(awards) >= r.repeat_max:
         if t - awards[0] < r.repeat_per:
             return False
         del awards[0]
-        n -= 1
-    if not n or t >= awards[n - 1]:  # what insort does with the newest time, without it
-        if _TYPED:  # compiled: written in the C buffer (no `append` call parsing t)
+    # The newest time is appended, as insort would, without the call.
+    if _TYPED:  # compiled: written in the C buffer (no `append` call parsing t)
+        n = len(awards)
+        if not n or t >= awards[n - 1]:
             resize_smart(awards, n + 1)  # noqa: F821 - cpython.array's (engine.pxd)
             awards.data.as_doubles[n] = t  # type: ignore[attr-defined]
-        else:
-            awards.append(t)
-    else:
-        insort(awards, t)
+            return True
+    elif not awards or t >= awards[-1]:
+        awards.append(t)
+        return True
+    insort(awards, t)
     return True
 
 
