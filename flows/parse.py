@@ -61,7 +61,14 @@ class Parser:
         # contact -> shard: a dict probe instead of encode + crc32 per event; bounded.
         self.shard_of_contact: dict[str, int] = {}
 
-    @cython.locals(e=Event, ts=cython.double, clock=cython.double)
+    @cython.locals(
+        e=Event,
+        ts=cython.double,
+        clock=cython.double,
+        offset=cython.Py_ssize_t,
+        shard=cython.Py_ssize_t,
+        by_shard=list,
+    )
     def __call__(self, chunk: tuple[int, str, int, list[bytes] | None]) -> list[tuple[str, Any]]:
         """One ``(shard key, [items in line order])`` per shard with anything from the chunk.
 
@@ -101,12 +108,15 @@ class Parser:
                         continue
                     accepted = True
                     contact = e.contact
-                    shard = shard_of_contact.get(contact)
-                    if shard is None:
+                    # compiled: the shard a C index into by_shard (no boxed int, no generic
+                    # item lookup); the dict's value is read once, as an object
+                    found = shard_of_contact.get(contact)
+                    if found is None:
                         if len(shard_of_contact) >= _SHARD_CACHE_MAX:
                             shard_of_contact.clear()
                         routed = self.groups.get(contact, contact) if self.groups else contact
-                        shard = shard_of_contact[contact] = crc32(routed.encode()) % shards
+                        found = shard_of_contact[contact] = crc32(routed.encode()) % shards
+                    shard = found
                     by_shard[shard].append(event)
                     continue
                 event = Reject(
