@@ -11,3 +11,4 @@ cdef class Parser:
     cdef public dict clocks
     cdef public list keys
     cdef public dict shard_of_contact
+    cdef public object decode

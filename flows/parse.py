@@ -14,7 +14,7 @@ from zlib import crc32
 from flows.shards import INF, DeadLetter, Tick
 from leadscore.events import DEFAULT_MAX_FUTURE, NO_TS, Event, Reject, latest_ts
 from leadscore.rules import Rules
-from leadscore.typed import parse_events, unended
+from leadscore.typed import line_decoder, parse_events, unended
 
 try:
     import cython  # compiled: local types below; interpreted: Cython's shadow, which ignores them
@@ -60,6 +60,8 @@ class Parser:
         self.keys = [str(s) for s in range(shards)]
         # contact -> shard: a dict probe instead of encode + crc32 per event; bounded.
         self.shard_of_contact: dict[str, int] = {}
+        # The line decoder that hands back the rules' own action strings (typed.line_decoder).
+        self.decode = line_decoder(rules.known_actions)
 
     @cython.locals(
         e=Event,
@@ -87,7 +89,7 @@ class Parser:
         shard_of_contact = self.shard_of_contact
         clock = self.clocks.get(part, -INF)
         accepted = False
-        for offset, event in enumerate(parse_events(lines, NO_TS, latest, True)):
+        for offset, event in enumerate(parse_events(lines, NO_TS, latest, True, self.decode)):
             if type(event) is Event:
                 e = event  # compiled: the C type, its fields read and written as struct members
                 if e.action in known:

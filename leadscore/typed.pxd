@@ -7,4 +7,5 @@ cdef bint _LENGTHS_AFTER
 
 @cython.locals(out=list, event=Event, ts=cython.double, contact=str, action=str,
                size=Py_ssize_t, lengths=bint)
-cpdef list parse_events(object lines, object now, double latest=*, bint ended=*)
+cpdef list parse_events(object lines, object now, double latest=*, bint ended=*,
+                        object decode=*)

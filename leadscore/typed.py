@@ -21,8 +21,8 @@ place. What the struct must not accept, because orjson would decode it different
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Annotated, Any, Union
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 from msgspec.structs import astuple
@@ -56,16 +56,43 @@ else:
     _Action = Annotated[str, msgspec.Meta(min_length=1)]
 
 
-class _Line(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """The common case of one event line, as msgspec checks it (parse_events unpacks its
-    fields in this order)."""
+_Ts = Union[str, _Int, float, None]  # noqa: UP007
+_Object = Union[dict[str, _Level1], None]  # noqa: UP007
 
-    contact: _Contact  # 1 to MAX_CONTACT_CHARS characters
-    action: _Action  # not empty
-    ts: Union[str, _Int, float, None] = None  # noqa: UP007
-    id: Union[str, None] = None  # noqa: UP007
-    props: Union[dict[str, _Level1], None] = None  # noqa: UP007
-    traits: Union[dict[str, _Level1], None] = None  # noqa: UP007
+
+def _line_type(name: str, action: Any) -> Any:
+    """The struct of one event line's common case, as msgspec checks it (parse_events unpacks
+    its fields in this order): contact 1 to MAX_CONTACT_CHARS characters, action not empty
+    (of type ``action``), the optional fields of their usual types, no unknown field."""
+    fields = [
+        ("contact", _Contact),
+        ("action", action),
+        ("ts", _Ts, None),
+        ("id", Union[str, None], None),  # noqa: UP007
+        ("props", _Object, None),
+        ("traits", _Object, None),
+    ]
+    return msgspec.defstruct(name, fields, forbid_unknown_fields=True, gc=False)
+
+
+_Line = _line_type("_Line", _Action)
+
+
+def line_decoder(actions: Iterable[str] = ()) -> Callable[[bytes], Any]:
+    """msgspec's decode of a line into a struct like :class:`_Line` whose action is one of
+    ``actions`` (the rules' known actions), for :func:`parse_events`' ``decode``.
+
+    msgspec then hands back the given ``str`` object for the action (a ``Literal``'s value)
+    instead of making one per line, its hash already known: every dict and set lookup by
+    action after the decode (the file flow's known-action check, the engine's by-action
+    tables) skips hashing it and compares it by identity. A line with any other action fails
+    this decode and takes the reference path, as every other refused line does, so what is
+    accepted or rejected, and why, does not change. No actions: :class:`_Line`'s decode.
+    """
+    names = tuple(sorted(set(actions)))
+    if not names:
+        return _decode
+    return msgspec.json.Decoder(_line_type("_KnownLine", Literal[names])).decode  # type: ignore[no-any-return]
 
 
 _MAX_CONTACT = MAX_CONTACT_CHARS  # compiled: C constants (typed.pxd), no boxed comparison
@@ -82,7 +109,11 @@ def unended(raw: bytes | str) -> bytes | str:
 
 
 def parse_events(
-    lines: Iterable[bytes | str], now: float, latest: float = MAX_TS, ended: bool = False
+    lines: Iterable[bytes | str],
+    now: float,
+    latest: float = MAX_TS,
+    ended: bool = False,
+    decode: Callable[[bytes], Any] | None = None,
 ) -> list[Event | Reject]:
     """``[events.parse_event(raw, now, latest) for raw in lines]``, by msgspec where it can.
 
@@ -91,10 +122,14 @@ def parse_events(
     :func:`unended` of it. The decode needs no stripping (a line end is trailing
     whitespace to JSON, and whitespace after a value never makes bad JSON good), so only
     the lines sent to the reference are stripped, and the size limit is the stripped one.
+
+    ``decode``: a :func:`line_decoder` (the file flow's ``Parser`` makes one of its rules'
+    known actions); by default :class:`_Line`'s.
     """
     out: list[Event | Reject] = []
     append = out.append
-    decode = _decode
+    if decode is None:
+        decode = _decode
     decode_error = msgspec.DecodeError  # ValidationError is one
     slow = parse_event  # looked up per call: tests replace it
     fields = _fields

@@ -14,7 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from leadscore.events import MAX_EVENT_BYTES, MAX_TS, NO_TS, Event, Reject, latest_ts, parse_event
-from leadscore.typed import parse_events
+from leadscore.typed import line_decoder, parse_events
 
 NOW = 1_800_000_000.0
 
@@ -31,17 +31,24 @@ def shape(result: Event | Reject) -> str:
 CLOCKS = [(NOW, latest_ts(NOW)), (NO_TS, latest_ts(NOW, 86400.0)), (NOW, MAX_TS)]
 
 
+# The file flow decodes with its rules' known actions (line_decoder): a line with any other
+# action must still come out as the reference says (an event, rejected later as unknown).
+KNOWN_DECODE = line_decoder(["a", "page.hit", "identify", "0", "\u00e9"])
+
+
 def same_as_reference(lines: list[bytes | str]) -> None:
     for now, latest in CLOCKS:
-        got = parse_events(lines, now, latest)
-        assert len(got) == len(lines)
-        for raw, result in zip(lines, got, strict=True):
-            assert shape(result) == shape(parse_event(raw, now, latest)), (raw, now, latest)
+        for decode in (None, KNOWN_DECODE):
+            got = parse_events(lines, now, latest, decode=decode)
+            assert len(got) == len(lines)
+            for raw, result in zip(lines, got, strict=True):
+                expected = shape(parse_event(raw, now, latest))
+                assert shape(result) == expected, (raw, now, latest, decode)
     # As the file flow parses: each line with a line end, taken as the line stripped of its
     # trailing CR and LF (what the file source handed out before it kept them).
     for end in LINE_ENDS:
         ended = [raw + (end if type(raw) is bytes else end.decode()) for raw in lines]
-        got = parse_events(ended, NOW, latest_ts(NOW), ended=True)
+        got = parse_events(ended, NOW, latest_ts(NOW), ended=True, decode=KNOWN_DECODE)
         for line, result in zip(ended, got, strict=True):
             raw = line.rstrip(b"\r\n") if type(line) is bytes else line.rstrip("\r\n")
             assert shape(result) == shape(parse_event(raw, NOW, latest_ts(NOW))), line
@@ -236,3 +243,10 @@ def test_the_common_case_never_reaches_the_reference(monkeypatch: object) -> Non
     assert [type(e) for e in events] == [Event, Event, Event]
     assert len(events[2].contact) == 256
     assert events[0].props["utm"] == {"source": "li"} and events[1].ts == 1793491372.061
+    # and with the known actions' decoder, whose action is the very str it was given
+    known = ["".join(["page", ".hit"]), "".join(["ident", "ify"]), "a"]  # not interned
+    events = typed.parse_events(lines, NOW, decode=typed.line_decoder(known))
+    assert [type(e) for e in events] == [Event, Event, Event]
+    assert [e.action for e in events] == known and all(
+        e.action is name for e, name in zip(events, known, strict=True)
+    )
