@@ -23,7 +23,7 @@ cdef class Event:
 # both against fromisoformat, hypothesis-driven); -1.0 for anything else.
 cdef extern from *:
     """
-    static double ls_utc_text_seconds(PyObject *text) {
+    static CYTHON_INLINE double ls_utc_text_seconds(PyObject *text) {
         const unsigned char *s;
         Py_ssize_t n;
         unsigned bad, year, month, day, hour, minute, second, millis, leap, days_in;
