@@ -10,6 +10,8 @@ functions are orjson itself, and these tests check that too.
 from __future__ import annotations
 
 import math
+import random
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +108,56 @@ def test_dump_line_writes_what_orjson_writes(value: Any) -> None:
 def test_floats_are_orjsons(x: float) -> None:
     assert dump_line(x) == orjson.dumps(x), x
     assert dump_line([x, -x]) == orjson.dumps([x, -x])
+
+
+def from_bits(bits: int) -> float:
+    return struct.unpack("<d", struct.pack("<Q", bits))[0]  # type: ignore[no-any-return]
+
+
+# Every double: any bit pattern (subnormals, huge, NaNs, negative zero), the writer's own range
+# (1e-4 <= |x| < 1e16, its shortest-digits path) at full precision, short decimals, integers,
+# powers of two and their neighbours (where the gap below is half the gap above).
+all_doubles = st.one_of(
+    st.integers(min_value=0, max_value=2**64 - 1).map(from_bits),
+    st.floats(min_value=1e-4, max_value=1e16),
+    st.floats(min_value=-1e16, max_value=-1e-4),
+    st.builds(lambda x, e: x * 2.0**-e, st.floats(0, 1000), st.floats(0, 30)),
+    st.builds(lambda d, e: float(f"{d}e{e}"), st.integers(1, 10**17), st.integers(-22, 16)),
+    st.integers(-(2**63), 2**63).map(float),
+    st.builds(
+        lambda e, step: math.nextafter(2.0**e, step),
+        st.integers(-20, 60),
+        st.sampled_from([0.0, math.inf]),
+    ),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(all_doubles)
+@example(20824041573376.938)  # x 10^3 exactly halfway between two 17-digit candidates
+@example(2.0**52)
+@example(math.nextafter(2.0**-13, 0.0))
+@example(9999999999999998.0)
+@example(0.30000000000000004)
+def test_every_double_is_orjsons(x: float) -> None:
+    """The writer's floats (the shortest digits that read back, compiled) are orjson's."""
+    assert dump_line(x) == orjson.dumps(x), x
+    assert dump_line({"s": [x, -x, 0.5]}) == orjson.dumps({"s": [x, -x, 0.5]}), x
+
+
+def test_many_doubles_in_one_record_are_orjsons() -> None:
+    """200k doubles, those of the writer's range in one record: orjson's bytes."""
+    rng = random.Random(19)
+    xs = [rng.uniform(-1.0, 1.0) * 10.0 ** rng.uniform(-5.0, 17.0) for _ in range(100_000)]
+    xs += [from_bits(rng.getrandbits(64)) for _ in range(50_000)]
+    xs += [round(rng.uniform(0.0, 1e4), rng.randint(0, 8)) for _ in range(50_000)]
+    # One value the writer leaves to orjson (NaN, inf, |x| < 1e-4 or >= 1e16, which orjson
+    # writes in its own forms) would hand orjson the whole record: those are checked alone.
+    ours = [x for x in xs if x == 0.0 or 1e-4 <= abs(x) < 1e16]
+    assert len(ours) > 140_000
+    assert dump_line(ours) == orjson.dumps(ours)
+    for x in xs[::50]:
+        assert dump_line(x) == orjson.dumps(x), x
 
 
 @settings(max_examples=3000, deadline=None)
