@@ -57,7 +57,7 @@ from flows.shards import DeadLetter, ShardLogic, score_events, wake_time
 from leadscore.engine import Engine
 from leadscore.events import Event, Reject, format_ts, latest_ts
 from leadscore.readmodel import DocumentWriter
-from leadscore.typed import parse_events
+from leadscore.typed import line_decoder, parse_events
 from state.codec import decode, encode
 from state.keys import Keys, parse_live
 from state.lease import FlowLease
@@ -530,6 +530,20 @@ def _own_sha(path: str) -> str:
     return _OWN_SHA[path]
 
 
+_DECODERS: dict[frozenset[str], Callable[[bytes], Any]] = {}
+
+
+def _decoder(known: frozenset[str] | set[str]) -> Callable[[bytes], Any]:
+    """The line decoder of the rules' known actions (``typed.line_decoder``: msgspec hands
+    back the rules' own action strings, their hashes known), one per set of actions: each
+    builds a struct type, and a worker's partitions share their rules."""
+    key = frozenset(known)
+    got = _DECODERS.get(key)
+    if got is None:
+        got = _DECODERS[key] = line_decoder(key)
+    return got
+
+
 def _count_store_retry(what: str) -> None:
     metrics.REDIS_RETRIES.labels("store").inc()
 
@@ -567,6 +581,7 @@ class PartitionLogic(LiveMerges, ShardLogic):
         self.deadline: float | None = None
         self.flushed_at = -INF  # time.time() of the last checkpoint (see plan_flush)
         self.known = engine.rules.known_actions
+        self.decode = _decoder(self.known)  # the rules' own action strings (typed.line_decoder)
         self.documents = DocumentWriter(engine)  # the read model readers decay (readmodel.py)
         self.durable: dict[str, float] = {}  # the timers Redis holds for this partition
         self.clock = -INF  # timers due by this time have fired (event time, see module doc)
@@ -630,6 +645,7 @@ class PartitionLogic(LiveMerges, ShardLogic):
         if engine is not self.engine:
             self.engine = engine
             self.known = engine.rules.known_actions
+            self.decode = _decoder(self.known)
             self.documents = DocumentWriter(engine)
         self.generation = generation
 
@@ -875,7 +891,7 @@ class PartitionLogic(LiveMerges, ShardLogic):
         marked = messages or (b"$" in payload and MESSAGE_MARK in payload)
         accepted = 0
         i = 0
-        for value in parse_events(lines, now, latest):
+        for value in parse_events(lines, now, latest, False, self.decode):
             if marked and lines[i].startswith(MESSAGE_MARK):
                 if not messages:
                     value = _RESERVED  # forged: only a checkpoint writes hand-overs
