@@ -8,5 +8,5 @@ cdef list _HEADERS
 
 cdef bytes _header(Py_ssize_t n)
 
-@cython.locals(pieces=list, data=bytes, kind=object)
+@cython.locals(pieces=list, data=bytes, kind=object, text=str)
 cpdef bytes pack_command(object args)

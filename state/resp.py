@@ -41,7 +41,8 @@ def pack_command(args: Sequence[Any]) -> bytes:
         if kind is bytes:
             data = arg
         elif kind is str:
-            data = arg.encode()
+            text = arg  # compiled: a str local, so encode() is PyUnicode_AsUTF8String (no lookup)
+            data = text.encode()
         elif kind is int:
             data = b"%d" % arg
         elif kind is float:
