@@ -130,17 +130,31 @@ class LiveMerges:
         self.new_aliases: dict[str, str] = {}  # old id -> contact, for {prefix}:aliases
         self.handed: list[str] = []  # states a publish's replay took, merged: keys to delete
 
-    def learn_aliases(self, ids: list[str]) -> None:
-        """Look up the ends of these ids' known chains in ``{prefix}:aliases``, then the ids
-        those point at, until every chain is known to its root (one HMGET per link of the
-        longest new chain; usually one)."""
+    def alias_lookups(self, ids: list[str]) -> list[str]:
+        """The ids :meth:`learn_aliases` looks up first for ``ids``: their chains' ends."""
         aliases = self.aliases  # type: ignore[attr-defined]
         into = aliases.into
-        wanted = {aliases.chain(i)[-1] if i in into else i for i in ids}  # chain(i): [i]
+        return [aliases.chain(i)[-1] if i in into else i for i in ids]  # chain(i): [i]
+
+    def learn_aliases(self, ids: list[str], known: dict[str, str] | None = None) -> None:
+        """Look up the ends of these ids' known chains in ``{prefix}:aliases``, then the ids
+        those point at, until every chain is known to its root (one HMGET per link of the
+        longest new chain; usually one). ``known``: the first link already looked up (its
+        ids, ``""`` for none; a live worker asks for all of its partitions at once)."""
+        aliases = self.aliases  # type: ignore[attr-defined]
+        into = aliases.into
+        wanted = set(self.alias_lookups(ids))
         for _ in range(MAX_CHAIN):
             if not wanted:
                 return
-            found = self.store.load_aliases(list(wanted))  # type: ignore[attr-defined]
+            if known is not None:
+                found = {k: v for k in wanted if (v := known.get(k))}
+                rest = [k for k in wanted if k not in known]
+                if rest:
+                    found.update(self.store.load_aliases(rest))  # type: ignore[attr-defined]
+                known = None
+            else:
+                found = self.store.load_aliases(list(wanted))  # type: ignore[attr-defined]
             found = {k: v for k, v in found.items() if into.get(k) != v}
             into.update(found)
             wanted = {aliases.chain(v)[-1] for v in found.values()}

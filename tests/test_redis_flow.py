@@ -599,8 +599,9 @@ def test_the_partitions_of_a_worker_share_their_state_loads_and_checkpoints(
 ) -> None:
     """Bytewax calls ``on_batch`` for each partition with input, then ``notify_at`` for each:
     the first ``notify_at`` applies what all of them queued, with ONE MGET for all their
-    contacts not in memory and one round trip for all their checkpoints (a script each,
-    written as soon as it is built, the replies read once after the last)."""
+    contacts not in memory, ONE HMGET of the aliases for those Redis has no state of, and
+    one round trip for all their checkpoints (a script each, written as soon as it is
+    built, the replies read once after the last)."""
     reads: list[int] = []
     sent_replies = RedisStore._sent_replies
 
@@ -639,6 +640,7 @@ def test_the_partitions_of_a_worker_share_their_state_loads_and_checkpoints(
         k.removeprefix("cmdstat_"): v["calls"] for k, v in store.r.info("commandstats").items()
     }
     assert stats["mget"] == 1 and stats["evalsha"] == len(parts)
+    assert stats["hmget"] == 1  # was one per partition (bench/README.md, "lat4")
     assert all(store.last_checkpoint(p) == 1 and store.pending(p) == 0 for p in parts)
     for p in parts:
         mine = [c for c in contacts if partition_of(c, P) == p]
