@@ -167,6 +167,8 @@ def install(path: str) -> None:
     span(RedisStore, "load_states_many", "x_mget")
     span(redis_flow.PartitionLogic, "begin_flush", "x_begin_flush")
     span(redis_flow.PartitionLogic, "end_flush", "x_end_flush")
+    span(RedisStore, "load_aliases", "x_load_aliases")  # a round trip each, like the MGET
+    span(RedisStore, "send_checkpoint", "x_send_checkpoint")
 
     def dump() -> None:
         tmp = path + ".tmp"
