@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -28,6 +29,13 @@ if "LEADSCORE_ENGINE" not in os.environ:
     from leadscore.accel import decide
 
     os.environ["LEADSCORE_ENGINE"] = "compiled" if decide()[0] else "python"
+
+# Hypothesis's 200 ms deadline and its too-slow health check time each example on the wall
+# clock: on a shared 2-core box at load 15+ a fast example took 300+ ms and failed a test
+# whose property held (test_input_retention, 2026-12-06). Whether a property holds must not
+# depend on how busy the machine is, so the suite turns both off; max_examples stay as set.
+settings.register_profile("leadscore", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("leadscore")
 
 EXAMPLE_RULES = ROOT / "examples" / "rules.yaml"
 SHARED_DATA = ROOT.parent / "shared" / "data"
