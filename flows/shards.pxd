@@ -10,7 +10,7 @@ cpdef long shard_of(str contact, long shards)
 from leadscore.engine cimport ContactState, Engine
 
 @cython.locals(engine=Engine, contacts=dict, touched=set, state=ContactState, effects=list,
-               scored=long, duplicates=long, event=Event, out=dict)
+               scored=long, duplicates=long, event=Event, out=dict, merged=dict)
 cpdef void score_events(object logic, list items)
 
 cpdef void schedule_timer(Engine engine, list timers, dict due_of, double clock, str contact,
