@@ -48,6 +48,9 @@ _Level1 = Union[str, bool, None, _Int, float, list[_Level2], dict[str, _Level2]]
 # (msgspec's Meta checks cost ~130 instructions a line); interpreted, that check would be
 # ~300 instructions of bytecode, so msgspec checks them as before.
 _LENGTHS_AFTER = not __file__.endswith(".py")
+# Compiled, a decoded line's fields are read from the struct's slots in C (typed.pxd,
+# `_c_line_layout`/`_c_line_slot`) rather than through astuple's tuple.
+_SLOTS = _LENGTHS_AFTER
 if _LENGTHS_AFTER:
     _Contact: Any = str
     _Action: Any = str
@@ -143,7 +146,15 @@ def parse_events(
         except decode_error:
             append(slow(unended(raw) if ended else raw, now, latest))
             continue
-        contact, action, value, event_id, props, traits = fields(line)
+        if _SLOTS and _c_line_layout(line):  # noqa: F821 (typed.pxd, compiled only)
+            contact = _c_line_slot(line, 0)  # noqa: F821
+            action = _c_line_slot(line, 1)  # noqa: F821
+            value = _c_line_slot(line, 2)  # noqa: F821
+            event_id = _c_line_slot(line, 3)  # noqa: F821
+            props = _c_line_slot(line, 4)  # noqa: F821
+            traits = _c_line_slot(line, 5)  # noqa: F821
+        else:
+            contact, action, value, event_id, props, traits = fields(line)
         if lengths:
             size = len(contact)
             if size == 0 or size > _MAX_CONTACT or not action:
