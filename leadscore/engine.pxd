@@ -102,6 +102,10 @@ cdef class Engine:
     cdef bint _predict_traits_only
     cdef bint _watch_predict
     cdef tuple _grade_bands
+    cdef double _scale_max
+    cdef bint _scale_total
+    cdef str _scale_score
+    cdef tuple _grade_plan
     cdef tuple _triggers
     cdef dict _trigger_by_id
     cdef dict _trigger_ops
@@ -117,10 +121,11 @@ cdef class Engine:
 
     @cython.locals(t=cython.double, due=cython.double, moved=bint, i=Py_ssize_t,
                    count=cython.double, previous=cython.double, last=cython.double,
-                   r=ActionRule, event_id=str, action=str, where=Where, h="unsigned int")
+                   r=ActionRule, event_id=str, action=str, where=Where, h="unsigned int",
+                   bound=cython.double)
     cpdef list apply(self, ContactState state, Event event)
 
-    @cython.locals(trigger=Trigger)
+    @cython.locals(trigger=Trigger, _=Py_ssize_t, done=set, due=cython.double)
     cpdef list advance(self, ContactState state, double t)
 
     @cython.locals(spec=GroupSpec)
@@ -128,13 +133,15 @@ cdef class Engine:
 
     @cython.locals(before=cython.double, after=cython.double, factor=cython.double,
                    applied=cython.double, capped=bint, late=bint, expires=cython.double,
-                   spec=GroupSpec)
-    cpdef double _award(self, ContactState state, str group, double points, double t,
+                   spec=GroupSpec, p=cython.double, anchor=cython.double,
+                   half_life=cython.double, bound=cython.double, exact=bint, delta=object,
+                   logged=object, at=object, score=object)
+    cpdef double _award(self, ContactState state, str group, object points, double t,
                         str rule, object event_id, list effects)
 
     @cython.locals(s=cython.double, trigger=Trigger, total=cython.double,
                    half_life=cython.double, g=list, likely=cython.double, n=Py_ssize_t,
-                   index=Py_ssize_t, threshold=cython.double)
+                   index=Py_ssize_t, threshold=cython.double, triggers=dict)
     cpdef void _evaluate(self, ContactState state, double t, object event, list effects)
 
     cpdef bint _after_ok(self, ContactState state, Trigger trigger, object fired)
@@ -171,6 +178,8 @@ cdef class Engine:
     cpdef dict view(self, object contact, ContactState state, object at=*)
     @cython.locals(last=cython.double, t=cython.double)
     cpdef tuple view_and_rest(self, object contact, ContactState state, object at=*)
+    @cython.locals(groups=dict, scores=dict, total=cython.double, value=cython.double,
+                   x=cython.double, minimum=cython.double, is_total=bint, grade=str)
     cpdef tuple view_scores(self, ContactState state, double t)
 
 
@@ -183,8 +192,8 @@ cdef bint _remember(array recent, unsigned int h) except -1
 cpdef double _round1(double x)
 
 @cython.locals(change=PointChange)
-cdef PointChange _point_change(str rule, str group, double delta, double applied,
-                               double score_after, object event_id, double at, bint capped)
+cdef PointChange _point_change(str rule, str group, object delta, object applied,
+                               object score_after, object event_id, object at, bint capped)
 
 @cython.locals(fired=TriggerFired)
 cdef TriggerFired _trigger_fired(str trigger, object score, double at, list actions, str cause)
@@ -194,7 +203,8 @@ cdef StageChanged _stage_changed(str stage, object previous, double at, str caus
 
 @cython.locals(key=str, tracked=tuple, n=Py_ssize_t, i=Py_ssize_t, k=Py_ssize_t,
                tracks=array, cells="double *", count=cython.double, previous=cython.double,
-               last=cython.double, kind=long, cooldown=cython.double)
+               last=cython.double, kind=long, cooldown=cython.double, need=cython.double,
+               bound=cython.double)
 cdef bint _track_ok(ContactState state, ActionRule r, double t) except -1
 
 # The one copy of a group's decay arithmetic (_evaluate, _group_score): a static C function.
@@ -217,6 +227,15 @@ cpdef bint _below_armed(Trigger trigger, object packed)
 @cython.locals(t0=cython.double, constant=cython.double, margin=cython.double,
                wave=cython.double, v=cython.double, waves=list, expiries=list)
 cpdef object _crossing(tuple profile, double threshold, bint rising)
+
+@cython.locals(margin=cython.double, one=bint, wave=cython.double, half_life=cython.double,
+               start=cython.double, v=cython.double, boundary=cython.double,
+               points=cython.double, due=cython.double)
+cdef object _expiry_crossing(double t0, double constant, list waves, list expiries,
+                             double threshold, bint rising)
+
+# A firing's cause text: a C function (a firing per ~25 applies in the hot-path mix).
+cdef str _cause(object event, list effects)
 
 @cython.locals(ratio=cython.double)
 cpdef object _wave_crossing(double wave, double half_life, double constant, double threshold,

@@ -248,6 +248,13 @@ class Engine:
         self._grade_bands = tuple(
             b for b in (rules.fit_grade, rules.engagement_grade) if b is not None
         )
+        # view_scores' reads of the rules, worked out once: a view per dirty contact per flush.
+        self._scale_max = rules.scale_max or 0.0
+        self._scale_total = rules.scale_score == TOTAL
+        self._scale_score = rules.scale_score or ""
+        self._grade_plan = tuple(
+            (b.group == TOTAL, b.group, b.otherwise, b.bands) for b in self._grade_bands
+        )
         self._triggers = rules.triggers
         self._trigger_by_id = {t.id: t for t in rules.triggers}
         self._trigger_ops = {
@@ -351,10 +358,14 @@ class Engine:
                 hits, stage_ranks = matcher(event.props)
             counted = self._counted
             for r in hits:
-                if r.active_from is not None and t < r.active_from:
-                    continue
-                if r.active_until is not None and t > r.active_until:
-                    continue
+                if r.active_from is not None:
+                    bound = r.active_from  # compiled: a C double, so t is compared unboxed
+                    if t < bound:
+                        continue
+                if r.active_until is not None:
+                    bound = r.active_until
+                    if t > bound:
+                        continue
                 if counted and r.id in counted:  # a count the model reads, no repeat checks
                     _count(state, r.id, t)
                 elif _TYPED:  # compiled: the same checks on the trackers' C buffer
@@ -426,15 +437,17 @@ class Engine:
             if t > state.last_ts:
                 state.last_ts = t
             return effects
-        done: set[tuple[str, float]] = set()
-        for _ in range(_MAX_CROSSINGS):
+        done: set[tuple[str, float]] | None = None  # made when a first crossing is due
+        for _ in range(_MAX_CROSSINGS):  # compiled: a C loop
             if state.due != _UNKNOWN and state.due > t:
                 break
             due, trigger = self._next_crossing(state)
             state.due = due
             if trigger is None or due > t:
                 break
-            if (trigger.id, due) in done:
+            if done is None:
+                done = set()
+            elif (trigger.id, due) in done:
                 break  # the same crossing again at the same instant: nothing left to do by t
             done.add((trigger.id, due))
             if due > state.last_ts:
@@ -539,26 +552,27 @@ class Engine:
         total, normalized score and grade: :meth:`view_and_rest`'s arithmetic, shared with
         the final views written without a dict (``records.view_line``)."""
         # round4 is round(x, 4) to the bit, without its decimal round trip: a view is built
-        # for every dirty contact at every flush.
-        scores = {name: round4(self._group_score(state, name, t)) for name in self._group_names}
+        # for every dirty contact at every flush. Each group's score as _group_score reads it
+        # (the score plan holds each group's spec values), without a call or a spec read.
+        groups = state.groups
+        scores = {}
+        for name, half_life, expire_after in self._score_plan:
+            g = groups.get(name)
+            scores[name] = round4(0.0 if g is None else _decayed(g, half_life, expire_after, t))
         total = round4(sum(scores.values()))
-        rules = self.rules
         normalized = None
-        if rules.scale_max:
-            value = (
-                total if rules.scale_score == TOTAL else scores.get(rules.scale_score or "", 0.0)
-            )
+        if self._scale_max:  # the rules' scale, read once at start (compiled: C doubles)
+            value = total if self._scale_total else scores.get(self._scale_score, 0.0)
             # min(100.0, max(0.0, x)) without the two builtin calls (NaN gives 0.0, as there)
-            x = value * 100.0 / rules.scale_max
+            x = value * 100.0 / self._scale_max
             x = x if x > 0.0 else 0.0
             normalized = _round1(x if x < 100.0 else 100.0)
         grade = None
-        if self._grade_bands:  # a loop, not a join over a generator: a view per dirty contact
+        if self._grade_plan:  # a loop, not a join over a generator: a view per dirty contact
             grade = ""
-            for bands in self._grade_bands:
-                value = total if bands.group == TOTAL else scores.get(bands.group, 0.0)
-                label = bands.otherwise  # GradeBands.grade, inline: two calls per view
-                for band, minimum in bands.bands:
+            for is_total, group, label, bands in self._grade_plan:
+                value = total if is_total else scores.get(group, 0.0)
+                for band, minimum in bands:  # GradeBands.grade, inline: two calls per view
                     if value >= minimum:
                         label = band
                         break
@@ -652,37 +666,56 @@ class Engine:
             g = groups[group] = [0.0, t] if spec.expire_after is None else [0.0, t, []]
         else:
             _settle_group(spec, g, t)
+        # Compiled, the arithmetic runs on C doubles (the spec's fields and the group's list
+        # hold objects) and each logged value is boxed once: the change shares the rule's
+        # own float for `delta` (and `applied` when exact) and the group's new score.
+        p = points
+        anchor = g[1]
         # A late event (older than the group's clock) counts as decayed since its own time.
-        late = spec.half_life is not None and t < g[1]
-        factor = math.exp2((t - g[1]) / spec.half_life) if late else 1.0  # type: ignore[operator]
+        late = spec.half_life is not None and t < anchor
+        if late:
+            half_life = spec.half_life
+            factor = math.exp2((t - anchor) / half_life)
+        else:
+            factor = 1.0
         before = g[0]
-        after = before + points * factor
+        after = before + p * factor
         capped = False
-        if spec.max is not None and points > 0 and after > spec.max:
-            after, capped = max(before, spec.max), True
-        elif spec.min is not None and points < 0 and after < spec.min:
-            after, capped = min(before, spec.min), True
+        if p > 0:
+            if spec.max is not None:
+                bound = spec.max
+                if after > bound:
+                    after, capped = max(before, bound), True
+        elif p < 0 and spec.min is not None:
+            bound = spec.min
+            if after < bound:
+                after, capped = min(before, bound), True
         # Exact when nothing clipped or decayed it: the log says +10, not +9.999999999999996.
-        applied = points if not capped and factor == 1.0 else (after - before) / factor
+        exact = not capped and factor == 1.0
+        applied = p if exact else (after - before) / factor
+        delta = points if type(points) is float else p  # compiled: p boxed only for a non-float
+        logged = delta if exact else applied
+        at = t  # compiled: boxed once for the change
         if spec.expire_after is not None and t + spec.expire_after <= g[1]:
             # Earned so long ago that it expired before the contact's clock: it counts in the
             # log (applied) but no longer in the score. Settling moved the group's anchor.
-            if not state.idle or state.due != inf or (points < 0 and group in self._rising_set):
+            if not state.idle or state.due != inf or (p < 0 and group in self._rising_set):
                 state.due = _UNKNOWN
-                if points <= 0:
+                if p <= 0:
                     state.floor = -inf
             effects.append(
-                _point_change(rule, group, points, applied, before, event_id, t, capped)
+                _point_change(rule, group, delta, logged, before, event_id, at, capped)
                 if _TYPED
-                else PointChange(rule, group, points, applied, before, event_id, t, capped)
+                else PointChange(rule, group, delta, logged, before, event_id, at, capped)
             )
             return applied
-        g[0] = after
+        score = after  # compiled: boxed once, for the group and the change
+        g[0] = score
         # Points move crossings, so the cached due goes, unless no trigger can cross at all
         # (idle): then only negative points, which can make a score rise, change that.
-        if not state.idle or state.due != inf or (points < 0 and group in self._rising_set):
+        if not state.idle or state.due != inf or (p < 0 and group in self._rising_set):
             state.due = _UNKNOWN
-            if points <= 0:  # only added points keep the floor: they cannot bring a fall closer
+            if p <= 0:  # only added points keep the floor: they cannot bring a fall closer
                 state.floor = -inf
         if spec.expire_after is not None and applied:
             expires = t + spec.expire_after
@@ -693,9 +726,9 @@ class Engine:
             else:
                 insort(buckets, [expires, applied])
         effects.append(
-            _point_change(rule, group, points, applied, after, event_id, t, capped)
+            _point_change(rule, group, delta, logged, score, event_id, at, capped)
             if _TYPED
-            else PointChange(rule, group, points, applied, after, event_id, t, capped)
+            else PointChange(rule, group, delta, logged, score, event_id, at, capped)
         )
         return applied
 
@@ -807,7 +840,9 @@ class Engine:
                 name, half_life, expire_after = self._score_plan[index]
                 g = groups.get(name)
                 s = 0.0 if g is None else _decayed(g, half_life, expire_after, t)
-            fired = state.triggers.get(trigger.id)  # not cached: _set_trigger may replace it
+            triggers = state.triggers  # not cached: _set_trigger may replace it
+            # Most contacts have no trigger state yet (NO_TRIGGERS): no dict read then.
+            fired = triggers.get(trigger.id) if triggers else None
             threshold = trigger.threshold  # compiled: a C double, compared without boxing s
             if trigger.below:
                 armed = _below_armed(trigger, fired)
@@ -1059,13 +1094,18 @@ def _track_ok(state: ContactState, r: Any, t: float) -> bool:
     previous = cells[i + 1]
     if t > previous:
         cells[i + 1] = t
-    if r.hits and count < r.hits:
+    need = r.hits  # compiled: C doubles (the rule's fields are objects), so nothing is boxed
+    if need and count < need:
         return False
     # NEVER seen before: t - previous is inf, outside any `returns_within`.
-    if r.returns_within is not None and not 0 <= t - previous <= r.returns_within:
-        return False
-    if r.returns_after is not None and (previous == NEVER or t - previous < r.returns_after):
-        return False
+    if r.returns_within is not None:
+        bound = r.returns_within
+        if not 0 <= t - previous <= bound:
+            return False
+    if r.returns_after is not None:
+        bound = r.returns_after
+        if previous == NEVER or t - previous < bound:
+            return False
     kind = r.repeat
     if kind == REPEAT_COOLDOWN:
         last = cells[i + 2]
@@ -1209,7 +1249,57 @@ def _crossing(profile: _Profile, threshold: float, rising: bool) -> float | None
         if not waves:
             return None
         return _wave_crossing(wave, waves[0][1], constant, threshold, t0, rising)
+    if len(waves) <= 1:  # award expiries and at most one half-life: no closures either
+        return _expiry_crossing(t0, constant, waves, expiries, threshold, rising)
     return _mixed_crossing(profile, threshold, rising)
+
+
+def _expiry_crossing(
+    t0: float,
+    constant: float,
+    waves: list[tuple[float, float]],
+    expiries: list[tuple[float, float]],
+    threshold: float,
+    rising: bool,
+) -> float | None:
+    """:func:`_mixed_crossing` when at most one half-life drives the score, step for step
+    without its closures (compiled: C doubles). ``value`` there is ``c`` plus ``sum()`` of
+    one wave's term, which is that term (or no term: 0), so the comparisons see the same
+    values; the times it returns are ``t0``, a boundary or ``_solve``'s closed form."""
+    margin = _EPSILON * max(1.0, abs(threshold))
+    one = len(waves) == 1
+    wave = half_life = 0.0
+    if one:
+        wave, half_life = waves[0]
+    start = t0
+    v = constant + wave if one else constant  # value(t0, constant): exp2(0) is 1
+    if (v > threshold + margin) if rising else (v < threshold - margin):
+        return start
+    for boundary, points in expiries:
+        if one:  # _solve with one wave
+            found = _wave_crossing(wave, half_life, constant, threshold, t0, rising)
+            if found is not None:
+                due = found  # compiled: a C double
+                if not due > start:  # max(start, due)
+                    due = start
+                if due < boundary:
+                    return due
+        if boundary == inf:
+            return None
+        constant -= points
+        v = constant + wave * math.exp2((t0 - boundary) / half_life) if one else constant
+        if (v >= threshold) if rising else (v < threshold):
+            return boundary
+        start = boundary
+    if one:  # the last stretch, to inf
+        found = _wave_crossing(wave, half_life, constant, threshold, t0, rising)
+        if found is not None:
+            due = found
+            if not due > start:
+                due = start
+            if due < inf:
+                return due
+    return None
 
 
 def _mixed_crossing(profile: _Profile, threshold: float, rising: bool) -> float | None:
@@ -1315,7 +1405,7 @@ def _lookup(data: dict[str, Any], path: str) -> Any:
 
 
 def _cause(event: Event, effects: list[Effect]) -> str:
-    # A list, not a generator: compiled, no generator object per firing.
+    # A list, not a generator: compiled, no generator object per firing; a C function.
     changes = ", ".join(
         [f"{e.rule} {e.applied:+g}" for e in effects if type(e) is PointChange and e.applied]
     )
