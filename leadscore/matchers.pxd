@@ -109,6 +109,7 @@ cdef class Where:
     cdef public tuple lowers
     cdef public tuple paths
     cdef public tuple flats
+    cdef list blank
     cdef public tuple atoms
     cdef public tuple scans
     cdef public bytes plan
@@ -119,14 +120,14 @@ cdef class Where:
     cdef unsigned long long last_mask
     cdef tuple last_found
 
-    @cython.locals(nkeys=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, vals=list, lows=list,
+    @cython.locals(nkeys=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, vals=list, lows=Py_ssize_t,
                    m=cython.ulonglong, known=cython.ulonglong, truth=cython.ulonglong,
                    one=cython.ulonglong, plan="const unsigned char *", n=Py_ssize_t, p=Py_ssize_t, bit=int, count=int, k=int, a=int, end=Py_ssize_t,
                    ok=bint, found=tuple, text=str, s=Scan)
     cpdef tuple match(self, dict props)
 
 @cython.locals(lv=object, text=str)
-cdef bint _holds(Atom a, list vals, list lows, dict props)
+cdef bint _holds(Atom a, list vals, Py_ssize_t lows, dict props)
 
 @cython.locals(kind=int, part=Test)
 cdef bint _low(Test t, str lv)

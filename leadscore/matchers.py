@@ -524,6 +524,9 @@ class Where:
         self.lowers = lowers
         self.paths = paths
         self.flats = tuple(".".join(p) for p in paths)
+        # What match copies per event, one list: each key's value (missing until read), each
+        # dotted path's (unresolved), then each key's lower-cased text (None: not made yet).
+        self.blank = [_MISSING] * len(keys) + [_UNRESOLVED] * len(paths) + [None] * len(keys)
         self.atoms = atoms
         self.scans = scans_of(atoms)
         self.plan = plan
@@ -544,11 +547,10 @@ class Where:
     def match(self, props: dict[str, Any]) -> tuple[tuple[ActionRule, ...], tuple[int, ...]]:
         nkeys = len(self.keys)
         # Dotted paths are read when an atom first needs one (a rule on utm.source and
-        # utm.medium reads the second only if the first holds).
-        vals = [_MISSING] * (nkeys + len(self.paths))
-        for j in range(nkeys, len(vals)):
-            vals[j] = _UNRESOLVED
-        lows: list[str | None] = [None] * nkeys  # lower-cased when an atom first needs it
+        # utm.medium reads the second only if the first holds), a key's text lower-cased
+        # when an atom first needs it (at vals[lows + key]): one list per event.
+        vals = self.blank[:]
+        lows = nkeys + len(self.paths)
         for i in range(nkeys):
             vals[i] = props.get(self.keys[i], _MISSING)
         m = self.always
@@ -617,13 +619,13 @@ class Where:
         return found
 
 
-def _holds(a: Atom, vals: list[Any], lows: list[str | None], props: dict[str, Any]) -> bool:
+def _holds(a: Atom, vals: list[Any], lows: int, props: dict[str, Any]) -> bool:
     v = vals[a.source]
     if a.lowered and type(v) is str:  # a top-level text prop, lower-cased once per event
-        lv = lows[a.source]
+        lv = vals[lows + a.source]
         if lv is None:
             text = v  # compiled: typed str, so lower() is called in C, not looked up
-            lv = lows[a.source] = text.lower()
+            lv = vals[lows + a.source] = text.lower()
         return a.low is not None and _low(a.low, lv)
     if v is _UNRESOLVED:
         v = vals[a.source] = _resolve(props, a.path, a.flat)
