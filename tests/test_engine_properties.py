@@ -744,3 +744,33 @@ def test_remembered_event_ids_are_their_zlib_crc32(ids: list[str]) -> None:
             assert not of_type(effects, Duplicate)
             remembered = [*remembered, h][-16:]
         assert list(state.recent_ids) == remembered
+
+
+_TIMES = st.floats(1e9, 2e9, allow_nan=False)
+_POINTS = st.floats(-200.0, 200.0, allow_nan=False)
+
+
+@FAST
+@given(
+    t0=_TIMES,
+    constant=_POINTS,
+    waves=st.lists(st.tuples(_POINTS, st.sampled_from([3600.0, 14 * DAY])), max_size=1),
+    expiries=st.lists(st.tuples(_TIMES, _POINTS), min_size=1, max_size=6),
+    threshold=st.floats(-100.0, 100.0, allow_nan=False),
+    rising=st.booleans(),
+)
+def test_a_crossing_among_award_expiries_is_the_bisections_answer(
+    t0: float,
+    constant: float,
+    waves: list[tuple[float, float]],
+    expiries: list[tuple[float, float]],
+    threshold: float,
+    rising: bool,
+) -> None:
+    """With award expiries and at most one half-life, `_crossing` solves without the mixed
+    case's closures (`_expiry_crossing`): the same time, to the bit, as `_mixed_crossing`."""
+    from leadscore.engine import _crossing, _mixed_crossing
+
+    expiries = sorted(e for e in expiries if e[0] > t0)
+    profile = (t0, constant, waves, expiries)
+    assert _crossing(profile, threshold, rising) == _mixed_crossing(profile, threshold, rising)
