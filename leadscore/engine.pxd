@@ -203,8 +203,7 @@ cdef StageChanged _stage_changed(str stage, object previous, double at, str caus
 
 @cython.locals(key=str, tracked=tuple, n=Py_ssize_t, i=Py_ssize_t, k=Py_ssize_t,
                tracks=array, cells="double *", count=cython.double, previous=cython.double,
-               last=cython.double, kind=long, cooldown=cython.double, need=cython.double,
-               bound=cython.double)
+               last=cython.double, kind=long, cooldown=cython.double, bound=cython.double)
 cdef bint _track_ok(ContactState state, ActionRule r, double t) except -1
 
 # The one copy of a group's decay arithmetic (_evaluate, _group_score): a static C function.

@@ -1094,12 +1094,11 @@ def _track_ok(state: ContactState, r: Any, t: float) -> bool:
     previous = cells[i + 1]
     if t > previous:
         cells[i + 1] = t
-    need = r.hits  # compiled: C doubles (the rule's fields are objects), so nothing is boxed
-    if need and count < need:
+    if r.hits and count < r.hits:  # an int: compared as one (a C double would box it)
         return False
     # NEVER seen before: t - previous is inf, outside any `returns_within`.
     if r.returns_within is not None:
-        bound = r.returns_within
+        bound = r.returns_within  # compiled: C doubles (the rule's fields are objects)
         if not 0 <= t - previous <= bound:
             return False
     if r.returns_after is not None:
