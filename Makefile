@@ -78,9 +78,30 @@ build-deps:
 	fi
 
 # Cython in pure-Python mode, from the same .py files, into leadscore/_compiled/ (gitignored).
+# Profile-guided with gcc (setup.py, LEADSCORE_PGO): build modules that count what runs, score
+# a generated file with them (the training run, ~$(PGO_EVENTS) events), build again from the
+# counts (into build/pgo/, gitignored). Any step failing, or LEADSCORE_PGO=off: a plain build.
+PGO_DIR := build/pgo
+PGO_EVENTS ?= 150000
+BUILD_EXT := $(BIN)/python setup.py -q build_ext --inplace --force -j 2
 $(COMPILED): $(COMPILED_SRC) | $(VENV)/.installed build-deps
 	@$(BIN)/python -c 'import Cython' 2>/dev/null || $(PIP) install 'Cython>=3.1,<4'
-	$(BIN)/python setup.py -q build_ext --inplace -j 2
+	@rm -rf $(PGO_DIR) && mkdir -p $(PGO_DIR)
+	@if [ "$${LEADSCORE_PGO:-on}" != off ] && \
+	  LEADSCORE_PGO=generate $(BUILD_EXT) && \
+	  $(BIN)/leadscore generate --contacts 10000 --events $(PGO_EVENTS) --seed 11 \
+	    --out $(PGO_DIR)/events.jsonl && \
+	  LEADSCORE_ENGINE=compiled $(BIN)/leadscore run --rules examples/rules.yaml \
+	    --events $(PGO_DIR)/events.jsonl --out $(PGO_DIR)/out --workers 1 --no-progress \
+	    >/dev/null; \
+	then \
+	  echo "profile-guided build: from the training run's counts"; \
+	  LEADSCORE_PGO=use $(BUILD_EXT); \
+	else \
+	  echo "plain build (LEADSCORE_PGO=off, or the profile-guided one could not be made)"; \
+	  LEADSCORE_PGO=off $(BUILD_EXT); \
+	fi
+	@rm -rf $(PGO_DIR)/events.jsonl $(PGO_DIR)/out
 	@mkdir -p $(@D) && touch $@
 
 compiled: $(COMPILED)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from setuptools import setup
@@ -31,6 +32,26 @@ DIRECTIVES = {
 }
 # No fused multiply-add or other reassociation: the same float bits as the interpreter.
 CFLAGS = ["-O2", "-ffp-contract=off", "-fno-strict-aliasing"]
+# More flags for a measurement (bench/README.md, `pgo`): appended, so they win.
+CFLAGS_ENV = "LEADSCORE_CFLAGS"
+# Profile-guided build (the Makefile's `compiled` rule): "generate" builds modules that count
+# what runs into PGO_DIR, "use" builds from those counts; anything else, a plain build.
+PGO_ENV = "LEADSCORE_PGO"
+PGO_DIR = ROOT / "build" / "pgo" / "profile"
+
+
+def pgo_flags() -> tuple[list[str], list[str]]:
+    """(compile, link) flags for the profile-guided step named by LEADSCORE_PGO."""
+    step = os.environ.get(PGO_ENV, "").strip().lower()
+    if step == "generate":
+        flags = [f"-fprofile-generate={PGO_DIR}", "-fprofile-update=atomic"]
+        return flags, flags
+    if step == "use":
+        # Code the training run never reached stays optimized as without a profile (partial
+        # training), not for size; a module it never loaded has no profile, and says nothing.
+        flags = [f"-fprofile-use={PGO_DIR}", "-fprofile-partial-training", "-Wno-missing-profile"]
+        return flags, []
+    return [], []
 
 
 class OptionalBuildExt(build_ext):
@@ -74,6 +95,34 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:
             self._skip(exc)
 
+    def build_extensions(self) -> None:
+        self._check_pgo()
+        super().build_extensions()
+
+    def _check_pgo(self) -> None:
+        """Drop the profile flags (with one warning) unless this compiler is a gcc taking them."""
+        flags, link = pgo_flags()
+        if not flags:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            probe = Path(tmp) / "probe.c"
+            # gcc's flags and profile format: clang takes some of them and means other things
+            probe.write_text(
+                "#if !defined(__GNUC__) || defined(__clang__)\n#error not gcc\n#endif\n"
+                "int probe(void) { return 0; }\n"
+            )
+            try:
+                self.compiler.compile([str(probe)], output_dir=tmp, extra_postargs=flags)
+            except Exception as exc:
+                print(
+                    f"warning: {PGO_ENV}: this C compiler does not take {' '.join(flags)} "
+                    f"({exc}); building without a profile",
+                    file=sys.stderr,
+                )
+                for ext in self.extensions:
+                    ext.extra_compile_args = [a for a in ext.extra_compile_args if a not in flags]
+                    ext.extra_link_args = [a for a in ext.extra_link_args if a not in link]
+
     skipped = False
 
     def _skip(self, exc: BaseException) -> None:
@@ -98,8 +147,15 @@ def extensions() -> list[object]:
         return []
     from setuptools import Extension
 
+    pgo, pgo_link = pgo_flags()
+    cflags = CFLAGS + os.environ.get(CFLAGS_ENV, "").split() + pgo
     modules = [
-        Extension(f"{package}.{module}", [f"{package}/{module}.py"], extra_compile_args=CFLAGS)
+        Extension(
+            f"{package}.{module}",
+            [f"{package}/{module}.py"],
+            extra_compile_args=cflags,
+            extra_link_args=pgo_link,
+        )
         for package, module in COMPILED
     ]
     return cythonize(modules, compiler_directives=DIRECTIVES, quiet=True)

@@ -26,6 +26,13 @@ Two measurements per variant and round, each in a fresh process:
 
 The outputs of ``python`` and ``compiled`` (and of the baseline, reported, not required) are
 compared byte for byte on the first round: every file of ``--out``.
+
+``python -m bench.compiled --builds TREE TREE... [--rounds N | --callgrind]``: builds of the
+same source with other flags (setup.py's ``LEADSCORE_CFLAGS``, ``LEADSCORE_PGO``; each TREE a
+copy of the sources built in place), compiled, against each other instead: ``--rounds``
+alternates whole ``leadscore run`` processes (CPU seconds of each, every round printed);
+``--callgrind`` counts each once with ``--cache-sim=yes``: instructions, L1 instruction-cache
+misses and L1 data misses per event, and the L1i misses of each compiled module.
 """
 
 from __future__ import annotations
@@ -206,6 +213,121 @@ def compare(a: dict[str, bytes], b: dict[str, bytes]) -> dict[str, str]:
     return result
 
 
+CACHE_EVENTS = ("Ir", "I1mr", "D1mr", "D1mw")
+
+
+def cache_counts(report: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """(totals, L1i misses per shared object) of a ``--cache-sim=yes`` callgrind report.
+
+    Self costs only: the line after a ``calls=`` line is the call's inclusive cost, skipped.
+    """
+    names: dict[str, str] = {}
+    per_object: dict[str, int] = {}
+    totals: dict[str, int] = {}
+    events: list[str] = []
+    obj = ""
+    skip = False
+    with report.open() as lines:
+        for line in lines:
+            if skip:
+                skip = False
+                continue
+            if line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith(("totals:", "summary:")):
+                values = [int(v) for v in line.split()[1:]]
+                totals = {e: v for e, v in zip(events, values, strict=False) if e in CACHE_EVENTS}
+            elif line.startswith("ob="):
+                ref, _, name = line[3:].strip().partition(" ")
+                if name:
+                    names[ref] = name
+                obj = names.get(ref, ref)
+            elif line.startswith("calls="):
+                skip = True
+            elif line[:1].isdigit() or line[:1] in "+-*":
+                values = line.split()
+                if len(values) > 2 and events[1:2] == ["I1mr"]:
+                    per_object[obj] = per_object.get(obj, 0) + int(values[2])
+    return totals, per_object
+
+
+def cache_run(tree: Path, events: Path, out: Path, rules: Path) -> tuple[dict[str, int], dict]:
+    report = out.with_suffix(".callgrind")
+    command = ["valgrind", "--tool=callgrind", "--cache-sim=yes"]
+    command += [f"--callgrind-out-file={report}", sys.executable, "-m", "leadscore.cli", "run"]
+    command += ["-r", str(rules), "-e", str(events), "--out", str(out), "--workers", "1"]
+    command += ["--no-progress"]
+    env = {**env_for("compiled", tree), "PYTHONHASHSEED": "0"}
+    done = subprocess.run(command, cwd=tree, env=env, capture_output=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{tree}: leadscore run failed:\n{done.stderr.decode()[-3000:]}")
+    return cache_counts(report)
+
+
+def builds_main(args: argparse.Namespace) -> None:
+    """Compiled builds of one source (other flags) against each other, in CPU s or cache misses."""
+    os.environ["LEADSCORE_ENGINE"] = "compiled"
+    trees = [tree.resolve() for tree in args.builds]
+    for tree in trees:  # each must load compiled (checks its sources.json) before any timing
+        check = "import leadscore.accel as a; assert a.decide()[0], a.decide()"
+        env = env_for("compiled", tree)
+        subprocess.run([sys.executable, "-c", check], cwd=tree, env=env, check=True)
+    rules = rules_path()
+    events = events_file(args.events, args.contacts, args.seed)
+    lines = count_lines([events])
+    tmp = Path(tempfile.mkdtemp(prefix="leadscore-builds-"))
+    report: dict[str, Any] = {"lines": lines, "trees": [str(t) for t in trees]}
+    try:
+        if args.callgrind:
+            one = tmp / "one.jsonl"
+            with events.open("rb") as source:
+                one.write_bytes(source.readline())
+            rows = {}
+            for n, tree in enumerate(trees):
+                start, _ = cache_run(tree, one, tmp / f"one-{n}", rules)
+                total, objects = cache_run(tree, events, tmp / f"out-{n}", rules)
+                per = {k: (total[k] - start.get(k, 0)) / lines for k in total}
+                compiled = {
+                    Path(o).name.split(".")[0]: v / lines
+                    for o, v in objects.items()
+                    if "/_compiled/" in o
+                }
+                rows[str(tree)] = {"per_event": per, "compiled_l1i_per_event": compiled}
+                cells = "  ".join(f"{k} {v:,.1f}" for k, v in per.items())
+                mods = ", ".join(f"{k} {v:.1f}" for k, v in sorted(compiled.items()))
+                print(f"{tree}: per event {cells}\n  L1i misses by module: {mods}", flush=True)
+            first = outputs(tmp / "out-0")
+            report["identical"] = {
+                str(t): compare(first, outputs(tmp / f"out-{n}")) for n, t in enumerate(trees)
+            }
+            report["callgrind"] = rows
+        else:
+            runs: dict[str, list[float]] = {str(t): [] for t in trees}
+            for round_no in range(args.rounds):
+                order = trees if round_no % 2 == 0 else list(reversed(trees))
+                for tree in order:
+                    out = tmp / f"out-{round_no}-{trees.index(tree)}"
+                    result = timed_run("compiled", tree, events, out, rules)
+                    runs[str(tree)].append(result["cpu_seconds"])
+                    print(
+                        f"round {round_no + 1} {tree}: {lines / result['cpu_seconds']:,.0f} "
+                        f"events per CPU s ({result['cpu_seconds']:.2f} s, wall "
+                        f"{result['seconds']:.2f} s, load {os.getloadavg()[0]:.1f})",
+                        flush=True,
+                    )
+                    shutil.rmtree(out, ignore_errors=True)
+            for tree, cpu in runs.items():
+                print(f"{tree}: median {lines / statistics.median(cpu):,.0f} events per CPU s")
+            report["cpu_seconds"] = runs
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"identical: {report.get('identical', 'not compared')}")
+    report["machine"] = machine_info()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    print(f"report: {args.json}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.compiled", description=__doc__)
     parser.add_argument("--events", type=int, default=None, help="default 1M (callgrind 100k)")
@@ -217,12 +339,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--callgrind", action="store_true", help="instructions per event under callgrind, once"
     )
+    parser.add_argument(
+        "--builds", type=Path, nargs="+", default=None, help="compiled trees to compare (above)"
+    )
     args = parser.parse_args(argv)
     small = args.callgrind
     args.events = args.events or (100_000 if small else 1_000_000)
     args.contacts = args.contacts or (10_000 if small else 100_000)
-    args.json = args.json or RESULTS / ("compiled-callgrind.json" if small else "compiled.json")
+    name = "compiled-builds" if args.builds else "compiled"
+    args.json = args.json or RESULTS / (f"{name}-callgrind.json" if small else f"{name}.json")
 
+    if args.builds:
+        builds_main(args)
+        return
     os.environ["LEADSCORE_ENGINE"] = "compiled"  # fail here, not mid-run, if it is not built
     from leadscore.accel import decide
 
