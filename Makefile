@@ -79,8 +79,9 @@ build-deps:
 
 # Cython in pure-Python mode, from the same .py files, into leadscore/_compiled/ (gitignored).
 # Profile-guided with gcc (setup.py, LEADSCORE_PGO): build modules that count what runs, score
-# a generated file with them (the training run, ~$(PGO_EVENTS) events), build again from the
-# counts (into build/pgo/, gitignored). Any step failing, or LEADSCORE_PGO=off: a plain build.
+# a generated file with them (the training run, $(PGO_EVENTS) events), build again from those
+# counts (kept in build/pgo/, gitignored). LEADSCORE_PGO=off, or any step failing (no gcc, no
+# profile written, a build that does not load): one plain build instead.
 PGO_DIR := build/pgo
 PGO_EVENTS ?= 150000
 BUILD_EXT := $(BIN)/python setup.py -q build_ext --inplace --force -j 2
@@ -90,15 +91,17 @@ $(COMPILED): $(COMPILED_SRC) | $(VENV)/.installed build-deps
 	@if [ "$${LEADSCORE_PGO:-on}" != off ] && \
 	  LEADSCORE_PGO=generate $(BUILD_EXT) && \
 	  $(BIN)/leadscore generate --contacts 10000 --events $(PGO_EVENTS) --seed 11 \
-	    --out $(PGO_DIR)/events.jsonl && \
+	    --out $(PGO_DIR)/events.jsonl >/dev/null && \
 	  LEADSCORE_ENGINE=compiled $(BIN)/leadscore run --rules examples/rules.yaml \
 	    --events $(PGO_DIR)/events.jsonl --out $(PGO_DIR)/out --workers 1 --no-progress \
-	    >/dev/null; \
+	    >/dev/null && \
+	  ls $(PGO_DIR)/profile/*.gcda >/dev/null 2>&1 && \
+	  LEADSCORE_PGO=use $(BUILD_EXT) && \
+	  LEADSCORE_ENGINE=compiled $(BIN)/python -c 'import leadscore.engine'; \
 	then \
-	  echo "profile-guided build: from the training run's counts"; \
-	  LEADSCORE_PGO=use $(BUILD_EXT); \
+	  echo "built profile-guided (trained on $(PGO_EVENTS) generated events)"; \
 	else \
-	  echo "plain build (LEADSCORE_PGO=off, or the profile-guided one could not be made)"; \
+	  echo "building without a profile (LEADSCORE_PGO=off, or the profile-guided build failed)"; \
 	  LEADSCORE_PGO=off $(BUILD_EXT); \
 	fi
 	@rm -rf $(PGO_DIR)/events.jsonl $(PGO_DIR)/out
