@@ -237,18 +237,21 @@ def cache_counts(report: Path) -> tuple[dict[str, int], dict[str, int]]:
             elif line.startswith(("totals:", "summary:")):
                 values = [int(v) for v in line.split()[1:]]
                 totals = {e: v for e, v in zip(events, values, strict=False) if e in CACHE_EVENTS}
-            elif line.startswith("ob="):
-                ref, _, name = line[3:].strip().partition(" ")
+            elif line.startswith(("ob=", "cob=")):  # an object's name comes with its first id
+                key, _, rest = line.partition("=")
+                ref, _, name = rest.strip().partition(" ")
                 if name:
                     names[ref] = name
-                obj = names.get(ref, ref)
+                if key == "ob":
+                    obj = ref
             elif line.startswith("calls="):
                 skip = True
-            elif line[:1].isdigit() or line[:1] in "+-*":
-                values = line.split()
-                if len(values) > 2 and events[1:2] == ["I1mr"]:
-                    per_object[obj] = per_object.get(obj, 0) + int(values[2])
-    return totals, per_object
+            elif (line[:1].isdigit() or line[:1] in "+-*") and "I1mr" in events:
+                values = line.split()  # the position, then one value per event (trailing 0s cut)
+                at = 1 + events.index("I1mr")
+                if len(values) > at:
+                    per_object[obj] = per_object.get(obj, 0) + int(values[at])
+    return totals, {names.get(ref, ref): n for ref, n in per_object.items()}
 
 
 def cache_run(tree: Path, events: Path, out: Path, rules: Path) -> tuple[dict[str, int], dict]:
