@@ -8,7 +8,8 @@ each side, and their ratios head/base. Redis designs get a private redis-server,
 pre-loaded before every run (not timed), and checked to end with nothing pending.
 
 ``--compiled head`` (or ``base,head``) builds that side's frozen tree with ``setup.py
-build_ext --inplace`` (not timed) and runs it with ``LEADSCORE_ENGINE=compiled``, so a build
+build_ext --inplace`` (not timed; a plain build, not ``make``'s profile-guided one, so a
+compiled side is measured a little slow) and runs it with ``LEADSCORE_ENGINE=compiled``, so a build
 that falls back to Python fails instead of passing for a compiled one; the other side runs
 with ``LEADSCORE_ENGINE=python``. ``python -m bench.ab --base 5dce17e --designs d1
 --compiled head --rounds 4`` is issue 19's d1 figure: the compiled head against the
@@ -56,7 +57,7 @@ def freeze(ref: str, into: Path) -> str:
 
 
 def build(tree: Path) -> None:
-    """Compile ``tree``'s hot path in place (Cython, as ``make compiled`` does)."""
+    """Compile ``tree``'s hot path in place (Cython; plainly, without ``make``'s profile)."""
     done = subprocess.run(
         [sys.executable, "setup.py", "-q", "build_ext", "--inplace", "-j", "2"],
         cwd=tree,
