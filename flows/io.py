@@ -28,10 +28,6 @@ OUTPUT_KINDS = ("changes", "contacts", "dead_letter", "summary", "triggers")
 # for `leadscore run`'s progress bar. Module-level because Bytewax builds partitions itself.
 progress_hook: Callable[[int], None] | None = None
 
-# Set by flows.runner on Ctrl-C in a one-worker run: each file partition ends at its next chunk
-# as at the end of its file, so the flow stops without a KeyboardInterrupt inside a step.
-stop_requested = False
-
 LINES_PER_CHUNK = 16384
 """Lines a file partition hands on per chunk. Every chunk costs per shard, not per line: the
 parser's 64 lists and ticks, Bytewax routing them, each shard logic's batch call, timers
@@ -64,9 +60,6 @@ class _LinesPartition(StatefulSourcePartition[Chunk, int]):
     def next_batch(self) -> list[Chunk]:
         if self._done:
             raise StopIteration
-        if stop_requested:
-            self._done = True
-            return [(self._part, self._path, self._line, None)]
         # islice over the file and map/all below keep the per-line work in C.
         raw = list(islice(self._file, self._batch_size))
         if len(raw) < self._batch_size:

@@ -28,7 +28,7 @@ from typing import IO, Any
 import msgspec
 import orjson
 from bytewax.dataflow import Dataflow
-from bytewax.testing import cluster_main, run_main
+from bytewax.testing import cluster_main
 
 import flows.io
 from flows.config import FlowConfig
@@ -127,8 +127,7 @@ def run_files(
         return _report_from_files(Path(out), top, time.perf_counter() - started)
     tee = _StdoutTee(sys.stdout.buffer, top) if out == STDIO else None
     started = time.perf_counter()
-    alone = workers == 1 and STDIO not in config.events
-    _run_in_process(flow, workers, tee, on_bytes, alone=alone)
+    _run_in_process(flow, workers, tee, on_bytes)
     seconds = time.perf_counter() - started
     if tee is None:
         return _report_from_files(Path(out), top, seconds)
@@ -136,26 +135,16 @@ def run_files(
 
 
 def _run_in_process(
-    flow: Dataflow,
-    workers: int,
-    tee: _StdoutTee | None,
-    on_bytes: Callable[[int], None] | None,
-    *,
-    alone: bool = False,
+    flow: Dataflow, workers: int, tee: _StdoutTee | None, on_bytes: Callable[[int], None] | None
 ) -> None:
-    """Run ``flow`` here; with ``tee``, standard output passes through it meanwhile.
-
-    ``alone`` (one worker, files only): the worker runs in this thread (``_run_alone``).
-    """
+    """Run ``flow`` here; with ``tee``, standard output passes through it meanwhile."""
     saved = sys.stdout
     if tee is not None:
         sys.stdout = io.TextIOWrapper(tee, write_through=True)  # type: ignore[assignment]
     flows.io.progress_hook = on_bytes
     try:
-        if alone and threading.current_thread() is threading.main_thread():
-            _run_alone(flow)
-        else:
-            cluster_main(flow, [], 0, worker_count_per_proc=workers)
+        # cluster_main even for one worker: run_main turns Ctrl-C into a Rust panic.
+        cluster_main(flow, [], 0, worker_count_per_proc=workers)
     except BaseException as err:  # Bytewax wraps worker errors: look at what caused them
         cause = first_cause(err, (KeyboardInterrupt, OSError, EOFError))
         if isinstance(cause, KeyboardInterrupt):
@@ -314,37 +303,6 @@ class _StdoutTee(io.BufferedIOBase):
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def _run_alone(flow: Dataflow) -> None:
-    """Run ``flow``'s one worker in this thread, Ctrl-C ending its input.
-
-    ``cluster_main`` runs workers in threads of their own and waits for them in a loop that
-    sleeps 1 ms and takes the GIL to check for signals: a one-worker file run handed the GIL
-    over ~550 times a second (27k context switches per 1M events; ``run_main``: 2k, and
-    ~10% less CPU). ``run_main`` has no such loop, but a ``KeyboardInterrupt`` raised inside
-    a step becomes a Rust panic on standard error. So the first Ctrl-C here only asks the
-    file source to stop (``flows.io.stop_requested``): the flow ends as at the end of its
-    input, and ``KeyboardInterrupt`` is raised after it. A second Ctrl-C raises at once (an
-    input that blocks, such as a named pipe, would not reach the source's check).
-    """
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        if flows.io.stop_requested:
-            raise KeyboardInterrupt
-        flows.io.stop_requested = True
-
-    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # e.g. a background job
-    previous = None if ignored else signal.signal(signal.SIGINT, on_sigint)
-    flows.io.stop_requested = False
-    try:
-        run_main(flow)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-        stopped, flows.io.stop_requested = flows.io.stop_requested, False
-    if stopped:
-        raise KeyboardInterrupt
 
 
 def run_processes(config: FlowConfig, processes: int, workers: int) -> None:
