@@ -288,7 +288,25 @@ def test_a_failing_process_fails_the_run_with_its_reason(rules: Path, tmp_path: 
     assert re.search(r"^leadscore: process \d of 2 failed: .+", done.stderr, re.M), done.stderr
     done = cli("run", "-r", str(rules), "-e", str(broken), "-o", str(tmp_path / "o"))
     assert done.returncode == 1
-    assert "the run failed: Compressed file ended" in done.stderr, done.stderr
+    # one line, no panic or traceback from the worker that read it
+    assert done.stderr.strip().splitlines() == [
+        "leadscore: the run failed: Compressed file ended before the end-of-stream marker was "
+        "reached"
+    ], done.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_an_output_that_cannot_be_written_fails_the_run_in_one_line(
+    rules: Path, events: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "changes.jsonl").symlink_to("/dev/full")  # a full disk under one output
+    done = cli("run", "-r", str(rules), "-e", str(events), "-o", str(out))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "leadscore: the run failed: [Errno 28] No space left on device"
+    ], done.stderr
 
 
 def test_run_shows_a_progress_bar_on_a_terminal(rules: Path, events: Path, tmp_path: Path) -> None:
