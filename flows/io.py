@@ -7,9 +7,11 @@ output file has exactly one writer however many workers or processes run the flo
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import IO, Any
@@ -27,6 +29,31 @@ OUTPUT_KINDS = ("changes", "contacts", "dead_letter", "summary", "triggers")
 # Called with the number of bytes read, from whichever worker read them; flows.runner sets it
 # for `leadscore run`'s progress bar. Module-level because Bytewax builds partitions itself.
 progress_hook: Callable[[int], None] | None = None
+
+
+@dataclass
+class RunControl:
+    """How a run with its one worker in the main thread ends early (``flows.runner``).
+
+    There Bytewax turns an exception raised inside a step into a Rust panic on standard
+    error, so while ``active`` the file partitions do not raise: Ctrl-C sets ``stop``, an
+    input or output error is kept in ``failure`` (and sets ``stop``), every file partition
+    ends at its next chunk as at the end of its file, and the runner raises after the flow.
+    """
+
+    active: bool = False
+    stop: bool = False
+    failure: BaseException | None = None
+
+    def fail(self, err: BaseException) -> None:
+        if not self.active:
+            raise err
+        if self.failure is None:
+            self.failure = err
+        self.stop = True
+
+
+control = RunControl()
 
 LINES_PER_CHUNK = 16384
 """Lines a file partition hands on per chunk. Every chunk costs per shard, not per line: the
@@ -50,18 +77,30 @@ class _LinesPartition(StatefulSourcePartition[Chunk, int]):
         self._part = part
         self._path = path
         self._batch_size = batch_size
-        self._file = open_input(path)
         self._line = 0
         self._done = False
-        for _ in range(resume_line or 0):
-            self._file.readline()
-            self._line += 1
+        self._file: IO[bytes] | None = None
+        try:
+            self._file = open_input(path)
+            for _ in range(resume_line or 0):
+                self._file.readline()
+                self._line += 1
+        except (OSError, EOFError) as err:
+            control.fail(err)
 
     def next_batch(self) -> list[Chunk]:
         if self._done:
             raise StopIteration
+        if control.stop or self._file is None:
+            self._done = True
+            return [(self._part, self._path, self._line, None)]
         # islice over the file and map/all below keep the per-line work in C.
-        raw = list(islice(self._file, self._batch_size))
+        try:
+            raw = list(islice(self._file, self._batch_size))
+        except (OSError, EOFError) as err:  # EOFError: a truncated .gz
+            control.fail(err)
+            self._done = True
+            return [(self._part, self._path, self._line, None)]
         if len(raw) < self._batch_size:
             self._done = True
         first = self._line + 1
@@ -90,7 +129,7 @@ class _LinesPartition(StatefulSourcePartition[Chunk, int]):
         return self._line
 
     def close(self) -> None:
-        if self._file is not sys.stdin.buffer:
+        if self._file is not None and self._file is not sys.stdin.buffer:
             self._file.close()
 
 
@@ -120,7 +159,9 @@ class JsonlSource(FixedPartitionedSource[Chunk, int]):
 
 
 class _KindPartition(StatefulSinkPartition[bytes, None]):
-    def __init__(self, stream: IO[bytes], kind: str, close: bool, prefix: bool) -> None:
+    """One output kind's stream; ``None`` (it could not be opened) drops what comes."""
+
+    def __init__(self, stream: IO[bytes] | None, kind: str, close: bool, prefix: bool) -> None:
         self._stream = stream
         self._close = close
         # On standard output every output shares one stream, so each line says which it is,
@@ -128,18 +169,36 @@ class _KindPartition(StatefulSinkPartition[bytes, None]):
         self._prefix = b'{"output":"' + kind.encode() + b'",' if prefix else b""
 
     def write_batch(self, items: list[bytes]) -> None:
-        for chunk in items:
-            if self._prefix:
-                chunk = b"".join(self._prefix + line[1:] + b"\n" for line in chunk.splitlines())
-            self._stream.write(chunk)
+        if self._stream is None:
+            return
+        try:
+            for chunk in items:
+                if self._prefix:
+                    lines = chunk.splitlines()
+                    chunk = b"".join(self._prefix + line[1:] + b"\n" for line in lines)
+                self._stream.write(chunk)
+        except OSError as err:  # a full disk, a closed pipe
+            self._drop(err)
+
+    def _drop(self, err: OSError) -> None:
+        stream, self._stream = self._stream, None
+        if self._close and stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+        control.fail(err)
 
     def snapshot(self) -> None:
         return None
 
     def close(self) -> None:
-        self._stream.flush()
-        if self._close:
-            self._stream.close()
+        if self._stream is None:
+            return
+        try:
+            self._stream.flush()
+            if self._close:
+                self._stream.close()
+        except OSError as err:
+            self._drop(err)
 
 
 class _SummaryPartition(StatefulSinkPartition[bytes, None]):
@@ -159,11 +218,14 @@ class _SummaryPartition(StatefulSinkPartition[bytes, None]):
 
     def close(self) -> None:
         data = orjson.dumps(self._totals, option=orjson.OPT_SORT_KEYS)
-        if self._path is None:
-            sys.stdout.buffer.write(b'{"output":"summary",' + data[1:] + b"\n")
-            sys.stdout.buffer.flush()
-        else:
-            self._path.write_bytes(data + b"\n")
+        try:
+            if self._path is None:
+                sys.stdout.buffer.write(b'{"output":"summary",' + data[1:] + b"\n")
+                sys.stdout.buffer.flush()
+            else:
+                self._path.write_bytes(data + b"\n")
+        except OSError as err:
+            control.fail(err)
 
 
 def merge_summary(totals: dict[str, Any], part: dict[str, Any]) -> None:
@@ -202,5 +264,9 @@ class ResultsSink(FixedPartitionedSink[bytes, None]):
             return _SummaryPartition(None if self._dir is None else self._dir / "summary.json")
         if self._dir is None:
             return _KindPartition(sys.stdout.buffer, for_part, close=False, prefix=True)
-        stream = open(self._dir / f"{for_part}.jsonl", "wb")  # noqa: SIM115
+        try:
+            stream: IO[bytes] | None = open(self._dir / f"{for_part}.jsonl", "wb")  # noqa: SIM115
+        except OSError as err:
+            control.fail(err)
+            stream = None
         return _KindPartition(stream, for_part, close=True, prefix=False)
