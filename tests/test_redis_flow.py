@@ -40,7 +40,8 @@ from prometheus_client import REGISTRY
 from redis.cluster import RedisCluster
 from redis_server import RedisServer
 
-from flows.redis_flow import PartitionLogic, WorkerLogics
+from flows import redis_flow
+from flows.redis_flow import MAINTAIN_PER_ROUND, PartitionLogic, WorkerLogics
 from flows.redis_io import IDLE
 from flows.scoring import FlowConfig, build_flow
 from leadscore.engine import Engine
@@ -646,6 +647,63 @@ def test_the_partitions_of_a_worker_share_their_state_loads_and_checkpoints(
         mine = [c for c in contacts if partition_of(c, P) == p]
         assert sorted(store.load_states(p, mine)) == sorted(mine)
     assert all(logic.notify_at() is None for logic in logics.values())  # nothing left to do
+
+
+def test_the_partitions_trims_due_together_spread_over_the_rounds(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every partition's trim comes due in the same round (they start together): a round
+    trims at most MAINTAIN_PER_ROUND of them, the next rounds the rest, each what it had
+    acknowledged (bench/README.md, "live5")."""
+    monkeypatch.setattr(redis_flow, "TRIM_EVERY", 3600.0)  # each partition's turn comes once
+    trimmed: list[int] = []
+    trim_input = RedisStore.trim_input
+
+    def counted(self: RedisStore, p: int, minid: str) -> int:
+        trimmed.append(p)
+        return trim_input(self, p, minid)
+
+    monkeypatch.setattr(RedisStore, "trim_input", counted)
+    store = RedisStore(redis_url)
+    store.ensure(P)
+    contacts: dict[int, str] = {}
+    for i in range(2000):
+        contacts.setdefault(partition_of(f"t{i}@acme.com", P), f"t{i}@acme.com")
+        if len(contacts) == 6:
+            break
+    config = FlowConfig(
+        rules=str(RULES),
+        source="redis",
+        redis_url=redis_url,
+        partitions=P,
+        flush_ms=1,  # every round commits
+        retain_seconds=0.0,
+    )
+    engine = Engine(load_rules(RULES))
+    worker = WorkerLogics(RedisStore(redis_url, partitions=P))
+    logics = {p: PartitionLogic(engine, config, worker) for p in contacts}
+
+    def round_of(n: int) -> int:
+        """One round with an event for every partition: the partitions it trimmed."""
+        store.send_events(
+            orjson.dumps({"contact": c, "action": "email.click", "id": f"{c}-{n}", "ts": START})
+            for c in contacts.values()
+        )
+        for p, logic in logics.items():
+            reply = store.r.xreadgroup(GROUP, Keys.consumer(p), {store.keys.input(p): ">"})
+            values = [(p, eid.decode(), f[b"e"]) for eid, f in reply[0][1]]
+            logic.on_batch([*values, (p, IDLE, b"")])  # caught up: due at once
+        trimmed.clear()
+        next(iter(logics.values())).notify_at()
+        assert all(store.last_checkpoint(p) == n and store.pending(p) == 0 for p in contacts)
+        return len(trimmed)
+
+    assert MAINTAIN_PER_ROUND == 2
+    trims = [round_of(n) for n in (1, 2, 3, 4)]
+    assert trims == [2, 2, 2, 0]  # was all six in the first round, then none
+    # Trimmed in round n, once, to what it had acknowledged then: 4 - n entries are left.
+    lengths = sorted(store.r.xlen(store.keys.input(p)) for p in contacts)
+    assert lengths == [1, 1, 2, 2, 3, 3]
 
 
 def test_a_partition_due_once_applied_is_committed_while_the_next_is_applied(
