@@ -207,11 +207,15 @@ COMMIT_BYTES = 8 << 20
 
 
 def checkpoint_bytes(batch: Checkpoint) -> int:
-    """The record and value bytes a checkpoint writes (its metric, and its write's size)."""
+    """The record and value bytes a checkpoint writes (its metric, and its write's size):
+    counted once, by the commit that sizes its write, and kept for ``end_flush``'s metric."""
+    if batch.size >= 0:
+        return batch.size
     states, read_models = batch.states or {}, batch.read_models or {}
     size = sum(map(len, states.values())) + sum(map(len, read_models.values()))
     size += sum(map(len, batch.triggers)) + sum(map(len, batch.changes))
-    return size + sum(map(len, batch.dead))
+    batch.size = size = size + sum(map(len, batch.dead))
+    return size
 
 
 class WorkerLogics:

@@ -176,28 +176,38 @@ class Checkpoint:
     deletes: Sequence[str] = ()
     aliases: Mapping[str, str] | None = None
     sends: Sequence[tuple[str, bytes]] = ()
+    size: int = -1  # its record and value bytes, once a caller counted them (-1: not yet)
 
 
 class SentCheckpoints:
     """Checkpoint script calls written to Redis ahead of reading their replies.
 
-    :meth:`RedisStore.send_checkpoint` writes each partition's call as soon as it is built and
-    :meth:`RedisStore.checkpoint_many` (``sent=``) reads the replies: Redis runs one
-    partition's script while the flow builds the next one's, instead of all of them after
-    the last is built (the flow's thread waited ~3 ms a round for them at 27k events/s;
-    bench/README.md, "lat3"). Nothing changes for what a reply means: until it is read, a
-    checkpoint is not committed as far as the flow knows.
+    :meth:`RedisStore.send_checkpoint` writes each partition's call as soon as it is built
+    (once the calls held back reach SEND_AHEAD_BYTES) and :meth:`RedisStore.checkpoint_many`
+    (``sent=``) reads the replies: Redis runs one partition's script while the flow builds the
+    next one's, instead of all of them after the last is built (the flow's thread waited ~3 ms
+    a round for them at 27k events/s; bench/README.md, "lat3"). Nothing changes for what a
+    reply means: until it is read, a checkpoint is not committed as far as the flow knows.
     """
 
-    __slots__ = ("batches", "calls", "conn", "error", "written")
+    __slots__ = ("batches", "buffer", "buffered", "calls", "conn", "error", "written")
 
     def __init__(self) -> None:
         self.batches: list[Checkpoint] = []
         self.calls: list[tuple[list[str], list[Any], list[Any]]] = []
         self.conn: Any = None  # the connection holding the unread replies
-        self.written = 0  # calls written on ``conn``
+        self.written = 0  # calls written (or waiting in ``buffer``) on ``conn``
+        self.buffer: list[bytes] = []  # packed calls not yet written (see SEND_AHEAD_BYTES)
+        self.buffered = 0  # their bytes
         self.error: BaseException | None = None  # a write failed: checkpoint_many retries
 
+
+SEND_AHEAD_BYTES = 64 * 1024
+"""Bytes of checkpoint calls :meth:`RedisStore.send_checkpoint` holds back before it writes
+them in one socket write (the rest go with the reading of their replies). A write per call
+cost the live flow ~4% of its CPU at 40k events/s (16 a round, each a syscall and a wake-up
+of Redis); a live checkpoint there is ~30-40 KB, so a write carries about two and a call waits
+for the next partition's apply at most (bench/README.md, "live5")."""
 
 CHECKPOINT_LUA = """#!lua
 local ckpt, input, triggers, changes, dead, timers, clock, fence, live = unpack(KEYS, 1, 9)
@@ -362,6 +372,10 @@ def _packed(conn: Any, commands: Sequence[Sequence[Any]]) -> bytes:
     return b"".join([_pack_command(tuple(command)) for command in commands])
 
 
+def _joined(packed: list[bytes]) -> bytes:
+    return packed[0] if len(packed) == 1 else b"".join(packed)
+
+
 def connect(url: str, *, cluster: bool = False, socket_timeout: float = 10.0) -> Client:
     """A client from a URL (password, db and ``rediss://`` TLS come from the URL).
 
@@ -427,7 +441,7 @@ def _reason(err: BaseException) -> str:
 
 
 def call_with_retry(
-    what: str,
+    what: str | Callable[[], str],
     fn: Callable[[], T],
     policy: RetryPolicy,
     on_retry: Callable[[str], object] | None = None,
@@ -436,7 +450,8 @@ def call_with_retry(
 
     Logs one warning per back-off step (each time the delay grows, and once when it reaches
     the cap), not per attempt, and the recovery; ``on_retry(what)`` runs on every retry (the
-    live flow counts them in a Prometheus metric).
+    live flow counts them in a Prometheus metric). ``what`` may be a function that says it:
+    called only when there is something to say (a live flow checkpoints ~1,000 times a second).
     """
     failures = 0
     while True:
@@ -445,6 +460,8 @@ def call_with_retry(
         except FATAL:
             raise
         except RETRYABLE as err:
+            if callable(what):
+                what = what()
             failures += 1
             if failures >= policy.attempts:
                 raise StoreUnavailable(
@@ -494,6 +511,7 @@ class RedisStore:
         socket_timeout: float = 10.0,
         mget_batch: int = 1000,
         on_retry: Callable[[str], object] | None = None,
+        send_ahead_bytes: int = SEND_AHEAD_BYTES,
     ) -> None:
         self.url = url
         self.prefix = prefix
@@ -514,6 +532,11 @@ class RedisStore:
         # another marker writes nothing (LiveChanged). Absent: generation 0, no check.
         self.generations: dict[int, int] = {}
         self.live: dict[int, str] = {}
+        # (layout, p) -> the partition's own checkpoint keys and its state and read-model key
+        # prefixes (_script_args)
+        self._layouts: dict[tuple[Keys, int], tuple[list[str], str, str]] = {}
+        # Checkpoint calls send_checkpoint holds back until they reach this many bytes.
+        self.send_ahead_bytes = send_ahead_bytes
         self.r: Client = connect(url, cluster=cluster, socket_timeout=socket_timeout)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -527,7 +550,7 @@ class RedisStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
+    def _call(self, what: str | Callable[[], str], fn: Callable[[], T]) -> T:
         return call_with_retry(what, fn, self.retry, self.on_retry)
 
     # -- layout ----------------------------------------------------------------------------
@@ -750,8 +773,9 @@ class RedisStore:
         return self.checkpoint_many([batch])[0]
 
     def send_checkpoint(self, sent: SentCheckpoints, batch: Checkpoint) -> None:
-        """Write ``batch``'s script call now; :meth:`checkpoint_many` with ``sent`` reads its
-        reply (with those of the other batches ``sent`` holds). On Redis Cluster, or once a
+        """Write ``batch``'s script call now, with those held back before it, once they
+        reach ``send_ahead_bytes`` (else it is held back); :meth:`checkpoint_many` with
+        ``sent`` writes what is still held and reads the replies. On Redis Cluster, or once a
         write failed, the call is only kept: ``checkpoint_many`` sends it as it would have."""
         call = self._script_args(batch)
         sent.batches.append(batch)
@@ -764,8 +788,13 @@ class RedisStore:
             if sent.conn is None:
                 sent.conn = self.r.connection_pool.get_connection()
             command = ("EVALSHA", CHECKPOINT_SHA, len(names), *names, *head, *tail)
-            sent.conn.send_packed_command([_packed(sent.conn, [command])])
+            packed = _packed(sent.conn, [command])
+            sent.buffer.append(packed)
+            sent.buffered += len(packed)
             sent.written += 1
+            if sent.buffered >= self.send_ahead_bytes:
+                buffer, sent.buffer, sent.buffered = sent.buffer, [], 0
+                sent.conn.send_packed_command([_joined(buffer)])
         except Exception as err:  # raised by checkpoint_many, which retries what it can
             sent.error = err
             self.discard_sent(sent)
@@ -775,6 +804,7 @@ class RedisStore:
         stopping before it read them): a connection never goes back to the pool with replies
         pending. What was sent is committed or not; the flow's next run finds out (its seq)."""
         conn, sent.conn = sent.conn, None
+        sent.buffer, sent.buffered = [], 0
         if conn is not None:
             conn.disconnect()
             self.r.connection_pool.release(conn)
@@ -788,7 +818,10 @@ class RedisStore:
         replies: list[Any] = []
         if conn is None:
             return replies
+        buffer, sent.buffer, sent.buffered = sent.buffer, [], 0
         try:
+            if buffer:  # held back (SEND_AHEAD_BYTES): written now
+                conn.send_packed_command([_joined(buffer)])
             for _ in range(sent.written):
                 try:
                     replies.append(conn.read_response())
@@ -891,40 +924,50 @@ class RedisStore:
                 raise LiveChanged(results, moved)
             return results
 
-        what = ", ".join(f"p={b.p} seq={b.seq}" for b in batches)
-        return self._call(f"checkpoint {what}", attempt)
+        def what() -> str:
+            return "checkpoint " + ", ".join(f"p={b.p} seq={b.seq}" for b in batches)
+
+        return self._call(what, attempt)
 
     def _script_args(self, b: Checkpoint) -> tuple[list[str], list[Any], list[Any]]:
         """KEYS, ARGV header and ARGV values of one partition's call of CHECKPOINT_LUA."""
         p = b.p
         keys = self.keys_of(p)
+        # The partition's own keys and its state and read-model key prefixes: the same for
+        # every checkpoint of a generation (a live flow makes ~1,000 a second).
+        layout = self._layouts.get((keys, p))
+        if layout is None:
+            layout = self._layouts[(keys, p)] = (
+                [
+                    keys.checkpoint(p),
+                    keys.input(p),
+                    keys.triggers(p),
+                    keys.changes(p),
+                    keys.dead(p),
+                    keys.timers(p),
+                    keys.clock(p),
+                    keys.fence(p),
+                    keys.live(p),
+                ],
+                keys.state(p, ""),
+                keys.read_model(p, ""),
+            )
+        own, state_prefix, model_prefix = layout
         for record in b.triggers:
             if b"\n" in record:
                 raise ValueError(f"a record must be one line of JSON, got {record[:80]!r}")
-        change_entries = pack_records(b.changes)
-        dead_entries = pack_records(b.dead)
+        change_entries = pack_records(b.changes) if b.changes else []
+        dead_entries = pack_records(b.dead) if b.dead else []
         # KEYS: the partition's own keys, then the state and read-model keys to MSET; ARGV: a
         # header of counts, then the values in the same order (see CHECKPOINT_LUA).
-        names = [
-            keys.checkpoint(p),
-            keys.input(p),
-            keys.triggers(p),
-            keys.changes(p),
-            keys.dead(p),
-            keys.timers(p),
-            keys.clock(p),
-            keys.fence(p),
-            keys.live(p),
-        ]
-        values: list[Any] = []
+        names = own.copy()
+        tail: list[Any] = []
         if b.states:
-            prefix = keys.state(p, "")
-            names += [prefix + contact for contact in b.states]
-            values += b.states.values()
+            names += [state_prefix + contact for contact in b.states]
+            tail += b.states.values()
         if b.read_models:
-            prefix = keys.read_model(p, "")
-            names += [prefix + contact for contact in b.read_models]
-            values += b.read_models.values()
+            names += [model_prefix + contact for contact in b.read_models]
+            tail += b.read_models.values()
         due: list[Any] = []
         gone: list[str] = []
         for contact, at in (b.timers or {}).items():
@@ -948,7 +991,12 @@ class RedisStore:
             "" if self.fence_token is None else self.fence_token,
             self.live.get(p, "*"),
         ]
-        tail = [*values, *b.ack_ids, *b.triggers, *change_entries, *dead_entries, *due, *gone]
+        tail += b.ack_ids
+        tail += b.triggers
+        tail += change_entries
+        tail += dead_entries
+        tail += due
+        tail += gone
         if b.deletes or b.aliases or b.sends:
             aliases = b.aliases or {}
             tail += [len(b.deletes), *b.deletes, len(aliases), keys.aliases]

@@ -9,6 +9,7 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -389,6 +390,7 @@ def test_checkpoints_sent_ahead_run_before_their_replies_are_read(store: RedisSt
     store.send_events([event(f"c-{i}", n) for i in range(40) for n in range(3)], batch=5)
     acks = {p: deliver(store, p) for p in (1, 2, 5)}
     store.r.script_load(CHECKPOINT_LUA)
+    store.send_ahead_bytes = 0  # each call written as soon as it is built
     sent = SentCheckpoints()
     for p in (1, 2, 5):
         store.send_checkpoint(sent, batch(p, 1, acks[p]))
@@ -422,6 +424,48 @@ def test_checkpoints_sent_ahead_run_before_their_replies_are_read(store: RedisSt
     assert store.last_checkpoint(1) == 3
     with pytest.raises(ValueError, match="sent checkpoints of partitions"):
         store.checkpoint_many([batch(1, 4)], sent=sent)
+
+
+def test_checkpoints_sent_ahead_are_held_back_until_they_fill_a_write(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls below ``send_ahead_bytes`` wait for the next ones, and go together in ONE
+    socket write once they reach it; what is still held when the replies are read is written
+    then. Held or written, a checkpoint counts as committed only once its reply is read."""
+    writes: list[int] = []
+    send_packed = redis.connection.Connection.send_packed_command
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        calls = sum(bytes(c).count(b"EVALSHA") for c in command)
+        if calls:  # a write of checkpoint calls (other commands go through here too)
+            writes.append(calls)
+        send_packed(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
+    store.r.script_load(CHECKPOINT_LUA)
+    direct = redis.Redis.from_url(store.url)
+    store.send_ahead_bytes = 1 << 30
+    sent = SentCheckpoints()
+    for p in (1, 2, 3):
+        store.send_checkpoint(sent, batch(p, 1))
+    assert writes == [] and sent.buffered > 0  # all three held back: below the limit
+    assert [direct.get(store.keys.checkpoint(p)) for p in (1, 2, 3)] == [None] * 3
+    store.send_ahead_bytes = sent.buffered + 1  # the next call reaches it
+    store.send_checkpoint(sent, batch(4, 1))
+    assert writes == [4] and sent.buffered == 0  # the four in one write
+    store.send_checkpoint(sent, batch(5, 1))  # a third of the limit: held back
+    deadline = time.monotonic() + 30
+    while direct.get(store.keys.checkpoint(4)) != b"1" and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert [direct.get(store.keys.checkpoint(p)) for p in (1, 4, 5)] == [b"1", b"1", None]
+    assert store.checkpoint_many(sent.batches, sent=sent) == [True] * 5
+    assert writes == [4, 1]  # the one held back, written before its reply was read
+    assert all(store.last_checkpoint(p) == 1 for p in range(1, 6)) and store.pending(5) == 0
+    # Stopped with calls held back: none of them was written, nothing of them committed.
+    sent = SentCheckpoints()
+    store.send_checkpoint(sent, batch(1, 2))
+    store.discard_sent(sent)
+    assert writes == [4, 1] and store.last_checkpoint(1) == 1
 
 
 def test_a_sent_ahead_checkpoint_whose_reply_is_lost_is_not_applied_twice(
