@@ -20,6 +20,7 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from flows.heap import settle_heap
 from leadscore.inputs import open_input
 
 STDIO = "-"
@@ -73,8 +74,11 @@ Chunk = tuple[int, str, int, list[bytes] | None]
 class _LinesPartition(StatefulSourcePartition[Chunk, int]):
     """Reads one file in chunks; ends with a ``lines=None`` chunk so the clock can move on."""
 
-    def __init__(self, part: int, path: str, batch_size: int, resume_line: int | None) -> None:
+    def __init__(
+        self, part: int, path: str, batch_size: int, resume_line: int | None, settle: bool = False
+    ) -> None:
         self._part = part
+        self._settle = settle
         self._path = path
         self._batch_size = batch_size
         self._line = 0
@@ -94,6 +98,10 @@ class _LinesPartition(StatefulSourcePartition[Chunk, int]):
         if control.stop or self._file is None:
             self._done = True
             return [(self._part, self._path, self._line, None)]
+        if self._settle:
+            # Before the parse step sees the chunk: the first one would otherwise be parsed
+            # under CPython's own thresholds, ~30 collections walking its events (flows.heap).
+            settle_heap()
         # islice over the file and map/all below keep the per-line work in C.
         try:
             raw = list(islice(self._file, self._batch_size))
@@ -134,9 +142,16 @@ class _LinesPartition(StatefulSourcePartition[Chunk, int]):
 
 
 class JsonlSource(FixedPartitionedSource[Chunk, int]):
-    """One partition per input file (or standard input), plain or gzip."""
+    """One partition per input file (or standard input), plain or gzip.
 
-    def __init__(self, paths: list[str], batch_size: int | None = None) -> None:
+    With ``settle``, each partition settles the garbage collector (``flows.heap``) before
+    every chunk it reads, as the file flow's shard logics do after every batch; they hand it
+    back at the end (``ShardLogic.on_eof``).
+    """
+
+    def __init__(
+        self, paths: list[str], batch_size: int | None = None, *, settle: bool = False
+    ) -> None:
         if not paths:
             raise ValueError("no input: give at least one events file, or - for standard input")
         for path in paths:
@@ -144,6 +159,7 @@ class JsonlSource(FixedPartitionedSource[Chunk, int]):
                 raise FileNotFoundError(f"events file not found: {path}")
         self._paths = paths
         self._batch_size = LINES_PER_CHUNK if batch_size is None else batch_size
+        self._settle = settle
 
     def list_parts(self) -> list[str]:
         return [f"{i}:{path}" for i, path in enumerate(self._paths)]
@@ -152,7 +168,7 @@ class JsonlSource(FixedPartitionedSource[Chunk, int]):
         index, path = for_part.split(":", 1)
         # Standard input may be a pipe fed as things happen: its chunks stay small.
         size = self._batch_size if path != STDIO else min(self._batch_size, STDIN_LINES_PER_CHUNK)
-        return _LinesPartition(int(index), path, size, resume_state)
+        return _LinesPartition(int(index), path, size, resume_state, self._settle)
 
 
 # --------------------------------------------------------------------------- sinks

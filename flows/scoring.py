@@ -73,7 +73,7 @@ def build_flow(config: FlowConfig, rules: Rules | None = None) -> Dataflow:
         return flow
     if config.source != "files":
         raise ValueError(f"unknown source {config.source!r}; expected 'files' or 'redis'")
-    source = JsonlSource(config.events)
+    source = JsonlSource(config.events, settle=True)  # the shard logics below release it
     chunks = op.input("read", flow, source)
     # Merges join ids from their first event on: a first pass finds which (files only).
     groups = None if STDIO in config.events else merge_groups(merge_lines(config.events))
