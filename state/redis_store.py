@@ -202,12 +202,13 @@ class SentCheckpoints:
         self.error: BaseException | None = None  # a write failed: checkpoint_many retries
 
 
-SEND_AHEAD_BYTES = 64 * 1024
+SEND_AHEAD_BYTES = 128 * 1024
 """Bytes of checkpoint calls :meth:`RedisStore.send_checkpoint` holds back before it writes
 them in one socket write (the rest go with the reading of their replies). A write per call
-cost the live flow ~4% of its CPU at 40k events/s (16 a round, each a syscall and a wake-up
-of Redis); a live checkpoint there is ~30-40 KB, so a write carries about two and a call waits
-for the next partition's apply at most (bench/README.md, "live5")."""
+cost the live flow ~5-9% of its CPU at 40k events/s (16 a round, each a syscall and a wake-up
+of Redis); a live checkpoint there is ~30-40 KB, so a write carries about four and a call
+waits for three more partitions' apply at most. 64 KiB saved less, 256 KiB made the tail
+longer (bench/README.md, "live5")."""
 
 CHECKPOINT_LUA = """#!lua
 local ckpt, input, triggers, changes, dead, timers, clock, fence, live = unpack(KEYS, 1, 9)
