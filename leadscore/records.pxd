@@ -363,8 +363,11 @@ cdef extern from *:
         return 0;
     }
 
+    /* The entry points below are CYTHON_UNUSED: every module that cimports records.pxd
+       gets this block, and most call one or two of them (no -Wunused-function there). */
+
     /* The JSON of ``value`` as orjson.dumps writes it, or None. */
-    static PyObject *ls_dump(PyObject *value) {
+    CYTHON_UNUSED static PyObject *ls_dump(PyObject *value) {
         ls_buf b;
         b.p = b.stack; b.n = 0; b.cap = sizeof(b.stack);
         return ls_finish(&b, ls_value(&b, value, 0));
@@ -374,8 +377,8 @@ cdef extern from *:
        an object whose keys (and the separators around them) are written once, as bytes.
        The values at the bits of ``times`` are times: a float written as format_ts's text
        (else 1: format_ts's own path), None as null where ``nulls`` says so, else also 1. */
-    static PyObject *ls_dump_times(PyObject *frags, PyObject *values, unsigned long times,
-                                   int nulls) {
+    CYTHON_UNUSED static PyObject *ls_dump_times(PyObject *frags, PyObject *values,
+                                                 unsigned long times, int nulls) {
         ls_buf b;
         Py_ssize_t i, n = PyTuple_GET_SIZE(values);
         int r = 0;
@@ -396,12 +399,12 @@ cdef extern from *:
     }
 
     /* ls_dump_times with one time, values[at] (0 <= at < 64), which must be a float. */
-    static PyObject *ls_dump_frags(PyObject *frags, PyObject *values, Py_ssize_t at) {
+    CYTHON_UNUSED static PyObject *ls_dump_frags(PyObject *frags, PyObject *values, Py_ssize_t at) {
         return ls_dump_times(frags, values, 1UL << at, 0);
     }
 
     /* A time as format_ts writes it, for the tests (None: format_ts's own path). */
-    static PyObject *ls_dump_ts(double ts) {
+    CYTHON_UNUSED static PyObject *ls_dump_ts(double ts) {
         ls_buf b;
         b.p = b.stack; b.n = 0; b.cap = sizeof(b.stack);
         return ls_finish(&b, ls_ts(&b, ts));
