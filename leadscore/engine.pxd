@@ -134,8 +134,7 @@ cdef class Engine:
     @cython.locals(before=cython.double, after=cython.double, factor=cython.double,
                    applied=cython.double, capped=bint, late=bint, expires=cython.double,
                    spec=GroupSpec, p=cython.double, anchor=cython.double,
-                   half_life=cython.double, bound=cython.double, exact=bint, delta=object,
-                   logged=object, at=object, score=object)
+                   half_life=cython.double, bound=cython.double)
     cpdef double _award(self, ContactState state, str group, object points, double t,
                         str rule, object event_id, list effects)
 

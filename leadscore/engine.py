@@ -667,11 +667,13 @@ class Engine:
         else:
             _settle_group(spec, g, t)
         # Compiled, the arithmetic runs on C doubles (the spec's fields and the group's list
-        # hold objects) and each logged value is boxed once: the change shares the rule's
-        # own float for `delta` (and `applied` when exact) and the group's new score.
+        # hold objects; engine.pxd types these locals) and each logged value is boxed once:
+        # the change shares the rule's own float for `delta` (and `applied` too when exact)
+        # and the group's new score. Interpreted, p is points and applied is points when
+        # exact: no name is added for the compiled build alone (_TYPED's branches below).
         p = points
-        anchor = g[1]
         # A late event (older than the group's clock) counts as decayed since its own time.
+        anchor = g[1]
         late = spec.half_life is not None and t < anchor
         if late:
             half_life = spec.half_life
@@ -691,11 +693,7 @@ class Engine:
             if after < bound:
                 after, capped = min(before, bound), True
         # Exact when nothing clipped or decayed it: the log says +10, not +9.999999999999996.
-        exact = not capped and factor == 1.0
-        applied = p if exact else (after - before) / factor
-        delta = points if type(points) is float else p  # compiled: p boxed only for a non-float
-        logged = delta if exact else applied
-        at = t  # compiled: boxed once for the change
+        applied = p if not capped and factor == 1.0 else (after - before) / factor
         if spec.expire_after is not None and t + spec.expire_after <= g[1]:
             # Earned so long ago that it expired before the contact's clock: it counts in the
             # log (applied) but no longer in the score. Settling moved the group's anchor.
@@ -704,13 +702,21 @@ class Engine:
                 if p <= 0:
                     state.floor = -inf
             effects.append(
-                _point_change(rule, group, delta, logged, before, event_id, at, capped)
+                _point_change(
+                    rule,
+                    group,
+                    points,
+                    points if not capped and factor == 1.0 else applied,
+                    before,
+                    event_id,
+                    t,
+                    capped,
+                )
                 if _TYPED
-                else PointChange(rule, group, delta, logged, before, event_id, at, capped)
+                else PointChange(rule, group, points, applied, before, event_id, t, capped)
             )
             return applied
-        score = after  # compiled: boxed once, for the group and the change
-        g[0] = score
+        g[0] = after  # compiled: boxed once; the change below shares the box (g[0])
         # Points move crossings, so the cached due goes, unless no trigger can cross at all
         # (idle): then only negative points, which can make a score rise, change that.
         if not state.idle or state.due != inf or (p < 0 and group in self._rising_set):
@@ -726,9 +732,18 @@ class Engine:
             else:
                 insort(buckets, [expires, applied])
         effects.append(
-            _point_change(rule, group, delta, logged, score, event_id, at, capped)
+            _point_change(
+                rule,
+                group,
+                points,
+                points if not capped and factor == 1.0 else applied,
+                g[0],
+                event_id,
+                t,
+                capped,
+            )
             if _TYPED
-            else PointChange(rule, group, delta, logged, score, event_id, at, capped)
+            else PointChange(rule, group, points, applied, after, event_id, t, capped)
         )
         return applied
 
