@@ -51,7 +51,7 @@ except ImportError:  # pragma: no cover - a plain install without Cython
 
 from leadscore.events import format_ts, round4
 from leadscore.model import percent_of_raw, score_tail
-from leadscore.records import _frags
+from leadscore.records import _frags, view_values
 from leadscore.rules import TOTAL, Rules
 from leadscore.rules import VIEW_FIELDS as VIEW_FIELDS  # the fields view_at answers, in order
 
@@ -122,28 +122,14 @@ def _encode(
     state: ContactState,
 ) -> bytes:
     """:meth:`DocumentWriter.encode` compiled: ``orjson.dumps(document)``, byte for byte,
-    without the view's and decay's dicts (``records.view_line``'s writer and
-    ``Engine.view_scores``): once per dirty contact per checkpoint. A model's likelihood, a
-    time format_ts writes its own way, or a value the writer leaves to orjson: the dicts and
-    orjson, as before."""
+    without the view's and decay's dicts (``records.view_values`` and its C writer): once
+    per dirty contact per checkpoint. A model's likelihood, a time format_ts writes its own
+    way, or a value the writer leaves to orjson: the dicts and orjson, as before."""
     if engine._model is None:
         last = state.last_ts
-        scores, total, normalized, grade = engine.view_scores(state, last)
         stamp = last if last else None  # updated_at, and as_of (the view as of its update)
-        values = (
-            contact,
-            scores,
-            total,
-            normalized,
-            grade,
-            engine._stage_order[state.stage] if state.stage >= 0 else None,
-            state.segments,
-            state.tags,
-            stamp,
-            stamp,
-            last,
-            state.groups,
-        )
+        tail = (stamp, stamp, last, state.groups)  # the times, then decay's t and groups
+        values = view_values(engine, contact, state, last) + tail
         line = _c_dump_times(frags, values, _DOCUMENT_TIMES, True)  # noqa: F821
         if line is not None:
             return line  # type: ignore[no-any-return]

@@ -431,5 +431,8 @@ cpdef bytes dump_line(object value)
 
 cpdef object time_json(double ts)
 
-@cython.locals(last=cython.double, t=cython.double, line=object)
+# The first eight view fields (view_line's and readmodel._encode's).
+cpdef tuple view_values(Engine engine, object contact, ContactState state, double t)
+
+@cython.locals(last=cython.double, t=cython.double, line=object, tail=tuple, values=tuple)
 cpdef bytes view_line(Engine engine, str contact, ContactState state, object at)

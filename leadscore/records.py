@@ -217,28 +217,34 @@ _VIEW_FRAGS = _frags(*VIEW_FIELDS)
 _VIEW_TIMES = (1 << 8) | (1 << 9)  # updated_at and as_of: floats written as format_ts's text
 
 
+def view_values(engine: Engine, contact: str, state: ContactState, t: float) -> tuple[Any, ...]:
+    """A contact's view as of ``t`` (no earlier than its last update) up to its tags, the
+    first eight of ``VIEW_FIELDS`` as the view's dict holds them but ``segments`` and
+    ``tags`` still the state's tuples (the writer writes a tuple as a list): the values
+    :func:`view_line` and ``readmodel``'s documents write after the times that follow."""
+    scores, total, normalized, grade = engine.view_scores(state, t)
+    return (
+        contact,
+        scores,
+        total,
+        normalized,
+        grade,
+        engine._stage_order[state.stage] if state.stage >= 0 else None,
+        state.segments,
+        state.tags,
+    )
+
+
 def view_line(engine: Engine, contact: str, state: ContactState, at: float | None) -> bytes:
     """``dump_line(engine.view(contact, state, at))``, byte for byte: a final view's line
-    (``contacts.jsonl``). Compiled, without the view's dict: its scores from
-    ``Engine.view_scores``, its times written in C (format_ts's text), its segments and tags
-    from the state's tuples. A model's likelihood, a time format_ts writes its own way, or a
-    value the writer leaves to orjson: the dict and dump_line, as before."""
+    (``contacts.jsonl``). Compiled, without the view's dict: :func:`view_values`, then its
+    times written in C (format_ts's text). A model's likelihood, a time format_ts writes its
+    own way, or a value the writer leaves to orjson: the dict and dump_line, as before."""
     if _WRITER and engine._model is None:
         last = state.last_ts
         t = last if at is None or at < last else at
-        scores, total, normalized, grade = engine.view_scores(state, t)
-        values = (
-            contact,
-            scores,
-            total,
-            normalized,
-            grade,
-            engine._stage_order[state.stage] if state.stage >= 0 else None,
-            state.segments,
-            state.tags,
-            last if last else None,
-            t if t else None,
-        )
+        tail = (last if last else None, t if t else None)  # updated_at, as_of
+        values = view_values(engine, contact, state, t) + tail
         line = _c_dump_times(_VIEW_FRAGS, values, _VIEW_TIMES, True)  # noqa: F821
         if line is not None:
             return line  # type: ignore[no-any-return]
