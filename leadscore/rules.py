@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -317,6 +318,17 @@ _Loader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
     list("-+.0123456789"),
 )
+
+
+def _interned_str(loader: _Loader, node: yaml.ScalarNode) -> str:
+    """A YAML string, interned: every group name, rule and trigger id, action and trait path
+    of the rules is then one object wherever it is written, so the engine's dicts keyed by
+    them (a contact's groups, the rules' specs) find them by identity, not by comparing
+    their characters, once per award, evaluation and view."""
+    return sys.intern(loader.construct_scalar(node))  # type: ignore[arg-type]
+
+
+_Loader.add_constructor("tag:yaml.org,2002:str", _interned_str)
 
 
 def load_rules_text(text: str, source: str = "<rules>") -> Rules:

@@ -513,3 +513,17 @@ def test_an_action_outside_the_vocabulary_is_a_warning_with_a_guess() -> None:
 def test_the_good_file_and_the_example_have_no_warnings(example_rules_path: Path) -> None:
     assert load_rules_text(GOOD).warnings == ()
     assert load_rules(example_rules_path).warnings == ()
+
+
+def test_names_the_rules_repeat_are_one_object(example_rules_path: Path) -> None:
+    """Every group name, trigger score and rule id a rules file writes is one (interned)
+    object, so the engine's dicts keyed by them find them by identity: a contact's groups
+    are keyed by the awarding rule's group, looked up by the rules' group names."""
+    rules = load_rules(example_rules_path)
+    names = {name: name for name in rules.groups}
+    for r in [*rules.actions, *rules.fit]:
+        assert r.group is names[r.group], r.id
+    for trigger in rules.triggers:
+        if trigger.score in names:
+            assert trigger.score is names[trigger.score], trigger.id
+    assert rules.actions[0].id is load_rules(example_rules_path).actions[0].id
