@@ -183,6 +183,10 @@ cdef class Engine:
 
 
 cdef bint _TYPED
+cdef bint _FLOAT_SUM
+
+@cython.locals(total=cython.double, value=cython.double)
+cdef double _float_sum(dict scores) except? -1
 
 @cython.locals(ids="unsigned int *", i=Py_ssize_t, n=Py_ssize_t)
 cdef bint _remember(array recent, unsigned int h) except -1

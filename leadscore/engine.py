@@ -200,6 +200,9 @@ class ContactState:
 # Whether this module runs compiled (ContactState is then a C type): apply takes the typed
 # paths that are faster compiled and slower interpreted.
 _TYPED = is_c_type(ContactState)
+# Compiled, and sum() of floats is their plain left-to-right additions from 0 (3.12 made it
+# compensated): view_scores sums its scores in C (_float_sum) to the same bits.
+_FLOAT_SUM = _TYPED and sys.version_info < (3, 12)
 
 
 # --------------------------------------------------------------------------- engine
@@ -559,7 +562,8 @@ class Engine:
         for name, half_life, expire_after in self._score_plan:
             g = groups.get(name)
             scores[name] = round4(0.0 if g is None else _decayed(g, half_life, expire_after, t))
-        total = round4(sum(scores.values()))
+        # sum() itself, in C: the scores' plain additions from 0 (Python < 3.12: _FLOAT_SUM)
+        total = round4(_float_sum(scores) if _FLOAT_SUM else sum(scores.values()))
         normalized = None
         if self._scale_max:  # the rules' scale, read once at start (compiled: C doubles)
             value = total if self._scale_total else scores.get(self._scale_score, 0.0)
@@ -1015,6 +1019,15 @@ def _remember(recent: array[int], h: int) -> bool:
             ids[i] = ids[i + 1]
         ids[n - 1] = h
     return False
+
+
+def _float_sum(scores: dict[str, float]) -> float:
+    """``sum(scores.values())`` of float values, as Python before 3.12 adds them: 0 plus
+    each value in turn (0 + x is 0.0 + x). Compiled only (``_FLOAT_SUM``), as a C loop."""
+    total = 0.0
+    for value in scores.values():
+        total += value
+    return total
 
 
 def _round1(x: float) -> float:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from scoring_helpers import DAY, HOUR, MINUTE, T0, engine, ev, of_type, rules
 
 from leadscore.engine import Duplicate, Engine, PointChange, _round1
-from leadscore.events import Event
+from leadscore.events import Event, round4
 from leadscore.rules import load_rules
 from state.codec import FIELDS, decode, encode
 
@@ -722,6 +722,30 @@ def test_scores_decay_with_the_same_bits_as_the_written_out_arithmetic(
         assert struct.pack("<d", eng.score(state, name, t)) == struct.pack("<d", expected), name
         total += expected
     assert struct.pack("<d", eng.score(state, "total", t)) == struct.pack("<d", total)
+
+
+@FAST
+@given(
+    scores=st.tuples(_SCORES, _SCORES, _SCORES),
+    present=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+    t=st.floats(0, 1e10),
+)
+def test_a_views_total_is_sum_of_its_rounded_scores_to_the_bit(
+    scores: tuple[float, float, float], present: tuple[bool, bool, bool], t: float
+) -> None:
+    """A view's total is round4(sum()) of its rounded scores, as the read model's view_at
+    sums them, whichever build adds them (compiled, a C loop where sum() is plain addition)."""
+    eng = rich()
+    state = eng.new_state()
+    state.groups = {
+        name: [score, t] if name != "product" else [score, t, []]
+        for name, score, here in zip(eng.rules.groups, scores, present, strict=True)
+        if here
+    }
+    state.last_ts = t
+    view = eng.view("c", state)
+    expected = round4(sum(view["scores"].values()))
+    assert struct.pack("<d", view["total"]) == struct.pack("<d", expected)
 
 
 @FAST
