@@ -6,13 +6,13 @@
 cimport cython
 
 from leadscore.engine cimport ContactState, Engine
-from leadscore.records cimport _c_dump_times, view_values
+from leadscore.records cimport _c_dump_parts, view_values
 
 cdef bint _WRITER
 cdef unsigned long _DOCUMENT_TIMES
 
 cpdef dict _document(Engine engine, object fragment, object contact, ContactState state)
 
-@cython.locals(last=cython.double, tail=tuple, values=tuple)
+@cython.locals(last=cython.double, tail=tuple, head=tuple)
 cpdef bytes _encode(Engine engine, object fragment, tuple frags, object contact,
                     ContactState state)

@@ -129,8 +129,8 @@ def _encode(
         last = state.last_ts
         stamp = last if last else None  # updated_at, and as_of (the view as of its update)
         tail = (stamp, stamp, last, state.groups)  # the times, then decay's t and groups
-        values = view_values(engine, contact, state, last) + tail
-        line = _c_dump_times(frags, values, _DOCUMENT_TIMES, True)  # noqa: F821
+        head = view_values(engine, contact, state, last)
+        line = _c_dump_parts(frags, head, tail, _DOCUMENT_TIMES, True)  # noqa: F821
         if line is not None:
             return line  # type: ignore[no-any-return]
     return orjson.dumps(_document(engine, fragment, contact, state))

@@ -375,12 +375,15 @@ cdef extern from *:
 
     /* frags[0] + json(values[0]) + frags[1] + ... + json(values[n-1]) + frags[n], or None:
        an object whose keys (and the separators around them) are written once, as bytes.
-       The values at the bits of ``times`` are times: a float written as format_ts's text
-       (else 1: format_ts's own path), None as null where ``nulls`` says so, else also 1. */
-    CYTHON_UNUSED static PyObject *ls_dump_times(PyObject *frags, PyObject *values,
+       The values are head's, then tail's (NULL: none): a view's fields and what its caller
+       writes after them, without joining the two tuples. The values at the bits of
+       ``times`` are times: a float written as format_ts's text (else 1: format_ts's own
+       path), None as null where ``nulls`` says so, else also 1. */
+    CYTHON_UNUSED static PyObject *ls_dump_parts(PyObject *frags, PyObject *head, PyObject *tail,
                                                  unsigned long times, int nulls) {
         ls_buf b;
-        Py_ssize_t i, n = PyTuple_GET_SIZE(values);
+        Py_ssize_t i, nh = PyTuple_GET_SIZE(head);
+        Py_ssize_t n = nh + (tail == NULL ? 0 : PyTuple_GET_SIZE(tail));
         int r = 0;
         b.p = b.stack; b.n = 0; b.cap = sizeof(b.stack);
         for (i = 0; i <= n && r == 0; i++) {
@@ -388,7 +391,7 @@ cdef extern from *:
             r = ls_raw(&b, PyBytes_AS_STRING(f), PyBytes_GET_SIZE(f));
             if (r != 0 || i == n) continue;
             {
-                PyObject *v = PyTuple_GET_ITEM(values, i);
+                PyObject *v = i < nh ? PyTuple_GET_ITEM(head, i) : PyTuple_GET_ITEM(tail, i - nh);
                 if ((times >> i) & 1 && !(nulls && v == Py_None))
                     r = PyFloat_CheckExact(v) ? ls_ts(&b, PyFloat_AS_DOUBLE(v)) : 1;
                 else
@@ -396,6 +399,12 @@ cdef extern from *:
             }
         }
         return ls_finish(&b, r);
+    }
+
+    /* ls_dump_parts of one tuple. */
+    CYTHON_UNUSED static PyObject *ls_dump_times(PyObject *frags, PyObject *values,
+                                                 unsigned long times, int nulls) {
+        return ls_dump_parts(frags, values, NULL, times, nulls);
     }
 
     /* ls_dump_times with one time, values[at] (0 <= at < 64), which must be a float. */
@@ -415,6 +424,8 @@ cdef extern from *:
     object _c_dump_ts "ls_dump_ts"(double ts)
     object _c_dump_times "ls_dump_times"(tuple frags, tuple values, unsigned long times,
                                          bint nulls)
+    object _c_dump_parts "ls_dump_parts"(tuple frags, tuple head, tuple tail,
+                                         unsigned long times, bint nulls)
 
 cdef bint _WRITER
 
@@ -434,5 +445,5 @@ cpdef object time_json(double ts)
 # The first eight view fields (view_line's and readmodel._encode's).
 cpdef tuple view_values(Engine engine, object contact, ContactState state, double t)
 
-@cython.locals(last=cython.double, t=cython.double, line=object, tail=tuple, values=tuple)
+@cython.locals(last=cython.double, t=cython.double, line=object, head=tuple, tail=tuple)
 cpdef bytes view_line(Engine engine, str contact, ContactState state, object at)

@@ -244,8 +244,8 @@ def view_line(engine: Engine, contact: str, state: ContactState, at: float | Non
         last = state.last_ts
         t = last if at is None or at < last else at
         tail = (last if last else None, t if t else None)  # updated_at, as_of
-        values = view_values(engine, contact, state, t) + tail
-        line = _c_dump_times(_VIEW_FRAGS, values, _VIEW_TIMES, True)  # noqa: F821
+        head = view_values(engine, contact, state, t)
+        line = _c_dump_parts(_VIEW_FRAGS, head, tail, _VIEW_TIMES, True)  # noqa: F821
         if line is not None:
             return line  # type: ignore[no-any-return]
     return dump_line(engine.view(contact, state, at))
