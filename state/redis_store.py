@@ -202,13 +202,14 @@ class SentCheckpoints:
         self.error: BaseException | None = None  # a write failed: checkpoint_many retries
 
 
-SEND_AHEAD_BYTES = 128 * 1024
-"""Bytes of checkpoint calls :meth:`RedisStore.send_checkpoint` holds back before it writes
-them in one socket write (the rest go with the reading of their replies). A write per call
-cost the live flow ~5-9% of its CPU at 40k events/s (16 a round, each a syscall and a wake-up
-of Redis); a live checkpoint there is ~30-40 KB, so a write carries about four and a call
-waits for three more partitions' apply at most. 64 KiB saved less, 256 KiB made the tail
-longer (bench/README.md, "live5")."""
+SEND_AHEAD_BYTES = 0
+"""Bytes of checkpoint calls :meth:`RedisStore.send_checkpoint` may hold back before it writes
+them in one socket write (the rest go with the reading of their replies); 0: each call is
+written as soon as it is built. Holding back saved the live flow 5-9% of its CPU at 40k
+events/s on a loaded box (fewer syscalls and wake-ups of Redis), but on a quiet box 128 KiB
+doubled the latency at 40.3k events/s (2 interleaved pairs: p50 6.2/14.3 -> 18.6/23.7 ms, p99
+32/43 -> 62/68): a held call waits for the next partitions' apply (bench/README.md, "live5"
+and "where it stands, fifth session")."""
 
 CHECKPOINT_LUA = """#!lua
 local ckpt, input, triggers, changes, dead, timers, clock, fence, live = unpack(KEYS, 1, 9)
