@@ -207,9 +207,9 @@ SEND_AHEAD_BYTES = 0
 them in one socket write (the rest go with the reading of their replies); 0: each call is
 written as soon as it is built. Holding back saved the live flow 5-9% of its CPU at 40k
 events/s on a loaded box (fewer syscalls and wake-ups of Redis), but on a quiet box 128 KiB
-doubled the latency at 40.3k events/s (2 interleaved pairs: p50 6.2/14.3 -> 18.6/23.7 ms, p99
-32/43 -> 62/68): a held call waits for the next partitions' apply (bench/README.md, "live5"
-and "where it stands, fifth session")."""
+raised the latency at 40.3k events/s (4 interleaved pairs: p50 median 15 -> 20 ms, p99 44 ->
+58, higher in 3 of 4 pairs each): a held call waits for the next partitions' apply
+(bench/README.md, "live5" and "where it stands, fifth session")."""
 
 CHECKPOINT_LUA = """#!lua
 local ckpt, input, triggers, changes, dead, timers, clock, fence, live = unpack(KEYS, 1, 9)
