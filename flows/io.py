@@ -96,8 +96,7 @@ class _LinesPartition(StatefulSourcePartition[Chunk, int]):
         if self._done:
             raise StopIteration
         if control.stop or self._file is None:
-            self._done = True
-            return [(self._part, self._path, self._line, None)]
+            return self._end()
         if self._settle:
             # Before the parse step sees the chunk: the first one would otherwise be parsed
             # under CPython's own thresholds, ~30 collections walking its events (flows.heap).
@@ -107,8 +106,7 @@ class _LinesPartition(StatefulSourcePartition[Chunk, int]):
             raw = list(islice(self._file, self._batch_size))
         except (OSError, EOFError) as err:  # EOFError: a truncated .gz
             control.fail(err)
-            self._done = True
-            return [(self._part, self._path, self._line, None)]
+            return self._end()
         if len(raw) < self._batch_size:
             self._done = True
         first = self._line + 1
@@ -132,6 +130,11 @@ class _LinesPartition(StatefulSourcePartition[Chunk, int]):
         if self._done:
             batch.append((self._part, self._path, self._line, None))
         return batch
+
+    def _end(self) -> list[Chunk]:
+        """Ended early (``control``): the last chunk, as at the end of the file."""
+        self._done = True
+        return [(self._part, self._path, self._line, None)]
 
     def snapshot(self) -> int:
         return self._line
