@@ -366,6 +366,16 @@ def test_sigterm_stops_a_live_run_cleanly_with_everything_read_checkpointed(
     print(f"\nSIGTERM after {stopped.acked}/{entries} entries acked, {stopped.read} read")
 
 
+def _contacts_in_partitions(prefix: str, n: int) -> dict[int, str]:
+    """``n`` contacts ``{prefix}{i}@acme.com`` in ``n`` different partitions, by partition."""
+    contacts: dict[int, str] = {}
+    i = 0
+    while len(contacts) < n:
+        contacts.setdefault(partition_of(f"{prefix}{i}@acme.com", P), f"{prefix}{i}@acme.com")
+        i += 1
+    return contacts
+
+
 def _metric(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
@@ -666,11 +676,7 @@ def test_the_partitions_trims_due_together_spread_over_the_rounds(
     monkeypatch.setattr(RedisStore, "trim_input", counted)
     store = RedisStore(redis_url)
     store.ensure(P)
-    contacts: dict[int, str] = {}
-    for i in range(2000):
-        contacts.setdefault(partition_of(f"t{i}@acme.com", P), f"t{i}@acme.com")
-        if len(contacts) == 6:
-            break
+    contacts = _contacts_in_partitions("t", 6)
     config = FlowConfig(
         rules=str(RULES),
         source="redis",
@@ -714,11 +720,7 @@ def test_a_partition_due_once_applied_is_committed_while_the_next_is_applied(
     partition is applied (its reply is read after the last), not after all of them."""
     store = RedisStore(redis_url)
     store.ensure(P)
-    contacts: dict[int, str] = {}
-    for i in range(1000):
-        contacts.setdefault(partition_of(f"e{i}@acme.com", P), f"e{i}@acme.com")
-        if len(contacts) == 3:
-            break
+    contacts = _contacts_in_partitions("e", 3)
     store.send_events(
         orjson.dumps({"contact": c, "action": "email.click", "id": f"{c}-1", "ts": START})
         for c in contacts.values()
