@@ -265,6 +265,8 @@ def measure_latency(
                 raise RuntimeError("live flow never produced the first probe's trigger")
             time.sleep(0.01)
         sent.clear()
+        redis_pid = int(client.info("server")["process_id"])  # type: ignore[index]
+        sched_before = {"flow": _schedstat(flow.pid), "redis": _schedstat(redis_pid)}
         cpu_before, ckpt_before = _cpu_seconds(flow.pid), checkpoints()
         producer = subprocess.Popen(
             [
@@ -295,6 +297,10 @@ def measure_latency(
         # shared machine when comparing two versions at a rate they both keep up with.
         cpu = _cpu_seconds(flow.pid) - cpu_before
         ckpts = checkpoints() - ckpt_before
+        sched = {
+            who: _sched_delta(before, _schedstat(flow.pid if who == "flow" else redis_pid))
+            for who, before in sched_before.items()
+        }
         backlog = sum(store.pending(p) for p in range(partitions))
         unread = sum(
             int(g.get("lag") or 0)
@@ -349,6 +355,7 @@ def measure_latency(
         if produced.get("sent")
         else None,
         "checkpoints": ckpts,
+        "sched": sched,
         "unread_at_end": unread,
         "ms": _summary(latencies),
         "trend": trend,
@@ -364,6 +371,32 @@ def _cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _schedstat(pid: int) -> tuple[int, int, int]:
+    """Summed over a process's threads (``/proc/PID/task/*/schedstat``): ns on a CPU, ns
+    runnable but waiting for one (a busy CPU, or an idle vCPU waking up), and time slices
+    (~ wake-ups). Zeros where the kernel has no schedstat."""
+    run = wait = slices = 0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            a, b, c = (task / "schedstat").read_text().split()
+        except (OSError, ValueError):
+            continue
+        run, wait, slices = run + int(a), wait + int(b), slices + int(c)
+    return run, wait, slices
+
+
+def _sched_delta(before: tuple[int, int, int], after: tuple[int, int, int]) -> dict[str, float]:
+    """What a process's schedstat says of the measured run: the CPU it used, how long its
+    threads waited to run once runnable, and that wait per time slice (a wake-up's cost)."""
+    run, wait, slices = (a - b for a, b in zip(after, before, strict=True))
+    return {
+        "cpu_s": round(run / 1e9, 3),
+        "runnable_wait_s": round(wait / 1e9, 3),
+        "slices": slices,
+        "wait_us_per_slice": round(wait / 1e3 / slices, 1) if slices else 0.0,
+    }
 
 
 def _summary(values: list[float]) -> dict[str, float | None]:

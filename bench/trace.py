@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import sys
 import threading
 import time
@@ -176,13 +177,27 @@ def install(path: str) -> None:
             f.write(orjson.dumps(T))
         os.replace(tmp, path)
 
-    def keep_dumping() -> None:  # the flow may be killed rather than stopped
+    # A flow killed rather than stopped writes nothing at exit, so LEADSCORE_TRACE_EVERY=S
+    # dumps every S seconds too. Off by default: a dump serializes everything so far holding
+    # the GIL, which stalled the flow's thread 7-35 ms every 2 s in a 10 s run at 40k
+    # events/s (those stalls were the traced tail; bench/README.md, "live6").
+    every = float(os.environ.get("LEADSCORE_TRACE_EVERY") or 0)
+
+    def keep_dumping() -> None:
         while True:
-            time.sleep(2.0)
+            time.sleep(every)
             dump()
 
-    threading.Thread(target=keep_dumping, daemon=True).start()
+    if every > 0:
+        threading.Thread(target=keep_dumping, daemon=True).start()
     atexit.register(dump)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # bench.runner's flow: SIGTERM ends it
+
+        def on_term(signum: int, frame: Any) -> None:
+            dump()
+            os._exit(128 + signum)
+
+        signal.signal(signal.SIGTERM, on_term)
 
 
 def _pct(values: list[float]) -> str:
