@@ -218,6 +218,7 @@ def report(path: str) -> None:
     """Per-stage milliseconds over every entry read (and the probes' alone)."""
     t = orjson.loads(Path(path).read_bytes())
     stages: dict[str, dict[str, list[float]]] = {"all": {}, "probe": {}}
+    probes: list[tuple[float, float, dict[str, float]]] = []  # (total, XADD time, steps)
     for eid, (t_read, probe) in t["read"].items():
         added = int(eid.split("/")[1].split("-")[0]) / 1000.0
         b, a, c = t["batch"].get(eid), t["apply"].get(eid), t["commit"].get(eid)
@@ -234,6 +235,8 @@ def report(path: str) -> None:
         for kind in ("all", "probe") if probe else ("all",):
             for name, s in steps.items():
                 stages[kind].setdefault(name, []).append(s * 1000.0)
+        if probe:
+            probes.append((c[1] - added, added, steps))
     for kind, by in stages.items():
         print(f"-- {kind} entries (ms; XADD time from the entry id, 1 ms resolution)")
         for name, values in by.items():
@@ -266,6 +269,28 @@ def report(path: str) -> None:
     runs = t["run"]
     if runs:
         print("worker runs (apply) ms: " + _pct([(x[1] - x[0]) * 1000 for x in runs]))
+        # wall time a run did not spend on its thread's CPU: waiting for Redis or descheduled
+        off_cpu = [(x[1] - x[0] - x[3]) * 1000 for x in runs]
+        print("worker runs, wall - thread CPU ms: " + _pct(off_cpu))
+    _slowest(probes, runs)
+
+
+def _slowest(probes: list[tuple[float, float, dict[str, float]]], runs: list[Any]) -> None:
+    """The slowest 1% of the probes (at least 3) with their stages and the worker's runs
+    around them: whether the tail is a round in progress, a long round, or a stall."""
+    probes = sorted(probes, key=lambda x: x[1])[1:]  # the first is the readiness probe
+    if not probes:
+        return
+    probes.sort(key=lambda x: x[0], reverse=True)
+    print("-- slowest probes: stages ms; runs overlapping [start ms after the XADD, wall, CPU]")
+    for total, added, steps in probes[: max(3, len(probes) // 100)]:
+        parts = ", ".join(f"{k} {v * 1000:.1f}" for k, v in steps.items() if k != "xadd->committed")
+        near = [
+            f"[{(x[0] - added) * 1000:.1f}, {(x[1] - x[0]) * 1000:.1f}, {x[3] * 1000:.1f}]"
+            for x in runs
+            if x[1] >= added and x[0] <= added + total
+        ]
+        print(f"{total * 1000:6.1f}: {parts}; runs {' '.join(near)}")
 
 
 if __name__ == "__main__":
