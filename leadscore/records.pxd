@@ -14,6 +14,9 @@ cdef extern from *:
     """
     #include <string.h>
     #include <math.h>
+    #include <stdint.h>
+
+    #define LS_ONES 0x0101010101010101ULL
 
     /* A growable byte buffer, on the stack until a record outgrows it. */
     typedef struct { char *p; Py_ssize_t n, cap; char stack[768]; } ls_buf;
@@ -41,12 +44,33 @@ cdef extern from *:
     /* Each function returns 0 (written), 1 (not provably orjson's bytes: the caller falls back
        to orjson) or -1 (a Python error is set). */
 
-    static int ls_raw(ls_buf *b, const char *s, Py_ssize_t n) {
-        char *d;
+    /* memcpy for a record's short pieces (keys, names, ids: mostly under 32 bytes): a few
+       fixed-size moves, overlapping, instead of a call. */
+    static CYTHON_INLINE void ls_copy(char *d, const char *s, Py_ssize_t n) {
+        if (n >= 8) {
+            if (n <= 16) {
+                memcpy(d, s, 8);
+                memcpy(d + n - 8, s + n - 8, 8);
+            } else if (n <= 32) {
+                memcpy(d, s, 16);
+                memcpy(d + n - 16, s + n - 16, 16);
+            } else {
+                memcpy(d, s, n);
+            }
+        } else if (n >= 4) {
+            memcpy(d, s, 4);
+            memcpy(d + n - 4, s + n - 4, 4);
+        } else if (n > 0) {
+            d[0] = s[0];
+            d[n >> 1] = s[n >> 1];
+            d[n - 1] = s[n - 1];
+        }
+    }
+
+    static CYTHON_INLINE int ls_raw(ls_buf *b, const char *s, Py_ssize_t n) {
         LS_RESERVE(b, n);
-        d = b->p + b->n;
+        ls_copy(b->p + b->n, s, n);
         b->n += n;
-        memcpy(d, s, n);
         return 0;
     }
 
@@ -77,18 +101,33 @@ cdef extern from *:
                 return 1;
             }
         }
-        if (!ls_plain_ready) ls_plain_init();
         i = 0;
-        while (i < n && ls_plain[s[i]]) i++;
+        /* Eight bytes at a time while none is a control, '"' or '\\' (the exact tests
+           "has a byte below 0x20" and "has a zero byte", on the word and on its xors); the
+           last eight (overlapping) for the rest of a text of eight or more. */
+        if (n >= 8) {
+            uint64_t w, q, e;
+            for (;;) {
+                memcpy(&w, s + i, 8);
+                q = w ^ (LS_ONES * '"');
+                e = w ^ (LS_ONES * '\\\\');
+                if ((((w - LS_ONES * 0x20) & ~w) | ((q - LS_ONES) & ~q) | ((e - LS_ONES) & ~e))
+                    & (LS_ONES * 0x80)) break;
+                if (i + 8 == n) { i = n; break; }
+                i = i + 16 <= n ? i + 8 : n - 8;
+            }
+        }
+        while (i < n && s[i] >= 0x20 && s[i] != '"' && s[i] != '\\\\') i++;
         if (i == n) {  /* the usual case: nothing to escape */
             LS_RESERVE(b, n + 2);
             d = b->p + b->n;
-            *d++ = '"';
-            memcpy(d, s, n);
-            d[n] = '"';
+            d[0] = '"';
+            ls_copy(d + 1, (const char *)s, n);
+            d[n + 1] = '"';
             b->n += n + 2;
             return 0;
         }
+        if (!ls_plain_ready) ls_plain_init();
         LS_RESERVE(b, 6 * n + 2);
         d = b->p + b->n;
         *d++ = '"';
@@ -123,6 +162,16 @@ cdef extern from *:
         char tmp[24];
         int k = 0;
         LS_RESERVE(b, 24);
+        if (v < 10) {  /* most points and scores */
+            b->p[b->n++] = (char)('0' + v);
+            return 0;
+        }
+        if (v < 100) {
+            b->p[b->n] = (char)('0' + v / 10);
+            b->p[b->n + 1] = (char)('0' + v % 10);
+            b->n += 2;
+            return 0;
+        }
         do { tmp[k++] = (char)('0' + v % 10); v /= 10; } while (v);
         while (k) b->p[b->n++] = tmp[--k];
         return 0;
@@ -230,6 +279,15 @@ cdef extern from *:
         double ax = fabs(x);
         if (x == 0.0) return signbit(x) ? ls_raw(b, "-0.0", 4) : ls_raw(b, "0.0", 3);
         if (!(ax < 1e16)) return 1;  /* NaN, inf (orjson: null) and exponent forms */
+        if (ax < 1e15) {  /* a whole number (points, most scores): its digits and ".0" */
+            long long k = (long long)x;
+            if ((double)k == x) {
+                if (k < 0 && ls_raw(b, "-", 1) < 0) return -1;
+                if (ls_digits(b, k < 0 ? 0ULL - (unsigned long long)k : (unsigned long long)k) < 0)
+                    return -1;
+                return ls_raw(b, ".0", 2);
+            }
+        }
         if (ax < 1e11) {
             double y = x * 10000.0;
             long long q = (long long)(y + (y >= 0 ? 0.5 : -0.5));
@@ -318,12 +376,27 @@ cdef extern from *:
     /* The text events.format_ts gives a time in [0, 9999-12-31T23:59:59], in quotes: its
        microseconds rounded half to even exactly as there (then truncated to milliseconds),
        the date from the day number (proleptic Gregorian, as datetime). Else 1: the caller
-       takes format_ts itself. tests/test_records_json.py checks the two agree. */
+       takes format_ts itself. tests/test_records_json.py checks the two agree. An event's
+       records share its time and a run's events crowd into few days, so the last time's
+       text and the last day's are kept (per module: each has its own copy of this block;
+       written with the GIL held, as every call here is). */
+    static double ls_ts_last = -1.0;  /* never a time written: those are >= 0 */
+    static char ls_ts_last_text[26];
+    static long long ls_ts_day = -1;
+    static char ls_ts_day_text[11];  /* '"' and the date of ls_ts_day */
+
     static int ls_ts(ls_buf *b, double ts) {
-        long long whole, us, days, secs, era, doe, yoe, doy, mp, y, m, d, ms;
+        long long whole, us, days, secs, ms;
         double z, low;
         char *p;
         if (!(0.0 <= ts && ts <= 253402300799.0)) return 1;
+        LS_RESERVE(b, 26);
+        p = b->p + b->n;
+        b->n += 26;
+        if (ts == ls_ts_last) {
+            memcpy(p, ls_ts_last_text, 26);
+            return 0;
+        }
         whole = (long long)ts;
         z = (ts - (double)whole) * 1e6;
         us = (long long)(z + 0.5);
@@ -335,32 +408,76 @@ cdef extern from *:
         if (us >= 1000000) { whole += 1; us -= 1000000; }
         days = whole / 86400;
         secs = whole % 86400;
-        /* civil_from_days (H. Hinnant), days since 1970-01-01 >= 0 */
-        days += 719468;
-        era = days / 146097;
-        doe = days - era * 146097;
-        yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-        y = yoe + era * 400;
-        doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        mp = (5 * doy + 2) / 153;
-        d = doy - (153 * mp + 2) / 5 + 1;
-        m = mp < 10 ? mp + 3 : mp - 9;
-        if (m <= 2) y += 1;
+        if (days != ls_ts_day) {
+            /* civil_from_days (H. Hinnant), days since 1970-01-01 >= 0 */
+            long long era, doe, yoe, doy, mp, y, m, d, k = days + 719468;
+            char *t = ls_ts_day_text;
+            era = k / 146097;
+            doe = k - era * 146097;
+            yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+            y = yoe + era * 400;
+            doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+            mp = (5 * doy + 2) / 153;
+            d = doy - (153 * mp + 2) / 5 + 1;
+            m = mp < 10 ? mp + 3 : mp - 9;
+            if (m <= 2) y += 1;
+            t[0] = '"';
+            t[1] = (char)('0' + y / 1000); t[2] = (char)('0' + y / 100 % 10);
+            t[3] = (char)('0' + y / 10 % 10); t[4] = (char)('0' + y % 10);
+            t[5] = '-'; t[6] = (char)('0' + m / 10); t[7] = (char)('0' + m % 10);
+            t[8] = '-'; t[9] = (char)('0' + d / 10); t[10] = (char)('0' + d % 10);
+            ls_ts_day = days;
+        }
         ms = us / 1000;
-        LS_RESERVE(b, 26);
-        p = b->p + b->n;
-        p[0] = '"';
-        p[1] = (char)('0' + y / 1000); p[2] = (char)('0' + y / 100 % 10);
-        p[3] = (char)('0' + y / 10 % 10); p[4] = (char)('0' + y % 10);
-        p[5] = '-'; p[6] = (char)('0' + m / 10); p[7] = (char)('0' + m % 10);
-        p[8] = '-'; p[9] = (char)('0' + d / 10); p[10] = (char)('0' + d % 10);
+        memcpy(p, ls_ts_day_text, 11);
         p[11] = 'T'; p[12] = (char)('0' + secs / 36000); p[13] = (char)('0' + secs / 3600 % 10);
         p[14] = ':'; p[15] = (char)('0' + secs % 3600 / 600); p[16] = (char)('0' + secs % 600 / 60);
         p[17] = ':'; p[18] = (char)('0' + secs % 60 / 10); p[19] = (char)('0' + secs % 10);
         p[20] = '.'; p[21] = (char)('0' + ms / 100); p[22] = (char)('0' + ms / 10 % 10);
         p[23] = (char)('0' + ms % 10); p[24] = 'Z'; p[25] = '"';
-        b->n += 26;
+        memcpy(ls_ts_last_text, p, 26);
+        ls_ts_last = ts;
         return 0;
+    }
+
+    /* events.round4's arithmetic on a C double (its compiled form, to the bit): 0 and *out,
+       or 1 where round4 calls round() itself (|x| >= 1e8, NaN, a hair from a half). */
+    static CYTHON_INLINE int ls_round4(double x, double *out) {
+        double y = x * 10000.0;
+        long long q;
+        if (!(-1e12 < y && y < 1e12)) return 1;
+        q = (long long)(y + 0.5);
+        if ((double)q > y + 0.5) q -= 1;
+        if (!(-0.499 < y - (double)q && y - (double)q < 0.499)) return 1;
+        *out = q ? (double)q / 10000.0 : x * 0.0;
+        return 0;
+    }
+
+    static CYTHON_INLINE int ls_frag(ls_buf *b, PyObject *frags, Py_ssize_t i) {
+        PyObject *f = PyTuple_GET_ITEM(frags, i);
+        return ls_raw(b, PyBytes_AS_STRING(f), PyBytes_GET_SIZE(f));
+    }
+
+    /* frags[0] + json(v[0]) + ... + json(v[n-1]) + frags[n], an object's bytes: v[at] is a
+       time (a float written as format_ts's text, else 1), v[rounded] (-1: none) a float
+       written as round4's result, else 1 (the caller's orjson path). */
+    static int ls_fields(ls_buf *b, PyObject *frags, PyObject *const *v, Py_ssize_t n,
+                         Py_ssize_t at, Py_ssize_t rounded) {
+        Py_ssize_t i;
+        int r;
+        double x;
+        for (i = 0; i < n; i++) {
+            if ((r = ls_frag(b, frags, i)) != 0) return r;
+            if (i == at)
+                r = PyFloat_CheckExact(v[i]) ? ls_ts(b, PyFloat_AS_DOUBLE(v[i])) : 1;
+            else if (i == rounded)
+                r = PyFloat_CheckExact(v[i]) && ls_round4(PyFloat_AS_DOUBLE(v[i]), &x) == 0
+                    ? ls_float(b, x) : 1;
+            else
+                r = ls_value(b, v[i], 0);
+            if (r != 0) return r;
+        }
+        return ls_frag(b, frags, n);
     }
 
     /* The entry points below are CYTHON_UNUSED: every module that cimports records.pxd
@@ -401,15 +518,44 @@ cdef extern from *:
         return ls_finish(&b, r);
     }
 
-    /* ls_dump_parts of one tuple. */
-    CYTHON_UNUSED static PyObject *ls_dump_times(PyObject *frags, PyObject *values,
-                                                 unsigned long times, int nulls) {
-        return ls_dump_parts(frags, values, NULL, times, nulls);
+    /* A PointChange's record (records.effect_line) from its fields, with no tuple: frags4
+       is _POINTS_FRAGS, indexed by (action given) + 2 * (reason given); score_after is
+       written as round4(score_after), at as format_ts(at). None: the caller's orjson path. */
+    CYTHON_UNUSED static PyObject *ls_dump_points(
+            PyObject *frags4, PyObject *contact, PyObject *rule, PyObject *group,
+            PyObject *delta, PyObject *applied, PyObject *score_after, PyObject *capped,
+            PyObject *event_id, PyObject *at, PyObject *action, PyObject *reason) {
+        ls_buf b;
+        PyObject *v[11];
+        Py_ssize_t n = 9;
+        int which = (action != Py_None) + 2 * (reason != Py_None);
+        v[0] = contact; v[1] = rule; v[2] = group; v[3] = delta; v[4] = applied;
+        v[5] = score_after; v[6] = capped; v[7] = event_id; v[8] = at;
+        if (action != Py_None) v[n++] = action;
+        if (reason != Py_None) v[n++] = reason;
+        b.p = b.stack; b.n = 0; b.cap = sizeof(b.stack);
+        return ls_finish(&b, ls_fields(&b, PyTuple_GET_ITEM(frags4, which), v, n, 8, 5));
     }
 
-    /* ls_dump_times with one time, values[at] (0 <= at < 64), which must be a float. */
-    CYTHON_UNUSED static PyObject *ls_dump_frags(PyObject *frags, PyObject *values, Py_ssize_t at) {
-        return ls_dump_times(frags, values, 1UL << at, 0);
+    /* An object of five values, the last a time (stage, segment and tag records). */
+    CYTHON_UNUSED static PyObject *ls_dump5(PyObject *frags, PyObject *a, PyObject *c,
+                                            PyObject *d, PyObject *e, PyObject *at) {
+        ls_buf b;
+        PyObject *v[5];
+        v[0] = a; v[1] = c; v[2] = d; v[3] = e; v[4] = at;
+        b.p = b.stack; b.n = 0; b.cap = sizeof(b.stack);
+        return ls_finish(&b, ls_fields(&b, frags, v, 5, 4, -1));
+    }
+
+    /* An object of six values, the fourth a time (trigger records). */
+    CYTHON_UNUSED static PyObject *ls_dump6(PyObject *frags, PyObject *a, PyObject *c,
+                                            PyObject *d, PyObject *at, PyObject *e,
+                                            PyObject *f) {
+        ls_buf b;
+        PyObject *v[6];
+        v[0] = a; v[1] = c; v[2] = d; v[3] = at; v[4] = e; v[5] = f;
+        b.p = b.stack; b.n = 0; b.cap = sizeof(b.stack);
+        return ls_finish(&b, ls_fields(&b, frags, v, 6, 3, -1));
     }
 
     /* A time as format_ts writes it, for the tests (None: format_ts's own path). */
@@ -420,10 +566,14 @@ cdef extern from *:
     }
     """
     object _c_dump "ls_dump"(object value)
-    object _c_dump_frags "ls_dump_frags"(tuple frags, tuple values, Py_ssize_t at)
+    object _c_dump_points "ls_dump_points"(tuple frags4, object contact, object rule,
+                                           object group, object delta, object applied,
+                                           object score_after, object capped, object event_id,
+                                           object at, object action, object reason)
+    object _c_dump5 "ls_dump5"(tuple frags, object a, object b, object c, object d, object at)
+    object _c_dump6 "ls_dump6"(tuple frags, object a, object b, object c, object at, object d,
+                               object e)
     object _c_dump_ts "ls_dump_ts"(double ts)
-    object _c_dump_times "ls_dump_times"(tuple frags, tuple values, unsigned long times,
-                                         bint nulls)
     object _c_dump_parts "ls_dump_parts"(tuple frags, tuple head, tuple tail,
                                          unsigned long times, bint nulls)
 
@@ -434,7 +584,7 @@ cdef bint _WRITER
 cpdef dict effect_record(str contact, object effect, object action=*)
 
 @cython.locals(p=PointChange, s=StageChanged, f=TriggerFired, g=SegmentChanged, a=TagChanged,
-               line=object, values=tuple, head=tuple, tail=tuple)
+               line=object)
 cpdef object effect_line(str contact, object effect, object action=*)
 
 @cython.locals(line=object)

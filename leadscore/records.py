@@ -113,10 +113,10 @@ def effect_record(contact: str, effect: Effect, action: str | None = None) -> di
 # ---------------------------------------------------------------------------- JSON lines
 #
 # Compiled, a record's JSON is written straight into a C buffer (records.pxd: `_c_dump`,
-# `_c_dump_frags`) with the bytes orjson.dumps writes: the keys and separators as constant
-# fragments, the values by a writer that answers None for anything it cannot prove orjson
-# writes alike (NaN, exponent-form floats, huge ints, subclasses, surrogates): those, and
-# every record interpreted, go through the dict and orjson as before.
+# `_c_dump_points`, `_c_dump5`, `_c_dump6`) with the bytes orjson.dumps writes: the keys and
+# separators as constant fragments, the values by a writer that answers None for anything
+# it cannot prove orjson writes alike (NaN, exponent-form floats, huge ints, subclasses,
+# surrogates): those, and every record interpreted, go through the dict and orjson as before.
 
 _dumps = orjson.dumps
 
@@ -158,55 +158,38 @@ def effect_line(contact: str, effect: Effect, action: str | None = None) -> byte
     duplicates. Compiled, most records skip the dict: their bytes are written in C, ``at``
     too (format_ts's text, from the float)."""
     if _WRITER:
+        # Each record's fields go to the C writer as they are (no tuple of them; score_after
+        # rounded and at formatted there, round4's and format_ts's text).
         t = type(effect)
         line = None
         if t is PointChange:
             p = effect
-            score_after = round4(p.score_after)
-            if action is None and p.reason is None:  # the usual record: one tuple, no concat
-                values = (
-                    contact,
-                    p.rule,
-                    p.group,
-                    p.delta,
-                    p.applied,
-                    score_after,
-                    p.capped,
-                    p.event_id,
-                    p.at,
-                )
-                line = _c_dump_frags(_POINTS_FRAGS[0], values, 8)  # noqa: F821
-            else:
-                head = (contact, p.rule, p.group, p.delta, p.applied, score_after)
-                tail = (p.capped, p.event_id, p.at)
-                if action is None:
-                    line = _c_dump_frags(_POINTS_FRAGS[2], head + tail + (p.reason,), 8)  # noqa: F821
-                elif p.reason is None:
-                    line = _c_dump_frags(_POINTS_FRAGS[1], head + tail + (action,), 8)  # noqa: F821
-                else:
-                    line = _c_dump_frags(  # noqa: F821
-                        _POINTS_FRAGS[3], head + tail + (action, p.reason), 8
-                    )
+            line = _c_dump_points(  # noqa: F821
+                _POINTS_FRAGS,
+                contact,
+                p.rule,
+                p.group,
+                p.delta,
+                p.applied,
+                p.score_after,
+                p.capped,
+                p.event_id,
+                p.at,
+                action,
+                p.reason,
+            )
         elif t is TriggerFired:
             f = effect
-            line = _c_dump_frags(  # noqa: F821
-                _TRIGGER_FRAGS, (contact, f.trigger, f.score, f.at, f.actions, f.cause), 3
-            )
+            line = _c_dump6(_TRIGGER_FRAGS, contact, f.trigger, f.score, f.at, f.actions, f.cause)  # noqa: F821
         elif t is StageChanged:
             s = effect
-            line = _c_dump_frags(  # noqa: F821
-                _STAGE_FRAGS, (contact, s.stage, s.previous, s.cause, s.at), 4
-            )
+            line = _c_dump5(_STAGE_FRAGS, contact, s.stage, s.previous, s.cause, s.at)  # noqa: F821
         elif t is SegmentChanged:
             g = effect
-            line = _c_dump_frags(  # noqa: F821
-                _SEGMENT_FRAGS, (contact, g.segment, g.added, g.cause, g.at), 4
-            )
+            line = _c_dump5(_SEGMENT_FRAGS, contact, g.segment, g.added, g.cause, g.at)  # noqa: F821
         elif t is TagChanged:
             a = effect
-            line = _c_dump_frags(  # noqa: F821
-                _TAG_FRAGS, (contact, a.tag, a.added, a.cause, a.at), 4
-            )
+            line = _c_dump5(_TAG_FRAGS, contact, a.tag, a.added, a.cause, a.at)  # noqa: F821
         if line is not None:
             return line  # type: ignore[no-any-return]
     record = effect_record(contact, effect, action)

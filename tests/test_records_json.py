@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import struct
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,73 @@ def is_compiled() -> bool:
     return time_json(1.0) is not None
 
 
+# Times in a row as a run writes them: an event's records share its time, events crowd into
+# a day. Steps that keep the second, the millisecond or the day, cross midnight, a month's or
+# a year's end (leap days), go back, repeat, or leave the writer's range.
+steps = st.sampled_from(
+    [
+        0.0,
+        0.0,
+        1e-3,
+        4e-4,
+        5e-7,
+        -5e-7,
+        1.0,
+        -1.0,
+        59.9995,
+        3600.0,
+        86399.9995,
+        86400.0,
+        -86400.0,
+        86400.0 * 28,
+        86400.0 * 365,
+        -0.25,
+        1e9,
+    ]
+)
+edges = st.sampled_from(
+    [
+        0.0,  # the epoch
+        951782399.9995,  # 1999-02-28T23:59:59.9995 -> 2000-02-29 (a leap day)
+        951868799.9999995,  # the end of 2000-02-29, rounded into 03-01
+        946684799.9995,  # 1999-12-31T23:59:59.9995 -> 2000-01-01
+        1709164800.0,  # 2024-02-29
+        4107542399.9995,  # the end of 2100-02-28 (2100 is not a leap year)
+        253402300799.0,  # the last instant format_ts writes in C
+        1.5,
+    ]
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(times, edges), st.lists(steps, max_size=12))
+def test_times_in_a_row_are_format_ts_text(start: float, moves: list[float]) -> None:
+    """The writer keeps the last time's and the last day's text: each time of a sequence
+    (repeats, the same second, the next day, back again) is format_ts's text all the same."""
+    ts = start
+    for move in [0.0, *moves]:
+        ts += move
+        line = time_json(ts)
+        if line is not None:
+            assert line == orjson.dumps(format_ts(ts)), (start, moves, ts)
+        else:
+            assert not is_compiled() or not 0 <= ts <= 253402300799.0, ts
+
+
+def test_each_escape_at_each_place_is_orjsons() -> None:
+    """The writer looks for what needs escaping eight bytes at a time: each such character
+    (and its neighbours in byte value), at every place of texts of 1-40 characters, ASCII or
+    not, is written as orjson writes it."""
+    specials = ['"', "\\", "\x00", "\x1f", "\x20", "\x21", "\x23", "\x5b", "\x5d", "\x7f", "\n"]
+    for fill in ("a", "é", "😀"):
+        for n in range(1, 41):
+            for i in range(n):
+                for c in specials:
+                    text = fill * i + c + fill * (n - i - 1)
+                    assert dump_line(text) == orjson.dumps(text), (fill, n, i, c)
+                    assert dump_line([text, c]) == orjson.dumps([text, c])
+
+
 def test_deep_and_odd_values_are_left_to_orjson() -> None:
     deep: Any = []
     for _ in range(200):
@@ -249,6 +317,29 @@ def test_points_records_as_before(x: float) -> None:
         effect_record("c", change, "page_view")
     )
     assert not math.isnan(x)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    hostile,
+    st.lists(st.tuples(effects(), st.one_of(st.none(), hostile)), max_size=6),
+    st.one_of(times, edges),
+    st.lists(steps, min_size=6, max_size=6),
+)
+def test_records_in_a_row_are_orjsons(
+    contact: str, batch: list[tuple[Any, Any]], start: float, moves: list[float]
+) -> None:
+    """An event's records (one time, or times a step apart), written one after another: the
+    bytes orjson writes for each record, whatever the writer kept from the record before."""
+    ts = start
+    for (effect, action), move in zip(batch, moves, strict=False):
+        ts += move
+        if hasattr(effect, "at"):
+            effect.at = ts
+        # Past 9999 format_ts raises ValueError, the same on both paths.
+        assert view_or_error(partial(effect_line, contact, effect, action)) == view_or_error(
+            partial(record_bytes, contact, effect, action)
+        )
 
 
 # ---------------------------------------------------------------------------- final views
