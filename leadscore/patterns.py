@@ -47,7 +47,10 @@ _MAXREPEAT = sre.MAXREPEAT
 _OPTIONS = re2.Options()
 _OPTIONS.never_capture = True  # only "is there a match" is asked: no groups to keep
 _OPTIONS.log_errors = False
-_UNANCHORED = re2._re2.RE2.Anchor.UNANCHORED
+# A search is asked as a test of the whole text (_whole): the binding always asks RE2 where
+# the match is, and for an unanchored search RE2 finds its start by compiling (once per
+# pattern, ~10M instructions for a Unicode \b) and running a reversed program.
+_WHOLE = re2._re2.RE2.Anchor.ANCHOR_BOTH
 _NO_MATCH = (-1, -1)
 
 
@@ -72,10 +75,10 @@ def compile_search(pattern: str) -> Search:
         if found is not None:
             return found
         if not text:
-            found = empty(_UNANCHORED, b"", 0, 0)[0] != _NO_MATCH
+            found = empty(_WHOLE, b"", 0, 0)[0] != _NO_MATCH
         else:
             data = text.encode("utf-8", "surrogatepass")
-            found = match(_UNANCHORED, data, 0, len(data))[0] != _NO_MATCH
+            found = match(_WHOLE, data, 0, len(data))[0] != _NO_MATCH
         if len(seen) >= CACHE_SIZE:
             seen.clear()
         seen[text] = found
@@ -89,10 +92,18 @@ def compile_search(pattern: str) -> Search:
     return search
 
 
+def _whole(translated: str) -> str:
+    """A text holds ``translated`` somewhere: as a pattern of the whole text. ``\\C`` is any
+    byte, as in RE2's own unanchored loop (a text with lone surrogates is not valid UTF-8)."""
+    return f"\\C*(?:{translated})\\C*"
+
+
 def _re2(translated: str) -> re2._re2.RE2:
-    regexp = re2._re2.RE2(translated.encode("utf-8"), _OPTIONS)
+    """``translated``, compiled to be asked of whole texts (:data:`_WHOLE`, :func:`_whole`)."""
+    regexp = re2._re2.RE2(_whole(translated).encode("utf-8"), _OPTIONS)
     if not regexp.ok():
-        error = regexp.error()
+        alone = re2._re2.RE2(translated.encode("utf-8"), _OPTIONS)
+        error = (regexp if alone.ok() else alone).error()  # the message names what was written
         if "too large" in error or "too big" in error:
             raise PatternError(
                 "is too large to match in bounded memory; use fewer or smaller "

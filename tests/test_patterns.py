@@ -356,3 +356,35 @@ def test_a_dollar_before_more_pattern_is_refused_saying_where_to_put_it(pattern:
 )
 def test_a_dollar_at_the_end_still_matches_as_under_re(pattern: str, text: str) -> None:
     assert compile_search(pattern)(text) == (re.search(pattern, text) is not None) is True
+
+
+# Texts with lone surrogates too (encoded with surrogatepass: not valid UTF-8).
+ANY_TEXT = st.one_of(
+    TEXT,
+    st.text(
+        st.one_of(ALPHABET, st.sampled_from(["\ud800", "\udfff", "\x00", "\uffff"])), max_size=24
+    ),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(pattern=st.one_of(st.sampled_from(ORDINARY), patterns()), text=ANY_TEXT)
+def test_whole_text_tests_answer_as_unanchored_searches(pattern: str, text: str) -> None:
+    """A search asks RE2 whether the whole text matches ``\\C*(?:p)\\C*`` (no reversed program
+    to build and run): on any text, RE2's unanchored search of ``p`` (what it asked before)."""
+    import re2
+
+    try:
+        translated = to_re2(pattern)
+    except PatternError:
+        return
+    if not text and "\\B" in translated:  # empty text: \B never matches (see compile_search)
+        translated = translated.replace("\\B", r"[^\x00-\x{10FFFF}]")
+    options = re2.Options()
+    options.never_capture = True
+    unanchored = re2._re2.RE2(translated.encode("utf-8"), options)
+    if not unanchored.ok():
+        return
+    data = text.encode("utf-8", "surrogatepass")
+    expected = unanchored.Match(re2._re2.RE2.Anchor.UNANCHORED, data, 0, len(data))[0] != (-1, -1)
+    assert compile_search(pattern)(text) == expected, (pattern, translated, text)
