@@ -10,10 +10,13 @@ Adding a command is one new module plus one line:
 1. write ``leadscore/cli/<name>.py`` with a function decorated ``@app.command()`` (``app``
    imported from here); import heavy libraries (Bytewax, Redis, Starlette) inside the
    function so that ``leadscore --help`` and the other commands stay fast;
-2. add ``"<name>"`` to ``COMMANDS`` below, where it should appear in ``leadscore --help``.
+2. add ``"<name>": ("<command>", ...)`` to ``COMMANDS`` below, where it should appear in
+   ``leadscore --help``.
 
-``leadscore/cli/__init__.py`` imports the modules named in ``COMMANDS``; importing one
-registers its commands. This module imports no command module, so there is no import circle.
+A command's module is imported when that command runs (``_Commands``), all of them only to
+list them (``leadscore --help``) or for a name that is none of them: ``leadscore run`` does
+not pay for reading the other fourteen (and what they import) before it starts scoring. This
+module imports no command module by name, so there is no import circle.
 
 Expected failures (a bad rules file, a missing input) end with ``fail``: a short message on
 stderr and a non-zero exit, never a traceback. The person reading it is fixing a file, not
@@ -22,31 +25,69 @@ debugging Python.
 
 from __future__ import annotations
 
-from typing import Annotated, NoReturn
+from collections.abc import Iterable
+from importlib import import_module
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
+from typer.main import get_command_from_info, get_command_name
 
 from leadscore.rules import Rules, RulesError, load_rules
 
-# The command modules, in the order `leadscore --help` lists their commands.
-COMMANDS: tuple[str, ...] = (
-    "run",  # run
-    "redis",  # send, show
-    "rules",  # rules
-    "preview",  # preview
-    "publish",  # publish
-    "check",  # check
-    "explain",  # explain
-    "calibrate",  # calibrate
-    "backtest",  # backtest
-    "generate",  # generate
-    "schema",  # schema
-    "serve",  # serve
-    "deliver",  # deliver
-    "train",  # train
-    "importer",  # import
-)
+# The command modules, in the order `leadscore --help` lists them, and the commands each one
+# registers (tests/test_cli.py checks that they match).
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "run": ("run",),
+    "redis": ("send", "show"),
+    "rules": ("rules",),
+    "preview": ("preview",),
+    "publish": ("publish",),
+    "check": ("check",),
+    "explain": ("explain",),
+    "calibrate": ("calibrate",),
+    "backtest": ("backtest",),
+    "generate": ("generate",),
+    "schema": ("schema",),
+    "serve": ("serve",),
+    "deliver": ("deliver",),
+    "train": ("train",),
+    "importer": ("import",),
+}
+_MODULE_OF = {command: module for module, names in COMMANDS.items() for command in names}
+
+
+class _Commands(TyperGroup):
+    """The root command: imports a command's module when that command is looked up, so a
+    process pays only for the command it runs (the other modules, their imports, and typer
+    reading their parameters: ~0.1 s of `leadscore run`, bench/README.md, `pgo6`)."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in self.commands:
+            # an unknown name loads every module: typer's "did you mean" needs them all
+            module = _MODULE_OF.get(cmd_name)
+            self._load(COMMANDS if module is None else (module,))
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        self._load(COMMANDS)
+        return [name for names in COMMANDS.values() for name in names if name in self.commands]
+
+    def _load(self, modules: Iterable[str]) -> None:
+        for module in modules:
+            import_module(f"{__package__}.{module}")  # registers its commands on `app`
+        for info in app.registered_commands:
+            if (info.name or get_command_name(info.callback.__name__)) in self.commands:
+                continue
+            command = get_command_from_info(
+                info,
+                pretty_exceptions_short=app.pretty_exceptions_short,
+                rich_markup_mode=app.rich_markup_mode,
+            )
+            if command.name:
+                self.commands[command.name] = command
+
 
 STDIO = "-"  # the path that means standard input or output
 
@@ -73,6 +114,7 @@ _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 app = typer.Typer(
     name="leadscore",
+    cls=_Commands,
     help="Real-time lead scoring: rules in YAML, every event scored and every point explained.",
     no_args_is_help=True,
     add_completion=False,
