@@ -37,7 +37,7 @@ from typer.main import get_command_from_info, get_command_name
 from leadscore.rules import Rules, RulesError, load_rules
 
 # The command modules, in the order `leadscore --help` lists them, and the commands each one
-# registers (tests/test_cli.py checks that they match).
+# registers (tests/test_cli_imports.py checks that they match).
 COMMANDS: dict[str, tuple[str, ...]] = {
     "run": ("run",),
     "redis": ("send", "show"),
