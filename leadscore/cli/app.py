@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from importlib import import_module
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -35,6 +35,9 @@ from typer.core import TyperGroup
 from typer.main import get_command_from_info, get_command_name
 
 from leadscore.rules import Rules, RulesError, load_rules
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 # The command modules, in the order `leadscore --help` lists them, and the commands each one
 # registers (tests/test_cli_imports.py checks that they match).
@@ -175,6 +178,30 @@ def new_console(stderr: bool = False) -> Console:
     """A rich console on stdout (or stderr) that leaves user data uncoloured."""
     # No highlighting: numbers and paths in user data should not change colour at random.
     return Console(stderr=stderr, highlight=False)
+
+
+def bytes_bar(label: str, *, disable: bool = False) -> Progress:
+    """A transient progress bar of input bytes on stderr (``run``, ``send``). rich.progress is
+    imported only here, when a bar is made: a run without one does not pay for it."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=new_console(stderr=True),
+        transient=True,
+        disable=disable,
+    )
 
 
 def duration(seconds: float) -> str:

@@ -9,14 +9,6 @@ from typing import Annotated
 
 import orjson
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
@@ -27,6 +19,7 @@ from leadscore.cli.app import (
     Prefix,
     RedisUrl,
     app,
+    bytes_bar,
     events_arg,
     events_exist,
     fail,
@@ -103,16 +96,7 @@ def send(
     where = masked_url(redis_url)
     show = new_console(stderr=True).is_terminal if progress is None else progress
     show = show and STDIO not in paths
-    bar = Progress(
-        TextColumn("sending"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=new_console(stderr=True),
-        transient=True,
-        disable=not show,
-    )
+    bar = bytes_bar("sending", disable=not show)
     task = bar.add_task("sending", total=sum(input_size(p) for p in paths) if show else None)
     started = time.perf_counter()
     try:

@@ -20,6 +20,7 @@ from rich.text import Text
 from leadscore.cli.app import (
     STDIO,
     app,
+    bytes_bar,
     events_arg,
     fail,
     load_rules_or_exit,
@@ -408,30 +409,13 @@ def _progress(
     if not show:
         yield None
         return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    console = new_console(stderr=True)
     if processes > 1:
         plural = "s" if workers > 1 else ""
-        with console.status(f"scoring with {processes} processes x {workers} worker{plural}"):
+        status = f"scoring with {processes} processes x {workers} worker{plural}"
+        with new_console(stderr=True).status(status):
             yield None
         return
-    bar = Progress(
-        TextColumn("scoring"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
+    bar = bytes_bar("scoring")
     task = bar.add_task("scoring", total=sum(input_size(p) for p in paths))
     with bar:
         yield lambda n: bar.advance(task, n)
